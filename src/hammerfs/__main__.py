@@ -1,0 +1,3 @@
+from hammerfs.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""`hammer` entry point: builds the argument parser from the command modules and turns every
+HammerError into a one-line message and a non-zero exit status (never a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hammerfs import __version__
+from hammerfs.cli import fs_cmds, luks_cmds, mirror_cmds, store_cmds
+from hammerfs.errors import HammerError
+
+# Each module adds its subcommands with register(subparsers); a subcommand sets
+# `func(args) -> int | None` as its default.
+COMMAND_MODULES = (store_cmds, luks_cmds, fs_cmds, mirror_cmds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hammer",
+        description="hammerfs: encrypted, versioned, self-checking storage with "
+        "HAMMER-style master/slave replication.",
+        epilog="Run 'hammer COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"hammerfs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except HammerError as exc:
+        print(f"hammer: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hammer: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

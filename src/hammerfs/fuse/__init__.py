@@ -1,0 +1,1 @@
+"""FUSE adapter: maps kernel requests onto hammerfs.fs (layer 4)."""

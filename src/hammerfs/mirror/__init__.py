@@ -1,0 +1,1 @@
+"""Mirroring: the stream format, reader, writer and transports (layer 4)."""

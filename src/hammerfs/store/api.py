@@ -1,0 +1,119 @@
+"""The record-store contract.  Both ``hammerfs.store.Store`` (on disk) and
+``hammerfs.store.memory.MemoryStore`` (the in-memory reference model used as a test oracle)
+implement it; every layer above codes against this and nothing else of the store.
+
+Transactions.  The store always has one open transaction whose TID is ``current_tid``.
+Every change made now gets ``create_tid == current_tid`` (or ``delete_tid == current_tid``).
+Changes inside one transaction overwrite each other with no history between them (as HAMMER's
+history resolution is one flush).  ``commit()`` makes the transaction durable and opens the
+next one with a strictly larger TID.  TIDs are 64-bit, strictly increasing, persistent across
+remounts and crashes; they are derived from the wall clock in ns where possible
+(``max(last + 1, time_ns())``).
+
+Reads.  ``asof=None`` means "now", including the uncommitted transaction.  ``asof=T`` shows
+the state as of the end of transaction T.
+
+Thread safety: every method may be called from any thread (one internal lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from hammerfs.store.pfs import PfsData
+from hammerfs.store.records import Record, RecKey
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceInfo:
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+    block_size: int
+    bigblock_size: int
+    bigblocks_total: int
+    bigblocks_free: int  # completely empty big-blocks
+
+
+class RecordStore(Protocol):
+    label: str
+    uuid: str  # volume uuid, canonical text form
+    readonly: bool
+
+    # -- transactions ---------------------------------------------------------------------
+    @property
+    def current_tid(self) -> int: ...
+
+    @property
+    def last_committed_tid(self) -> int: ...
+
+    def commit(self) -> int:
+        """Make all changes durable.  Returns the TID whose state is now durable: the
+        transaction just committed, or ``last_committed_tid`` when there was nothing to do."""
+
+    def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
+        """Block until ``last_committed_tid > after_tid`` (or timeout); return it."""
+
+    def tid_time(self, tid: int) -> int:
+        """Wall-clock ns of the commit that closed ``tid`` (or the nearest earlier one)."""
+
+    def alloc_obj_id(self) -> int:
+        """A fresh object id, never handed out before on this volume (persisted)."""
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, reckey: RecKey, asof: int | None = None) -> Record | None:
+        """The version of ``reckey`` visible at ``asof``, or None."""
+
+    def scan(
+        self,
+        lo: RecKey,
+        hi: RecKey,
+        asof: int | None = None,
+        *,
+        history: bool = False,
+        with_data: bool = True,
+    ) -> Iterator[Record]:
+        """Records with ``lo <= reckey <= hi`` in key order.  Without ``history`` only the
+        version visible at ``asof``; with it every version (create_tid order within a key).
+        ``with_data=False`` leaves ``data`` as None (no data blocks are read)."""
+
+    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
+        """Every version in range with ``create_tid >= since_tid`` or
+        ``delete_tid >= since_tid``, in key order, skipping whole subtrees whose aggregated
+        max TID is older (cost proportional to the change, for mirroring)."""
+
+    # -- changes in the current transaction -------------------------------------------------
+    def put(self, reckey: RecKey, data: bytes) -> Record:
+        """Create or replace the live version of ``reckey``."""
+
+    def delete(self, reckey: RecKey) -> bool:
+        """End the live version of ``reckey``.  False if there was none."""
+
+    def delete_range(self, lo: RecKey, hi: RecKey) -> int:
+        """End every live record in range; returns how many."""
+
+    # -- raw changes (mirroring, pruning, PFS rollback) ------------------------------------------
+    def insert_raw(self, record: Record) -> bool:
+        """Insert exactly this version (TIDs as given).  If the same full key exists, only a
+        delete_tid going from 0 to a value is applied; returns True if anything changed."""
+
+    def set_delete_tid(self, reckey: RecKey, create_tid: int, delete_tid: int, delete_ts: int) -> bool:
+        """Set (or with 0, clear) the delete_tid of one version.  False if no such version."""
+
+    def destroy(self, reckey: RecKey, create_tid: int) -> bool:
+        """Physically remove one version (its space is freed after the next durable commit)."""
+
+    # -- PFS table (records REC_PFS on pfs 0) ----------------------------------------------------
+    def get_pfs(self, pfs_id: int, asof: int | None = None) -> PfsData | None: ...
+
+    def put_pfs(self, pfs_id: int, data: PfsData) -> None: ...
+
+    def list_pfs(self) -> list[tuple[int, PfsData]]: ...
+
+    # -- space and lifecycle -----------------------------------------------------------------
+    def space(self) -> SpaceInfo: ...
+
+    def close(self) -> None:
+        """Commit (if writable and dirty) and release the device."""
