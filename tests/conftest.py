@@ -1,0 +1,42 @@
+"""Shared fixtures.  The CLI is always run from this checkout's src/ (never an installed copy),
+so tests in any worktree exercise their own code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def hammer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def run_hammer(*args: str, input: bytes | None = None, check: bool = True,
+               env: dict[str, str] | None = None, timeout: float = 300,
+               ) -> subprocess.CompletedProcess:
+    """Run `hammer ARGS...` as a user would; stdout/stderr captured as text."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hammerfs", *map(str, args)],
+        input=input, capture_output=True, env=hammer_env(env), timeout=timeout,
+    )
+    out = subprocess.CompletedProcess(proc.args, proc.returncode,
+                                      proc.stdout.decode(errors="replace"),
+                                      proc.stderr.decode(errors="replace"))
+    if check and out.returncode != 0:
+        raise AssertionError(f"hammer {' '.join(map(str, args))} failed ({out.returncode}):\n"
+                             f"{out.stdout}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture
+def hammer():
+    return run_hammer
