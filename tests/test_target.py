@@ -1,0 +1,14 @@
+import pytest
+
+from hammerfs.cli.target import parse_volume_spec
+from hammerfs.errors import HammerError
+
+
+def test_volume_spec(tmp_path):
+    vol = tmp_path / "a:b.img"
+    vol.write_bytes(b"")
+    assert parse_volume_spec(str(vol)) == (str(vol), 0)
+    assert parse_volume_spec(f"{vol}:3") == (str(vol), 3)
+    assert parse_volume_spec(f"{tmp_path}/missing:3") == (f"{tmp_path}/missing:3", 0)
+    with pytest.raises(HammerError):
+        parse_volume_spec(f"{vol}:70000")
