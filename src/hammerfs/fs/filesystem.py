@@ -1,0 +1,544 @@
+"""The POSIX filesystem over the RecordStore contract, addressed by object id (like the FUSE
+low-level API): inodes, directories, file data, symlinks, hard links, xattrs, device nodes.
+
+One ``FileSystem`` is one *view*: a PFS, live (``asof=None``) or as of a TID (read-only).
+Every change lands in the store's open transaction; ``fsync`` commits it (durable).  Callers
+serialise access (the mount holds one coarse lock around every call); the object itself keeps
+no state besides open counts, so any number of views over one store may coexist.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+from hammerfs.errors import HammerError, ReadOnly
+from hammerfs.fs.layout import (
+    BLOCK,
+    COLLISION_MASK,
+    NAME_MAX,
+    REC_DATA,
+    REC_DIRENT,
+    REC_INODE,
+    REC_ORPHAN,
+    REC_SYMLINK,
+    REC_XATTR,
+    SYMLINK_MAX,
+    XATTR_NAME_MAX,
+    XATTR_SIZE_MAX,
+    DirEntry,
+    Inode,
+    decode_dirent,
+    decode_xattr,
+    encode_dirent,
+    encode_xattr,
+    name_hash,
+)
+from hammerfs.store.api import RecordStore
+from hammerfs.store.records import MAX_U64, ROOT_OBJ
+
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+MAX_REC_TYPE = 0xFFFF
+
+
+class FsError(HammerError, OSError):
+    """A POSIX error (ENOENT, EEXIST, ...) with a message; FUSE returns its errno."""
+
+    def __init__(self, code: int, message: str = ""):
+        HammerError.__init__(self, message or errno.errorcode.get(code, str(code)))
+        self.errno = code
+        self.strerror = message or os.strerror(code)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def init_pfs_root(store: RecordStore, pfs: int, *, mode: int = 0o755, uid: int = 0,
+                  gid: int = 0) -> bool:
+    """Create the root directory of ``pfs`` if it has none.  True if it was created."""
+    if store.get((pfs, ROOT_OBJ, REC_INODE, 0)) is not None:
+        return False
+    t = now_ns()
+    root = Inode(ROOT_OBJ, stat.S_IFDIR | (mode & 0o7777), uid, gid, 2, 0, 0, t, t, t, t,
+                 ROOT_OBJ)
+    store.put((pfs, ROOT_OBJ, REC_INODE, 0), root.encode())
+    return True
+
+
+class FileSystem:
+    def __init__(self, store: RecordStore, pfs: int = 0, asof: int | None = None, *,
+                 readonly: bool = False):
+        self.store = store
+        self.pfs = pfs
+        self.asof = asof
+        self.readonly = readonly or asof is not None or store.readonly
+        self._open: Counter[int] = Counter()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _key(self, obj: int, rec_type: int, key: int = 0) -> tuple[int, int, int, int]:
+        return (self.pfs, obj, rec_type, key)
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ReadOnly("read-only view" if self.asof is None
+                           else f"history view as of 0x{self.asof:016x} is read-only")
+
+    def _put_inode(self, ino: Inode) -> Inode:
+        self.store.put(self._key(ino.obj_id, REC_INODE), ino.encode())
+        return ino
+
+    def _touch_dir(self, dir_ino: Inode, t: int, nlink_delta: int = 0) -> Inode:
+        return self._put_inode(dir_ino.evolve(mtime=t, ctime=t, nlink=dir_ino.nlink + nlink_delta))
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if not name or name in (b".", b".."):
+            raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+        if b"/" in name or b"\0" in name:
+            raise FsError(errno.EINVAL, f"invalid name {name!r}")
+
+    # -- inodes ----------------------------------------------------------------------------------
+    def getattr(self, obj: int) -> Inode:
+        rec = self.store.get(self._key(obj, REC_INODE), self.asof)
+        if rec is None:
+            raise FsError(errno.ENOENT, f"no object {obj:#x}")
+        return Inode.decode(obj, rec.data)
+
+    def _dir(self, obj: int) -> Inode:
+        ino = self.getattr(obj)
+        if not ino.is_dir:
+            raise FsError(errno.ENOTDIR, f"object {obj:#x} is not a directory")
+        return ino
+
+    def setattr(self, obj: int, *, mode: int | None = None, uid: int | None = None,
+                gid: int | None = None, atime: int | None = None, mtime: int | None = None,
+                ctime: int | None = None) -> Inode:
+        """chmod/chown/utimens (times in ns).  ctime moves to now unless given."""
+        self._writable()
+        ino = self.getattr(obj)
+        changes: dict[str, int] = {"ctime": now_ns() if ctime is None else ctime}
+        if mode is not None:
+            changes["mode"] = stat.S_IFMT(ino.mode) | (mode & 0o7777)
+        if uid is not None and uid != -1 and uid != 0xFFFFFFFF:
+            changes["uid"] = uid
+        if gid is not None and gid != -1 and gid != 0xFFFFFFFF:
+            changes["gid"] = gid
+        if atime is not None:
+            changes["atime"] = atime
+        if mtime is not None:
+            changes["mtime"] = mtime
+        return self._put_inode(ino.evolve(**changes))
+
+    # -- directories -------------------------------------------------------------------------
+    def _find(self, dir_obj: int, name: bytes) -> DirEntry | None:
+        h = name_hash(name)
+        lo, hi = self._key(dir_obj, REC_DIRENT, h), self._key(dir_obj, REC_DIRENT, h | COLLISION_MASK)
+        for rec in self.store.scan(lo, hi, self.asof):
+            entry = decode_dirent(rec.key, rec.data)
+            if entry.name == name:
+                return entry
+        return None
+
+    def _free_key(self, dir_obj: int, name: bytes) -> int:
+        h = name_hash(name)
+        lo, hi = self._key(dir_obj, REC_DIRENT, h), self._key(dir_obj, REC_DIRENT, h | COLLISION_MASK)
+        used = {rec.key for rec in self.store.scan(lo, hi, with_data=False)}
+        key = h
+        while key in used:
+            key += 1
+        if key > (h | COLLISION_MASK):
+            raise FsError(errno.ENOSPC, "too many directory name hash collisions")
+        return key
+
+    def lookup(self, dir_obj: int, name: bytes) -> Inode:
+        self._dir(dir_obj)
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+        entry = self._find(dir_obj, name)
+        if entry is None:
+            raise FsError(errno.ENOENT, f"{name.decode(errors='replace')}: no such entry")
+        return self.getattr(entry.obj_id)
+
+    def readdir(self, dir_obj: int, after_key: int = -1) -> Iterator[DirEntry]:
+        """Entries in key order, starting after ``after_key`` (resumable)."""
+        self._dir(dir_obj)
+        lo = self._key(dir_obj, REC_DIRENT, after_key + 1)
+        hi = self._key(dir_obj, REC_DIRENT, MAX_U64)
+        for rec in self.store.scan(lo, hi, self.asof):
+            yield decode_dirent(rec.key, rec.data)
+
+    def _add_entry(self, dir_obj: int, name: bytes, child: Inode) -> None:
+        key = self._free_key(dir_obj, name)
+        self.store.put(self._key(dir_obj, REC_DIRENT, key),
+                       encode_dirent(child.obj_id, child.mode, name))
+
+    def _new_child(self, dir_obj: int, name: bytes, mode: int, uid: int, gid: int,
+                   rdev: int = 0) -> tuple[Inode, Inode]:
+        """Checks shared by every create: returns (parent, new inode, not yet stored)."""
+        self._writable()
+        self._check_name(name)
+        parent = self._dir(dir_obj)
+        if parent.nlink == 0:
+            raise FsError(errno.ENOENT, "directory was removed")
+        if self._find(dir_obj, name) is not None:
+            raise FsError(errno.EEXIST, f"{name.decode(errors='replace')}: exists")
+        t = now_ns()
+        obj = self.store.alloc_obj_id()
+        is_dir = stat.S_ISDIR(mode)
+        ino = Inode(obj, mode, uid, gid, 2 if is_dir else 1, 0, rdev, t, t, t, t,
+                    dir_obj if is_dir else 0)
+        return parent, ino
+
+    def create(self, dir_obj: int, name: bytes, mode: int, uid: int = 0, gid: int = 0,
+               rdev: int = 0) -> Inode:
+        """A regular file, fifo, socket or device node (mknod)."""
+        if stat.S_IFMT(mode) == 0:
+            mode |= stat.S_IFREG
+        if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+            raise FsError(errno.EINVAL, "use mkdir/symlink")
+        parent, ino = self._new_child(dir_obj, name, mode, uid, gid, rdev)
+        self._put_inode(ino)
+        self._add_entry(dir_obj, name, ino)
+        self._touch_dir(parent, ino.ctime)
+        return ino
+
+    def mkdir(self, dir_obj: int, name: bytes, mode: int, uid: int = 0, gid: int = 0) -> Inode:
+        parent, ino = self._new_child(dir_obj, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
+        self._put_inode(ino)
+        self._add_entry(dir_obj, name, ino)
+        self._touch_dir(parent, ino.ctime, +1)
+        return ino
+
+    def symlink(self, dir_obj: int, name: bytes, target: bytes, uid: int = 0,
+                gid: int = 0) -> Inode:
+        if len(target) > SYMLINK_MAX:
+            raise FsError(errno.ENAMETOOLONG, "symlink target too long")
+        parent, ino = self._new_child(dir_obj, name, stat.S_IFLNK | 0o777, uid, gid)
+        ino = ino.evolve(size=len(target))
+        self._put_inode(ino)
+        self.store.put(self._key(ino.obj_id, REC_SYMLINK), target)
+        self._add_entry(dir_obj, name, ino)
+        self._touch_dir(parent, ino.ctime)
+        return ino
+
+    def readlink(self, obj: int) -> bytes:
+        ino = self.getattr(obj)
+        if not ino.is_symlink:
+            raise FsError(errno.EINVAL, "not a symlink")
+        rec = self.store.get(self._key(obj, REC_SYMLINK), self.asof)
+        return rec.data if rec else b""
+
+    def link(self, obj: int, dir_obj: int, name: bytes) -> Inode:
+        self._writable()
+        ino = self.getattr(obj)
+        if ino.is_dir:
+            raise FsError(errno.EPERM, "hard links to directories are not allowed")
+        if ino.nlink == 0:
+            raise FsError(errno.ENOENT, "file was removed")
+        self._check_name(name)
+        parent = self._dir(dir_obj)
+        if self._find(dir_obj, name) is not None:
+            raise FsError(errno.EEXIST, f"{name.decode(errors='replace')}: exists")
+        t = now_ns()
+        ino = self._put_inode(ino.evolve(nlink=ino.nlink + 1, ctime=t))
+        self._add_entry(dir_obj, name, ino)
+        self._touch_dir(parent, t)
+        return ino
+
+    def _drop_link(self, ino: Inode, t: int) -> None:
+        """One name of ``ino`` is gone: decrement, and remove the object once unreferenced."""
+        nlink = 0 if ino.is_dir else ino.nlink - 1
+        if nlink > 0:
+            self._put_inode(ino.evolve(nlink=nlink, ctime=t))
+        elif self._open[ino.obj_id] > 0:
+            self._put_inode(ino.evolve(nlink=0, ctime=t))
+            self.store.put(self._key(ROOT_OBJ, REC_ORPHAN, ino.obj_id), b"")
+        else:
+            self._remove_object(ino.obj_id)
+
+    def _remove_object(self, obj: int) -> None:
+        self.store.delete_range(self._key(obj, 0, 0), self._key(obj, MAX_REC_TYPE, MAX_U64))
+
+    def unlink(self, dir_obj: int, name: bytes) -> None:
+        self._writable()
+        parent = self._dir(dir_obj)
+        entry = self._entry(dir_obj, name)
+        ino = self.getattr(entry.obj_id)
+        if ino.is_dir:
+            raise FsError(errno.EISDIR, f"{name.decode(errors='replace')}: is a directory")
+        t = now_ns()
+        self.store.delete(self._key(dir_obj, REC_DIRENT, entry.key))
+        self._drop_link(ino, t)
+        self._touch_dir(parent, t)
+
+    def _entry(self, dir_obj: int, name: bytes) -> DirEntry:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+        entry = self._find(dir_obj, name)
+        if entry is None:
+            raise FsError(errno.ENOENT, f"{name.decode(errors='replace')}: no such entry")
+        return entry
+
+    def _is_empty(self, dir_obj: int) -> bool:
+        return next(self.readdir(dir_obj), None) is None
+
+    def rmdir(self, dir_obj: int, name: bytes) -> None:
+        self._writable()
+        if name == b".":
+            raise FsError(errno.EINVAL, "cannot remove '.'")
+        if name == b"..":
+            raise FsError(errno.ENOTEMPTY, "cannot remove '..'")
+        parent = self._dir(dir_obj)
+        entry = self._entry(dir_obj, name)
+        ino = self.getattr(entry.obj_id)
+        if not ino.is_dir:
+            raise FsError(errno.ENOTDIR, f"{name.decode(errors='replace')}: not a directory")
+        if not self._is_empty(ino.obj_id):
+            raise FsError(errno.ENOTEMPTY, f"{name.decode(errors='replace')}: not empty")
+        t = now_ns()
+        self.store.delete(self._key(dir_obj, REC_DIRENT, entry.key))
+        self._drop_link(ino, t)
+        self._touch_dir(parent, t, -1)
+
+    def _is_ancestor(self, anc: int, obj: int) -> bool:
+        """True if directory ``anc`` is ``obj`` or one of its ancestors."""
+        seen = 0
+        while True:
+            if obj == anc:
+                return True
+            if obj == ROOT_OBJ or seen > 4096:
+                return False
+            obj = self.getattr(obj).parent
+            seen += 1
+
+    def rename(self, old_dir: int, old_name: bytes, new_dir: int, new_name: bytes,
+               flags: int = 0) -> None:
+        """Atomic rename, replacing a file or an empty directory at the destination."""
+        self._writable()
+        if flags & ~RENAME_NOREPLACE:
+            raise FsError(errno.EINVAL, "unsupported rename flags")
+        self._check_name(new_name)
+        src_parent = self._dir(old_dir)
+        entry = self._entry(old_dir, old_name)
+        src = self.getattr(entry.obj_id)
+        dst_entry = self._find(new_dir, new_name)
+        self._dir(new_dir)
+        if src.is_dir and self._is_ancestor(src.obj_id, new_dir):
+            raise FsError(errno.EINVAL, "cannot move a directory into itself")
+        if dst_entry is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST, f"{new_name.decode(errors='replace')}: exists")
+            if dst_entry.obj_id == src.obj_id:
+                return  # both names are links to one file: POSIX says do nothing
+            dst = self.getattr(dst_entry.obj_id)
+            if src.is_dir and not dst.is_dir:
+                raise FsError(errno.ENOTDIR, "destination is not a directory")
+            if not src.is_dir and dst.is_dir:
+                raise FsError(errno.EISDIR, "destination is a directory")
+            if dst.is_dir and not self._is_empty(dst.obj_id):
+                raise FsError(errno.ENOTEMPTY, "destination directory is not empty")
+        t = now_ns()
+        self.store.delete(self._key(old_dir, REC_DIRENT, entry.key))
+        dst_nlink_delta = 0
+        if dst_entry is not None:
+            dst = self.getattr(dst_entry.obj_id)
+            self.store.delete(self._key(new_dir, REC_DIRENT, dst_entry.key))
+            self._drop_link(dst, t)
+            if dst.is_dir:
+                dst_nlink_delta -= 1
+        moved = src.evolve(ctime=t, parent=new_dir if src.is_dir else src.parent)
+        self._put_inode(moved)
+        self._add_entry(new_dir, new_name, moved)
+        if old_dir == new_dir:
+            self._touch_dir(src_parent, t, dst_nlink_delta)
+            return
+        moving_dir = 1 if src.is_dir else 0
+        self._touch_dir(self.getattr(old_dir), t, -moving_dir)
+        self._touch_dir(self.getattr(new_dir), t, moving_dir + dst_nlink_delta)
+
+    # -- open files ----------------------------------------------------------------------------
+    def open(self, obj: int) -> Inode:
+        ino = self.getattr(obj)
+        self._open[obj] += 1
+        return ino
+
+    def release(self, obj: int) -> None:
+        self._open[obj] -= 1
+        if self._open[obj] > 0:
+            return
+        del self._open[obj]
+        if self.readonly:
+            return
+        rec = self.store.get(self._key(obj, REC_INODE))
+        if rec is not None and Inode.decode(obj, rec.data).nlink == 0:
+            self._remove_object(obj)
+            self.store.delete(self._key(ROOT_OBJ, REC_ORPHAN, obj))
+
+    def reap_orphans(self) -> int:
+        """Remove objects unlinked while open by an owner that died.  Returns how many."""
+        if self.readonly:
+            return 0
+        lo, hi = self._key(ROOT_OBJ, REC_ORPHAN, 0), self._key(ROOT_OBJ, REC_ORPHAN, MAX_U64)
+        orphans = [rec.key for rec in self.store.scan(lo, hi, with_data=False)]
+        for obj in orphans:
+            self._remove_object(obj)
+            self.store.delete(self._key(ROOT_OBJ, REC_ORPHAN, obj))
+        return len(orphans)
+
+    # -- file data -------------------------------------------------------------------------------
+    def _file(self, obj: int) -> Inode:
+        ino = self.getattr(obj)
+        if ino.is_dir:
+            raise FsError(errno.EISDIR, "is a directory")
+        if not ino.is_reg:
+            raise FsError(errno.EINVAL, "not a regular file")
+        return ino
+
+    def read(self, obj: int, offset: int, size: int) -> bytes:
+        ino = self._file(obj)
+        end = min(ino.size, offset + size)
+        if offset >= end:
+            return b""
+        first = offset - offset % BLOCK
+        last = (end - 1) - (end - 1) % BLOCK
+        buf = bytearray(end - first)  # zeros: holes and short blocks read as zero
+        lo, hi = self._key(obj, REC_DATA, first), self._key(obj, REC_DATA, last)
+        for rec in self.store.scan(lo, hi, self.asof):
+            at = rec.key - first
+            n = min(len(rec.data), len(buf) - at)
+            buf[at:at + n] = memoryview(rec.data)[:n]
+        return bytes(memoryview(buf)[offset - first:])
+
+    def write(self, obj: int, offset: int, data: bytes | memoryview) -> int:
+        self._writable()
+        ino = self._file(obj)
+        view = memoryview(data)
+        end = offset + len(view)
+        pos = offset
+        while pos < end:
+            block = pos - pos % BLOCK
+            inner = pos - block
+            n = min(BLOCK - inner, end - pos)
+            chunk = view[pos - offset:pos - offset + n]
+            if inner == 0 and (n == BLOCK or block + n >= ino.size):
+                payload = bytes(chunk)  # nothing of the old block survives
+            else:
+                payload = self._merge_block(obj, block, inner, chunk, ino.size)
+            self.store.put(self._key(obj, REC_DATA, block), payload)
+            pos += n
+        t = now_ns()
+        self._put_inode(ino.evolve(size=max(ino.size, end), mtime=t, ctime=t))
+        return len(view)
+
+    def _merge_block(self, obj: int, block: int, inner: int, chunk: memoryview,
+                     size: int) -> bytes:
+        rec = self.store.get(self._key(obj, REC_DATA, block))
+        old = rec.data[:max(0, size - block)] if rec else b""
+        buf = bytearray(old)
+        if len(buf) < inner + len(chunk):
+            buf.extend(bytes(inner + len(chunk) - len(buf)))
+        buf[inner:inner + len(chunk)] = chunk
+        return bytes(buf)
+
+    def truncate(self, obj: int, size: int) -> Inode:
+        self._writable()
+        if size < 0:
+            raise FsError(errno.EINVAL, "negative size")
+        ino = self._file(obj)
+        if size < ino.size:
+            tail = size - size % BLOCK
+            first_gone = tail if size % BLOCK == 0 else tail + BLOCK
+            self.store.delete_range(self._key(obj, REC_DATA, first_gone),
+                                    self._key(obj, REC_DATA, MAX_U64))
+            if size % BLOCK:
+                rec = self.store.get(self._key(obj, REC_DATA, tail))
+                if rec is not None and len(rec.data) > size - tail:
+                    self.store.put(self._key(obj, REC_DATA, tail), rec.data[:size - tail])
+        t = now_ns()
+        return self._put_inode(ino.evolve(size=size, mtime=t, ctime=t))
+
+    # -- xattrs ------------------------------------------------------------------------------------
+    def _find_xattr(self, obj: int, name: bytes) -> tuple[int, bytes] | None:
+        h = name_hash(name)
+        lo, hi = self._key(obj, REC_XATTR, h), self._key(obj, REC_XATTR, h | COLLISION_MASK)
+        for rec in self.store.scan(lo, hi, self.asof):
+            rname, value = decode_xattr(rec.data)
+            if rname == name:
+                return rec.key, value
+        return None
+
+    def getxattr(self, obj: int, name: bytes) -> bytes:
+        self.getattr(obj)
+        found = self._find_xattr(obj, name)
+        if found is None:
+            raise FsError(errno.ENODATA, "no such attribute")
+        return found[1]
+
+    def listxattr(self, obj: int) -> list[bytes]:
+        self.getattr(obj)
+        lo, hi = self._key(obj, REC_XATTR, 0), self._key(obj, REC_XATTR, MAX_U64)
+        return [decode_xattr(rec.data)[0] for rec in self.store.scan(lo, hi, self.asof)]
+
+    def setxattr(self, obj: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self._writable()
+        ino = self.getattr(obj)
+        if not name or len(name) > XATTR_NAME_MAX:
+            raise FsError(errno.ERANGE, "bad attribute name length")
+        if len(value) > XATTR_SIZE_MAX:
+            raise FsError(errno.E2BIG, "attribute value too large")
+        found = self._find_xattr(obj, name)
+        if found is not None and flags & XATTR_CREATE:
+            raise FsError(errno.EEXIST, "attribute exists")
+        if found is None and flags & XATTR_REPLACE:
+            raise FsError(errno.ENODATA, "no such attribute")
+        if found is not None:
+            key = found[0]
+        else:
+            h = name_hash(name)
+            lo, hi = self._key(obj, REC_XATTR, h), self._key(obj, REC_XATTR, h | COLLISION_MASK)
+            used = {rec.key for rec in self.store.scan(lo, hi, with_data=False)}
+            key = h
+            while key in used:
+                key += 1
+        self.store.put(self._key(obj, REC_XATTR, key), encode_xattr(name, value))
+        self._put_inode(ino.evolve(ctime=now_ns()))
+
+    def removexattr(self, obj: int, name: bytes) -> None:
+        self._writable()
+        ino = self.getattr(obj)
+        found = self._find_xattr(obj, name)
+        if found is None:
+            raise FsError(errno.ENODATA, "no such attribute")
+        self.store.delete(self._key(obj, REC_XATTR, found[0]))
+        self._put_inode(ino.evolve(ctime=now_ns()))
+
+    # -- volume ----------------------------------------------------------------------------------
+    def statfs(self) -> dict[str, int]:
+        space = self.store.space()
+        bsize = space.block_size
+        return {
+            "f_bsize": bsize, "f_frsize": bsize,
+            "f_blocks": space.total_bytes // bsize,
+            "f_bfree": space.free_bytes // bsize, "f_bavail": space.free_bytes // bsize,
+            "f_files": 1 << 32, "f_ffree": (1 << 32) - 1, "f_favail": (1 << 32) - 1,
+            "f_namemax": NAME_MAX,
+        }
+
+    def fsync(self) -> int:
+        """Make every change so far durable; returns the committed TID."""
+        if self.readonly:
+            return self.store.last_committed_tid
+        return self.store.commit()
