@@ -1,0 +1,317 @@
+"""The mirror protocol at the store level, against MemoryStore (the reference model)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mirror_helpers import assert_replica, history, visible
+
+from hammerfs.errors import HammerError
+from hammerfs.mirror import pfs_ops
+from hammerfs.mirror import stream as s
+from hammerfs.mirror.local import copy_local, read_stream, write_stream
+from hammerfs.mirror.reader import SourceOptions
+from hammerfs.mirror.writer import ReplayError
+from hammerfs.store.memory import MemoryStore
+from hammerfs.store.records import REC_CONFIG, ROOT_OBJ
+
+RT = 0x20  # a record type of the layers above
+
+
+def pair(master_pfs: int = 1):
+    master, slave = MemoryStore("m"), MemoryStore("s")
+    if master_pfs:
+        pfs_ops.create_master(master, master_pfs)
+    shared = master.get_pfs(master_pfs).shared_uuid
+    pfs_ops.create_slave(slave, 1, shared)
+    return master, slave
+
+
+def put(store, pfs, obj, key, data=b"x"):
+    store.put((pfs, obj, RT, key), data)
+
+
+def one_way(master, mpfs, begin=1, chunk=64 << 20) -> bytes:
+    buf = io.BytesIO()
+    read_stream(master, mpfs, buf, begin_tid=begin, chunk_bytes=chunk)
+    return buf.getvalue()
+
+
+def test_bulk_then_incremental_copy_is_exact():
+    master, slave = pair()
+    for i in range(50):
+        put(master, 1, 100 + i, 0, b"v1-%d" % i)
+    master.commit()
+    copy_local(master, 1, slave, 1)
+    assert_replica(master, 1, slave, 1)
+    # updates, deletions, a new file: all travel in the next increment
+    put(master, 1, 100, 0, b"v2")
+    master.delete((1, 101, RT, 0))
+    put(master, 1, 500, 7, b"new")
+    master.commit()
+    res = copy_local(master, 1, slave, 1)
+    assert res.records == 4  # new v2 of obj 100, PASS ending v1 of 100, PASS for 101, obj 500
+    end = assert_replica(master, 1, slave, 1)
+    assert end == master.last_committed_tid
+
+
+def test_uncommitted_changes_are_not_sent_and_later_deletes_are_sent_as_live():
+    master, slave = pair()
+    put(master, 1, 100, 0, b"a")
+    master.commit()
+    first = master.last_committed_tid
+    master.delete((1, 100, RT, 0))  # in the open transaction: not part of the batch
+    copy_local(master, 1, slave, 1)
+    assert slave.get_pfs(1).sync_end_tid == first
+    assert visible(slave, 1, first) == visible(master, 1, first)
+    master.commit()
+    copy_local(master, 1, slave, 1)
+    assert_replica(master, 1, slave, 1)
+    assert visible(slave, 1, slave.get_pfs(1).sync_end_tid) == set()
+
+
+def test_root_pfs_source_skips_pfs_descriptors_and_config():
+    master, slave = pair(master_pfs=0)
+    put(master, 0, ROOT_OBJ, 0, b"root")
+    master.put((0, ROOT_OBJ, REC_CONFIG, 0), b"snapshots 1d 60d")
+    pfs_ops.create_master(master, 5)  # a REC_PFS record on pfs 0
+    master.commit()
+    copy_local(master, 0, slave, 1)
+    got = visible(slave, 1, slave.get_pfs(1).sync_end_tid)
+    assert got == {(ROOT_OBJ, RT, 0, master.get((0, ROOT_OBJ, RT, 0)).create_tid, b"root")}
+    assert slave.get_pfs(1).is_slave and slave.get_pfs(5) is None
+
+
+def test_slave_refuses_mismatch_master_target_and_root_pfs():
+    master, slave = pair()
+    put(master, 1, 100, 0)
+    master.commit()
+    pfs_ops.create_slave(slave, 2, "11111111-2222-3333-4444-555555555555")
+    with pytest.raises(HammerError, match="shared-uuid mismatch"):
+        copy_local(master, 1, slave, 2)
+    pfs_ops.create_master(slave, 3)
+    with pytest.raises(HammerError, match="is a master"):
+        write_stream(slave, 3, io.BytesIO(one_way(master, 1)))
+    with pytest.raises(HammerError, match="PFS #0"):
+        write_stream(slave, 0, io.BytesIO(one_way(master, 1)))
+    assert history(slave, 2, 1 << 63) == set() and history(slave, 3, 1 << 63) == set()
+
+
+def test_one_way_replay_is_refused_and_changes_nothing():
+    master, slave = pair()
+    put(master, 1, 100, 0)
+    master.commit()
+    raw = one_way(master, 1)
+    write_stream(slave, 1, io.BytesIO(raw))
+    before = history(slave, 1, 1 << 63), slave.get_pfs(1)
+    with pytest.raises(ReplayError, match="already applied"):
+        write_stream(slave, 1, io.BytesIO(raw))
+    assert (history(slave, 1, 1 << 63), slave.get_pfs(1)) == before
+
+
+def test_gap_is_refused():
+    master, slave = pair()
+    put(master, 1, 100, 0)
+    master.commit()
+    put(master, 1, 101, 0)
+    master.commit()
+    raw = one_way(master, 1, begin=master.last_committed_tid)
+    with pytest.raises(HammerError, match="would be missing"):
+        write_stream(slave, 1, io.BytesIO(raw))
+    assert slave.get_pfs(1).sync_end_tid == 1
+
+
+def frames(raw: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each frame of a stream."""
+    out, off = [], 0
+    while off < len(raw):
+        length = int.from_bytes(raw[off + 12:off + 16], "little")
+        out.append((off, s.HEADER_SIZE + length))
+        off += s.HEADER_SIZE + length
+    return out
+
+
+def _stream_with_two_batches():
+    master, slave = pair()
+    for i in range(6):
+        put(master, 1, 100 + i, 0, b"%d" % i * 100)
+        master.commit()
+    raw = one_way(master, 1, chunk=200)  # several batches
+    return master, slave, raw
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_corrupt_or_truncated_stream_leaves_slave_at_last_complete_batch(data):
+    master, slave, raw = _stream_with_two_batches()
+    if data.draw(st.booleans(), label="truncate"):
+        cut = data.draw(st.integers(0, len(raw) - 1), label="cut")
+        bad = raw[:cut]
+    else:
+        pos = data.draw(st.integers(0, len(raw) - 1), label="pos")
+        bad = bytearray(raw)
+        bad[pos] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+        bad = bytes(bad)
+    with pytest.raises(HammerError):
+        write_stream(slave, 1, io.BytesIO(bad))
+    end = slave.get_pfs(1).sync_end_tid
+    # the slave is exactly at a sync point of the stream: nothing newer exists at all
+    assert history(slave, 1, 1 << 63) == history(master, 1, end)
+    # and the rest of the stream (a two-way resume) completes it
+    copy_local(master, 1, slave, 1)
+    assert assert_replica(master, 1, slave, 1) == master.last_committed_tid
+
+
+def test_reordered_frames_are_refused():
+    master, slave, raw = _stream_with_two_batches()
+    spans = frames(raw)
+    (a, la), (b, lb) = spans[3], spans[4]
+    swapped = raw[:a] + raw[b:b + lb] + raw[a:a + la] + raw[b + lb:]
+    with pytest.raises(s.StreamError, match="out of order"):
+        write_stream(slave, 1, io.BytesIO(swapped))
+    assert history(slave, 1, 1 << 63) == set()
+
+
+def test_records_out_of_key_order_are_refused_even_with_valid_frames():
+    master, slave = pair()
+    put(master, 1, 100, 0)
+    put(master, 1, 101, 0)
+    master.commit()
+    raw = one_way(master, 1)
+    parsed = []
+    reader = s.FrameReader(io.BytesIO(raw))
+    for _ in frames(raw):
+        parsed.append(reader.recv())
+    recs = [i for i, f in enumerate(parsed) if f.type == s.REC]
+    parsed[recs[0]], parsed[recs[1]] = parsed[recs[1]], parsed[recs[0]]
+    rebuilt = b"".join(s.encode_frame(f.type, f.payload, i, f.flags)
+                       for i, f in enumerate(parsed))
+    with pytest.raises(s.StreamError, match="key order"):
+        write_stream(slave, 1, io.BytesIO(rebuilt))
+    assert history(slave, 1, 1 << 63) == set()
+
+
+def test_chunked_bulk_copy_resumes_from_last_sync_point():
+    master, slave, raw = _stream_with_two_batches()
+    spans = frames(raw)
+    syncs = [off + ln for off, ln in spans
+             if int.from_bytes(raw[off + 4:off + 6], "little") == s.SYNC]
+    assert len(syncs) >= 3, "the bulk copy was cut into chunks"
+    with pytest.raises(HammerError, match="truncated"):
+        write_stream(slave, 1, io.BytesIO(raw[:syncs[1] + 30]))
+    mid = slave.get_pfs(1).sync_end_tid
+    assert 1 < mid < master.last_committed_tid
+    assert visible(slave, 1, mid) == visible(master, 1, mid)
+    res = copy_local(master, 1, slave, 1, SourceOptions(chunk_bytes=200))
+    assert res.batches >= 1
+    assert assert_replica(master, 1, slave, 1) == master.last_committed_tid
+
+
+def test_failover_and_reverse_mirror_from_last_common_tid():
+    a, b = pair()
+    for i in range(5):
+        put(a, 1, 100 + i, 0, b"a%d" % i)
+    a.commit()
+    copy_local(a, 1, b, 1)
+    common = b.get_pfs(1).sync_end_tid
+    # the master changes more, then dies before mirroring it
+    put(a, 1, 100, 0, b"lost")
+    put(a, 1, 900, 0, b"lost-new")
+    a.commit()
+    # the slave takes over: upgrade, then new writes
+    pfs_ops.upgrade(b, 1)
+    put(b, 1, 101, 0, b"b-write")
+    b.delete((1, 102, RT, 0))
+    b.commit()
+    # the old master comes back as a slave and is fed from the new master
+    pfs_ops.downgrade(a, 1)
+    res = copy_local(b, 1, a, 1)
+    assert res.batches >= 1
+    end = assert_replica(b, 1, a, 1)
+    assert end == b.last_committed_tid
+    objs = {r[0]: r[4] for r in visible(a, 1, end)}
+    assert objs[100] == b"a0" and 900 not in objs and objs[101] == b"b-write" and 102 not in objs
+    assert common < end
+    # and from now on increments are ordinary
+    put(b, 1, 103, 0, b"more")
+    b.commit()
+    assert copy_local(b, 1, a, 1).records == 2
+    assert_replica(b, 1, a, 1)
+
+
+def test_upgrade_drops_half_applied_batch():
+    master, slave = pair()
+    put(master, 1, 100, 0)
+    master.commit()
+    copy_local(master, 1, slave, 1)
+    sync = slave.get_pfs(1).sync_end_tid
+    # records above sync_end_tid (as a crash in the middle of a batch would leave them)
+    slave.insert_raw(master.get((1, 100, RT, 0)).__class__(1, 200, RT, 0, sync + 10, 0, 0, 0,
+                                                           b"half"))
+    slave.commit()
+    pfs_ops.upgrade(slave, 1)
+    assert history(slave, 1, 1 << 63) == history(master, 1, sync)
+    assert not slave.get_pfs(1).is_slave
+
+
+def test_destroy_removes_records_and_marks_deleted():
+    master, _ = pair()
+    put(master, 1, 100, 0)
+    master.commit()
+    assert pfs_ops.destroy(master, 1) == 1
+    assert master.get_pfs(1).is_deleted
+    with pytest.raises(HammerError, match="does not exist"):
+        pfs_ops.status(master, 1)
+    pfs_ops.create_master(master, 1)  # the id can be reused
+    with pytest.raises(HammerError):
+        pfs_ops.destroy(master, 0)
+
+
+def test_update_and_status_fields():
+    master, slave = pair()
+    pfs_ops.update(slave, 1, pfs_ops.parse_options(["label=backup", "prune-min=1d"]))
+    lines = pfs_ops.format_status(pfs_ops.status(slave, 1))
+    assert 'label="backup"' in lines and "prune-min=1/00:00:00" in lines
+    assert "operating as a SLAVE" in lines
+    assert any(x.startswith("sync-end-tid=0x") for x in lines)
+    with pytest.raises(HammerError, match="unknown PFS option"):
+        pfs_ops.parse_options(["colour=blue"])
+
+
+# -- the model check: random histories, random mirror points -----------------------------------
+
+ops = st.lists(st.tuples(st.sampled_from(["put", "put", "del", "commit", "mirror", "oneway"]),
+                         st.integers(100, 108), st.integers(0, 2)), max_size=60)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=ops, chunk=st.sampled_from([200, 1 << 20]))
+def test_random_histories_replicate_exactly_at_every_sync_tid(steps, chunk):
+    master, slave = pair()
+    seen_syncs = []
+    for n, (op, obj, key) in enumerate(steps):
+        if op == "put":
+            put(master, 1, obj, key, b"%d" % n * (n % 7))
+        elif op == "del":
+            master.delete((1, obj, RT, key))
+        elif op == "commit":
+            master.commit()
+        elif op == "mirror":
+            copy_local(master, 1, slave, 1, SourceOptions(chunk_bytes=chunk))
+            seen_syncs.append(slave.get_pfs(1).sync_end_tid)
+        else:
+            begin = slave.get_pfs(1).sync_end_tid + 1 - random.Random(n).randint(0, 1)
+            with contextlib.suppress(ReplayError):
+                write_stream(slave, 1, io.BytesIO(one_way(master, 1, max(1, begin), chunk)))
+            seen_syncs.append(slave.get_pfs(1).sync_end_tid)
+    master.commit()
+    copy_local(master, 1, slave, 1, SourceOptions(chunk_bytes=chunk))
+    seen_syncs.append(slave.get_pfs(1).sync_end_tid)
+    for tid in seen_syncs:
+        assert visible(slave, 1, tid) == visible(master, 1, tid)
+    assert_replica(master, 1, slave, 1)
