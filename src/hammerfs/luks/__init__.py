@@ -1,6 +1,10 @@
 """Userspace LUKS1/LUKS2 containers, byte-compatible with cryptsetup (layer 1b).
 
-Depends only on hammerfs.blockdev and hammerfs.errors."""
+Depends only on hammerfs.blockdev and hammerfs.errors.  Modules: ``xts`` (batched
+AES-XTS-plain64), ``af`` (anti-forensic splitter), ``kdf`` (PBKDF2/Argon2 and cost
+benchmarks), ``luks1``/``luks2`` (on-disk headers), ``keyslots`` (sealing the volume key),
+``container`` (format, unlock, slot management, dump), ``device`` (LuksDevice, the decrypted
+payload as a BlockDevice), ``passphrase`` (key files and prompts)."""
 
 from __future__ import annotations
 
@@ -10,8 +14,39 @@ from hammerfs.errors import HammerError
 LUKS_MAGIC = b"LUKS\xba\xbe"
 
 
+def open_payload(device: BlockDevice, passphrase: bytes, *, slot: int | None = None,
+                 readonly: bool | None = None) -> BlockDevice:
+    """Unlock the container on ``device`` and return its payload as a LuksDevice."""
+    from hammerfs.luks.container import open_container
+    from hammerfs.luks.passphrase import warn
+
+    container = open_container(device)
+    for notice in container.notices():
+        warn(notice)
+    _, key = container.unlock(passphrase, slot)
+    return payload_device(container, key, readonly=readonly)
+
+
+def payload_device(container, volume_key: bytes, *, readonly: bool | None = None
+                   ) -> BlockDevice:
+    """The decrypted payload of an unlocked container."""
+    from hammerfs.luks.device import LuksDevice
+
+    if container.data_offset == 0:
+        raise HammerError("this LUKS header is detached (data offset 0); open the data "
+                          "device with its header instead")
+    return LuksDevice(container.dev, volume_key, data_offset=container.data_offset,
+                      data_size=container.data_size(), sector_size=container.sector_size,
+                      iv_tweak=container.iv_tweak, readonly=readonly)
+
+
 def unlock_if_luks(device: BlockDevice, key_file: str | None = None) -> BlockDevice:
-    """Return ``device`` itself if it holds no LUKS header, else its unlocked payload."""
-    if device.size >= 4096 and device.read(0, 4096)[:6] == LUKS_MAGIC:
-        raise HammerError("this volume is LUKS-encrypted; encrypted volumes are not supported yet")
-    return device
+    """Return ``device`` itself if it holds no LUKS header, else its unlocked payload
+    (passphrase from ``key_file``, or a hidden prompt on a terminal)."""
+    from hammerfs.luks.container import is_luks
+    from hammerfs.luks.passphrase import get_passphrase
+
+    if not is_luks(device):
+        return device
+    passphrase = get_passphrase(key_file, "Enter passphrase for the encrypted volume: ")
+    return open_payload(device, passphrase)

@@ -1,0 +1,90 @@
+"""LuksDevice: the decrypted payload of a LUKS container as a BlockDevice over the
+container's BlockDevice.  Reads and writes are batched through XtsCipher (one ECB pass per
+chunk, not one cipher call per sector); the key schedule lives as long as the device."""
+
+from __future__ import annotations
+
+from hammerfs.blockdev.base import BLOCK, BlockDevice
+from hammerfs.errors import HammerError, ReadOnly
+from hammerfs.luks.xts import XtsCipher
+
+IV_UNIT = 512
+CHUNK = 1024 * 1024   # bounds the scratch buffers; large requests are processed in pieces
+
+
+class LuksDevice:
+    """Payload bytes [0, size) map to container bytes [data_offset, data_offset + size)."""
+
+    def __init__(self, container: BlockDevice, volume_key: bytes, *, data_offset: int,
+                 data_size: int, sector_size: int, iv_tweak: int = 0,
+                 readonly: bool | None = None):
+        if sector_size not in (512, 1024, 2048, 4096):
+            raise HammerError(f"invalid sector size {sector_size}")
+        self.container = container
+        self.data_offset = data_offset
+        self.sector_size = sector_size
+        self.iv_tweak = iv_tweak
+        self.size = data_size - data_size % BLOCK
+        self.readonly = container.readonly if readonly is None else readonly
+        self._cipher = XtsCipher(volume_key)
+
+    def _first_iv(self, offset: int) -> int:
+        # plain64 counts 512-byte units even for larger sectors (cryptsetup never sets
+        # iv_large_sectors for LUKS).
+        return self.iv_tweak + offset // IV_UNIT
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise HammerError(f"I/O beyond the end of the encrypted volume "
+                              f"({offset}+{length} > {self.size})")
+
+    def _aligned(self, offset: int, length: int) -> tuple[int, int]:
+        start = offset - offset % self.sector_size
+        end = -(-(offset + length) // self.sector_size) * self.sector_size
+        return start, end
+
+    def _read_sectors(self, start: int, end: int) -> bytearray:
+        out = bytearray(end - start)
+        view = memoryview(out)
+        for pos in range(start, end, CHUNK):
+            size = min(CHUNK, end - pos)
+            cipher = self.container.read(self.data_offset + pos, size)
+            self._cipher.crypt_into(cipher, view[pos - start:pos - start + size],
+                                    self._first_iv(pos), self.sector_size,
+                                    self.sector_size // IV_UNIT, decrypt=True)
+        return out
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check_range(offset, length)
+        start, end = self._aligned(offset, length)
+        plain = self._read_sectors(start, end)
+        if start == offset and end == offset + length:
+            return bytes(plain)
+        return bytes(plain[offset - start:offset - start + length])
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if self.readonly:
+            raise ReadOnly("the encrypted volume is open read-only")
+        data = memoryview(data).cast("B")
+        self._check_range(offset, len(data))
+        start, end = self._aligned(offset, len(data))
+        if (start, end) != (offset, offset + len(data)):
+            # Partial sectors: read-modify-write (the store never does this).
+            plain = self._read_sectors(start, end)
+            plain[offset - start:offset - start + len(data)] = data
+            data, offset = memoryview(plain), start
+        out = bytearray(min(CHUNK, len(data)))
+        for pos in range(0, len(data), CHUNK):
+            size = min(CHUNK, len(data) - pos)
+            piece = memoryview(out)[:size]
+            self._cipher.crypt_into(data[pos:pos + size], piece, self._first_iv(offset + pos),
+                                    self.sector_size, self.sector_size // IV_UNIT,
+                                    decrypt=False)
+            self.container.write(self.data_offset + offset + pos, piece)
+
+    def flush(self) -> None:
+        self.container.flush()
+
+    def close(self) -> None:
+        self._cipher = None  # type: ignore[assignment]  # drop the key schedule
+        self.container.close()

@@ -1,0 +1,129 @@
+"""Password-based key derivation for key slots (PBKDF2, Argon2id, Argon2i) and cryptsetup's
+cost benchmark: cost parameters are chosen so one derivation takes about ``iter_time`` ms."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+
+from hammerfs.errors import HammerError
+
+PBKDF2_HASHES = ("sha1", "sha256", "sha512", "sha384", "sha224", "ripemd160")
+ARGON2_TYPES = ("argon2id", "argon2i")
+ARGON2_MIN_TIME = 4
+ARGON2_MIN_MEMORY = 32            # KiB
+ARGON2_MAX_MEMORY = 4 * 1024 * 1024
+ARGON2_MAX_PARALLEL = 4
+DEFAULT_MAX_MEMORY = 1024 * 1024  # cryptsetup's cap (KiB), also capped at half the RAM
+PBKDF2_MIN_ITERATIONS = 1000
+DEFAULT_ITER_TIME_MS = 2000
+DIGEST_ITER_TIME_MS = 125
+
+
+@dataclass
+class KdfParams:
+    """One key slot's KDF: type, salt and costs (memory in KiB, parallel = lanes)."""
+
+    type: str
+    salt: bytes
+    hash: str = "sha256"
+    iterations: int = 0
+    time: int = 0
+    memory: int = 0
+    parallel: int = 0
+
+
+def check_params(params: KdfParams) -> None:
+    """Refuse costs cryptsetup would refuse (and absurd ones a damaged header could give)."""
+    if params.type == "pbkdf2":
+        if params.hash not in PBKDF2_HASHES:
+            raise HammerError(f"unsupported PBKDF2 hash '{params.hash}'")
+        if not 1 <= params.iterations <= 0xFFFFFFFF:
+            raise HammerError(f"invalid PBKDF2 iteration count {params.iterations}")
+    elif params.type in ARGON2_TYPES:
+        if not 1 <= params.time <= 0xFFFFFFFF:
+            raise HammerError(f"invalid argon2 time cost {params.time}")
+        if not ARGON2_MIN_MEMORY <= params.memory <= ARGON2_MAX_MEMORY:
+            raise HammerError(f"invalid argon2 memory cost {params.memory} KiB")
+        if not 1 <= params.parallel <= ARGON2_MAX_PARALLEL:
+            raise HammerError(f"invalid argon2 parallel cost {params.parallel}")
+    else:
+        raise HammerError(f"unsupported key derivation function '{params.type}'")
+
+
+def derive(passphrase: bytes, params: KdfParams, length: int) -> bytes:
+    """The slot key for ``passphrase``."""
+    check_params(params)
+    if params.type == "pbkdf2":
+        return pbkdf2(params.hash, passphrase, params.salt, params.iterations, length)
+    if params.type == "argon2id":
+        from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+        return Argon2id(salt=params.salt, length=length, iterations=params.time,
+                        lanes=params.parallel, memory_cost=params.memory).derive(passphrase)
+    from argon2.low_level import Type, hash_secret_raw
+    return hash_secret_raw(passphrase, params.salt, time_cost=params.time,
+                           memory_cost=params.memory, parallelism=params.parallel,
+                           hash_len=length, type=Type.I, version=0x13)
+
+
+def pbkdf2(hash_name: str, secret: bytes, salt: bytes, iterations: int, length: int) -> bytes:
+    try:
+        return hashlib.pbkdf2_hmac(hash_name, secret, salt, iterations, length)
+    except ValueError:
+        raise HammerError(f"unsupported PBKDF2 hash '{hash_name}'") from None
+
+
+def physical_memory_kib() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (ValueError, OSError):
+        return DEFAULT_MAX_MEMORY * 2
+
+
+def default_argon2_memory() -> int:
+    """cryptsetup caps Argon2 memory at 1 GiB and at half of the physical RAM."""
+    return max(ARGON2_MIN_MEMORY, min(DEFAULT_MAX_MEMORY, physical_memory_kib() // 2))
+
+
+def default_parallel() -> int:
+    return max(1, min(ARGON2_MAX_PARALLEL, os.cpu_count() or 1))
+
+
+def _elapsed_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def benchmark_pbkdf2(hash_name: str, target_ms: int, length: int) -> int:
+    """Iterations of PBKDF2 that take about ``target_ms`` (at least 1000)."""
+    iterations = 1000
+    while True:
+        spent = _elapsed_ms(lambda n=iterations: pbkdf2(hash_name, b"benchmark", bytes(32), n,
+                                                        length))
+        if spent > 50 or iterations >= 1 << 26:
+            break
+        iterations *= 4
+    return max(PBKDF2_MIN_ITERATIONS, int(iterations * target_ms / max(spent, 0.001)))
+
+
+def benchmark_argon2(kind: str, target_ms: int, max_memory: int, parallel: int,
+                     length: int) -> tuple[int, int]:
+    """(time, memory KiB) for Argon2 taking about ``target_ms``, cryptsetup-style: keep the
+    minimum time cost of 4 and scale memory up to ``max_memory``; if even that is faster than
+    the target, raise the time cost."""
+    probe = KdfParams(kind, bytes(16), time=ARGON2_MIN_TIME,
+                      memory=max(ARGON2_MIN_MEMORY, min(max_memory, 16 * 1024)),
+                      parallel=parallel)
+    while True:
+        spent = _elapsed_ms(lambda: derive(b"benchmark", probe, length))
+        if spent > 100 or probe.memory >= max_memory:
+            break
+        probe.memory = min(max_memory, probe.memory * 4)
+    per_kib_ms = spent / (probe.memory * probe.time)
+    memory = int(target_ms / (per_kib_ms * ARGON2_MIN_TIME))
+    if memory <= max_memory:
+        return ARGON2_MIN_TIME, max(ARGON2_MIN_MEMORY, memory)
+    return max(ARGON2_MIN_TIME, int(target_ms / (per_kib_ms * max_memory))), max_memory
