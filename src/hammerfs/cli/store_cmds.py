@@ -1,9 +1,208 @@
-"""`hammer` subcommands of the store layer (filled in by the store work)."""
+"""`hammer` subcommands of the store layer: newfs, info, show, scrub."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
+
+from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.errors import HammerError, NotAVolume
+from hammerfs.store.format import FORMAT_VERSION, STORE_PFS
+from hammerfs.store.records import MAX_U64
+from hammerfs.store.scrub import scrub
+from hammerfs.store.store import Store, read_header
+
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
+    p = sub.add_parser(
+        "newfs", help="create a new volume",
+        description="Create a new, empty hammerfs volume (with the root PFS #0) on a regular "
+        "file or a block device.  An existing hammerfs volume is never overwritten without "
+        "-f/--force.")
+    p.add_argument("-L", "--label", default="", help="volume label (up to 63 bytes)")
+    p.add_argument("--size", metavar="N", type=parse_size,
+                   help="create (or resize) a regular file of N bytes; K/M/G/T suffixes "
+                   "(powers of 1024), e.g. 512M")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="overwrite an existing hammerfs volume")
+    p.add_argument("volume", metavar="VOLUME", help="image file or block device")
+    add_volume_args(p, creating=True)
+    p.set_defaults(func=cmd_newfs)
+
+    p = sub.add_parser(
+        "info", help="show volume summary",
+        description="Show the label, uuid, format version, size and space use, big-block "
+        "fill, PFS count and TIDs of a volume.")
+    p.add_argument("volume", metavar="VOLUME", help="image file or block device")
+    add_volume_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "show", help="dump the B-tree, verifying every checksum",
+        description="Dump the record index (B-tree nodes and records), verifying the "
+        "checksum of every node and data block read on the way.  KEY-PREFIX limits the "
+        "records shown: PFS[:OBJ[:TYPE[:KEY]]], numbers in decimal or 0x-hex.")
+    p.add_argument("volume", metavar="VOLUME", help="image file or block device")
+    p.add_argument("prefix", metavar="KEY-PREFIX", nargs="?", help="PFS[:OBJ[:TYPE[:KEY]]]")
+    add_volume_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "scrub", help="verify every block of a volume",
+        description="Read and verify every block reachable from the volume header (B-tree "
+        "nodes and data extents) and print a report.  Exits non-zero if anything is damaged.")
+    p.add_argument("volume", metavar="VOLUME", help="image file or block device")
+    add_volume_args(p)
+    p.set_defaults(func=cmd_scrub)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 64M, 2G)")
+    size = int(m.group(1)) * _SUFFIX[m.group(2).upper()]
+    if size <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return size // 4096 * 4096
+
+
+def _open(args: argparse.Namespace, readonly: bool) -> Store:
+    dev = open_volume_device(args.volume, args, readonly=readonly)
+    try:
+        return Store.open(dev, readonly=readonly)
+    except BaseException:
+        dev.close()
+        raise
+
+
+def cmd_newfs(args: argparse.Namespace) -> int:
+    if os.path.exists(args.volume):
+        dev = open_volume_device(args.volume, args, readonly=True)
+        try:
+            existing = None
+            with contextlib.suppress(NotAVolume, HammerError):
+                existing = read_header(dev)
+            if existing is not None and not args.force:
+                raise HammerError(f"{args.volume} already holds a hammerfs volume "
+                                  f"(label {existing.label!r}, uuid {existing.uuid}); "
+                                  f"use -f to overwrite it")
+        finally:
+            dev.close()
+    elif args.size is None:
+        raise HammerError(f"{args.volume} does not exist; give --size to create an image file")
+    dev = open_volume_device(args.volume, args, create_size=args.size)
+    try:
+        store = Store.create(dev, args.label)
+    except BaseException:
+        dev.close()
+        raise
+    space = store.space()
+    print(f"newfs: {args.volume}: {_human(space.total_bytes)}, label {store.label!r}, "
+          f"uuid {store.uuid}")
+    store.close()
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    store = _open(args, readonly=True)
+    try:
+        space = store.space()
+        fill = store.bigblock_fill()
+        per_bb = space.bigblock_size // space.block_size
+        full = sum(1 for f in fill if f >= per_bb)
+        pfs = store.list_pfs()
+        lines = [
+            ("Volume", args.volume),
+            ("Label", store.label),
+            ("UUID", store.uuid),
+            ("Format version", str(FORMAT_VERSION)),
+            ("Size", _human(space.total_bytes)),
+            ("Used", f"{_human(space.used_bytes)} ({space.used_bytes * 100 // space.total_bytes}%)"),
+            ("Free", _human(space.free_bytes)),
+            ("Big-blocks", f"{space.bigblocks_total} of {_human(space.bigblock_size)}: "
+                           f"{space.bigblocks_free} empty, "
+                           f"{space.bigblocks_total - space.bigblocks_free - full} partly used, "
+                           f"{full} full"),
+            ("Big-block fill", " ".join(f"{f * 100 // per_bb}%" for f in fill[:64])
+             + (" ..." if len(fill) > 64 else "")),
+            ("PFS count", str(len(pfs))),
+            ("Commit seq", str(store.header.seq)),
+            ("Last commit TID", _tid(store.last_committed_tid)),
+            ("Next TID", _tid(store.current_tid)),
+        ]
+        width = max(len(k) for k, _ in lines)
+        for key, value in lines:
+            print(f"{key + ':':<{width + 1}} {value}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    prefix = _parse_prefix(args.prefix) if args.prefix else ()
+    store = _open(args, readonly=True)
+    try:
+        for depth, node in store.tree.walk_nodes():
+            indent = "  " * depth
+            kind = f"INTERNAL level {node.level}" if node.level else "LEAF"
+            print(f"{indent}NODE {node.off:#x} {kind} {len(node.keys)} elements")
+            if node.level:
+                continue
+            for k, v in zip(node.keys, node.vals, strict=True):
+                if k[:len(prefix)] != prefix:
+                    continue
+                where = f"data@{v[4]:#x}" if v[4] else "inline"
+                store.data_of(k, v)  # verifies the data checksum
+                name = "store" if k[0] == STORE_PFS else f"{k[0]}"
+                print(f"{indent}  ELM {name}:{k[1]:#x}:{k[2]:#x}:{k[3]:#x} "
+                      f"create {_tid(k[4])} delete {_tid(v[0])} len {v[3]} {where}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    store = _open(args, readonly=True)
+    try:
+        report = scrub(store)
+    finally:
+        store.close()
+    print(f"scrub {args.volume}: {report.nodes} B-tree nodes, {report.records} records, "
+          f"{report.extents} data extents ({_human(report.data_bytes)}) verified")
+    for err in report.errors:
+        print(f"DAMAGED: {err}")
+    if report.ok:
+        print("no damage found")
+        return 0
+    print(f"{len(report.errors)} problem(s) found")
+    return 1
+
+
+def _parse_prefix(text: str) -> tuple[int, ...]:
+    parts = text.split(":")
+    if len(parts) > 4:
+        raise HammerError(f"invalid key prefix {text!r}: use PFS[:OBJ[:TYPE[:KEY]]]")
+    try:
+        values = tuple(int(p, 0) for p in parts)
+    except ValueError:
+        raise HammerError(f"invalid key prefix {text!r}: fields are numbers") from None
+    if any(not 0 <= v <= MAX_U64 for v in values):
+        raise HammerError(f"invalid key prefix {text!r}: field out of range")
+    return values
+
+
+def _tid(tid: int) -> str:
+    return f"0x{tid:016x}"
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -12,11 +12,12 @@ from hammerfs.store.records import (
     REC_PFS,
     REC_SNAPSHOT,
     ROOT_OBJ,
-    Record,
     RecKey,
+    Record,
 )
+from hammerfs.store.store import Store
 
 __all__ = [
     "MAX_U64", "PFS_DELETED", "PFS_SLAVE", "REC_CONFIG", "REC_PFS", "REC_SNAPSHOT", "ROOT_OBJ",
-    "PfsData", "Record", "RecKey", "RecordStore", "SpaceInfo",
+    "PfsData", "Record", "RecKey", "RecordStore", "SpaceInfo", "Store",
 ]

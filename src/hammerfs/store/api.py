@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hammerfs.store.pfs import PfsData
-from hammerfs.store.records import Record, RecKey
+from hammerfs.store.records import RecKey, Record
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from hammerfs.errors import ReadOnly
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.pfs import PfsData
-from hammerfs.store.records import MAX_PFS, REC_PFS, ROOT_OBJ, Record, RecKey
+from hammerfs.store.records import MAX_PFS, REC_PFS, ROOT_OBJ, RecKey, Record
 
 FullKey = tuple[int, int, int, int, int]
 

@@ -1,0 +1,200 @@
+"""Block allocator: a 1-bit-per-4-KiB-block map, handed out from 8 MiB big-blocks.
+
+Metadata (B-tree nodes) and data extents are appended from different current big-blocks so
+that sequential file data stays contiguous.  A block freed in the open transaction that was
+part of the last committed state stays allocated until the freeing commit is durable (a crash
+must still find the old state intact); a block allocated and freed inside the same
+transaction is reusable at once.
+
+The map is persisted per commit into one of two fixed regions (matching the header slot), each
+a checksum table (whose checksum is in the header) followed by the bitmap pages.  Only pages
+changed since that region was last written are rewritten.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hammerfs.errors import CorruptionError, NoSpace
+from hammerfs.store.format import BITS_PER_PAGE, BLOCK, BLOCKS_PER_BIGBLOCK, CSUM_SIZE, checksum
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
+_BB_BYTES = BLOCKS_PER_BIGBLOCK // 8
+META, DATA = 0, 1
+
+
+class Allocator:
+    def __init__(self, nblocks: int, bitmap: bytearray, region_blocks: tuple[int, int],
+                 table_blocks: int):
+        self.nblocks = nblocks
+        self.bits = np.frombuffer(bitmap, dtype=np.uint8)  # writable view of the bytearray
+        self._raw = bitmap
+        self.pages = len(bitmap) // BLOCK
+        self.region_blocks = region_blocks
+        self.table_blocks = table_blocks
+        self.bb_count = -(-nblocks // BLOCKS_PER_BIGBLOCK)
+        self._recount()
+        self.cursor = [0, 0]  # next block to try, per kind (META, DATA)
+        self.txn_allocated: set[int] = set()  # data extents allocated in the open transaction
+        self.pending: list[tuple[int, int]] = []  # (block, count) freed, committed-state blocks
+        self.dirty_pages: list[set[int]] = [set(), set()]
+        self.page_csums = [bytearray(self.pages * CSUM_SIZE), bytearray(self.pages * CSUM_SIZE)]
+
+    def _padding_bits(self) -> int:
+        return self.pages * BITS_PER_PAGE - self.nblocks
+
+    # -- creation and loading -------------------------------------------------------------------
+    @classmethod
+    def fresh(cls, nblocks: int, pages: int, reserved: int, region_blocks: tuple[int, int],
+              table_blocks: int) -> Allocator:
+        """A map with blocks [0, reserved) and the padding past the volume end in use."""
+        bitmap = bytearray(pages * BLOCK)
+        alloc = cls(nblocks, bitmap, region_blocks, table_blocks)
+        alloc._set_range(0, reserved, True)
+        alloc._set_range(nblocks, pages * BITS_PER_PAGE - nblocks, True)
+        alloc._recount()
+        return alloc
+
+    def _recount(self) -> None:
+        per_bb = self.bits.reshape(-1, _BB_BYTES)
+        self.bb_used = _POPCOUNT[per_bb].sum(axis=1).astype(np.int64)[: self.bb_count]
+        self.free_blocks = self.nblocks - int(_POPCOUNT[self.bits].sum()) + self._padding_bits()
+
+    @classmethod
+    def load(cls, dev, nblocks: int, pages: int, table_blocks: int,
+             region_blocks: tuple[int, int], slot: int, table_csum: bytes) -> Allocator:
+        base = region_blocks[slot] * BLOCK
+        table = dev.read(base, table_blocks * BLOCK)
+        if checksum(table) != table_csum:
+            raise CorruptionError(f"free-map table at offset {base:#x} failed verification", base)
+        raw = bytearray(dev.read(base + table_blocks * BLOCK, pages * BLOCK))
+        for p in range(pages):
+            page = memoryview(raw)[p * BLOCK:(p + 1) * BLOCK]
+            if checksum(page) != table[p * CSUM_SIZE:(p + 1) * CSUM_SIZE]:
+                where = base + (table_blocks + p) * BLOCK
+                raise CorruptionError(f"free-map page at offset {where:#x} failed verification",
+                                      where)
+        alloc = cls(nblocks, raw, region_blocks, table_blocks)
+        alloc.page_csums[slot][:] = table[: pages * CSUM_SIZE]
+        alloc.dirty_pages[1 - slot] = set(range(pages))  # the other region's content is unknown
+        return alloc
+
+    # -- bit manipulation ---------------------------------------------------------------------
+    def _set_range(self, block: int, count: int, used: bool) -> None:
+        if count <= 0:
+            return
+        lo, hi = block // 8, (block + count - 1) // 8 + 1
+        bits = np.unpackbits(self.bits[lo:hi], bitorder="little")
+        start = block - lo * 8
+        bits[start:start + count] = used
+        self.bits[lo:hi] = np.packbits(bits, bitorder="little")
+        for page in range(lo // BLOCK, (hi - 1) // BLOCK + 1):
+            self.dirty_pages[0].add(page)
+            self.dirty_pages[1].add(page)
+
+    def _mark(self, block: int, count: int, used: bool) -> None:
+        self._set_range(block, count, used)
+        delta = count if used else -count
+        self.free_blocks -= delta
+        first, last = block // BLOCKS_PER_BIGBLOCK, (block + count - 1) // BLOCKS_PER_BIGBLOCK
+        if first == last:
+            self.bb_used[first] += delta
+        else:
+            for b in range(first, last + 1):
+                lo = max(block, b * BLOCKS_PER_BIGBLOCK)
+                hi = min(block + count, (b + 1) * BLOCKS_PER_BIGBLOCK)
+                self.bb_used[b] += (hi - lo) if used else -(hi - lo)
+
+    def is_used(self, block: int) -> bool:
+        return bool(self.bits[block // 8] >> (block % 8) & 1)
+
+    # -- allocation ---------------------------------------------------------------------------
+    def alloc(self, count: int, kind: int) -> int:
+        """Allocate ``count`` contiguous blocks; returns the first block number."""
+        block = self._find(count, kind)
+        self._mark(block, count, True)
+        self.cursor[kind] = block + count
+        if kind == DATA:
+            self.txn_allocated.add(block)
+        return block
+
+    def _find(self, count: int, kind: int) -> int:
+        cur = self.cursor[kind]
+        bb = cur // BLOCKS_PER_BIGBLOCK
+        if cur and bb < self.bb_count:
+            hit = self._run_in_bigblock(bb, count, cur)
+            if hit is not None:
+                return hit
+        other_bb = self.cursor[1 - kind] // BLOCKS_PER_BIGBLOCK
+        capacity = BLOCKS_PER_BIGBLOCK - self.bb_used
+        candidates = np.flatnonzero(capacity >= count)
+        # prefer empty big-blocks (keeps data contiguous), then any not used by the other kind
+        empty = candidates[self.bb_used[candidates] == 0]
+        for group in (empty[empty != other_bb], candidates[candidates != other_bb],
+                      candidates):
+            for cand in _rotate(group, bb):
+                hit = self._run_in_bigblock(int(cand), count, 0)
+                if hit is not None:
+                    return hit
+        raise NoSpace(f"no space left on volume (no run of {count} free blocks)")
+
+    def _run_in_bigblock(self, bb: int, count: int, start: int) -> int | None:
+        base = bb * BLOCKS_PER_BIGBLOCK
+        used = np.unpackbits(self.bits[bb * _BB_BYTES:(bb + 1) * _BB_BYTES], bitorder="little")
+        offset = max(0, start - base)
+        if count == 1:
+            free = np.flatnonzero(used[offset:] == 0)
+            return base + offset + int(free[0]) if len(free) else None
+        sums = np.concatenate(([0], np.cumsum(used[offset:], dtype=np.int32)))
+        window = sums[count:] - sums[:-count]
+        free = np.flatnonzero(window == 0)
+        return base + offset + int(free[0]) if len(free) else None
+
+    def free(self, block: int, count: int, *, data: bool) -> None:
+        """Release blocks: at once if allocated in this transaction, else after commit."""
+        if data and block in self.txn_allocated:
+            self.txn_allocated.discard(block)
+            self._mark(block, count, False)
+        else:
+            self.pending.append((block, count))
+
+    def pending_blocks(self) -> int:
+        return sum(c for _, c in self.pending)
+
+    # -- commit -----------------------------------------------------------------------------------
+    def release_pending(self) -> None:
+        """Called by commit once no more blocks will be allocated before the header write:
+        the map written now (and every later allocation) treats the freed blocks as free."""
+        for block, count in self.pending:
+            self._mark(block, count, False)
+        self.pending.clear()
+        self.txn_allocated.clear()
+
+    def persist(self, slot: int) -> tuple[list[tuple[int, bytes]], bytes]:
+        """Writes bringing region ``slot`` up to date, and that region's table checksum."""
+        base = self.region_blocks[slot] * BLOCK
+        writes = []
+        csums = self.page_csums[slot]
+        for page in sorted(self.dirty_pages[slot]):
+            data = self._raw[page * BLOCK:(page + 1) * BLOCK]
+            csums[page * CSUM_SIZE:(page + 1) * CSUM_SIZE] = checksum(data)
+            writes.append((base + (self.table_blocks + page) * BLOCK, bytes(data)))
+        self.dirty_pages[slot].clear()
+        table = bytes(csums) + bytes(self.table_blocks * BLOCK - len(csums))
+        writes.append((base, table))
+        return writes, checksum(table)
+
+    # -- statistics -------------------------------------------------------------------------------
+    def bigblocks_free(self) -> int:
+        return int(np.count_nonzero(self.bb_used == 0))
+
+    def bigblock_fill(self) -> list[int]:
+        return [int(x) for x in self.bb_used]
+
+
+def _rotate(group: np.ndarray, after: int) -> list[int]:
+    """Candidates after ``after`` first, then the ones before it (round-robin)."""
+    if not len(group):
+        return []
+    split = int(np.searchsorted(group, after, side="right"))
+    return [int(x) for x in np.concatenate((group[split:], group[:split]))]

@@ -1,0 +1,322 @@
+"""Copy-on-write B+tree of records, keyed by full key (pfs, obj_id, rec_type, key, create_tid).
+
+Nodes are one block each.  A leaf holds entries (key, LeafVal); an internal node holds for each
+child its first key (kept exact) and a ref ``[offset, checksum, max_tid, node]``.  ``node`` is
+set only while the child is dirty (modified since the last commit and not yet on disk); a clean
+child is found through a cache of decoded nodes by offset, or read and verified against the
+checksum in the ref.
+
+Modifying a node makes it and every ancestor dirty; their old blocks are freed (reusable once
+the commit is durable).  ``flush`` writes dirty nodes bottom-up into fresh blocks, putting each
+child's offset, checksum and aggregated max TID (HAMMER's mirror_tid) into its parent.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+from hammerfs.errors import CorruptionError
+from hammerfs.store.alloc import META, Allocator
+from hammerfs.store.format import (
+    BLOCK,
+    INNER_ENTRY_SIZE,
+    NODE_HDR_SIZE,
+    NODE_SIZE,
+    ZERO_CSUM,
+    FullKey,
+    LeafVal,
+    checksum,
+    decode_node,
+    encode_inner,
+    encode_leaf,
+    leaf_entry_bytes,
+)
+
+CACHE_NODES = 8192
+
+
+class Node:
+    __slots__ = ("level", "keys", "vals", "nbytes", "dirty", "off", "csum")
+
+    def __init__(self, level: int, keys: list, vals: list, off: int = 0, csum: bytes = ZERO_CSUM):
+        self.level = level
+        self.keys = keys
+        self.vals = vals
+        self.off = off
+        self.csum = csum
+        self.dirty = off == 0
+        if level:
+            self.nbytes = NODE_HDR_SIZE + INNER_ENTRY_SIZE * len(keys)
+        else:
+            self.nbytes = NODE_HDR_SIZE + sum(leaf_entry_bytes(v) for v in vals)
+
+
+class BTree:
+    def __init__(self, dev, alloc: Allocator, root: Node):
+        self.dev = dev
+        self.alloc = alloc
+        self.root = root
+        self.cache: dict[int, Node] = {}
+        self.dirty_count = 1 if root.dirty else 0
+
+    @classmethod
+    def empty(cls, dev, alloc: Allocator) -> BTree:
+        return cls(dev, alloc, Node(0, [], []))
+
+    @classmethod
+    def load(cls, dev, alloc: Allocator, off: int, csum: bytes) -> BTree:
+        tree = cls(dev, alloc, Node(0, [], []))
+        tree.root = tree.read_node(off, csum)
+        tree.dirty_count = 0
+        return tree
+
+    # -- reading -----------------------------------------------------------------------------------
+    def read_node(self, off: int, csum: bytes) -> Node:
+        raw = self.dev.read(off, NODE_SIZE)
+        if checksum(raw) != csum:
+            raise CorruptionError(f"B-tree node at offset {off:#x} failed checksum verification",
+                                  off)
+        level, keys, vals = decode_node(raw, off)
+        return Node(level, keys, vals, off, csum)
+
+    def child(self, node: Node, i: int) -> Node:
+        ref = node.vals[i]
+        if ref[3] is not None:
+            return ref[3]
+        found = self.cache.get(ref[0])
+        if found is None:
+            found = self.read_node(ref[0], ref[1])
+            if found.level != node.level - 1:
+                raise CorruptionError(f"B-tree node at offset {ref[0]:#x} has level "
+                                      f"{found.level}, expected {node.level - 1}", ref[0])
+            self._cache_put(found)
+        return found
+
+    def _cache_put(self, node: Node) -> None:
+        cache = self.cache
+        if len(cache) >= CACHE_NODES:
+            for old in list(cache)[: CACHE_NODES // 4]:
+                del cache[old]
+        cache[node.off] = node
+
+    def _descend(self, k: FullKey) -> tuple[list[tuple[Node, int]], Node]:
+        path = []
+        node = self.root
+        while node.level:
+            i = bisect_right(node.keys, k) - 1
+            if i < 0:
+                i = 0
+            path.append((node, i))
+            node = self.child(node, i)
+        return path, node
+
+    def floor(self, k: FullKey) -> tuple[FullKey, LeafVal] | None:
+        """The entry with the largest key <= k (separators are exact, so it is in this leaf)."""
+        _, leaf = self._descend(k)
+        i = bisect_right(leaf.keys, k) - 1
+        return (leaf.keys[i], leaf.vals[i]) if i >= 0 else None
+
+    def exact(self, k: FullKey) -> LeafVal | None:
+        hit = self.floor(k)
+        return hit[1] if hit is not None and hit[0] == k else None
+
+    def collect(self, lo: FullKey, hi: FullKey, limit: int,
+                since: int | None = None) -> list[tuple[FullKey, LeafVal]]:
+        """Up to ``limit`` entries with lo <= key <= hi in key order; with ``since``, only
+        entries whose create or delete TID is >= since, skipping clean subtrees whose max TID
+        is older."""
+        out: list[tuple[FullKey, LeafVal]] = []
+        self._collect(self.root, lo, hi, limit, since, out)
+        return out
+
+    def _collect(self, node: Node, lo, hi, limit, since, out) -> bool:
+        keys = node.keys
+        if not node.level:
+            vals = node.vals
+            for i in range(bisect_left(keys, lo), len(keys)):
+                k = keys[i]
+                if k > hi:
+                    return True
+                v = vals[i]
+                if since is None or k[4] >= since or v[0] >= since:
+                    out.append((k, v))
+                    if len(out) >= limit:
+                        return True
+            return False
+        start = max(0, bisect_right(keys, lo) - 1)
+        for j in range(start, len(keys)):
+            if keys[j] > hi:
+                return True
+            ref = node.vals[j]
+            if since is not None and ref[3] is None and ref[2] < since:
+                continue
+            if self._collect(self.child(node, j), lo, hi, limit, since, out):
+                return True
+        return False
+
+    def walk_nodes(self, node: Node | None = None, depth: int = 0):
+        """Every node reachable from the root (pre-order), as (depth, node); verifies each."""
+        node = node or self.root
+        yield depth, node
+        if node.level:
+            for j in range(len(node.keys)):
+                yield from self.walk_nodes(self.child(node, j), depth + 1)
+
+    # -- modification ----------------------------------------------------------------------------
+    def _cow(self, node: Node) -> None:
+        if node.off:
+            self.alloc.free(node.off // BLOCK, 1, data=False)
+            self.cache.pop(node.off, None)
+            node.off = 0
+        node.dirty = True
+        self.dirty_count += 1
+
+    def _dirty_path(self, path: list[tuple[Node, int]], leaf: Node) -> None:
+        nodes = [n for n, _ in path] + [leaf]
+        for depth, node in enumerate(nodes):
+            if not node.dirty:
+                self._cow(node)
+            if depth:
+                parent, i = path[depth - 1]
+                parent.vals[i][3] = node
+                parent.vals[i][0] = 0
+
+    def _fix_separators(self, path: list[tuple[Node, int]], node: Node) -> None:
+        """Keep each parent's key equal to its child's first key after index 0 changed."""
+        for parent, i in reversed(path):
+            if not node.keys:
+                return
+            parent.keys[i] = node.keys[0]
+            if i:
+                return
+            node = parent
+
+    def upsert(self, k: FullKey, val: LeafVal) -> LeafVal | None:
+        """Insert or replace the entry at ``k``; returns the value replaced, if any."""
+        path, leaf = self._descend(k)
+        self._dirty_path(path, leaf)
+        i = bisect_left(leaf.keys, k)
+        if i < len(leaf.keys) and leaf.keys[i] == k:
+            old = leaf.vals[i]
+            leaf.vals[i] = val
+            leaf.nbytes += leaf_entry_bytes(val) - leaf_entry_bytes(old)
+        else:
+            old = None
+            leaf.keys.insert(i, k)
+            leaf.vals.insert(i, val)
+            leaf.nbytes += leaf_entry_bytes(val)
+            if i == 0:
+                self._fix_separators(path, leaf)
+        if leaf.nbytes > NODE_SIZE:
+            self._split_up(path, leaf, i)
+        return old
+
+    def remove(self, k: FullKey) -> LeafVal | None:
+        """Remove the entry at ``k``; returns its value (None if absent)."""
+        path, leaf = self._descend(k)
+        i = bisect_left(leaf.keys, k)
+        if i >= len(leaf.keys) or leaf.keys[i] != k:
+            return None
+        self._dirty_path(path, leaf)
+        old = leaf.vals.pop(i)
+        del leaf.keys[i]
+        leaf.nbytes -= leaf_entry_bytes(old)
+        node = leaf
+        while not node.keys and path:
+            parent, pi = path.pop()
+            del parent.keys[pi]
+            del parent.vals[pi]
+            parent.nbytes -= INNER_ENTRY_SIZE
+            self.dirty_count -= 1
+            node, i = parent, pi
+        if node.keys and i == 0:
+            self._fix_separators(path, node)
+        self._collapse_root()
+        return old
+
+    def _collapse_root(self) -> None:
+        root = self.root
+        if root.level and not root.keys:
+            self.dirty_count -= 1
+            self.root = Node(0, [], [])
+            self.dirty_count += 1
+            return
+        while root.level and len(root.keys) == 1:
+            child = self.child(root, 0)
+            self.dirty_count -= 1  # the old root (dirty: on the modified path) is dropped
+            if not child.dirty:
+                self._cow(child)
+            self.root = root = child
+
+    def _split_up(self, path: list[tuple[Node, int]], node: Node, pos: int) -> None:
+        while node.nbytes > NODE_SIZE:
+            right = self._split(node, pos)
+            if not path:
+                self.root = Node(node.level + 1, [node.keys[0], right.keys[0]],
+                                 [[0, ZERO_CSUM, 0, node], [0, ZERO_CSUM, 0, right]])
+                self.dirty_count += 1
+                return
+            parent, pi = path.pop()
+            parent.keys.insert(pi + 1, right.keys[0])
+            parent.vals.insert(pi + 1, [0, ZERO_CSUM, 0, right])
+            parent.nbytes += INNER_ENTRY_SIZE
+            pos = pi + 1
+            node = parent
+
+    def _split(self, node: Node, pos: int) -> Node:
+        """Move the upper part of an overfull node (just grown at index ``pos``) into a new
+        right sibling.  An insert near the end (sequential inserts) cuts right after it,
+        leaving the left node full instead of half full."""
+        n = len(node.keys)
+        sequential = pos >= n * 3 // 4
+        if node.level:
+            cut = min(pos + 1, n - 1) if sequential else n // 2
+        else:
+            sizes = [leaf_entry_bytes(v) for v in node.vals]
+            if sequential:
+                cut = pos + 1
+                used = NODE_HDR_SIZE + sum(sizes[:cut])
+                while used > NODE_SIZE:
+                    cut -= 1
+                    used -= sizes[cut]
+            else:
+                half, used, cut = (node.nbytes - NODE_HDR_SIZE) // 2, 0, 0
+                while cut < n - 1 and used + sizes[cut] <= half:
+                    used += sizes[cut]
+                    cut += 1
+        cut = min(max(cut, 1), n - 1)
+        right = Node(node.level, node.keys[cut:], node.vals[cut:])
+        del node.keys[cut:]
+        del node.vals[cut:]
+        node.nbytes -= right.nbytes - NODE_HDR_SIZE
+        self.dirty_count += 1
+        return right
+
+    # -- commit ---------------------------------------------------------------------------------
+    def flush(self) -> list[tuple[int, bytes]]:
+        """Write every dirty node into fresh blocks (children first); returns the writes."""
+        writes: list[tuple[int, bytes]] = []
+        if self.root.dirty:
+            self._write(self.root, writes)
+        self.dirty_count = 0
+        return writes
+
+    def _write(self, node: Node, writes: list) -> tuple[int, bytes, int]:
+        if node.level:
+            for ref in node.vals:
+                child = ref[3]
+                if child is not None:
+                    ref[0], ref[1], ref[2] = self._write(child, writes)
+                    ref[3] = None
+                    self._cache_put(child)
+            raw, max_tid = encode_inner(node.level, node.keys, node.vals)
+        else:
+            raw, max_tid = encode_leaf(node.keys, node.vals)
+        node.off = self.alloc.alloc(1, META) * BLOCK
+        node.csum = checksum(raw)
+        node.dirty = False
+        writes.append((node.off, raw))
+        return node.off, node.csum, max_tid
+
+    def height(self) -> int:
+        return self.root.level + 1

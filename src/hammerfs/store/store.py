@@ -1,0 +1,472 @@
+"""Store: the on-disk RecordStore (copy-on-write B+tree, Merkle checksums, two headers).
+
+A commit writes every dirty B-tree node into free blocks, then the free-map region of the new
+header slot, flushes, writes the header (slot = seq % 2) and flushes again.  The previous
+header and everything it references stay untouched until the new header is durable, so a
+crash at any instant leaves the last committed state (or the new one) to open, with no fsck.
+Semantics follow store.memory.MemoryStore exactly; see store/api.py for the contract.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import replace
+
+from hammerfs.errors import CorruptionError, HammerError, NoSpace, NotAVolume, ReadOnly
+from hammerfs.store.alloc import DATA, Allocator
+from hammerfs.store.api import SpaceInfo
+from hammerfs.store.btree import BTree
+from hammerfs.store.format import (
+    BIGBLOCK,
+    BLOCK,
+    COMMITLOG_OBJ,
+    FORMAT_VERSION,
+    INLINE_MAX,
+    STORE_PFS,
+    ZERO_CSUM,
+    FullKey,
+    Header,
+    LeafVal,
+    checksum,
+    decode_header,
+    freemap_geometry,
+)
+from hammerfs.store.pfs import PfsData
+from hammerfs.store.records import MAX_DATA, MAX_PFS, MAX_U64, REC_PFS, ROOT_OBJ, RecKey, Record
+
+MIN_VOLUME = 1 << 20
+SCAN_BATCH = 256
+SCAN_BATCH_DATA = 32
+
+
+class Store:
+    """The on-disk record store.  Build with ``Store.create`` or ``Store.open``."""
+
+    def __init__(self, device, hdr: Header, alloc: Allocator, tree: BTree, readonly: bool):
+        self.device = device
+        self.readonly = readonly
+        self.label = hdr.label
+        self.uuid = hdr.uuid
+        self.format_version = FORMAT_VERSION
+        self._hdr = hdr
+        self._alloc = alloc
+        self._tree = tree
+        self._nblocks = hdr.volume_bytes // BLOCK
+        self._reserve = min(16384, max(64, self._nblocks // 64))
+        self._lock = threading.RLock()
+        self._committed = threading.Condition(self._lock)
+        self._last_committed = hdr.last_tid
+        self._max_tid_seen = hdr.max_tid
+        self._next_obj = hdr.next_obj
+        self._current = self._next_tid(hdr.last_tid)
+        self._dirty = False
+        self._closed = False
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, device, label: str = "", *, uuid: str | None = None) -> Store:
+        """Write a new, empty volume (with PFS #0) over the whole device."""
+        if device.readonly:
+            raise ReadOnly("cannot create a volume on a device opened read-only")
+        if len(label.encode()) > 63:
+            raise HammerError(f"label is longer than 63 bytes: {label!r}")
+        if device.size < MIN_VOLUME:
+            raise HammerError(f"device is too small for a volume ({device.size} bytes, "
+                              f"need at least {MIN_VOLUME})")
+        nblocks = device.size // BLOCK
+        pages, tblocks = freemap_geometry(nblocks)
+        region = (2, 2 + tblocks + pages)
+        reserved = region[1] + tblocks + pages
+        # Invalidate any older volume's headers first, so a crash mid-newfs cannot revive it.
+        device.write(0, bytes(2 * BLOCK))
+        device.flush()
+        alloc = Allocator.fresh(nblocks, pages, reserved, region, tblocks)
+        hdr = Header(0, uuid or str(uuidlib.uuid4()), label, nblocks * BLOCK, 0, ZERO_CSUM, 0,
+                     pages, tblocks, region[0], region[1], ZERO_CSUM, 0, ROOT_OBJ + 1, 0, 0)
+        store = cls(device, hdr, alloc, BTree.empty(device, alloc), readonly=False)
+        store.put_pfs(0, PfsData(label=label))
+        store.commit()
+        return store
+
+    @classmethod
+    def open(cls, device, *, readonly: bool = False) -> Store:
+        """Open the volume on ``device`` at its last committed state (writes nothing)."""
+        hdr = read_header(device)
+        nblocks = hdr.volume_bytes // BLOCK
+        alloc = Allocator.load(device, nblocks, hdr.fm_pages, hdr.fm_table_blocks,
+                               (hdr.fm_region0, hdr.fm_region1), hdr.slot, hdr.fm_table_csum)
+        tree = BTree.load(device, alloc, hdr.root_off, hdr.root_csum)
+        return cls(device, hdr, alloc, tree, readonly=readonly or device.readonly)
+
+    # -- transactions -------------------------------------------------------------------------------
+    @property
+    def current_tid(self) -> int:
+        return self._current
+
+    @property
+    def last_committed_tid(self) -> int:
+        return self._last_committed
+
+    @property
+    def header(self) -> Header:
+        return self._hdr
+
+    def _next_tid(self, after: int) -> int:
+        return max(after + 1, self._max_tid_seen + 1, time.time_ns())
+
+    def commit(self) -> int:
+        with self._lock:
+            if not self._dirty or self.readonly:
+                return self._last_committed
+            done = self._current
+            ts = time.time_ns()
+            self._tree.upsert((STORE_PFS, COMMITLOG_OBJ, 0, done, done),
+                              (0, ts, 0, 8, 0, ZERO_CSUM, ts.to_bytes(8, "little")))
+            self._max_tid_seen = max(self._max_tid_seen, done)
+            writes = self._tree.flush()
+            self._alloc.release_pending()
+            seq = self._hdr.seq + 1
+            fm_writes, fm_csum = self._alloc.persist(seq % 2)
+            _write_coalesced(self.device, writes + fm_writes)
+            self.device.flush()
+            root = self._tree.root
+            hdr = replace(self._hdr, seq=seq, root_off=root.off, root_csum=root.csum,
+                          root_level=root.level, fm_table_csum=fm_csum,
+                          max_tid=self._max_tid_seen, next_obj=self._next_obj, last_tid=done,
+                          last_ts=ts)
+            self.device.write(hdr.slot * BLOCK, hdr.encode())
+            self.device.flush()
+            self._hdr = hdr
+            self._last_committed = done
+            self._current = self._next_tid(done)
+            self._dirty = False
+            self._committed.notify_all()
+            return done
+
+    def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
+        with self._lock:
+            self._committed.wait_for(lambda: self._last_committed > after_tid, timeout)
+            return self._last_committed
+
+    def tid_time(self, tid: int) -> int:
+        with self._lock:
+            hit = self._tree.floor((STORE_PFS, COMMITLOG_OBJ, 0, tid, MAX_U64))
+        if hit is None or hit[0][:3] != (STORE_PFS, COMMITLOG_OBJ, 0):
+            return 0
+        return int.from_bytes(hit[1][6], "little")
+
+    def alloc_obj_id(self) -> int:
+        with self._lock:
+            self._writable()
+            obj = self._next_obj
+            self._next_obj += 1
+            self._dirty = True
+            return obj
+
+    # -- reads --------------------------------------------------------------------------------------
+    def get(self, reckey: RecKey, asof: int | None = None) -> Record | None:
+        _check_key(reckey)
+        with self._lock:
+            hit = self._visible(reckey, self._current if asof is None else asof)
+            return self._record(*hit, True) if hit else None
+
+    def _visible(self, reckey: RecKey, tid: int) -> tuple[FullKey, LeafVal] | None:
+        hit = self._tree.floor((*reckey, tid))
+        if hit is None or hit[0][:4] != reckey:
+            return None
+        dtid = hit[1][0]
+        return hit if dtid == 0 or tid < dtid else None
+
+    def scan(self, lo: RecKey, hi: RecKey, asof: int | None = None, *, history: bool = False,
+             with_data: bool = True) -> Iterator[Record]:
+        _check_key(lo)
+        _check_key(hi)
+        tid = self._current if asof is None else asof
+        for k, v in self._entries(lo, hi, None, SCAN_BATCH_DATA if with_data else SCAN_BATCH):
+            if history or (k[4] <= tid and (v[0] == 0 or tid < v[0])):
+                yield self._record(k, v, with_data)
+
+    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
+        _check_key(lo)
+        _check_key(hi)
+        for k, v in self._entries(lo, hi, since_tid, SCAN_BATCH_DATA):
+            yield self._record(k, v, True)
+
+    def _entries(self, lo: RecKey, hi: RecKey, since: int | None, batch: int):
+        """Entries in batches taken under the lock, so callers may change the store while
+        iterating (each batch resumes after the last key seen)."""
+        cursor: FullKey = (*lo, 0)
+        end: FullKey = (*hi, MAX_U64 + 1)
+        while True:
+            with self._lock:
+                found = self._tree.collect(cursor, end, batch, since)
+            yield from found
+            if len(found) < batch:
+                return
+            last = found[-1][0]
+            cursor = (*last[:4], last[4] + 1)
+
+    def _record(self, k: FullKey, v: LeafVal, with_data: bool) -> Record:
+        data = self._data(k, v) if with_data else None
+        return Record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
+
+    def _data(self, k: FullKey, v: LeafVal) -> bytes:
+        if not v[4]:
+            return v[6]
+        length, off = v[3], v[4]
+        raw = self.device.read(off, _blocks(length) * BLOCK)
+        if checksum(raw) != v[5]:
+            raise CorruptionError(f"data extent at offset {off:#x} ({length} bytes) of record "
+                                  f"{_fmt_key(k)} failed checksum verification", off)
+        return raw if len(raw) == length else raw[:length]
+
+    # -- changes --------------------------------------------------------------------------------------
+    def put(self, reckey: RecKey, data: bytes) -> Record:
+        _check_key(reckey)
+        _check_data(data)
+        with self._lock:
+            self._writable()
+            self._need(_ext_blocks(len(data)))
+            now = time.time_ns()
+            cur = self._current
+            live = self._visible(reckey, cur)
+            val = self._store_data(data, 0, now, 0)
+            if live is not None:
+                self._end_or_drop(*live, now)
+            self._upsert((*reckey, cur), val)
+            self._next_obj = max(self._next_obj, reckey[1] + 1)
+            self._max_tid_seen = max(self._max_tid_seen, cur)
+            return Record(*reckey, cur, 0, now, 0, bytes(data))
+
+    def delete(self, reckey: RecKey) -> bool:
+        _check_key(reckey)
+        with self._lock:
+            self._writable()
+            live = self._visible(reckey, self._current)
+            if live is None:
+                return False
+            self._need(0, privileged=True)
+            self._end_or_drop(*live, time.time_ns())
+            return True
+
+    def delete_range(self, lo: RecKey, hi: RecKey) -> int:
+        with self._lock:
+            live = list(self.scan(lo, hi, with_data=False))
+            for rec in live:
+                self.delete(rec.reckey)
+            return len(live)
+
+    def insert_raw(self, record: Record) -> bool:
+        _check_key(record.reckey)
+        data = record.data or b""
+        _check_data(data)
+        with self._lock:
+            self._writable()
+            fk = record.fullkey
+            old = self._tree.exact(fk)
+            if old is not None:
+                if old[0] == 0 and record.delete_tid != 0:
+                    return self.set_delete_tid(record.reckey, record.create_tid,
+                                               record.delete_tid, record.delete_ts)
+                return False
+            self._need(_ext_blocks(len(data)))
+            val = self._store_data(data, record.delete_tid, record.create_ts, record.delete_ts)
+            self._upsert(fk, val)
+            self._next_obj = max(self._next_obj, record.obj_id + 1)
+            self._max_tid_seen = max(self._max_tid_seen, record.create_tid, record.delete_tid)
+            return True
+
+    def set_delete_tid(self, reckey: RecKey, create_tid: int, delete_tid: int,
+                       delete_ts: int) -> bool:
+        _check_key(reckey)
+        with self._lock:
+            self._writable()
+            fk = (*reckey, create_tid)
+            old = self._tree.exact(fk)
+            if old is None:
+                return False
+            self._need(0, privileged=True)
+            self._tree.upsert(fk, (delete_tid, old[1], delete_ts if delete_tid else 0, *old[3:]))
+            self._max_tid_seen = max(self._max_tid_seen, delete_tid)
+            self._dirty = True
+            return True
+
+    def destroy(self, reckey: RecKey, create_tid: int) -> bool:
+        _check_key(reckey)
+        with self._lock:
+            self._writable()
+            fk = (*reckey, create_tid)
+            if self._tree.exact(fk) is None:
+                return False
+            self._need(0, privileged=True)
+            self._free_data(self._tree.remove(fk))
+            self._dirty = True
+            return True
+
+    def _end_or_drop(self, k: FullKey, v: LeafVal, now: int) -> None:
+        """End a live version; one created in this transaction never existed durably, so it is
+        dropped instead (no history inside a transaction)."""
+        if k[4] == self._current:
+            self._free_data(self._tree.remove(k))
+        else:
+            self._tree.upsert(k, (self._current, v[1], now, *v[3:]))
+        self._dirty = True
+
+    def _upsert(self, k: FullKey, val: LeafVal) -> None:
+        replaced = self._tree.upsert(k, val)
+        if replaced is not None:
+            self._free_data(replaced)
+        self._dirty = True
+
+    def _store_data(self, data: bytes, dtid: int, cts: int, dts: int) -> LeafVal:
+        """Inline small data; write larger data to its own extent now (one pwrite)."""
+        n = len(data)
+        if n <= INLINE_MAX:
+            return (dtid, cts, dts, n, 0, ZERO_CSUM, bytes(data))
+        nblocks = _blocks(n)
+        buf = data if n == nblocks * BLOCK else bytes(data) + bytes(nblocks * BLOCK - n)
+        block = self._alloc.alloc(nblocks, DATA)
+        self.device.write(block * BLOCK, buf)
+        return (dtid, cts, dts, n, block * BLOCK, checksum(buf), None)
+
+    def _free_data(self, val: LeafVal | None) -> None:
+        if val is not None and val[4]:
+            self._alloc.free(val[4] // BLOCK, _blocks(val[3]), data=True)
+
+    def _need(self, data_blocks: int, privileged: bool = False) -> None:
+        """Refuse a change that could leave the commit without room for its B-tree nodes.
+        Ordinary writes keep a reserve free so that deletes and commits always proceed."""
+        tree = self._tree
+        spare = self._alloc.free_blocks - tree.dirty_count - 2 * (tree.height() + 2)
+        if not privileged:
+            spare -= self._reserve
+        if data_blocks + tree.height() + 1 > spare:
+            raise NoSpace("no space left on volume")
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ReadOnly("volume is open read-only")
+        if self._closed:
+            raise HammerError("volume is closed")
+
+    # -- PFS table ------------------------------------------------------------------------------------
+    def get_pfs(self, pfs_id: int, asof: int | None = None) -> PfsData | None:
+        rec = self.get((0, ROOT_OBJ, REC_PFS, pfs_id), asof)
+        return PfsData.decode(rec.data) if rec else None
+
+    def put_pfs(self, pfs_id: int, data: PfsData) -> None:
+        self.put((0, ROOT_OBJ, REC_PFS, pfs_id), data.encode())
+
+    def list_pfs(self) -> list[tuple[int, PfsData]]:
+        lo, hi = (0, ROOT_OBJ, REC_PFS, 0), (0, ROOT_OBJ, REC_PFS, MAX_PFS)
+        return [(r.key, PfsData.decode(r.data)) for r in self.scan(lo, hi)]
+
+    # -- space and lifecycle ----------------------------------------------------------------------------
+    def space(self) -> SpaceInfo:
+        with self._lock:
+            free = self._alloc.free_blocks
+            return SpaceInfo(self._nblocks * BLOCK, (self._nblocks - free) * BLOCK, free * BLOCK,
+                             BLOCK, BIGBLOCK, self._alloc.bb_count, self._alloc.bigblocks_free())
+
+    def bigblock_fill(self) -> list[int]:
+        """Blocks in use per big-block (for `hammer info`)."""
+        with self._lock:
+            return self._alloc.bigblock_fill()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self.readonly:
+                    self.commit()
+            finally:
+                self._closed = True
+                self.device.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals shared with scrub/show ---------------------------------------------------------------
+    @property
+    def tree(self) -> BTree:
+        return self._tree
+
+    @property
+    def allocator(self) -> Allocator:
+        return self._alloc
+
+    def data_of(self, k: FullKey, v: LeafVal) -> bytes:
+        return self._data(k, v)
+
+
+def read_header(device) -> Header:
+    """The valid header with the highest seq; NotAVolume (nothing written) if there is none."""
+    where = getattr(device, "path", "device")
+    if device.size < 2 * BLOCK:
+        raise NotAVolume(f"{where}: too small to hold a hammerfs volume ({device.size} bytes)")
+    raw = device.read(0, 2 * BLOCK)
+    found, errors = [], []
+    for slot in (0, 1):
+        try:
+            found.append(decode_header(raw[slot * BLOCK:(slot + 1) * BLOCK], where))
+        except (NotAVolume, CorruptionError) as exc:
+            errors.append(exc)
+    if not found:
+        for exc in errors:
+            if isinstance(exc, NotAVolume) and "version" in str(exc):
+                raise exc
+        if any(isinstance(e, CorruptionError) for e in errors):
+            raise NotAVolume(f"{where}: no valid volume header (checksum mismatch)")
+        raise errors[0]
+    hdr = max(found, key=lambda h: h.seq)
+    if hdr.volume_bytes > device.size:
+        raise NotAVolume(f"{where}: volume is truncated: the header says {hdr.volume_bytes} "
+                         f"bytes, the device has {device.size}")
+    return hdr
+
+
+def _write_coalesced(device, writes: list[tuple[int, bytes]]) -> None:
+    """Write blocks in offset order, merging adjacent ones into single writes."""
+    writes.sort(key=lambda w: w[0])
+    i = 0
+    while i < len(writes):
+        start, parts = writes[i][0], [writes[i][1]]
+        end = start + len(writes[i][1])
+        i += 1
+        while i < len(writes) and writes[i][0] == end and len(parts) < 256:
+            parts.append(writes[i][1])
+            end += len(writes[i][1])
+            i += 1
+        device.write(start, b"".join(parts) if len(parts) > 1 else parts[0])
+
+
+def _blocks(length: int) -> int:
+    return -(-length // BLOCK)
+
+
+def _ext_blocks(length: int) -> int:
+    return 0 if length <= INLINE_MAX else _blocks(length)
+
+
+_LIMITS = (MAX_PFS, MAX_U64, 0xFFFF, MAX_U64)
+
+
+def _check_key(reckey: RecKey) -> None:
+    if len(reckey) != 4 or any(not 0 <= f <= lim for f, lim in zip(reckey, _LIMITS, strict=True)):
+        raise HammerError(f"record key out of range: {reckey!r}")
+
+
+def _check_data(data: bytes) -> None:
+    if len(data) > MAX_DATA:
+        raise HammerError(f"record data of {len(data)} bytes exceeds the {MAX_DATA}-byte limit")
+
+
+def _fmt_key(k: FullKey) -> str:
+    return f"{k[0]}:{k[1]:#x}:{k[2]:#x}:{k[3]:#x}@{k[4]:#018x}"
