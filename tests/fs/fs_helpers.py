@@ -11,7 +11,6 @@ def memory_store(tmp_path):
 
 def disk_store(tmp_path, size=256 << 20):
     from hammerfs.blockdev.file import FileDevice
-
     from hammerfs.store import Store
     dev = FileDevice(str(tmp_path / "vol.img"), create_size=size)
     return Store.create(dev, label="test")
