@@ -51,7 +51,7 @@ def our_format(image, version, sector, kdf_name, passphrase=PASS, **kw):
     try:
         spec = CHEAP_ARGON if kdf_name == "argon2id" else CHEAP_PBKDF2
         return format_container(dev, passphrase, version=version, sector_size=sector,
-                                spec=spec, **kw)
+                                spec=spec, **kw)[0]
     finally:
         dev.close()
 

@@ -89,24 +89,23 @@ def is_luks(dev: BlockDevice) -> bool:
                for offset in luks2.HDR_SIZES)
 
 
-def open_container(dev: BlockDevice) -> Container:
-    """Parse the header on ``dev`` (LUKS1 or LUKS2); raises HammerError if it has none."""
+def open_container(dev: BlockDevice, *, validate_device: bool = True) -> Container:
+    """Parse the header on ``dev`` (LUKS1 or LUKS2); raises HammerError if it has none.
+    ``validate_device=False`` skips the checks against the device size (header backups)."""
     if dev.size < 4096:
         raise HammerError("device is too small to hold a LUKS header")
     head = dev.read(0, 4096)
     if head[:6] != LUKS_MAGIC:
-        if head[:6] == luks2.MAGIC_SECONDARY:
-            return Luks2Container(dev, luks2.read_header(dev))
         try:
             # A damaged primary LUKS2 header: look for a secondary copy.
-            return Luks2Container(dev, luks2.read_header(dev))
+            return Luks2Container(dev, luks2.read_header(dev, validate_device=validate_device))
         except HammerError:
             raise HammerError("not a LUKS device (no LUKS header found)") from None
     version = int.from_bytes(head[6:8], "big")
     if version == 1:
-        return Luks1Container(dev, luks1.parse(head, dev.size))
+        return Luks1Container(dev, luks1.parse(head, dev.size if validate_device else None))
     if version == 2:
-        return Luks2Container(dev, luks2.read_header(dev))
+        return Luks2Container(dev, luks2.read_header(dev, validate_device=validate_device))
     raise HammerError(f"unsupported LUKS version {version}")
 
 
@@ -191,6 +190,10 @@ class Container:
         raise NotImplementedError
 
     def remove_slot(self, slot: int) -> None:
+        raise NotImplementedError
+
+    def change_slot(self, slot: int, volume_key: bytes, passphrase: bytes,
+                    spec: KdfSpec | KdfParams) -> int:
         raise NotImplementedError
 
     def free_slot(self) -> int:
@@ -355,6 +358,17 @@ class Luks2Container(Container):
         if str(slot) in self.hdr.meta["keyslots"]:
             raise HammerError(f"key slot {slot} is already in use")
         digest_id = self._digest_id_for(volume_key)
+        self.hdr.meta["keyslots"][str(slot)] = self._seal_new_slot(volume_key, passphrase,
+                                                                   spec, digest_id)
+        self.hdr.meta["keyslots"] = _sorted_ids(self.hdr.meta["keyslots"])
+        digest = self.hdr.meta["digests"][digest_id]
+        digest["keyslots"] = sorted(set(digest["keyslots"]) | {str(slot)}, key=int)
+        luks2.write_header(self.dev, self.hdr)
+        return slot
+
+    def _seal_new_slot(self, volume_key: bytes, passphrase: bytes,
+                       spec: KdfSpec | KdfParams, digest_id: str) -> dict:
+        """Write sealed material into a free area; return the keyslot's JSON object."""
         key_size = len(volume_key)
         area_size = -(-keyslots.material_size(key_size) // 4096) * 4096
         offset = self._allocate_area(area_size)
@@ -364,17 +378,30 @@ class Luks2Container(Container):
         sealed = keyslots.seal(volume_key, slot_key, af_hash, keyslots.SUPPORTED_CIPHER)
         self.dev.write(offset, sealed + bytes(area_size - len(sealed)))
         self.dev.flush()
-        self.hdr.meta["keyslots"][str(slot)] = {
+        return {
             "type": "luks2", "key_size": key_size,
             "af": {"type": "luks1", "stripes": 4000, "hash": af_hash},
             "area": {"type": "raw", "offset": str(offset), "size": str(area_size),
                      "encryption": keyslots.SUPPORTED_CIPHER, "key_size": key_size},
             "kdf": _kdf_to_json(params),
         }
-        self.hdr.meta["keyslots"] = _sorted_ids(self.hdr.meta["keyslots"])
-        digest = self.hdr.meta["digests"][digest_id]
-        digest["keyslots"] = sorted(set(digest["keyslots"]) | {str(slot)}, key=int)
+
+    def change_slot(self, slot: int, volume_key: bytes, passphrase: bytes,
+                    spec: KdfSpec | KdfParams) -> int:
+        """New passphrase for ``slot``, keeping its number: the new material goes to a free
+        area, one header write switches to it, then the old area is wiped (a crash leaves
+        either the old or the new passphrase working)."""
+        self.check_usable()
+        old = self.hdr.meta["keyslots"].get(str(slot))
+        if old is None:
+            raise HammerError(f"key slot {slot} is not active")
+        digest_id = self._digest_id_for(volume_key)
+        new = self._seal_new_slot(volume_key, passphrase, spec, digest_id)
+        if "priority" in old:
+            new["priority"] = old["priority"]
+        self.hdr.meta["keyslots"][str(slot)] = new
         luks2.write_header(self.dev, self.hdr)
+        _wipe(self.dev, int(old["area"]["offset"]), int(old["area"]["size"]))
         return slot
 
     def _digest_id_for(self, volume_key: bytes) -> str:
@@ -594,6 +621,14 @@ class Luks1Container(Container):
         s.active, s.iterations, s.salt = luks1.SLOT_DISABLED, 0, bytes(luks1.SALT_SIZE)
         luks1.write_header(self.dev, self.hdr)
 
+    def change_slot(self, slot: int, volume_key: bytes, passphrase: bytes,
+                    spec: KdfSpec | KdfParams) -> int:
+        """LUKS1 slots sit at fixed places: the new passphrase goes to a free slot first
+        (as cryptsetup does), then the old slot is removed."""
+        new_slot = self.add_slot(volume_key, passphrase, spec)
+        self.remove_slot(slot)
+        return new_slot
+
     @property
     def uuid(self) -> str:
         return self.hdr.uuid
@@ -603,8 +638,9 @@ class Luks1Container(Container):
         luks1.write_header(self.dev, self.hdr)
 
     def header_area_size(self) -> int:
-        return self.data_offset or (max(s.material_offset for s in self.hdr.slots)
-                                    * luks1.SECTOR + keyslots.material_size(self.key_size))
+        """Up to the end of the last key-material area, as cryptsetup backs it up."""
+        sectors = -(-self.hdr.material_sectors() // 8) * 8
+        return (max(s.material_offset for s in self.hdr.slots) + sectors) * luks1.SECTOR
 
     def dump(self, volume_key: bytes | None = None) -> str:
         h = self.hdr
@@ -641,9 +677,9 @@ def format_container(dev: BlockDevice, passphrase: bytes, *, version: int = 2,
                      key_size: int = DEFAULT_KEY_SIZE, sector_size: int = DEFAULT_SECTOR_SIZE,
                      spec: KdfSpec | None = None, label: str = "", subsystem: str = "",
                      uuid: str | None = None, volume_key: bytes | None = None,
-                     hash_name: str = DEFAULT_HASH, slot: int = 0) -> Container:
+                     hash_name: str = DEFAULT_HASH, slot: int = 0) -> tuple[Container, bytes]:
     """Write a new container over the start of ``dev`` (the previous header area is zeroed
-    first) with one key slot for ``passphrase``."""
+    first) with one key slot for ``passphrase``; returns it and its volume key."""
     spec = dataclasses.replace(spec or KdfSpec(), hash=hash_name)
     keyslots.check_cipher(keyslots.SUPPORTED_CIPHER, key_size)
     volume_key = volume_key or _new_volume_key(key_size)
@@ -685,7 +721,7 @@ def format_container(dev: BlockDevice, passphrase: bytes, *, version: int = 2,
     _zero(dev, 0, LUKS2_DATA_OFFSET)
     container = Luks2Container(dev, hdr)
     container.add_slot(volume_key, passphrase, params, slot)
-    return container
+    return container, volume_key
 
 
 def _new_volume_key(key_size: int) -> bytes:
@@ -697,7 +733,7 @@ def _new_volume_key(key_size: int) -> bytes:
 
 def _format_luks1(dev: BlockDevice, passphrase: bytes, volume_key: bytes, sector_size: int,
                   spec: KdfSpec, uuid: str, hash_name: str, slot: int, label: str,
-                  subsystem: str) -> Container:
+                  subsystem: str) -> tuple[Container, bytes]:
     if sector_size != 512:
         raise HammerError("LUKS1 supports only 512-byte sectors")
     if label or subsystem:
@@ -721,4 +757,4 @@ def _format_luks1(dev: BlockDevice, passphrase: bytes, volume_key: bytes, sector
     luks1.write_header(dev, hdr)
     container = Luks1Container(dev, hdr)
     container.add_slot(volume_key, passphrase, params, slot)
-    return container
+    return container, volume_key
