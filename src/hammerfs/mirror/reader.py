@@ -55,6 +55,13 @@ class Chunk:
     records: list[Record] | None  # already scanned (small transfers), or None: rescan
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    chunks: list[Chunk]
+    total_bytes: int
+    records: int
+
+
 def event_tid(rec: Record, beg: int, end: int) -> int | None:
     """The TID at which ``rec`` changes inside ``[beg, end]``, or None."""
     if beg <= rec.create_tid <= end:
@@ -72,7 +79,7 @@ def changes(store: RecordStore, pfs: int, beg: int, end: int) -> Iterator[Record
 
 
 def plan_chunks(store: RecordStore, pfs: int, beg: int, end: int, chunk_bytes: int,
-                ) -> list[Chunk]:
+                ) -> Plan:
     """Cut ``[beg, end]`` into TID ranges of about ``chunk_bytes`` each.
 
     One pass collects a histogram of bytes per TID; if everything fits in one chunk the
@@ -80,8 +87,9 @@ def plan_chunks(store: RecordStore, pfs: int, beg: int, end: int, chunk_bytes: i
     own beginning).  One transaction is never split, so a chunk may be larger."""
     per_tid: Counter[int] = Counter()
     kept: list[Record] | None = []
-    total = 0
+    total = count = 0
     for rec in changes(store, pfs, beg, end):
+        count += 1
         size = REC_OVERHEAD + (len(rec.data or b"") if rec.create_tid >= beg else 0)
         per_tid[event_tid(rec, beg, end)] += size
         total += size
@@ -90,7 +98,7 @@ def plan_chunks(store: RecordStore, pfs: int, beg: int, end: int, chunk_bytes: i
             if total > chunk_bytes:
                 kept = None  # too big to hold: the chunks will rescan
     if kept is not None:
-        return [Chunk(beg, end, kept)]
+        return Plan([Chunk(beg, end, kept)], total, count)
     chunks: list[Chunk] = []
     start, acc = beg, 0
     for tid in sorted(per_tid):
@@ -99,7 +107,7 @@ def plan_chunks(store: RecordStore, pfs: int, beg: int, end: int, chunk_bytes: i
             chunks.append(Chunk(start, tid, None))
             start, acc = tid + 1, 0
     chunks.append(Chunk(start, end, None))
-    return chunks
+    return Plan(chunks, total, count)
 
 
 class Source:
@@ -122,15 +130,15 @@ class Source:
             self._loop(beg)
             self.tx.send(s.TERM, flush=True)
             return self.synced
-        except s.StreamClosed:
+        except (s.StreamClosed, s.PeerError):
             raise
         except HammerError as exc:
-            self._tell_peer(str(exc))
+            self._tell_peer(exc)
             raise
 
-    def _tell_peer(self, message: str) -> None:
+    def _tell_peer(self, exc: BaseException) -> None:
         with contextlib.suppress(s.StreamError):
-            self.tx.send(s.ERROR, message.encode(), flush=True)
+            self.tx.send(s.ERROR, s.error_payload(exc), flush=True)
 
     def _handshake(self) -> int:
         desc = require_pfs(self.store, self.pfs)
@@ -162,7 +170,7 @@ class Source:
         assert self.rx is not None
         frame = self.rx.recv()
         if frame.type == s.ERROR:
-            raise HammerError(f"mirror target: {s.error_message(frame)}")
+            raise s.decode_error(frame, "mirror target")
         return frame
 
     def _loop(self, beg: int) -> None:
@@ -189,7 +197,9 @@ class Source:
         return next(changes(self.store, self.pfs, beg, end), None) is not None
 
     def _send_range(self, beg: int, end: int) -> int:
-        for chunk in plan_chunks(self.store, self.pfs, beg, end, self.opts.chunk_bytes):
+        plan = plan_chunks(self.store, self.pfs, beg, end, self.opts.chunk_bytes)
+        self.tx.send(s.ESTIMATE, s.estimate_payload(plan.total_bytes, plan.records, beg, end))
+        for chunk in plan.chunks:
             self._send_batch(chunk)
             if self.opts.stop.is_set() and not self.opts.stream:
                 break

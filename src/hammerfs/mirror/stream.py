@@ -36,15 +36,15 @@ SYNC = 6  # the batch is complete: the target may now show state as of its end T
 UPDATE = 7  # target -> source acknowledgement of a SYNC (two-way mode)
 IDLE = 8  # keep-alive while a stream waits for commits
 TERM = 9  # clean end of stream
-ERROR = 10  # the sender gives up; payload is the reason (utf-8)
+ERROR = 10  # the sender gives up; payload: u8 fatal flag, then the reason (utf-8)
+ESTIMATE = 11  # size of the range about to be sent (progress and ETA only)
 
 TYPE_NAMES = {HELLO: "HELLO", PFSD: "PFSD", BATCH: "BATCH", REC: "REC", PASS: "PASS",
-              SYNC: "SYNC", UPDATE: "UPDATE", IDLE: "IDLE", TERM: "TERM", ERROR: "ERROR"}
+              SYNC: "SYNC", UPDATE: "UPDATE", IDLE: "IDLE", TERM: "TERM", ERROR: "ERROR",
+              ESTIMATE: "ESTIMATE"}
 
 ROLE_SOURCE = 1
 ROLE_TARGET = 2
-
-BATCH_ROLLBACK = 0x1  # target must first roll back to beg - 1 (reverse mirror after failover)
 
 _HEADER = struct.Struct("<IHHIIQ")
 HEADER_SIZE = _HEADER.size
@@ -58,6 +58,7 @@ _REC = struct.Struct("<QHQQQQQ")
 _PASS = struct.Struct("<QHQQQQ")
 _SYNC = struct.Struct("<QQQ")
 _TID = struct.Struct("<Q")
+_ESTIMATE = struct.Struct("<QQQQ")
 
 
 class StreamError(HammerError):
@@ -66,6 +67,15 @@ class StreamError(HammerError):
 
 class StreamClosed(StreamError):
     """The peer closed the stream (EOF) where a frame was expected."""
+
+
+class PeerError(HammerError):
+    """The other side reported a failure in an ERROR frame.  ``fatal`` is False when it was
+    a broken or damaged link (retrying may help), True for a refusal (uuid, master, ...)."""
+
+    def __init__(self, message: str, fatal: bool):
+        super().__init__(message)
+        self.fatal = fatal
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,5 +250,20 @@ def decode_tid(frame: Frame) -> int:
     return _unpack(_TID, frame)[0]
 
 
-def error_message(frame: Frame) -> str:
-    return frame.payload.decode("utf-8", "replace")
+def error_payload(exc: BaseException) -> bytes:
+    fatal = not isinstance(exc, StreamError)
+    return bytes([fatal]) + str(exc).encode()
+
+
+def decode_error(frame: Frame, side: str) -> PeerError:
+    fatal = bool(frame.payload[:1] != b"\0")
+    return PeerError(f"{side}: {frame.payload[1:].decode('utf-8', 'replace')}", fatal)
+
+
+def estimate_payload(total_bytes: int, records: int, beg: int, end: int) -> bytes:
+    return _ESTIMATE.pack(total_bytes, records, beg, end)
+
+
+def decode_estimate(frame: Frame) -> tuple[int, int, int, int]:
+    """(total_bytes, records, beg, end)"""
+    return _unpack(_ESTIMATE, frame)

@@ -62,8 +62,8 @@ class Target:
             self._loop()
         except HammerError as exc:
             self._abort_batch()
-            if self.tx is not None and not isinstance(exc, s.StreamClosed):
-                self._tell_peer(str(exc))
+            if self.tx is not None and not isinstance(exc, (s.StreamClosed, s.PeerError)):
+                self._tell_peer(exc)
             raise
         except BaseException:
             self._abort_batch()
@@ -103,12 +103,12 @@ class Target:
         except s.StreamClosed:
             raise s.StreamError("mirror stream is truncated: it ended without TERM") from None
         if frame.type == s.ERROR:
-            raise HammerError(f"mirror source: {s.error_message(frame)}")
+            raise s.decode_error(frame, "mirror source")
         return frame
 
-    def _tell_peer(self, message: str) -> None:
+    def _tell_peer(self, exc: BaseException) -> None:
         with contextlib.suppress(s.StreamError):
-            self.tx.send(s.ERROR, message.encode(), flush=True)
+            self.tx.send(s.ERROR, s.error_payload(exc), flush=True)
 
     # -- the frame loop ------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -125,7 +125,7 @@ class Target:
 
     def _on_idle(self, frame: s.Frame) -> None:
         if self.batch is not None:
-            raise s.StreamError("mirror stream is out of order: IDLE inside a batch")
+            raise s.StreamError(f"mirror stream is out of order: {frame.name} inside a batch")
 
     def _on_batch(self, frame: s.Frame) -> None:
         beg, end, _flags = s.decode_batch(frame)
@@ -206,7 +206,7 @@ class Target:
             self.tx.send(s.UPDATE, s.tid_payload(end), flush=True)
 
     _handlers = {s.BATCH: _on_batch, s.REC: _on_rec, s.PASS: _on_pass, s.SYNC: _on_sync,
-                 s.IDLE: _on_idle}
+                 s.IDLE: _on_idle, s.ESTIMATE: _on_idle}
 
     def _abort_batch(self) -> None:
         """Leave the slave exactly at its last complete batch."""
