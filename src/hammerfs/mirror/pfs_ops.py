@@ -11,6 +11,7 @@ import uuid as uuidlib
 from dataclasses import dataclass
 
 from hammerfs.errors import HammerError
+from hammerfs.fs import init_pfs_root
 from hammerfs.store.api import RecordStore
 from hammerfs.store.pfs import PFS_DELETED, PFS_SLAVE, PfsData
 from hammerfs.store.records import MAX_PFS, MAX_U64, REC_CONFIG, REC_PFS, RecKey, Record
@@ -67,9 +68,11 @@ def _check_new(store: RecordStore, pfs: int) -> None:
 
 
 def create_master(store: RecordStore, pfs: int, label: str = "") -> PfsData:
+    """A master starts with an empty root directory (a slave gets its root by mirroring)."""
     _check_new(store, pfs)
     desc = PfsData(label=label)
     store.put_pfs(pfs, desc)
+    init_pfs_root(store, pfs)
     store.commit()
     return desc
 
