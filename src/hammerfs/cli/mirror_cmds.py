@@ -1,9 +1,604 @@
-"""`hammer` subcommands of the mirror layer (filled in by the mirror work)."""
+"""`hammer` PFS and mirroring commands: pfs-master, pfs-slave, pfs-status, pfs-update,
+pfs-upgrade, pfs-downgrade, pfs-destroy, mirror-read, mirror-read-stream, mirror-write,
+mirror-dump, mirror-copy, mirror-stream, ssh-remote.
+
+A target is a path inside a mount (its root, or a PFS softlink: the command then acts through
+the mounting process's control channel), an unmounted ``VOLUME[:PFS]`` (opened here), or for
+the mirror commands ``[user@]host:PATH`` (run over ssh as HAMMER does).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import os
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from hammerfs.cli.target import parse_volume_spec
+from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.errors import HammerError
+from hammerfs.mirror import pfs_ops
+from hammerfs.mirror import stream as s
+from hammerfs.mirror.local import serve_source, serve_target
+from hammerfs.mirror.reader import SourceOptions
+from hammerfs.mirror.transport import (
+    Channel,
+    ProcessChannel,
+    RemoteSpec,
+    SocketChannel,
+    ThreadChannel,
+    parse_remote,
+    relay,
+    ssh_argv,
+)
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Mounted:
+    spec: str
+    mount: object  # hammerfs.control.MountInfo
+    pfs: int | None  # None: the path does not exist yet (pfs-master/pfs-slave)
+
+    def client(self):
+        from hammerfs.control import ControlClient
+        return ControlClient(self.mount.socket_path, timeout=None)
+
+    def call(self, op: str, **args) -> dict:
+        return self.client().call(op, **args)
+
+
+@dataclass
+class Unmounted:
+    spec: str
+    volume: str
+    pfs: int | None  # None: VOLUME without :PFS for pfs-master/pfs-slave = allocate
+
+
+Target = Mounted | Unmounted | RemoteSpec
+
+
+def _find_mount(path: str):
+    try:
+        from hammerfs.control import find_mount
+    except ImportError:  # no mount support in this build
+        return None
+    info = find_mount(path)
+    if info is None and not os.path.lexists(path):
+        parent = find_mount(os.path.dirname(os.path.abspath(path)) or "/")
+        if parent is not None:
+            name = os.path.basename(path.rstrip("/"))
+            return type(parent)(parent.mountpoint, parent.socket_path, parent.pfs,
+                                os.path.join(parent.relpath, name), parent.volume,
+                                parent.pid)
+        return None
+    return info
+
+
+def pfs_of_link(path: str) -> int | None:
+    """The PFS id a PFS softlink points at (``@@-1:00001``, ``@@0x...:00001``)."""
+    from hammerfs.fs import parse_magic
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    magic = parse_magic(os.fsencode(target))
+    return magic.pfs if magic is not None and not magic.name else None
+
+
+def resolve(spec: str, *, creating: bool = False, remote_ok: bool = False) -> Target:
+    if remote_ok:
+        remote = parse_remote(spec)
+        if remote is not None:
+            return remote
+    # A symlink is resolved by name (lexically): its own path decides the mount.
+    mount = _find_mount(os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(spec))),
+                                     os.path.basename(spec)) if os.path.islink(spec) else spec)
+    if mount is not None:
+        return _mounted(spec, mount, creating)
+    volume, pfs = parse_volume_spec(spec)
+    if not os.path.exists(volume):
+        raise HammerError(f"{spec}: no such volume, and not inside a hammerfs mount")
+    if os.path.isdir(volume):
+        raise HammerError(f"{spec}: a directory that is not inside a hammerfs mount")
+    if volume == spec and not creating:
+        pfs = 0
+    elif volume == spec:
+        pfs = None
+    return Unmounted(spec, volume, pfs)
+
+
+def _mounted(spec: str, mount, creating: bool) -> Mounted:
+    if not mount.relpath:
+        if creating:
+            raise HammerError(f"{spec} exists: give a new path for the PFS softlink")
+        return Mounted(spec, mount, mount.pfs)
+    if os.path.islink(spec):
+        pfs = pfs_of_link(spec)
+        if pfs is None:
+            raise HammerError(f"{spec} is a symlink but not a PFS softlink")
+        if creating:
+            raise HammerError(f"{spec} already exists (PFS #{pfs})")
+        return Mounted(spec, mount, pfs)
+    if os.path.lexists(spec):
+        raise HammerError(f"{spec} is neither a mount root nor a PFS softlink")
+    if not creating:
+        raise HammerError(f"{spec}: no such PFS")
+    return Mounted(spec, mount, None)
+
+
+@contextlib.contextmanager
+def open_store(volume: str, args: argparse.Namespace, *, readonly: bool = False,
+               ) -> Iterator[object]:
+    from hammerfs.store import Store
+    dev = open_volume_device(volume, args, readonly=readonly)
+    try:
+        store = Store.open(dev, readonly=readonly)
+    except BaseException:
+        dev.close()
+        raise
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# -- PFS commands ----------------------------------------------------------------------------
+
+def _print_status(label: str, pfs: int, lines: list[str]) -> None:
+    print(f"{label}\tPFS#{pfs} {{")
+    for line in lines:
+        print(f"    {line}")
+    print("}")
+
+
+def cmd_pfs_status(args: argparse.Namespace) -> int:
+    for spec in args.paths:
+        tgt = resolve(spec)
+        if isinstance(tgt, Mounted):
+            res = tgt.call("pfs-status", pfs=tgt.pfs)
+            _print_status(spec, res["pfs"], res["lines"])
+            continue
+        with open_store(tgt.volume, args, readonly=True) as store:
+            st = pfs_ops.status(store, tgt.pfs)
+            _print_status(spec, tgt.pfs, pfs_ops.format_status(st))
+    return 0
+
+
+def _create(args: argparse.Namespace, slave: bool) -> int:
+    opts = pfs_ops.parse_options(args.options)
+    label = opts.pop("label", "")
+    shared = opts.pop("shared-uuid", None)
+    if slave and not shared:
+        raise HammerError("pfs-slave needs shared-uuid=UUID (the master's, see pfs-status)")
+    tgt = resolve(args.path, creating=True)
+    if isinstance(tgt, Mounted):
+        res = tgt.call("pfs-create", slave=slave, shared_uuid=shared, label=label)
+        pfs = res["pfs"]
+        if opts:
+            tgt.call("pfs-update", pfs=pfs, options=opts)
+        os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
+        os.symlink(f"@@-1:{pfs:05d}", args.path)
+        status = tgt.call("pfs-status", pfs=pfs)["lines"]
+    else:
+        with open_store(tgt.volume, args) as store:
+            pfs = tgt.pfs if tgt.pfs is not None else pfs_ops.free_pfs_id(store)
+            if slave:
+                pfs_ops.create_slave(store, pfs, shared, label)
+            else:
+                pfs_ops.create_master(store, pfs, label)
+            if opts:
+                pfs_ops.update(store, pfs, opts)
+            status = pfs_ops.format_status(pfs_ops.status(store, pfs))
+    print(f"Creating PFS #{pfs} succeeded!")
+    _print_status(args.path, pfs, status)
+    return 0
+
+
+def cmd_pfs_master(args: argparse.Namespace) -> int:
+    return _create(args, slave=False)
+
+
+def cmd_pfs_slave(args: argparse.Namespace) -> int:
+    return _create(args, slave=True)
+
+
+def _modify(args: argparse.Namespace, op: str) -> tuple[Target, int]:
+    tgt = resolve(args.path)
+    if isinstance(tgt, Mounted):
+        extra = {"options": pfs_ops.parse_options(args.options)} if op == "pfs-update" else {}
+        tgt.call(op, pfs=tgt.pfs, **extra)
+        return tgt, tgt.pfs
+    with open_store(tgt.volume, args) as store:
+        if op == "pfs-upgrade":
+            pfs_ops.upgrade(store, tgt.pfs)
+        elif op == "pfs-downgrade":
+            pfs_ops.downgrade(store, tgt.pfs)
+        elif op == "pfs-destroy":
+            pfs_ops.destroy(store, tgt.pfs)
+        else:
+            pfs_ops.update(store, tgt.pfs, pfs_ops.parse_options(args.options))
+    return tgt, tgt.pfs
+
+
+def cmd_pfs_upgrade(args: argparse.Namespace) -> int:
+    _, pfs = _modify(args, "pfs-upgrade")
+    print(f"pfs-upgrade of PFS#{pfs} succeeded (now a master)")
+    return 0
+
+
+def cmd_pfs_downgrade(args: argparse.Namespace) -> int:
+    _, pfs = _modify(args, "pfs-downgrade")
+    print(f"pfs-downgrade of PFS#{pfs} succeeded (now a slave)")
+    return 0
+
+
+def cmd_pfs_destroy(args: argparse.Namespace) -> int:
+    tgt, pfs = _modify(args, "pfs-destroy")
+    if isinstance(tgt, Mounted) and os.path.islink(args.path):
+        os.unlink(args.path)
+    print(f"pfs-destroy of PFS#{pfs} succeeded!")
+    return 0
+
+
+def cmd_pfs_update(args: argparse.Namespace) -> int:
+    _, pfs = _modify(args, "pfs-update")
+    print(f"pfs-update of PFS#{pfs} succeeded")
+    return 0
+
+
+# -- mirror endpoints ------------------------------------------------------------------------
+
+def _side_args(args: argparse.Namespace, key_file: str | None) -> argparse.Namespace:
+    side = copy.copy(args)
+    if key_file is not None:
+        side.key_file = key_file
+    return side
+
+
+def _source_options(args: argparse.Namespace, two_way: bool, stream: bool) -> SourceOptions:
+    return SourceOptions(two_way=two_way, begin_tid=getattr(args, "begin_tid", 1) or 1,
+                         stream=stream, chunk_bytes=args.chunk_size)
+
+
+def open_source(spec: str, args: argparse.Namespace, *, two_way: bool, stream: bool,
+                key_file: str | None = None) -> Channel:
+    tgt = resolve(spec, remote_ok=True)
+    opts = _source_options(args, two_way, stream)
+    if isinstance(tgt, RemoteSpec):
+        words = ["mirror-read-stream" if stream else "mirror-read", "-2", *_verbosity(args),
+                 "-S", str(args.chunk_size), tgt.path]
+        return ProcessChannel(ssh_argv(tgt, words, args.port))
+    if isinstance(tgt, Mounted):
+        sock = tgt.client().open_stream("mirror-read", pfs=tgt.pfs, two_way=two_way,
+                                        stream=stream, begin_tid=opts.begin_tid,
+                                        chunk_bytes=opts.chunk_bytes)
+        return SocketChannel(sock)
+    cm = open_store(tgt.volume, _side_args(args, key_file), readonly=True)
+    store = cm.__enter__()
+
+    def session(sock: socket.socket) -> int:
+        try:
+            return serve_source(store, tgt.pfs, sock, opts)
+        finally:
+            cm.__exit__(None, None, None)
+    return ThreadChannel(session)
+
+
+def open_target(spec: str, args: argparse.Namespace, *, key_file: str | None = None,
+                ) -> Channel:
+    tgt = resolve(spec, remote_ok=True)
+    if isinstance(tgt, RemoteSpec):
+        words = ["mirror-write", "-2", *_verbosity(args), tgt.path]
+        return ProcessChannel(ssh_argv(tgt, words, args.port))
+    if isinstance(tgt, Mounted):
+        return SocketChannel(tgt.client().open_stream("mirror-write", pfs=tgt.pfs,
+                                                      two_way=True))
+    cm = open_store(tgt.volume, _side_args(args, key_file))
+    store = cm.__enter__()
+
+    def session(sock: socket.socket):
+        try:
+            return serve_target(store, tgt.pfs, sock)
+        finally:
+            cm.__exit__(None, None, None)
+    return ThreadChannel(session)
+
+
+def _verbosity(args: argparse.Namespace) -> list[str]:
+    return ["-q"] if args.verbosity < 0 else ["-v"] * args.verbosity
+
+
+class StdioChannel(Channel):
+    """This process's stdin/stdout as a mirror endpoint (mirror-read/-write)."""
+
+    def __init__(self, read: bool):
+        self.rfile = sys.stdin.buffer if read else None
+        self.wfile = sys.stdout.buffer
+
+    def close_write(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.wfile.flush()
+
+
+def cmd_mirror_read(args: argparse.Namespace, stream: bool = False) -> int:
+    stream = stream or args.stream
+    two_way = args.two_way or stream
+    if sys.stdout.isatty():
+        raise HammerError("mirror-read writes a binary stream: redirect stdout "
+                          "(e.g. | hammer mirror-write SLAVE)")
+    source = open_source(args.path, args, two_way=two_way, stream=stream)
+    relay(source, StdioChannel(read=two_way), verbosity=args.verbosity,
+          bwlimit=args.bwlimit, two_way=two_way)
+    return 0
+
+
+def cmd_mirror_read_stream(args: argparse.Namespace) -> int:
+    return cmd_mirror_read(args, stream=True)
+
+
+def cmd_mirror_write(args: argparse.Namespace) -> int:
+    target = open_target(args.path, args)
+    stdout = StdioChannel(read=True)
+    if not args.two_way:
+        stdout.wfile = None
+    res = relay(stdout, target, verbosity=args.verbosity, two_way=args.two_way)
+    if args.verbosity > 0 or (not args.two_way and args.verbosity >= 0):
+        tid = res.back.synced_tid
+        if tid:
+            print(f"Mirror-write: synced to 0x{tid:016x}", file=sys.stderr)
+    return 0
+
+
+def cmd_mirror_dump(args: argparse.Namespace) -> int:
+    reader = s.FrameReader(sys.stdin.buffer)
+    while True:
+        try:
+            frame = reader.recv()
+        except s.StreamClosed:
+            print("(end of stream without TERM: truncated)")
+            return 1
+        print(describe(frame))
+        if frame.type == s.TERM:
+            return 0
+
+
+def describe(frame: s.Frame) -> str:
+    """One line per frame for mirror-dump."""
+    t = frame.type
+    if t == s.HELLO:
+        return f"HELLO role={'source' if s.decode_hello(frame) == s.ROLE_SOURCE else 'target'}"
+    if t == s.PFSD:
+        pfs, d = s.decode_pfsd(frame)
+        return (f"PFSD pfs={pfs} shared-uuid={d.shared_uuid} unique-uuid={d.unique_uuid} "
+                f"sync-end-tid=0x{d.sync_end_tid:016x} {'slave' if d.is_slave else 'master'}")
+    if t == s.BATCH:
+        beg, end, _ = s.decode_batch(frame)
+        return f"BATCH 0x{beg:016x} 0x{end:016x}"
+    if t == s.REC:
+        r = s.decode_rec(frame, 0)
+        return (f"  REC obj=0x{r.obj_id:x} rt=0x{r.rec_type:02x} key=0x{r.key:x} "
+                f"create=0x{r.create_tid:016x} delete=0x{r.delete_tid:016x} "
+                f"len={len(r.data or b'')}")
+    if t == s.PASS:
+        obj, rt, key, ctid, dtid, _ = s.decode_pass(frame)
+        return (f"  PASS obj=0x{obj:x} rt=0x{rt:02x} key=0x{key:x} create=0x{ctid:016x} "
+                f"delete=0x{dtid:016x}")
+    if t == s.SYNC:
+        end, _ts, count = s.decode_sync(frame)
+        return f"SYNC 0x{end:016x} records={count}"
+    if t == s.ESTIMATE:
+        total, recs, beg, end = s.decode_estimate(frame)
+        return f"ESTIMATE {total} bytes {recs} records 0x{beg:016x}..0x{end:016x}"
+    if t == s.ERROR:
+        return f"ERROR {s.decode_error(frame, 'peer')}"
+    return frame.name
+
+
+def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
+    source = open_source(args.source, args, two_way=True, stream=stream,
+                         key_file=args.source_key_file)
+    try:
+        target = open_target(args.target, args, key_file=args.target_key_file)
+    except BaseException:
+        source.abort()
+        raise
+    res = relay(source, target, verbosity=args.verbosity, bwlimit=args.bwlimit)
+    if args.verbosity > 0:
+        print(f"Mirror-copy: synced to 0x{res.back.synced_tid:016x}", file=sys.stderr)
+    return 0
+
+
+def cmd_mirror_stream(args: argparse.Namespace) -> int:
+    """mirror-copy that follows every commit, and reconnects when the link drops."""
+    delay = args.reconnect_delay
+    while True:
+        try:
+            cmd_mirror_copy(args, stream=True)
+            return 0
+        except s.PeerError as exc:
+            if exc.fatal:
+                raise
+            _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
+        except s.StreamError as exc:
+            _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
+        time.sleep(delay)
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    if args.verbosity >= 0:
+        print(f"hammer: {text}", file=sys.stderr, flush=True)
+
+
+# -- ssh-remote -----------------------------------------------------------------------------
+
+REMOTE_ALLOWED = {"mirror-read": ("mirror-read", "mirror-read-stream"),
+                  "mirror-write": ("mirror-write",)}
+_REMOTE_FLAGS = {"-2", "-q", "-v", "-vv", "--stream"}
+
+
+def cmd_ssh_remote(args: argparse.Namespace) -> int:
+    """authorized_keys forced command: allow only ``COMMAND`` on ``DIR`` (or below it)."""
+    from hammerfs.cli.main import main
+
+    if args.command_name not in REMOTE_ALLOWED:
+        raise HammerError("ssh-remote: COMMAND must be mirror-read or mirror-write")
+    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    argv = _check_remote(original, args.command_name, args.dir)
+    return main(argv)
+
+
+def _check_remote(original: str, allowed: str, directory: str) -> list[str]:
+    try:
+        words = shlex.split(original)
+    except ValueError:
+        words = []
+    verbs = [i for i, w in enumerate(words) if w in sum(REMOTE_ALLOWED.values(), ())]
+    if not verbs:
+        raise HammerError(f"ssh-remote: command not allowed: {original!r}")
+    argv = words[verbs[0]:]
+    if argv[0] not in REMOTE_ALLOWED[allowed]:
+        raise HammerError(f"ssh-remote: only {allowed} is allowed, not {argv[0]}")
+    rest = argv[1:]
+    paths, i = [], 0
+    while i < len(rest):
+        w = rest[i]
+        if w in _REMOTE_FLAGS:
+            i += 1
+        elif w in ("-S", "-b") and i + 1 < len(rest):
+            i += 2
+        elif w.startswith("-"):
+            raise HammerError(f"ssh-remote: option {w} not allowed")
+        else:
+            paths.append(w)
+            i += 1
+    if not paths or not _within(paths[0], directory) or len(paths) > (
+            2 if argv[0] == "mirror-read" else 1):
+        raise HammerError(f"ssh-remote: path not allowed: {' '.join(paths) or '(none)'} "
+                          f"(only {directory})")
+    return argv
+
+
+def _within(path: str, directory: str) -> bool:
+    if ".." in path.split("/"):
+        return False
+    norm, base = os.path.normpath(path), os.path.normpath(directory)
+    return norm == base or norm.startswith(base.rstrip("/") + "/")
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+def _size_arg(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        if text and text[-1].lower() in units:
+            return int(float(text[:-1]) * units[text[-1].lower()])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 10m, 1g)") from None
+
+
+def _tid_arg(text: str) -> int:
+    try:
+        return pfs_ops.parse_tid(text)
+    except HammerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mirror_opts(p: argparse.ArgumentParser, *, remote: bool = True) -> None:
+    p.add_argument("-v", dest="verbosity", action="count", default=0,
+                   help="more output (a line per batch)")
+    p.add_argument("-q", dest="verbosity", action="store_const", const=-1,
+                   help="no progress output")
+    p.add_argument("-b", dest="bwlimit", type=_size_arg, metavar="BW",
+                   help="bandwidth cap in bytes per second (k, m, g suffixes)")
+    p.add_argument("-S", dest="chunk_size", type=_size_arg, default=64 << 20, metavar="SIZE",
+                   help="cut the initial bulk copy into batches of about SIZE (default 64m)")
+    if remote:
+        p.add_argument("-p", dest="port", type=int, help="ssh port of a remote side")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
+    p = sub.add_parser("pfs-status", help="show the PFS descriptor of mounts/PFS softlinks")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    add_volume_args(p)
+    p.set_defaults(func=cmd_pfs_status)
+
+    for name, fn, helptext in (
+            ("pfs-master", cmd_pfs_master, "create a master PFS (and its softlink)"),
+            ("pfs-slave", cmd_pfs_slave,
+             "create a slave PFS: pfs-slave PATH shared-uuid=UUID [label=...]")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("path", metavar="PATH")
+        p.add_argument("options", nargs="*", metavar="NAME=VALUE")
+        add_volume_args(p)
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("pfs-update", help="change PFS fields (label=, prune-min=, ...)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("options", nargs="+", metavar="NAME=VALUE")
+    add_volume_args(p)
+    p.set_defaults(func=cmd_pfs_update)
+
+    for name, fn, helptext in (
+            ("pfs-upgrade", cmd_pfs_upgrade,
+             "make a slave a master (rolls back to its sync-end-tid first)"),
+            ("pfs-downgrade", cmd_pfs_downgrade, "make a master a slave"),
+            ("pfs-destroy", cmd_pfs_destroy, "remove a PFS and all its records")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("path", metavar="PATH")
+        add_volume_args(p)
+        p.set_defaults(func=fn, options=[])
+
+    for name, fn in (("mirror-read", cmd_mirror_read),
+                     ("mirror-read-stream", cmd_mirror_read_stream)):
+        p = sub.add_parser(name, help="write a mirror stream of PATH to stdout")
+        p.add_argument("path", metavar="PATH")
+        p.add_argument("begin_tid", nargs="?", type=_tid_arg, default=1, metavar="BEGIN-TID")
+        p.add_argument("-2", dest="two_way", action="store_true",
+                       help="two-way protocol: start after the target's sync point")
+        p.add_argument("--stream", action="store_true", help="keep following commits")
+        _mirror_opts(p)
+        add_volume_args(p)
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("mirror-write", help="apply a mirror stream from stdin to a slave")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-2", dest="two_way", action="store_true", help="two-way protocol")
+    _mirror_opts(p)
+    add_volume_args(p)
+    p.set_defaults(func=cmd_mirror_write)
+
+    p = sub.add_parser("mirror-dump", help="print a mirror stream read from stdin")
+    p.set_defaults(func=cmd_mirror_dump)
+
+    for name, fn, helptext in (
+            ("mirror-copy", cmd_mirror_copy, "bring a slave up to date with its master"),
+            ("mirror-stream", cmd_mirror_stream,
+             "keep a slave following its master continuously")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("source", metavar="SRC")
+        p.add_argument("target", metavar="DST")
+        _mirror_opts(p)
+        p.add_argument("--source-key-file", metavar="FILE",
+                       help="passphrase file of an encrypted unmounted source volume")
+        p.add_argument("--target-key-file", metavar="FILE",
+                       help="passphrase file of an encrypted unmounted target volume")
+        p.add_argument("--reconnect-delay", type=float, default=5.0, metavar="SECS",
+                       help="mirror-stream: pause before reconnecting (default 5)")
+        add_volume_args(p)
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("ssh-remote", help="authorized_keys forced command restricting a key "
+                                          "to mirroring one path")
+    p.add_argument("command_name", metavar="COMMAND", choices=sorted(REMOTE_ALLOWED))
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_ssh_remote)

@@ -1,0 +1,136 @@
+"""Mirror and PFS operations served by a mounting process over its control channel.
+
+A command given a path inside a mount cannot open the volume (the mount holds its lock), so
+it asks the mount: ``ControlClient.call(op, **args)`` for the PFS operations, and
+``open_stream(op, **args)`` for mirror-read/mirror-write, which then speak the mirror
+protocol on that socket.  The mount registers ``OPS``; each handler gets ``ctx`` (with
+``ctx.store``), the request's arguments and the connection.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from hammerfs.errors import HammerError
+from hammerfs.mirror import pfs_ops
+from hammerfs.mirror.local import channel
+from hammerfs.mirror.reader import Source, SourceOptions
+from hammerfs.mirror.writer import Target
+
+
+class LockedStore:
+    """The mount's store seen through its coarse fs lock: every call (and every step of a
+    scan) holds the lock, so a long mirror session never blocks the filesystem for longer
+    than one store call.  ``wait_commit`` waits without it."""
+
+    def __init__(self, store, lock):
+        self._store = store
+        self._lock = lock
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._store, name)
+        if not callable(attr) or name == "wait_commit":
+            return attr
+        if name in ("scan", "changed_since"):
+            return lambda *a, **kw: self._locked_iter(attr, a, kw)
+
+        def locked(*a, **kw):
+            with self._lock:
+                return attr(*a, **kw)
+        return locked
+
+    @property
+    def last_committed_tid(self) -> int:
+        return self._store.last_committed_tid
+
+    @property
+    def current_tid(self) -> int:
+        return self._store.current_tid
+
+    def _locked_iter(self, fn, a, kw):
+        with self._lock:
+            it = iter(fn(*a, **kw))
+        while True:
+            with self._lock:
+                item = next(it, None)
+            if item is None:
+                return
+            yield item
+
+
+def _store(ctx) -> LockedStore:
+    lock = getattr(ctx, "lock", None)
+    return LockedStore(ctx.store, lock) if lock is not None else ctx.store
+
+
+def _pfs(args: dict[str, Any]) -> int:
+    pfs = args.get("pfs")
+    if not isinstance(pfs, int):
+        raise HammerError("request names no PFS")
+    return pfs
+
+
+def pfs_status(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+    st = pfs_ops.status(_store(ctx), _pfs(args))
+    return {"pfs": st.pfs, "lines": pfs_ops.format_status(st), "is_slave": st.desc.is_slave,
+            "shared_uuid": st.desc.shared_uuid, "sync_end_tid": st.sync_end}
+
+
+def pfs_create(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+    store = _store(ctx)
+    pfs = args.get("pfs") or pfs_ops.free_pfs_id(store)
+    label = args.get("label", "")
+    if args.get("slave"):
+        desc = pfs_ops.create_slave(store, pfs, args["shared_uuid"], label)
+    else:
+        desc = pfs_ops.create_master(store, pfs, label)
+    return {"pfs": pfs, "shared_uuid": desc.shared_uuid}
+
+
+def pfs_upgrade(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+    pfs_ops.upgrade(_store(ctx), _pfs(args))
+    return {"pfs": _pfs(args)}
+
+
+def pfs_downgrade(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+    desc = pfs_ops.downgrade(_store(ctx), _pfs(args))
+    return {"pfs": _pfs(args), "sync_end_tid": desc.sync_end_tid}
+
+
+def pfs_destroy(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+    return {"pfs": _pfs(args), "removed": pfs_ops.destroy(_store(ctx), _pfs(args))}
+
+
+def pfs_update(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+    pfs_ops.update(_store(ctx), _pfs(args), dict(args.get("options", {})))
+    return {"pfs": _pfs(args)}
+
+
+def mirror_read(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
+    opts = SourceOptions(two_way=bool(args.get("two_way")),
+                         begin_tid=int(args.get("begin_tid", 1)),
+                         stream=bool(args.get("stream")),
+                         chunk_bytes=int(args.get("chunk_bytes", 64 << 20)))
+    with channel(conn) as (inp, out):
+        synced = Source(_store(ctx), _pfs(args), inp if opts.two_way else None, out, opts).run()
+    return {"synced": synced}
+
+
+def mirror_write(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
+    # Always answer on the socket: in one-way mode the caller only reads ERROR frames.
+    with channel(conn) as (inp, out):
+        res = Target(_store(ctx), _pfs(args), inp, out).run()
+    return {"batches": res.batches, "sync_end_tid": res.sync_end_tid}
+
+
+OPS = {
+    "pfs-status": pfs_status,
+    "pfs-create": pfs_create,
+    "pfs-upgrade": pfs_upgrade,
+    "pfs-downgrade": pfs_downgrade,
+    "pfs-destroy": pfs_destroy,
+    "pfs-update": pfs_update,
+    "mirror-read": mirror_read,
+    "mirror-write": mirror_write,
+}
