@@ -92,6 +92,9 @@ class SocketChannel(Channel):
             self.sock.shutdown(socket.SHUT_WR)
 
     def finish(self, timeout: float | None = None) -> None:
+        self._close()
+
+    def _close(self) -> None:
         for f in (self.rfile, self.wfile, self.sock):
             with contextlib.suppress(OSError):
                 f.close()
@@ -99,7 +102,7 @@ class SocketChannel(Channel):
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        self.finish()
+        self._close()
 
 
 class ThreadChannel(SocketChannel):
