@@ -36,13 +36,18 @@ class MemDevice:
 
 def crash_image(base: bytes, log: list, upto: int, rng: random.Random | None) -> bytes:
     """The disk after a crash once ``upto`` log entries were issued: everything before the last
-    flush among them is on disk; of the writes after it, all (rng None) or a random subset."""
+    flush among them is on disk; of the blocks written after it, all (rng None) or a random
+    subset (the device may reorder and drop any unflushed 4 KiB block)."""
     img = bytearray(base)
     last_flush = max((i for i in range(upto) if log[i][0] == "f"), default=-1)
     for i in range(upto):
         kind, off, data = log[i]
         if kind != "w":
             continue
-        if i < last_flush or rng is None or rng.random() < 0.5:
+        if i < last_flush or rng is None:
             img[off:off + len(data)] = data
+            continue
+        for b in range(0, len(data), 4096):
+            if rng.random() < 0.5:
+                img[off + b:off + b + 4096] = data[b:b + 4096]
     return bytes(img)
