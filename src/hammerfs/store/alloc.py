@@ -53,6 +53,7 @@ class Allocator:
         alloc._set_range(0, reserved, True)
         alloc._set_range(nblocks, pages * BITS_PER_PAGE - nblocks, True)
         alloc._recount()
+        alloc.dirty_pages = [set(range(pages)), set(range(pages))]  # regions hold garbage
         return alloc
 
     def _recount(self) -> None:
@@ -104,6 +105,10 @@ class Allocator:
                 lo = max(block, b * BLOCKS_PER_BIGBLOCK)
                 hi = min(block + count, (b + 1) * BLOCKS_PER_BIGBLOCK)
                 self.bb_used[b] += (hi - lo) if used else -(hi - lo)
+
+    def mark_used(self, block: int, count: int) -> None:
+        """Mark committed blocks in use (rebuilding a damaged map from the B-tree)."""
+        self._mark(block, count, True)
 
     def is_used(self, block: int) -> bool:
         return bool(self.bits[block // 8] >> (block % 8) & 1)

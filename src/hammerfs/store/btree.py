@@ -52,7 +52,7 @@ class Node:
 
 
 class BTree:
-    def __init__(self, dev, alloc: Allocator, root: Node):
+    def __init__(self, dev, alloc: Allocator | None, root: Node):
         self.dev = dev
         self.alloc = alloc
         self.root = root
@@ -64,7 +64,7 @@ class BTree:
         return cls(dev, alloc, Node(0, [], []))
 
     @classmethod
-    def load(cls, dev, alloc: Allocator, off: int, csum: bytes) -> BTree:
+    def load(cls, dev, alloc: Allocator | None, off: int, csum: bytes) -> BTree:
         tree = cls(dev, alloc, Node(0, [], []))
         tree.root = tree.read_node(off, csum)
         tree.dirty_count = 0

@@ -38,6 +38,9 @@ def scrub(store: Store) -> ScrubReport:
     report = ScrubReport()
     tree = store.tree
     alloc = store.allocator
+    if store.freemap_damage is not None:
+        report.damage(store.freemap_damage, store.freemap_damage.location)
+        report.errors[-1] += " (rebuilt from the B-tree; the next commit rewrites it)"
     with store._lock:
         _scrub_node(store, tree.root, report, alloc)
     return report

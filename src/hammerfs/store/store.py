@@ -64,6 +64,7 @@ class Store:
         self._current = self._next_tid(hdr.last_tid)
         self._dirty = False
         self._closed = False
+        self.freemap_damage: CorruptionError | None = None  # set if rebuilt at open
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -96,10 +97,23 @@ class Store:
         """Open the volume on ``device`` at its last committed state (writes nothing)."""
         hdr = read_header(device)
         nblocks = hdr.volume_bytes // BLOCK
-        alloc = Allocator.load(device, nblocks, hdr.fm_pages, hdr.fm_table_blocks,
-                               (hdr.fm_region0, hdr.fm_region1), hdr.slot, hdr.fm_table_csum)
-        tree = BTree.load(device, alloc, hdr.root_off, hdr.root_csum)
-        return cls(device, hdr, alloc, tree, readonly=readonly or device.readonly)
+        regions = (hdr.fm_region0, hdr.fm_region1)
+        tree = BTree.load(device, None, hdr.root_off, hdr.root_csum)
+        damage = None
+        try:
+            alloc = Allocator.load(device, nblocks, hdr.fm_pages, hdr.fm_table_blocks, regions,
+                                   hdr.slot, hdr.fm_table_csum)
+        except CorruptionError as exc:
+            damage = exc
+            # The free-map is redundant: rebuild it from what the B-tree references.
+            alloc = Allocator.fresh(nblocks, hdr.fm_pages, regions[1] + hdr.fm_table_blocks
+                                    + hdr.fm_pages, regions, hdr.fm_table_blocks)
+            for block, count in used_extents(tree):
+                alloc.mark_used(block, count)
+        tree.alloc = alloc
+        store = cls(device, hdr, alloc, tree, readonly=readonly or device.readonly)
+        store.freemap_damage = damage
+        return store
 
     # -- transactions -------------------------------------------------------------------------------
     @property
@@ -404,6 +418,17 @@ class Store:
 
     def data_of(self, k: FullKey, v: LeafVal) -> bytes:
         return self._data(k, v)
+
+
+def used_extents(tree: BTree) -> Iterator[tuple[int, int]]:
+    """(first block, count) of every node and data extent reachable from the root."""
+    for _, node in tree.walk_nodes():
+        if node.off:
+            yield node.off // BLOCK, 1
+        if not node.level:
+            for v in node.vals:
+                if v[4]:
+                    yield v[4] // BLOCK, _blocks(v[3])
 
 
 def read_header(device) -> Header:
