@@ -1,0 +1,320 @@
+"""Bad input never gives a traceback, a wrong key or a write: truncated, bit-flipped and
+random headers, JSON with wrong types, overlaps and out-of-range offsets (hypothesis), and
+what cannot be honoured (requirements, integrity, other ciphers) is refused untouched."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import run_hammer
+from hammerfs.errors import HammerError
+from hammerfs.luks import luks2
+from hammerfs.luks.container import format_container, open_container
+
+from .helpers import CHEAP_ARGON, CHEAP_PBKDF2, CS_ARGON, PASS, MiB, PlainFile, keyfile, run
+
+HEADER_BYTES = 2 * MiB   # header copies plus the first key-slot areas
+
+
+class RecordingDevice:
+    """In-memory device that fails the test on any write attempt."""
+
+    readonly = True
+
+    def __init__(self, data: bytes, size: int | None = None):
+        self.data = data
+        self.size = size if size is not None else len(data)
+
+    def read(self, offset, length):
+        if offset < 0 or offset + length > self.size:
+            raise HammerError("read beyond end")
+        chunk = self.data[offset:offset + length]
+        return chunk + bytes(length - len(chunk))
+
+    def write(self, offset, data):
+        raise AssertionError(f"unexpected write at {offset}")
+
+    def flush(self):
+        raise AssertionError("unexpected flush")
+
+    def close(self):
+        pass
+
+
+def _format_bytes(tmp_path_factory, version, spec, sector):
+    path = tmp_path_factory.mktemp("base") / "v.img"
+    with open(path, "wb") as f:
+        f.truncate(20 * MiB)
+    dev = PlainFile(path)
+    _, key = format_container(dev, PASS, version=version, sector_size=sector, spec=spec)
+    dev.close()
+    return path.read_bytes()[:HEADER_BYTES], key
+
+
+@pytest.fixture(scope="module")
+def luks2_image(tmp_path_factory):
+    return _format_bytes(tmp_path_factory, 2, CHEAP_ARGON, 4096)
+
+
+@pytest.fixture(scope="module")
+def luks1_image(tmp_path_factory):
+    return _format_bytes(tmp_path_factory, 1, CHEAP_PBKDF2, 512)
+
+
+def open_and_unlock(data: bytes, size: int = 20 * MiB):
+    """Either the right key or a HammerError; anything else fails the test."""
+    dev = RecordingDevice(data, size)
+    container = open_container(dev)
+    return container.unlock(PASS)[1]
+
+
+def expect_clean(data: bytes, key: bytes, size: int = 20 * MiB) -> bool:
+    try:
+        got = open_and_unlock(data, size)
+    except HammerError as exc:
+        assert str(exc)
+        return False
+    assert got == key
+    return True
+
+
+def test_truncated_headers(luks2_image, luks1_image):
+    for data, key in (luks2_image, luks1_image):
+        for cut in (0, 6, 100, 591, 4095, 4096, 16383, 20000, 32768, 100000):
+            assert not expect_clean(data[:cut], key, size=cut)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_bit_flips_luks2(luks2_image, data):
+    image, key = luks2_image
+    flips = data.draw(st.lists(st.integers(0, 2 * luks2.HDR_SIZES[0] * 8 - 1), min_size=1,
+                               max_size=4))
+    mutated = bytearray(image)
+    for bit in flips:
+        mutated[bit // 8] ^= 1 << (bit % 8)
+    expect_clean(bytes(mutated), key)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_bit_flips_luks1_and_key_material(luks1_image, data):
+    image, key = luks1_image
+    bit = data.draw(st.integers(0, (4096 + 512 * 500) * 8 - 1))
+    mutated = bytearray(image)
+    mutated[bit // 8] ^= 1 << (bit % 8)
+    expect_clean(bytes(mutated), key)
+
+
+@settings(max_examples=40, deadline=None)
+@given(version=st.sampled_from([1, 2]), body=st.binary(min_size=0, max_size=4096))
+def test_random_headers(version, body):
+    data = b"LUKS\xba\xbe" + version.to_bytes(2, "big") + body
+    try:
+        open_and_unlock(data + bytes(64 * 1024), 64 * 1024 + len(data))
+    except HammerError as exc:
+        assert str(exc)
+
+
+def _rewrite(image: bytes, meta: dict) -> bytes:
+    """The image with ``meta`` as JSON in both copies, checksums valid."""
+    hdr = luks2.read_header(RecordingDevice(image, 20 * MiB))
+    hdr.meta = meta
+    primary, secondary = luks2.header_copies(hdr)
+    return primary + secondary + image[2 * hdr.hdr_size:]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=12)
+    | st.sampled_from(["0", "4096", "dynamic", "16777216", "-1", "1e3", "99999999999999999999",
+                       "aes-xts-plain64", "argon2id", "pbkdf2", "sha1"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_json_mutations(luks2_image, data):
+    image, key = luks2_image
+    meta = luks2.read_header(RecordingDevice(image, 20 * MiB)).meta
+    paths = [p for p in _paths(meta) if p]
+    mutated = copy.deepcopy(meta)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        target = mutated
+        try:
+            for part in path[:-1]:
+                target = target[part]
+            if data.draw(st.booleans()) and isinstance(target, dict):
+                target.pop(path[-1], None)
+            else:
+                target[path[-1]] = data.draw(JSON_VALUES)
+        except (KeyError, IndexError, TypeError):
+            continue
+    expect_clean(_rewrite(image, mutated), key)
+
+
+def _meta(image):
+    return copy.deepcopy(luks2.read_header(RecordingDevice(image, 20 * MiB)).meta)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["keyslots"]["0"]["area"].update(offset="100"), "outside the key-slot area"),
+    (lambda m: m["keyslots"]["0"]["area"].update(offset=32768), "decimal string"),
+    (lambda m: m["keyslots"]["0"].update(key_size="64"), "key_size"),
+    (lambda m: m["keyslots"].update({"1": copy.deepcopy(m["keyslots"]["0"])}), "overlap"),
+    (lambda m: m["segments"]["0"].update(offset="8192"), "overlaps the header"),
+    (lambda m: m["segments"]["0"].update(offset=str(64 * MiB)), "beyond the device end"),
+    (lambda m: m["segments"]["0"].update(sector_size=3000), "sector_size"),
+    (lambda m: m["digests"]["0"].update(keyslots=["7"]), "missing keyslot"),
+    (lambda m: m["digests"]["0"].update(salt="***"), "base64"),
+    (lambda m: m["config"].update(json_size="4096"), "json_size"),
+    (lambda m: m.update(tokens=[]), "tokens must be an object"),
+    (lambda m: m["keyslots"].update({"x": {}}), "invalid keyslots id"),
+])
+def test_invalid_json_is_refused_clearly(luks2_image, change, message):
+    image, _ = luks2_image
+    meta = _meta(image)
+    change(meta)
+    with pytest.raises(HammerError, match=message):
+        open_and_unlock(_rewrite(image, meta))
+
+
+def test_unknown_tokens_are_kept(tmp_path, luks2_image):
+    image, key = luks2_image
+    meta = _meta(image)
+    token = {"type": "vendor-thing", "keyslots": ["0"], "opaque": {"x": [1, 2, 3]}}
+    meta["tokens"]["3"] = token
+    path = tmp_path / "v.img"
+    path.write_bytes(_rewrite(image, meta))
+    with open(path, "r+b") as f:
+        f.truncate(20 * MiB)
+    dev = PlainFile(path)
+    container = open_container(dev)
+    container.add_slot(key, b"other", CHEAP_ARGON, 2)
+    dev.close()
+    dev = PlainFile(path)
+    assert open_container(dev).hdr.meta["tokens"]["3"] == token
+    dev.close()
+
+
+# ---- refusals: nothing is written ---------------------------------------------------------
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _volume_with(tmp_path, luks2_image, change):
+    image, _ = luks2_image
+    meta = _meta(image)
+    change(meta)
+    path = tmp_path / "v.img"
+    path.write_bytes(_rewrite(image, meta))
+    with open(path, "r+b") as f:
+        f.truncate(20 * MiB)
+    return path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["config"].update(requirements={"mandatory": ["online-reencrypt-v2"]}),
+     "mandatory requirements"),
+    (lambda m: m["config"].update(requirements={"mandatory": ["opal"]}), "OPAL"),
+    (lambda m: m["segments"]["0"].update(integrity={"type": "hmac(sha256)",
+                                                    "journal_encryption": "none",
+                                                    "journal_integrity": "none"}),
+     "integrity"),
+    (lambda m: m["segments"]["0"].update(encryption="serpent-xts-plain64"),
+     "cipher 'serpent-xts-plain64' is not supported"),
+])
+def test_unsupported_features_refused_untouched(tmp_path, luks2_image, change, message):
+    vol = _volume_with(tmp_path, luks2_image, change)
+    kf, kf2 = keyfile(tmp_path), keyfile(tmp_path, b"new", "new.txt")
+    before = _digest(vol)
+    for args in (("luks", "test-passphrase", "--key-file", kf, vol),
+                 ("luks", "add-key", "--key-file", kf, *CS_ARGON, vol, kf2),
+                 ("luks", "kill-slot", "-q", vol, "0"),
+                 ("info", "--key-file", kf, vol)):
+        proc = run_hammer(*args, check=False)
+        assert proc.returncode != 0, args
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert _digest(vol) == before
+
+
+@pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="cryptsetup-bin")
+@pytest.mark.parametrize("cipher", ["aes-cbc-essiv:sha256", "aes-xts-plain"])
+def test_other_ciphers_refused(tmp_path, cipher):
+    kf = keyfile(tmp_path)
+    vol = tmp_path / "v.img"
+    with open(vol, "wb") as f:
+        f.truncate(20 * MiB)
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", *CS_ARGON,
+        "--cipher", cipher, "--key-size", "256", "--key-file", kf, vol)
+    before = _digest(vol)
+    proc = run_hammer("info", "--key-file", kf, vol, check=False)
+    assert proc.returncode != 0 and "is not supported" in proc.stderr
+    assert _digest(vol) == before
+
+
+# ---- damaged copies -----------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="cryptsetup-bin")
+def test_damaged_primary_uses_secondary_and_says_so(tmp_path, luks2_image):
+    image, key = luks2_image
+    vol = tmp_path / "v.img"
+    vol.write_bytes(image)
+    with open(vol, "r+b") as f:
+        f.truncate(20 * MiB)
+        f.seek(4096 + 10)
+        f.write(b"garbage")          # primary JSON: checksum no longer matches
+    kf = keyfile(tmp_path)
+    proc = run_hammer("luks", "test-passphrase", "--key-file", kf, vol)
+    assert "using the secondary copy" in proc.stderr
+    run("cryptsetup", "open", "--test-passphrase", "--key-file", kf, vol)
+    # magic destroyed too: still found through the secondary copy
+    with open(vol, "r+b") as f:
+        f.write(b"\0" * 4096)
+    proc = run_hammer("luks", "test-passphrase", "--key-file", kf, vol)
+    assert "using the secondary copy" in proc.stderr
+    # a write repairs the primary copy
+    run_hammer("luks", "add-key", "--key-file", kf, *CS_ARGON, vol, keyfile(tmp_path, b"x", "x"))
+    proc = run_hammer("luks", "test-passphrase", "--key-file", kf, vol)
+    assert "secondary" not in proc.stderr
+    with open(vol, "r+b") as f:
+        f.write(b"\0" * 32768)
+    proc = run_hammer("luks", "test-passphrase", "--key-file", kf, vol, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+def test_interrupted_header_write_keeps_a_valid_copy(luks2_image):
+    """A crash after the primary copy was written: the newer (higher seqid) copy wins; a
+    crash during it: the older secondary copy is used."""
+    image, key = luks2_image
+    hdr = luks2.read_header(RecordingDevice(image, 20 * MiB))
+    meta = json.loads(json.dumps(hdr.meta))
+    meta["tokens"]["0"] = {"type": "marker", "keyslots": []}
+    hdr.meta, hdr.seqid = meta, hdr.seqid + 1
+    primary, _ = luks2.header_copies(hdr)
+    newer = primary + image[len(primary):]
+    assert "0" in luks2.read_header(RecordingDevice(newer, 20 * MiB)).meta["tokens"]
+    torn = primary[:4200] + image[4200:]   # new binary header, mostly old JSON
+    got = luks2.read_header(RecordingDevice(torn, 20 * MiB))
+    assert got.meta["tokens"] == {} and got.notices
+    assert open_and_unlock(torn) == key

@@ -1,0 +1,125 @@
+"""Batched XTS equals per-sector XTS (cryptography's XTS mode as the independent oracle), and
+LuksDevice behaves like a plain byte array at any offset (hypothesis)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hammerfs.errors import HammerError, ReadOnly
+from hammerfs.luks.device import LuksDevice
+from hammerfs.luks.xts import XtsCipher
+
+KEY = bytes(range(1, 65))
+
+
+def reference(key: bytes, data: bytes, first_iv: int, sector: int, step: int,
+              decrypt: bool = False) -> bytes:
+    out = bytearray()
+    for i in range(len(data) // sector):
+        tweak = ((first_iv + i * step) % 2**64).to_bytes(16, "little")
+        cipher = Cipher(algorithms.AES(key), modes.XTS(tweak))
+        ctx = cipher.decryptor() if decrypt else cipher.encryptor()
+        out += ctx.update(data[i * sector:(i + 1) * sector]) + ctx.finalize()
+    return bytes(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sector=st.sampled_from([512, 1024, 2048, 4096]), count=st.integers(1, 40),
+       first_iv=st.integers(0, 2**64 - 1), key_size=st.sampled_from([32, 64]),
+       decrypt=st.booleans(), seed=st.binary(min_size=8, max_size=8))
+def test_batched_xts_matches_per_sector(sector, count, first_iv, key_size, decrypt, seed):
+    key = (seed * 8)[:key_size // 2] + KEY[:key_size // 2]
+    data = os.urandom(sector * count)
+    ours = XtsCipher(key).crypt(data, first_iv, sector, sector // 512, decrypt=decrypt)
+    assert bytes(ours) == reference(key, data, first_iv, sector, sector // 512, decrypt)
+
+
+def test_large_batches_and_buffer_reuse():
+    cipher = XtsCipher(KEY)
+    for size, sector in ((1 << 20, 4096), (1 << 20, 512), (3 * 4096, 4096), (2 << 20, 512)):
+        data = os.urandom(size)
+        assert bytes(cipher.encrypt(data, 77, sector, sector // 512)) == \
+            reference(KEY, data, 77, sector, sector // 512)
+    out = bytearray(8192)
+    cipher.crypt_into(data[:8192], out, 5, 4096, 8, decrypt=False)
+    assert bytes(out) == reference(KEY, data[:8192], 5, 4096, 8)
+
+
+def test_bad_keys_and_lengths():
+    with pytest.raises(HammerError):
+        XtsCipher(bytes(48))
+    with pytest.raises(HammerError):
+        XtsCipher(bytes(32) + bytes(32))        # identical halves
+    with pytest.raises(ValueError):
+        XtsCipher(KEY).encrypt(bytes(1000), 0, 512, 1)
+
+
+class MemDevice:
+    def __init__(self, size: int):
+        self.buf = bytearray(size)
+        self.size = size
+        self.readonly = False
+
+    def read(self, offset, length):
+        assert offset >= 0 and offset + length <= self.size
+        return bytes(self.buf[offset:offset + length])
+
+    def write(self, offset, data):
+        assert offset >= 0 and offset + len(data) <= self.size
+        self.buf[offset:offset + len(data)] = data
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+OFFSET = 8192
+PAYLOAD = 64 * 1024
+
+
+@settings(max_examples=50, deadline=None)
+@given(sector=st.sampled_from([512, 4096]), iv_tweak=st.integers(0, 2**40),
+       ops=st.lists(st.tuples(st.integers(0, PAYLOAD - 1), st.integers(1, 20000),
+                              st.integers(0, 255)), min_size=1, max_size=8))
+def test_device_is_a_byte_array(sector, iv_tweak, ops):
+    backing = MemDevice(OFFSET + PAYLOAD)
+    dev = LuksDevice(backing, KEY, data_offset=OFFSET, data_size=PAYLOAD, sector_size=sector,
+                     iv_tweak=iv_tweak)
+    model = bytearray(dev.read(0, PAYLOAD))
+    for offset, length, byte in ops:
+        length = min(length, PAYLOAD - offset)
+        dev.write(offset, bytes([byte]) * length)
+        model[offset:offset + length] = bytes([byte]) * length
+        start = max(0, offset - 700)
+        assert dev.read(start, length + 1400 if start + length + 1400 <= PAYLOAD
+                        else PAYLOAD - start) == bytes(model[start:start + length + 1400])
+    assert dev.read(0, PAYLOAD) == bytes(model)
+    # the ciphertext on the backing device is exactly per-sector XTS of the model
+    assert backing.buf[OFFSET:] == reference(KEY, bytes(model), iv_tweak, sector,
+                                             sector // 512)
+    assert backing.buf[:OFFSET] == bytes(OFFSET)      # nothing outside the payload
+
+
+def test_device_bounds_and_readonly():
+    backing = MemDevice(OFFSET + PAYLOAD)
+    dev = LuksDevice(backing, KEY, data_offset=OFFSET, data_size=PAYLOAD, sector_size=4096)
+    with pytest.raises(HammerError):
+        dev.read(PAYLOAD - 4096, 8192)
+    with pytest.raises(HammerError):
+        dev.write(-4096, bytes(4096))
+    ro = LuksDevice(backing, KEY, data_offset=OFFSET, data_size=PAYLOAD, sector_size=4096,
+                    readonly=True)
+    with pytest.raises(ReadOnly):
+        ro.write(0, bytes(4096))
+    big = LuksDevice(MemDevice(OFFSET + 3 * 1024 * 1024), KEY, data_offset=OFFSET,
+                     data_size=3 * 1024 * 1024, sector_size=4096)
+    data = os.urandom(3 * 1024 * 1024 - 4096)      # spans several 1 MiB chunks
+    big.write(4096, data)
+    assert big.read(4096, len(data)) == data
