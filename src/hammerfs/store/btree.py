@@ -221,18 +221,45 @@ class BTree:
         old = leaf.vals.pop(i)
         del leaf.keys[i]
         leaf.nbytes -= leaf_entry_bytes(old)
-        node = leaf
-        while not node.keys and path:
-            parent, pi = path.pop()
-            del parent.keys[pi]
-            del parent.vals[pi]
-            parent.nbytes -= INNER_ENTRY_SIZE
-            self.dirty_count -= 1
-            node, i = parent, pi
-        if node.keys and i == 0:
-            self._fix_separators(path, node)
+        self._rebalance(path, leaf)
         self._collapse_root()
         return old
+
+    def _rebalance(self, path: list[tuple[Node, int]], node: Node) -> None:
+        """After a removal: drop empty nodes, merge small ones into a sibling, and keep every
+        separator exact, from the leaf up to the root."""
+        for parent, pi in reversed(path):
+            if not node.keys:
+                del parent.keys[pi]
+                del parent.vals[pi]
+                parent.nbytes -= INNER_ENTRY_SIZE
+                self.dirty_count -= 1
+            else:
+                if node.nbytes < NODE_SIZE // 4 and len(parent.keys) > 1:
+                    pi = self._merge(parent, pi)
+                parent.keys[pi] = parent.vals[pi][3].keys[0]
+            node = parent
+
+    def _merge(self, parent: Node, pi: int) -> int:
+        """Merge child ``pi`` (dirty, small) with a neighbour if both fit in 3/4 of a node;
+        returns the index of the surviving child."""
+        li = pi - 1 if pi else 0
+        left, right = self.child(parent, li), self.child(parent, li + 1)
+        if left.nbytes + right.nbytes - NODE_HDR_SIZE > NODE_SIZE * 3 // 4:
+            return pi
+        for idx, node in ((li, left), (li + 1, right)):
+            if not node.dirty:
+                self._cow(node)
+                parent.vals[idx][3] = node
+                parent.vals[idx][0] = 0
+        left.keys += right.keys
+        left.vals += right.vals
+        left.nbytes += right.nbytes - NODE_HDR_SIZE
+        del parent.keys[li + 1]
+        del parent.vals[li + 1]
+        parent.nbytes -= INNER_ENTRY_SIZE
+        self.dirty_count -= 1  # the right node is gone
+        return li
 
     def _collapse_root(self) -> None:
         root = self.root
