@@ -68,7 +68,7 @@ class Trees:
         self.rnd = random.Random(nfiles)
 
     def build(self) -> None:
-        size = max(200 << 20, self.n * 12 << 10)
+        size = max(256 << 20, self.n * 12 << 10)
         hammer("newfs", "--size", str(size), str(self.m))
         hammer("newfs", "--size", str(size), str(self.s))
         hammer("pfs-master", f"{self.m}:1")
