@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import traceback
+
 from hammerfs.store.memory import MemoryStore
 
 
@@ -23,3 +30,80 @@ def store_kinds():
     if hasattr(store_pkg, "Store"):
         kinds.append(disk_store)
     return kinds
+
+
+class ForkedMount:
+    """Serve a store through FUSE from a forked child (the way the mount daemon runs)."""
+
+    def __init__(self, make_store, mountpoint, *, pfs=0, asof=None, readonly=False,
+                 volume="test-volume"):
+        self.make_store = make_store
+        self.mountpoint = str(mountpoint)
+        self.kw = dict(pfs=pfs, asof=asof, readonly=readonly, volume=volume)
+        self.pid = 0
+
+    def __enter__(self):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                os.close(r)
+                logging.basicConfig(level=logging.INFO)
+                from hammerfs.fuse.mount import serve
+                store = self.make_store()
+
+                def ready():
+                    os.write(w, b"ok")
+                    os.close(w)
+
+                serve(store, mountpoint=self.mountpoint, on_ready=ready, **self.kw)
+                code = 0
+            except BaseException as exc:  # report to the parent, never return into pytest
+                traceback.print_exc()
+                with contextlib.suppress(OSError):
+                    os.write(w, f"error: {exc}".encode())
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid = pid
+        msg = b""
+        while True:
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            msg += chunk
+            if msg == b"ok":
+                break
+        os.close(r)
+        if msg != b"ok":
+            os.waitpid(pid, 0)
+            raise RuntimeError(f"mount failed: {msg.decode()}")
+        return self
+
+    def unmount(self):
+        from hammerfs.fuse.mount import unmount
+        if self.pid:
+            unmount(self.mountpoint)  # waits for the owner to exit (and reaps our child)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = 0
+
+    def kill(self):
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+            subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True)
+
+    def __exit__(self, *exc):
+        try:
+            self.unmount()
+        except Exception:
+            self.kill()
+            raise
+
+
+def slurp(path, mode="rb"):
+    with open(path, mode) as f:
+        return f.read()

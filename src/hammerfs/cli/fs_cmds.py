@@ -1,9 +1,440 @@
-"""`hammer` subcommands of the fs layer (filled in by the fs work)."""
+"""`hammer` subcommands of the fs layer: mount, umount, synctid, history, undo, snapshot,
+snapls, snaprm.
+
+A PATH inside a mounted hammerfs is served by the mounting process through its control
+channel; a VOLUME[:PFS] (an unmounted volume) is opened directly, with ``--path`` naming a
+path inside it.  TIDs are printed as 0x + 16 hex digits, ready to paste into @@ paths.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+from hammerfs.cli.target import parse_volume_spec
+from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.errors import HammerError
+from hammerfs.fs.namespace import format_tid, parse_tid
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
+    p = sub.add_parser("mount", help="mount a volume (or one PFS) through FUSE",
+                       description="Mount VOLUME[:PFS] on MOUNTPOINT.  Returns once the mount "
+                       "is ready unless -f is given.")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                   help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID)")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("volume", metavar="VOLUME[:PFS]")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_volume_args(p)
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount (commits and releases the volume)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("synctid", help="commit and print the TID of the current state")
+    _target_args(p)
+    p.set_defaults(func=cmd_synctid)
+
+    p = sub.add_parser("history", help="list the versions (TID and time) of files")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    _volume_args(p)
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("undo", help="print, diff against or restore an older version",
+                       description="Like DragonFly's undo(1).  Without -t the version before "
+                       "the current one is used.")
+    p.add_argument("-t", dest="tids", action="append", default=[], metavar="TID",
+                   help="the version as of this TID (twice with -D)")
+    p.add_argument("-d", dest="diff", action="store_true",
+                   help="unified diff of that version against the current file")
+    p.add_argument("-D", dest="diff2", action="store_true",
+                   help="unified diff between the two -t versions")
+    p.add_argument("-i", dest="info", action="store_true", help="list the versions")
+    p.add_argument("-o", dest="output", metavar="FILE", help="write the version to FILE")
+    p.add_argument("-u", dest="undo_name", action="store_true",
+                   help="write the version to PATH.undo.<tid>")
+    p.add_argument("-r", "--restore", action="store_true",
+                   help="restore the file in place: bytes, mode, owner, times and xattrs")
+    p.add_argument("path", metavar="PATH")
+    _volume_args(p)
+    p.set_defaults(func=cmd_undo)
+
+    p = sub.add_parser("snapshot", help="take a snapshot: a snap-YYYYMMDD-HHMM softlink "
+                       "to the @@0x<tid> path plus a snapshot record")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="where the softlink goes")
+    p.add_argument("note", nargs="?", default="", help="a note kept with the snapshot")
+    _volume_args(p)
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("snapls", help="list the snapshots of a PFS")
+    _target_args(p)
+    p.set_defaults(func=cmd_snapls)
+
+    p = sub.add_parser("snaprm", help="remove snapshots: by softlink, by TID, or PATH TID...")
+    p.add_argument("items", nargs="+", metavar="LINK|TID|PATH")
+    _volume_args(p)
+    p.set_defaults(func=cmd_snaprm)
+
+
+def _volume_args(p: argparse.ArgumentParser) -> None:
+    add_volume_args(p)
+    p.add_argument("--path", dest="inner", default="", metavar="REL",
+                   help="with an unmounted VOLUME[:PFS]: the path inside it")
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]")
+    _volume_args(p)
+
+
+# -- targets: a mounted path (control channel) or an unmounted volume (opened here) ------------
+class Target:
+    relpath: str
+    mountpoint: str | None
+
+    def call(self, op: str, **args) -> dict:
+        raise NotImplementedError
+
+    def read_version(self, relpath: str, tid: int | None) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MountTarget(Target):
+    def __init__(self, info):
+        from hammerfs.control import ControlClient
+        self.info = info
+        self.relpath = info.relpath
+        self.mountpoint = info.mountpoint
+        self.client = ControlClient(info.socket_path)
+
+    def call(self, op: str, **args) -> dict:
+        return self.client.call(op, **args)
+
+    def read_version(self, relpath: str, tid: int | None) -> Iterator[bytes]:
+        sock = self.client.open_stream("read_version", relpath=relpath, tid=tid)
+        with sock:
+            while chunk := sock.recv(1 << 20):
+                yield chunk
+
+
+class VolumeTarget(Target):
+    def __init__(self, spec: str, args: argparse.Namespace, *, write: bool):
+        from hammerfs.control.ops import OPS, local_context
+        from hammerfs.store import Store
+        volume, pfs = parse_volume_spec(spec)
+        if not os.path.exists(volume):
+            raise HammerError(f"{spec}: no such file, directory or volume")
+        self.mountpoint = None
+        self.relpath = getattr(args, "inner", "") or ""
+        dev = open_volume_device(volume, args, readonly=not write)
+        try:
+            self.store = Store.open(dev, readonly=not write)
+        except BaseException:
+            dev.close()
+            raise
+        self.ctx = local_context(self.store, pfs, volume, readonly=not write)
+        self.ops = OPS
+
+    def call(self, op: str, **args) -> dict:
+        return self.ops[op](self.ctx, args, None)
+
+    def read_version(self, relpath: str, tid: int | None) -> Iterator[bytes]:
+        from hammerfs.control.ops import read_version
+        return read_version(self.ctx, relpath, tid)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_target(path: str, args: argparse.Namespace, *, write: bool = False) -> Target:
+    from hammerfs.control import find_mount
+    info = find_mount(path)
+    if info is not None:
+        return MountTarget(info)
+    return VolumeTarget(path, args, write=write)
+
+
+@contextlib.contextmanager
+def target(path: str, args: argparse.Namespace, *, write: bool = False):
+    t = open_target(path, args, write=write)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if ns else "-"
+
+
+# -- mount / umount -----------------------------------------------------------------------------
+def _mount_options(opts: list[str]) -> tuple[bool, int | None, bool]:
+    readonly, asof, debug = False, None, False
+    for item in ",".join(opts).split(","):
+        item = item.strip()
+        if not item or item == "rw":
+            continue
+        if item == "ro":
+            readonly = True
+        elif item.startswith("asof="):
+            asof = parse_tid(item[5:])
+            readonly = True
+        elif item == "debug":
+            debug = True
+        else:
+            raise HammerError(f"unknown mount option {item!r} (known: ro, asof=0x<tid>)")
+    return readonly, asof, debug
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    volume, pfs = parse_volume_spec(args.volume)
+    readonly, asof, debug = _mount_options(args.options)
+    mountpoint = os.path.realpath(args.mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise HammerError(f"{args.mountpoint}: mount point is not a directory")
+    if os.path.ismount(mountpoint):
+        raise HammerError(f"{args.mountpoint}: something is already mounted there")
+    if not os.path.exists(volume):
+        raise HammerError(f"{volume}: no such volume")
+    dev = open_volume_device(volume, args, readonly=readonly)
+    kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=asof,
+              readonly=readonly, debug=debug)
+    if args.foreground:
+        logging.basicConfig(level=logging.INFO, format="hammer mount: %(message)s")
+        _serve(dev, **kw)
+        return 0
+    return _daemonize(dev, kw)
+
+
+def _serve(dev, *, on_ready=None, **kw) -> None:
+    from hammerfs.fuse.mount import serve
+    from hammerfs.store import Store
+    try:
+        store = Store.open(dev, readonly=kw["readonly"])
+    except BaseException:
+        dev.close()
+        raise
+    serve(store, on_ready=on_ready, **kw)
+
+
+def _daemonize(dev, kw: dict) -> int:
+    """Fork the owner process; return once it reports the mount ready (or its error)."""
+    from hammerfs.control.server import mount_key, runtime_dir
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 1
+        try:
+            os.setsid()
+            logdir = runtime_dir()
+            os.makedirs(logdir, mode=0o700, exist_ok=True)
+            logfile = os.path.join(logdir, mount_key(kw["mountpoint"]) + ".log")
+            _detach_stdio(logfile)
+            logging.basicConfig(filename=logfile, level=logging.INFO,
+                                format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+            def ready() -> None:
+                os.write(w, b"ok")
+
+            _serve(dev, on_ready=ready, **kw)
+            code = 0
+        except BaseException as exc:  # the user sees a message, never a traceback
+            logging.getLogger("hammerfs.mount").exception("mount failed")
+            with contextlib.suppress(OSError):
+                os.write(w, str(exc).encode() or type(exc).__name__.encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = b""
+    while chunk := os.read(r, 4096):
+        msg += chunk
+        if msg == b"ok":
+            break
+    os.close(r)
+    if msg == b"ok":
+        return 0
+    os.waitpid(pid, 0)
+    raise HammerError(f"mount failed: {msg.decode(errors='replace') or 'the mount process died'}")
+
+
+def _detach_stdio(logfile: str) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from hammerfs.fuse.mount import unmount
+    unmount(args.mountpoint)
+    return 0
+
+
+# -- synctid / history --------------------------------------------------------------------------
+def cmd_synctid(args: argparse.Namespace) -> int:
+    with target(args.path, args, write=True) as t:
+        print(format_tid(t.call("synctid")["tid"]))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.paths:
+        try:
+            with target(path, args) as t:
+                info = t.call("history", relpath=t.relpath)
+        except HammerError as exc:
+            print(f"hammer: {path}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{path}\tobjid 0x{info['obj_id']:016x}")
+        for tid, ts, size, deleted in info["versions"]:
+            mark = "" if deleted else "  (current)"
+            print(f"    {format_tid(tid)} {_when(ts)}  size {size}{mark}")
+    return status
+
+
+# -- undo -----------------------------------------------------------------------------------------
+def _default_tid(versions: list) -> int:
+    """The version before the current one (undo's default)."""
+    if len(versions) < 2:
+        raise HammerError("no older version to undo to (see 'hammer history')")
+    return versions[-2][0]
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    tids = [parse_tid(t) for t in args.tids]
+    with target(args.path, args, write=args.restore) as t:
+        # with -t, the file is found as of that TID, so deleted files can be undone too
+        info = t.call("history", relpath=t.relpath, tid=tids[0] if tids else None)
+        versions = info["versions"]
+        if args.info:
+            for tid, ts, size, deleted in versions:
+                print(f"{format_tid(tid)} {_when(ts)}  size {size}"
+                      + ("" if deleted else "  (current)"))
+            return 0
+        if args.diff2:
+            if len(tids) != 2:
+                raise HammerError("-D needs two -t TIDs")
+            return _diff(t, tids[0], tids[1], args.path)
+        tid = tids[0] if tids else _default_tid(versions)
+        if args.diff:
+            return _diff(t, tid, None, args.path)
+        if args.restore:
+            done = t.call("restore", relpath=t.relpath, tid=tid)
+            print(f"{args.path}: restored the version as of {format_tid(tid)} "
+                  f"(new version {format_tid(done['tid'])})")
+            return 0
+        out = args.output or (f"{args.path}.undo.{format_tid(tid)}" if args.undo_name else None)
+        chunks = t.read_version(t.relpath, tid)
+        if out is None:
+            for chunk in chunks:
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        else:
+            with open(out, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+    return 0
+
+
+def _diff(t: Target, old_tid: int, new_tid: int | None, label: str) -> int:
+    old = b"".join(t.read_version(t.relpath, old_tid)).decode(errors="replace")
+    new = b"".join(t.read_version(t.relpath, new_tid)).decode(errors="replace")
+    new_label = f"{label}@@{format_tid(new_tid)}" if new_tid else label
+    sys.stdout.writelines(difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        f"{label}@@{format_tid(old_tid)}", new_label))
+    return 0
+
+
+# -- snapshots ------------------------------------------------------------------------------------
+def _snap_link_target(t: Target, tid: int, pfs: int) -> str:
+    mount_pfs = t.info.pfs if isinstance(t, MountTarget) else pfs
+    suffix = "" if pfs == mount_pfs else f":{pfs:05d}"
+    return f"{t.mountpoint}/@@{format_tid(tid)}{suffix}"
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    with target(args.path, args, write=True) as t:
+        snap = t.call("snapshot", relpath=t.relpath, note=args.note)
+        if t.mountpoint is None:
+            print(format_tid(snap["tid"]))  # no tree to link into: the record is the snapshot
+            return 0
+        linkdir = args.dir or snap["snapshots_dir"] or t.mountpoint
+        if not os.path.isdir(linkdir):
+            raise HammerError(f"{linkdir}: not a directory")
+        name = time.strftime("snap-%Y%m%d-%H%M", time.localtime(snap["ts"] / 1e9))
+        link = os.path.join(linkdir, name)
+        n = 1
+        while os.path.lexists(link):
+            link = os.path.join(linkdir, f"{name}.{n}")
+            n += 1
+        os.symlink(_snap_link_target(t, snap["tid"], snap["pfs"]), link)
+        print(f"{link} -> {os.readlink(link)}")
+    return 0
+
+
+def cmd_snapls(args: argparse.Namespace) -> int:
+    with target(args.path, args) as t:
+        info = t.call("snapls", relpath=t.relpath)
+    print(f"Snapshots on {args.path}\tPFS #{info['pfs']}")
+    print("Transaction ID\t\tTimestamp\t\tNote")
+    for tid, ts, note in info["snapshots"]:
+        print(f"{format_tid(tid)}\t{_when(ts)}\t{note}")
+    return 0
+
+
+def _tid_of_link(path: str) -> int | None:
+    if not os.path.islink(path):
+        return None
+    target_text = os.readlink(path)
+    _, sep, tail = target_text.rpartition("@@")
+    if not sep:
+        return None
+    return parse_tid(tail.split(":")[0])
+
+
+def cmd_snaprm(args: argparse.Namespace) -> int:
+    items = list(args.items)
+    while items:
+        item = items.pop(0)
+        link_tid = _tid_of_link(item)
+        if link_tid is not None:  # a snapshot softlink: drop its record and the link
+            with target(os.path.dirname(os.path.abspath(item)), args, write=True) as t:
+                t.call("snaprm", relpath=t.relpath, tid=link_tid)
+            os.unlink(item)
+            continue
+        if item.lower().startswith("0x"):  # a TID of the PFS of the current directory
+            with target(".", args, write=True) as t:
+                _snaprm_tid(t, parse_tid(item))
+            continue
+        if not items:
+            raise HammerError(f"{item}: not a snapshot link or TID (use: snaprm PATH TID...)")
+        with target(item, args, write=True) as t:  # PATH TID [TID...]
+            while items and items[0].lower().startswith("0x"):
+                _snaprm_tid(t, parse_tid(items.pop(0)))
+    return 0
+
+
+def _snaprm_tid(t: Target, tid: int) -> None:
+    if not t.call("snaprm", relpath=t.relpath, tid=tid)["removed"]:
+        raise HammerError(f"no snapshot {format_tid(tid)}")
+

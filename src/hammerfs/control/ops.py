@@ -1,0 +1,122 @@
+"""The filesystem's control ops (history, snapshots, undo, synctid), run in the process that
+owns the volume: the mount process through the control socket, or the command itself on an
+unmounted volume (``local_context``).  Paths are ``relpath``s below the mount root."""
+
+from __future__ import annotations
+
+import socket
+
+from hammerfs.control.server import ControlContext
+from hammerfs.errors import ReadOnly
+from hammerfs.fs import history
+from hammerfs.fs.namespace import Namespace
+
+
+def local_context(store, pfs: int, volume: str, *, readonly: bool = False) -> ControlContext:
+    """A context for a command that opened an unmounted volume itself."""
+    ns = Namespace(store, pfs, readonly=readonly)
+    return ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint="",
+                          volume=volume, lock=ns.lock)
+
+
+def op_info(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        return {"mountpoint": ctx.mountpoint, "pfs": ctx.pfs, "volume": ctx.volume,
+                "current_tid": ctx.store.current_tid,
+                "last_committed_tid": ctx.store.last_committed_tid}
+
+
+def op_synctid(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        return {"tid": ctx.store.commit() if not ctx.store.readonly
+                else ctx.store.last_committed_tid}
+
+
+def op_history(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
+        vers = history.versions(fs, ino.obj_id)
+        return {"obj_id": ino.obj_id, "pfs": fs.pfs, "mode": ino.mode,
+                "versions": [[v.tid, v.ts, v.size, v.deleted_tid] for v in vers]}
+
+
+def op_stat_version(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        _fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
+        return {"obj_id": ino.obj_id, "mode": ino.mode, "uid": ino.uid, "gid": ino.gid,
+                "size": ino.size, "mtime": ino.mtime, "atime": ino.atime}
+
+
+def read_version(ctx: ControlContext, relpath: str, tid: int | None):
+    """Yield the bytes of ``relpath`` as of ``tid`` (taking the lock per chunk)."""
+    with ctx.lock:
+        fs, ino = history.resolve_version(ctx.ns, relpath, tid)
+        chunks = history.read_all(fs, ino)
+    while True:
+        with ctx.lock:
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
+
+
+def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
+    """Streaming: sends the raw bytes of the version, then closes."""
+    for chunk in read_version(ctx, args.get("relpath", ""), args.get("tid")):
+        conn.sendall(chunk)
+    return {}
+
+
+def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        ino = history.restore(ctx.ns, args["relpath"], int(args["tid"]))
+        tid = ctx.store.commit()
+    ctx.invalidate(args["relpath"])
+    return {"obj_id": ino.obj_id, "tid": tid}
+
+
+def _pfs_view(ctx: ControlContext, relpath: str):
+    fs, _ino = ctx.ns.resolve(history.split_path(relpath))
+    return ctx.ns.live(fs.pfs) if fs.asof is None or ctx.ns.readonly else fs
+
+
+def _require_writable(fs) -> None:
+    if fs.readonly:
+        raise ReadOnly(f"PFS {fs.pfs} is read-only here (slave, as-of or read-only mount)")
+
+
+def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        fs = _pfs_view(ctx, args.get("relpath", ""))
+        _require_writable(fs)
+        snap = history.take_snapshot(fs, args.get("note", ""))
+        pd = ctx.store.get_pfs(fs.pfs)
+        return {"tid": snap.tid, "ts": snap.ts, "note": snap.note, "pfs": fs.pfs,
+                "snapshots_dir": pd.snapshots if pd else ""}
+
+
+def op_snapls(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        fs = _pfs_view(ctx, args.get("relpath", ""))
+        return {"pfs": fs.pfs, "snapshots": [[s.tid, s.ts, s.note]
+                                             for s in history.list_snapshots(fs)]}
+
+
+def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        fs = _pfs_view(ctx, args.get("relpath", ""))
+        _require_writable(fs)
+        return {"removed": history.remove_snapshot(fs, int(args["tid"]))}
+
+
+OPS = {
+    "info": op_info,
+    "synctid": op_synctid,
+    "history": op_history,
+    "stat_version": op_stat_version,
+    "read_version": op_read_version,
+    "restore": op_restore,
+    "snapshot": op_snapshot,
+    "snapls": op_snapls,
+    "snaprm": op_snaprm,
+}

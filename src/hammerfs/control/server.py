@@ -1,0 +1,177 @@
+"""Control server: runs inside the mount process (see the package docstring for the protocol)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hammerfs.errors import HammerError
+
+log = logging.getLogger("hammerfs.control")
+
+Handler = Callable[["ControlContext", dict, "socket.socket | None"], dict]
+MAX_HEADER = 1 << 20
+
+
+def runtime_dir() -> str:
+    """Where mounts register their sockets: /run/hammerfs for root, else a per-user dir."""
+    override = os.environ.get("HAMMERFS_RUNTIME_DIR")
+    if override:
+        return override
+    if os.geteuid() == 0:
+        return "/run/hammerfs"
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return os.path.join(base, f"hammerfs-{os.geteuid()}")
+
+
+def mount_key(mountpoint: str) -> str:
+    return hashlib.sha256(mountpoint.encode()).hexdigest()[:20]
+
+
+@dataclass
+class ControlContext:
+    store: Any
+    ns: Any
+    fs: Any
+    pfs: int
+    mountpoint: str
+    volume: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    extra: dict = field(default_factory=dict)
+    invalidator: Callable[[str], None] | None = None
+
+    def invalidate(self, relpath: str) -> None:
+        """Tell the kernel that ``relpath`` changed behind its back (call without the lock)."""
+        if self.invalidator is not None:
+            try:
+                self.invalidator(relpath)
+            except Exception:  # a stale cache for one second is no reason to fail the op
+                log.exception("cache invalidation of %s failed", relpath)
+
+
+def read_line(conn: socket.socket) -> bytes:
+    """One header line, read byte by byte so that raw stream bytes after it stay unread."""
+    buf = bytearray()
+    while True:
+        b = conn.recv(1)
+        if not b:
+            break
+        if b == b"\n":
+            return bytes(buf)
+        buf += b
+        if len(buf) > MAX_HEADER:
+            raise HammerError("control header too long")
+    if buf:
+        raise HammerError("control connection closed in the middle of a header")
+    return b""
+
+
+def send_json(conn: socket.socket, obj: dict) -> None:
+    conn.sendall(json.dumps(obj).encode() + b"\n")
+
+
+class ControlServer:
+    """Serves ``ops`` on a Unix socket registered for ``ctx.mountpoint``."""
+
+    def __init__(self, ctx: ControlContext, ops: dict[str, Handler], *,
+                 info: dict | None = None):
+        self.ctx = ctx
+        self.ops = dict(ops)
+        self.directory = runtime_dir()
+        key = mount_key(ctx.mountpoint)  # ctx.mountpoint must already be a realpath
+        self.socket_path = os.path.join(self.directory, key + ".sock")
+        self.info_path = os.path.join(self.directory, key + ".json")
+        self._info = dict(info or {})
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.socket_path)
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        sock.listen(16)
+        self._sock = sock
+        # no realpath() here: the mount may be waiting for us in FUSE init (deadlock)
+        info = {"mountpoint": self.ctx.mountpoint, "socket": self.socket_path,
+                "pfs": self.ctx.pfs, "volume": self.ctx.volume, "pid": os.getpid(),
+                **self._info}
+        tmp = self.info_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, self.info_path)
+        self._thread = threading.Thread(target=self._serve, name="hammerfs-control",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        for path in (self.info_path, self.socket_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True,
+                             name="hammerfs-control-conn").start()
+
+    def _peer_allowed(self, conn: socket.socket) -> bool:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return uid in (os.geteuid(), 0)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                if not self._peer_allowed(conn):
+                    send_json(conn, {"ok": False, "error": "permission denied", "errno": 1})
+                    return
+                request = json.loads(read_line(conn) or b"{}")
+                op = request.get("op")
+                handler = self.ops.get(op)
+                if handler is None:
+                    send_json(conn, {"ok": False, "error": f"unknown control op {op!r}",
+                                     "errno": 22})
+                    return
+                args = request.get("args") or {}
+                if request.get("stream"):
+                    send_json(conn, {"ok": True, "stream": True})
+                    handler(self.ctx, args, conn)
+                    return
+                result = handler(self.ctx, args, None)
+                send_json(conn, {"ok": True, "result": result or {}})
+            except (HammerError, OSError, ValueError) as exc:
+                if not isinstance(exc, HammerError):
+                    log.warning("control request failed: %s", exc)
+                with contextlib.suppress(OSError):
+                    send_json(conn, {"ok": False, "error": str(exc),
+                                     "errno": getattr(exc, "errno", None)})
+            except Exception as exc:  # a bug in a handler must not kill the mount
+                log.exception("control op crashed")
+                with contextlib.suppress(OSError):
+                    send_json(conn, {"ok": False, "error": f"internal error: {exc}",
+                                     "errno": 5})

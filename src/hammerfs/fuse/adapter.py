@@ -1,0 +1,402 @@
+"""The thin FUSE adapter: maps mfusepy's path-based requests onto a ``Namespace``.
+
+This is the only module that imports the binding.  Every request runs under the namespace's
+coarse lock; errors become errno values (never tracebacks): OSErrors keep their errno,
+CorruptionError is EIO and is logged with its location, anything unexpected is logged and
+returned as EIO.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from ctypes.util import find_library
+from dataclasses import dataclass
+
+# Prefer libfuse3 (1 MiB requests, rename flags) when both major versions are installed.
+if "FUSE_LIBRARY_PATH" not in os.environ and "FUSE_LIBRARY_NAME" not in os.environ \
+        and find_library("fuse3"):
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+import mfusepy  # noqa: E402  (must follow the library choice above)
+
+from hammerfs.errors import CorruptionError, HammerError
+from hammerfs.fs.filesystem import FileSystem, FsError
+from hammerfs.fs.layout import BLOCK, Inode
+from hammerfs.fs.namespace import Namespace
+
+log = logging.getLogger("hammerfs.fuse")
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+SYNTHETIC_INO = 1 << 56
+MAX_REQUEST = 1 << 20  # largest read/write request the kernel may send  # inode numbers of history/other-PFS views start here
+
+
+def _b(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _op(func: Callable) -> Callable:
+    """Serialise the request and turn every failure into an errno."""
+
+    @functools.wraps(func)
+    def wrapper(self: HammerOperations, *args):
+        try:
+            with self.ns.lock:
+                return func(self, *args)
+        except CorruptionError as exc:
+            log.error("%s %r: checksum failure at %s: %s", func.__name__, args[:1],
+                      hex(exc.location) if exc.location is not None else "?", exc)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        except OSError as exc:
+            if isinstance(exc.errno, int) and exc.errno > 0:
+                raise mfusepy.FuseOSError(exc.errno) from None
+            log.exception("%s failed", func.__name__)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        except HammerError as exc:
+            log.error("%s %r: %s", func.__name__, args[:1], exc)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        except Exception:
+            log.exception("%s crashed", func.__name__)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class Handle:
+    fs: FileSystem
+    obj_id: int
+    append: bool = False
+
+
+class HammerOperations(mfusepy.Operations):
+    use_ns = True  # times in ns; unlinked-but-open files come with a None path and a handle
+
+    def __init__(self, ns: Namespace, on_ready: Callable[[], None] | None = None,
+                 on_destroy: Callable[[], None] | None = None):
+        self.ns = ns
+        self._on_ready = on_ready
+        self._on_destroy = on_destroy
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._inos: dict[tuple[int, int | None, int], int] = {}
+        self._fh_lock = threading.Lock()
+        self._fuse_ptr: ctypes.c_void_p | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _ino(self, fs: FileSystem, obj: int) -> int:
+        if fs.pfs == self.ns.pfs and fs.asof is None:
+            return obj
+        key = (fs.pfs, fs.asof, obj)
+        ino = self._inos.get(key)
+        if ino is None:
+            ino = self._inos[key] = SYNTHETIC_INO + len(self._inos)
+        return ino
+
+    def _stat(self, fs: FileSystem, ino: Inode) -> dict:
+        return {
+            "st_ino": self._ino(fs, ino.obj_id), "st_mode": ino.mode, "st_nlink": ino.nlink,
+            "st_uid": ino.uid, "st_gid": ino.gid, "st_size": ino.size, "st_rdev": ino.rdev,
+            "st_atime": ino.atime, "st_mtime": ino.mtime, "st_ctime": ino.ctime,
+            "st_blksize": BLOCK, "st_blocks": (ino.size + 511) // 512,
+        }
+
+    def _new_fh(self, handle: Handle) -> int:
+        with self._fh_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = handle
+            return fh
+
+    def _handle(self, fh) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF, "stale file handle")
+        return handle
+
+    def _resolve(self, path: str, fh=None) -> tuple[FileSystem, Inode]:
+        if fh:
+            handle = self._handles.get(fh)
+            if handle is not None:
+                return handle.fs, handle.fs.getattr(handle.obj_id)
+        if path is None:
+            raise FsError(errno.ENOENT, "no path")
+        return self.ns.resolve(_b(path))
+
+    def _parent(self, path: str) -> tuple[FileSystem, Inode, bytes]:
+        return self.ns.resolve_parent(_b(path))
+
+    @staticmethod
+    def _caller() -> tuple[int, int]:
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        return uid, gid
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def init(self, path):
+        if hasattr(mfusepy._libfuse, "fuse_invalidate_path"):
+            self._fuse_ptr = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
+        if self._on_ready:
+            self._on_ready()
+
+    def invalidate(self, path: str) -> None:
+        """Drop the kernel's cached attributes and pages of ``path`` after a change made
+        outside FUSE requests (undo restore through the control channel).  Call it without
+        holding the namespace lock: the kernel may wait for requests that need it."""
+        if self._fuse_ptr is not None:
+            mfusepy._libfuse.fuse_invalidate_path(self._fuse_ptr, _b("/" + path.strip("/")))
+
+    def init_with_config(self, conn, config):
+        if conn is not None:
+            # libfuse3 insists that the session's max_read matches the mount option
+            if hasattr(conn, "max_read"):
+                conn.max_read = MAX_REQUEST
+            conn.max_readahead = MAX_REQUEST
+        self.init("/")
+
+    def destroy(self, path):
+        if self._on_destroy:
+            self._on_destroy()
+
+    # -- attributes ------------------------------------------------------------------------------
+    @_op
+    def getattr(self, path, fh=None):
+        return self._stat(*self._resolve(path, fh))
+
+    @_op
+    def access(self, path, amode):
+        self._resolve(path)
+        return 0
+
+    @_op
+    def chmod(self, path, mode):
+        fs, ino = self._resolve(path)
+        fs.setattr(ino.obj_id, mode=mode)
+        return 0
+
+    @_op
+    def chown(self, path, uid, gid):
+        fs, ino = self._resolve(path)
+        fs.setattr(ino.obj_id, uid=uid, gid=gid)
+        return 0
+
+    @_op
+    def utimens(self, path, times=None):
+        fs, ino = self._resolve(path)
+        now = time.time_ns()
+        atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
+        fs.setattr(ino.obj_id, atime=_time_arg(atime, now), mtime=_time_arg(mtime, now))
+        return 0
+
+    @_op
+    def truncate(self, path, length, fh=None):
+        fs, ino = self._resolve(path, fh)
+        fs.truncate(ino.obj_id, length)
+        return 0
+
+    # -- names -------------------------------------------------------------------------------------
+    @_op
+    def readlink(self, path):
+        fs, ino = self._resolve(path)
+        return self.ns.readlink(fs, ino).decode("utf-8", "surrogateescape")
+
+    @_op
+    def mknod(self, path, mode, dev):
+        fs, parent, name = self._parent(path)
+        uid, gid = self._caller()
+        fs.create(parent.obj_id, name, mode, uid, gid, dev)
+        return 0
+
+    @_op
+    def mkdir(self, path, mode):
+        fs, parent, name = self._parent(path)
+        uid, gid = self._caller()
+        fs.mkdir(parent.obj_id, name, mode, uid, gid)
+        return 0
+
+    @_op
+    def symlink(self, target, source):
+        fs, parent, name = self._parent(target)
+        uid, gid = self._caller()
+        fs.symlink(parent.obj_id, name, _b(source), uid, gid)
+        return 0
+
+    @_op
+    def link(self, target, source):
+        src_fs, src = self._resolve(source)
+        fs, parent, name = self._parent(target)
+        if fs is not src_fs:
+            raise FsError(errno.EXDEV, "cannot link across views")
+        fs.link(src.obj_id, parent.obj_id, name)
+        return 0
+
+    @_op
+    def unlink(self, path):
+        fs, parent, name = self._parent(path)
+        fs.unlink(parent.obj_id, name)
+        return 0
+
+    @_op
+    def rmdir(self, path):
+        fs, parent, name = self._parent(path)
+        fs.rmdir(parent.obj_id, name)
+        return 0
+
+    @_op
+    def rename(self, old, new, flags=0):
+        ofs, oparent, oname = self._parent(old)
+        nfs, nparent, nname = self._parent(new)
+        if ofs is not nfs:
+            raise FsError(errno.EXDEV, "cannot rename across PFSs or views")
+        ofs.rename(oparent.obj_id, oname, nparent.obj_id, nname, flags)
+        return 0
+
+    # -- files -------------------------------------------------------------------------------------
+    @_op
+    def create(self, path, mode, flags=0):
+        fs, parent, name = self._parent(path)
+        uid, gid = self._caller()
+        ino = fs.create(parent.obj_id, name, mode, uid, gid)
+        fs.open(ino.obj_id)
+        return self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
+
+    @_op
+    def open(self, path, flags):
+        fs, ino = self._resolve(path)
+        if fs.readonly and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            raise FsError(errno.EROFS, "read-only")
+        if ino.is_dir:
+            raise FsError(errno.EISDIR, "is a directory")
+        fs.open(ino.obj_id)
+        return self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
+
+    @_op
+    def read(self, path, size, offset, fh):
+        h = self._handle(fh)
+        return h.fs.read(h.obj_id, offset, size)
+
+    @_op
+    def write(self, path, data, offset, fh):
+        h = self._handle(fh)
+        if h.append:  # O_APPEND: always at the current end, whatever the kernel thinks
+            offset = h.fs.getattr(h.obj_id).size
+        return h.fs.write(h.obj_id, offset, data)
+
+    @_op
+    def flush(self, path, fh):
+        return 0
+
+    @_op
+    def release(self, path, fh):
+        with self._fh_lock:
+            h = self._handles.pop(fh, None)
+        if h is not None:
+            h.fs.release(h.obj_id)
+        return 0
+
+    @_op
+    def fsync(self, path, datasync, fh):
+        if not self.ns.readonly:
+            self.ns.store.commit()
+        return 0
+
+    @_op
+    def fsyncdir(self, path, datasync, fh):
+        if not self.ns.readonly:
+            self.ns.store.commit()
+        return 0
+
+    @_op
+    def statfs(self, path):
+        return self.ns.root()[0].statfs()
+
+    # -- directories -------------------------------------------------------------------------------
+    @_op
+    def opendir(self, path):
+        fs, ino = self._resolve(path)
+        if not ino.is_dir:
+            raise FsError(errno.ENOTDIR, "not a directory")
+        return 0
+
+    @_op
+    def readdir_with_offset(self, path, offset, fh):
+        fs, ino = self._resolve(path)
+        entries = []
+        if offset < 1:
+            entries.append((".", {"st_mode": stat.S_IFDIR, "st_ino": self._ino(fs, ino.obj_id)}, 1))
+        if offset < 2:
+            entries.append(("..", {"st_mode": stat.S_IFDIR}, 2))
+        after = offset - 3 if offset >= 3 else -1
+        for n, entry in enumerate(fs.readdir(ino.obj_id, after)):
+            if n >= 1024:  # the kernel asks again from the last offset it kept
+                break
+            entries.append((entry.name.decode("utf-8", "surrogateescape"),
+                            {"st_mode": entry.mode_type, "st_ino": self._ino(fs, entry.obj_id)},
+                            entry.key + 3))
+        return entries
+
+    @_op
+    def releasedir(self, path, fh):
+        return 0
+
+    # -- xattrs --------------------------------------------------------------------------------------
+    @_op
+    def setxattr(self, path, name, value, options, position=0):
+        fs, ino = self._resolve(path)
+        fs.setxattr(ino.obj_id, _b(name), value, options)
+        return 0
+
+    @_op
+    def getxattr(self, path, name, position=0):
+        fs, ino = self._resolve(path)
+        return fs.getxattr(ino.obj_id, _b(name))
+
+    @_op
+    def listxattr(self, path):
+        fs, ino = self._resolve(path)
+        return [n.decode("utf-8", "surrogateescape") for n in fs.listxattr(ino.obj_id)]
+
+    @_op
+    def removexattr(self, path, name):
+        fs, ino = self._resolve(path)
+        fs.removexattr(ino.obj_id, _b(name))
+        return 0
+
+
+def _time_arg(value: int, now: int) -> int | None:
+    if value == UTIME_OMIT:
+        return None
+    if value == UTIME_NOW:
+        return now
+    return int(value)
+
+
+class _Fuse(mfusepy.FUSE):
+    """Passes rename flags (RENAME_NOREPLACE) on, which the binding drops."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
+
+
+def run(ops: HammerOperations, mountpoint: str, *, fsname: str, readonly: bool,
+        foreground: bool = True, debug: bool = False) -> None:
+    """Mount and serve until unmounted (or SIGINT/SIGTERM)."""
+    options = {
+        "fsname": fsname, "subtype": "hammerfs", "default_permissions": True,
+        "use_ino": True, "hard_remove": True, "auto_cache": True,
+        "max_read": MAX_REQUEST,
+    }
+    if os.geteuid() == 0:
+        options["allow_other"] = True
+    if readonly:
+        options["ro"] = True
+    _Fuse(ops, mountpoint, foreground=foreground, debug=debug, nothreads=False, **options)
