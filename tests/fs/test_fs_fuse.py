@@ -14,7 +14,6 @@ from fs_helpers import ForkedMount, slurp, store_kinds
 from hammerfs.control import ControlClient, find_mount
 
 
-
 @pytest.fixture(params=store_kinds())
 def mnt(request, tmp_path):
     mp = tmp_path / "mnt"
