@@ -12,7 +12,9 @@ when the encryption sector is 4096 bytes: callers pass the IV of the first secto
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -103,36 +105,27 @@ def block_tweaks(first: np.ndarray, blocks: int,
     return tweaks.reshape(n, blocks, 2)
 
 
-class XtsCipher:
-    """AES-XTS over whole sectors with plain64 IVs; one key schedule for the device's life.
+class _Lane:
+    """One worker's ECB contexts and scratch buffers (cryptography's contexts are not for
+    concurrent use, and the buffers are reused between calls)."""
 
-    Thread-safe: a lock guards the reusable ECB contexts and scratch buffers.
-    """
+    def __init__(self, data_key: bytes, tweak_key: bytes):
+        data_aes = algorithms.AES(data_key)
+        self.data_enc = Cipher(data_aes, modes.ECB()).encryptor()
+        self.data_dec = Cipher(data_aes, modes.ECB()).decryptor()
+        self.tweak_enc = Cipher(algorithms.AES(tweak_key), modes.ECB()).encryptor()
+        self.lock = threading.Lock()
+        self.workspace = _TweakWorkspace()
+        self.scratch_in = bytearray(0)
+        self.scratch_out = bytearray(0)
 
-    def __init__(self, key: bytes):
-        if len(key) not in (32, 64):
-            raise HammerError(f"aes-xts needs a 256- or 512-bit key, not {len(key) * 8} bits")
-        half = len(key) // 2
-        if key[:half] == key[half:]:
-            # Same rule as the kernel's xts_verify_key in FIPS mode; a LUKS key never repeats.
-            raise HammerError("aes-xts key halves are identical")
-        data_aes = algorithms.AES(key[:half])
-        self._data_enc = Cipher(data_aes, modes.ECB()).encryptor()
-        self._data_dec = Cipher(data_aes, modes.ECB()).decryptor()
-        self._tweak_enc = Cipher(algorithms.AES(key[half:]), modes.ECB()).encryptor()
-        self._lock = threading.Lock()
-        self._scratch_in = bytearray(0)
-        self._workspace = _TweakWorkspace()
-        self._scratch_out = bytearray(0)
-
-    def _scratch_views(self, size: int) -> tuple[np.ndarray, memoryview, memoryview]:
-        # Callers hold self._lock.
+    def _scratch(self, size: int) -> tuple[np.ndarray, memoryview, memoryview]:
         # update_into wants room for one block more than it writes.
-        if len(self._scratch_in) < size:
-            self._scratch_in = bytearray(size)
-            self._scratch_out = bytearray(size + AES_BLOCK)
-        return (np.frombuffer(self._scratch_in, dtype=np.uint64, count=size // 8),
-                memoryview(self._scratch_in)[:size], memoryview(self._scratch_out))
+        if len(self.scratch_in) < size:
+            self.scratch_in = bytearray(size)
+            self.scratch_out = bytearray(size + AES_BLOCK)
+        return (np.frombuffer(self.scratch_in, dtype=np.uint64, count=size // 8),
+                memoryview(self.scratch_in)[:size], memoryview(self.scratch_out))
 
     def _tweaks(self, count: int, first_iv: int, iv_step: int, blocks: int) -> np.ndarray:
         ivs = np.zeros((count, 2), dtype=np.uint64)
@@ -140,8 +133,45 @@ class XtsCipher:
         ivs[:, 0] = (np.arange(count, dtype=np.uint64) * np.uint64(iv_step)
                      + np.uint64(first_iv & 0xFFFFFFFFFFFFFFFF))
         encrypted = np.empty((count * 2 + 2,), dtype=np.uint64)
-        self._tweak_enc.update_into(ivs.view(np.uint8).reshape(-1), encrypted.view(np.uint8))
-        return block_tweaks(encrypted[:count * 2].reshape(count, 2), blocks, self._workspace)
+        self.tweak_enc.update_into(ivs.view(np.uint8).reshape(-1), encrypted.view(np.uint8))
+        return block_tweaks(encrypted[:count * 2].reshape(count, 2), blocks, self.workspace)
+
+    def run(self, data: memoryview, out: memoryview, first_iv: int, sector_size: int,
+            iv_step: int, decrypt: bool) -> None:
+        size = len(data)
+        words = size // 8
+        ctx = self.data_dec if decrypt else self.data_enc
+        with self.lock:
+            tweaks = self._tweaks(size // sector_size, first_iv, iv_step,
+                                  sector_size // AES_BLOCK).reshape(-1)
+            work, work_view, ecb_out = self._scratch(size)
+            np.bitwise_xor(np.frombuffer(data, dtype=np.uint64, count=words), tweaks, out=work)
+            ctx.update_into(work_view, ecb_out)
+            np.bitwise_xor(np.frombuffer(ecb_out, dtype=np.uint64, count=words), tweaks,
+                           out=np.frombuffer(out, dtype=np.uint64, count=words))
+
+
+# Below this, splitting a request between threads costs more than it saves.
+PARALLEL_MIN = 256 * 1024
+
+
+class XtsCipher:
+    """AES-XTS over whole sectors with plain64 IVs; one key schedule for the device's life.
+
+    Large requests are split between ``threads`` lanes: numpy releases the GIL, so the tweak
+    arithmetic and XORs of one half run while the other half is in AES.  Thread-safe.
+    """
+
+    def __init__(self, key: bytes, threads: int | None = None):
+        if len(key) not in (32, 64):
+            raise HammerError(f"aes-xts needs a 256- or 512-bit key, not {len(key) * 8} bits")
+        half = len(key) // 2
+        if key[:half] == key[half:]:
+            # Same rule as the kernel's xts_verify_key in FIPS mode; a LUKS key never repeats.
+            raise HammerError("aes-xts key halves are identical")
+        count = threads or min(2, os.cpu_count() or 1)
+        self._lanes = [_Lane(key[:half], key[half:]) for _ in range(max(1, count))]
+        self._pool: ThreadPoolExecutor | None = None
 
     def crypt_into(self, data: bytes | bytearray | memoryview, out: bytearray | memoryview,
                    first_iv: int, sector_size: int, iv_step: int, *, decrypt: bool) -> None:
@@ -151,20 +181,29 @@ class XtsCipher:
         size = len(data)
         if size % sector_size or sector_size % AES_BLOCK or len(out) != size:
             raise ValueError("xts: data must be whole sectors")
-        count = size // sector_size
-        if count == 0:
+        if size == 0:
             return
-        words = size // 8
-        ctx = self._data_dec if decrypt else self._data_enc
-        with self._lock:
-            tweaks = self._tweaks(count, first_iv, iv_step, sector_size // AES_BLOCK)
-            flat_tweaks = tweaks.reshape(-1)
-            work, work_view, ecb_out = self._scratch_views(size)
-            np.bitwise_xor(np.frombuffer(data, dtype=np.uint64, count=words), flat_tweaks,
-                           out=work)
-            ctx.update_into(work_view, ecb_out)
-            np.bitwise_xor(np.frombuffer(ecb_out, dtype=np.uint64, count=words), flat_tweaks,
-                           out=np.frombuffer(out, dtype=np.uint64, count=words))
+        src, dst = memoryview(data).cast("B"), memoryview(out).cast("B")
+        lanes = len(self._lanes) if size >= PARALLEL_MIN else 1
+        sectors = size // sector_size
+        per_lane = -(-sectors // lanes) * sector_size
+        jobs = []
+        for i in range(1, lanes):
+            start, end = i * per_lane, min(size, (i + 1) * per_lane)
+            if start < end:
+                jobs.append(self._executor().submit(
+                    self._lanes[i].run, src[start:end], dst[start:end],
+                    first_iv + start // sector_size * iv_step, sector_size, iv_step, decrypt))
+        self._lanes[0].run(src[:per_lane], dst[:per_lane], first_iv, sector_size, iv_step,
+                           decrypt)
+        for job in jobs:
+            job.result()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=len(self._lanes) - 1,
+                                            thread_name_prefix="xts")
+        return self._pool
 
     def crypt(self, data: bytes | bytearray | memoryview, first_iv: int, sector_size: int,
               iv_step: int, *, decrypt: bool) -> bytearray:
