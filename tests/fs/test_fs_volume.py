@@ -1,0 +1,172 @@
+"""Real volumes mounted with `hammer mount` (daemonized), plain and encrypted: persistence
+across remounts, and faults (a full volume, a flipped bit, a killed mount process)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from fs_helpers import slurp
+
+from conftest import run_hammer
+from hammerfs.control.client import find_mount
+from hammerfs.control.server import mount_key, runtime_dir
+
+KEY = b"correct horse battery staple\n"
+
+
+@pytest.fixture
+def vol(tmp_path):
+    path = tmp_path / "vol.img"
+    run_hammer("newfs", "-L", "t", "--size", "128M", path)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    yield path, str(mp)
+    if os.path.ismount(mp):
+        run_hammer("umount", mp, check=False)
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+
+
+def mount(volume, mp, *extra):
+    run_hammer("mount", *extra, volume, mp)
+    assert os.path.ismount(mp)
+
+
+def owner_pid(mp: str) -> int:
+    with open(os.path.join(runtime_dir(), mount_key(os.path.realpath(mp)) + ".json")) as f:
+        return json.load(f)["pid"]
+
+
+def test_remount_keeps_data_inode_numbers_and_history(vol):
+    path, mp = vol
+    mount(path, mp)
+    os.makedirs(f"{mp}/a/b")
+    with open(f"{mp}/a/b/f", "wb") as f:
+        f.write(b"first")
+    inos = {p: os.stat(f"{mp}/{p}").st_ino for p in ("a", "a/b", "a/b/f")}
+    tid = run_hammer("synctid", mp).stdout.strip()
+    with open(f"{mp}/a/b/f", "wb") as f:
+        f.write(b"second")
+    run_hammer("umount", mp)
+    assert not os.path.ismount(mp)
+    held = run_hammer("mount", path, mp, check=False)  # the volume is free again
+    assert held.returncode == 0, held.stderr
+    assert {p: os.stat(f"{mp}/{p}").st_ino for p in inos} == inos
+    assert slurp(f"{mp}/a/b/f") == b"second"  # a clean unmount committed it
+    assert slurp(f"{mp}/a/b/f@@{tid}") == b"first"
+    twice = run_hammer("mount", path, f"{mp}/a", check=False)
+    assert twice.returncode == 1 and "Traceback" not in twice.stderr
+    run_hammer("umount", mp)
+    # a read-only as-of mount shows the old tree
+    mount(path, mp, "-o", f"asof={tid}")
+    assert slurp(f"{mp}/a/b/f") == b"first"
+    with pytest.raises(OSError) as err:
+        open(f"{mp}/new", "wb")
+    assert err.value.errno == errno.EROFS
+    run_hammer("umount", mp)
+    # history works on the unmounted volume too
+    out = run_hammer("history", path, "--path", "a/b/f").stdout
+    assert tid in out
+    assert run_hammer("undo", "-t", tid, path, "--path", "a/b/f").stdout == "first"
+
+
+def test_encrypted_volume_mounts_with_its_key(tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(KEY)
+    path = tmp_path / "enc.img"
+    run_hammer("newfs", "--encrypt", "--key-file", key, "--size", "64M", path)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    data = random.Random(3).randbytes(3 << 20)
+    try:
+        run_hammer("mount", "--key-file", key, path, mp)
+        with open(f"{mp}/secret", "wb") as f:
+            f.write(data)
+        run_hammer("umount", mp)
+        assert data[:4096] not in path.read_bytes()  # only ciphertext on disk
+        bad = tmp_path / "bad"
+        bad.write_bytes(b"wrong\n")
+        wrong = run_hammer("mount", "--key-file", bad, path, mp, check=False)
+        assert wrong.returncode != 0 and not os.path.ismount(mp)
+        assert "Traceback" not in wrong.stderr
+        run_hammer("mount", "--key-file", key, path, mp)
+        assert slurp(f"{mp}/secret") == data
+    finally:
+        run_hammer("umount", mp, check=False)
+
+
+def test_kill_9_loses_nothing_fsynced(vol):
+    path, mp = vol
+    mount(path, mp)
+    payload = os.urandom(300_000)
+    with open(f"{mp}/durable", "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(owner_pid(mp), signal.SIGKILL)
+    time.sleep(0.2)
+    subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+    mount(path, mp)
+    assert slurp(f"{mp}/durable") == payload
+    run_hammer("umount", mp)
+
+
+def test_flipped_bit_gives_eio_for_the_damaged_file_only(vol):
+    path, mp = vol
+    mount(path, mp)
+    rng = random.Random(5)
+    victim, bystander = rng.randbytes(64 << 10), rng.randbytes(64 << 10)
+    for name, data in (("victim", victim), ("bystander", bystander)):
+        with open(f"{mp}/{name}", "wb") as f:
+            f.write(data)
+    run_hammer("umount", mp)
+    image = bytearray(path.read_bytes())
+    at = image.find(victim[:4096])
+    assert at > 0
+    image[at + 100] ^= 0x10
+    path.write_bytes(image)
+    mount(path, mp)
+    with pytest.raises(OSError) as err:
+        slurp(f"{mp}/victim")
+    assert err.value.errno == errno.EIO
+    assert slurp(f"{mp}/bystander") == bystander
+    log = os.path.join(runtime_dir(), mount_key(os.path.realpath(mp)) + ".log")
+    with open(log) as f:
+        assert f"checksum failure at {hex(at - at % 4096)}" in f.read()
+    run_hammer("umount", mp)
+
+
+def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
+    path = tmp_path / "small.img"
+    run_hammer("newfs", "--size", "16M", path)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    mount(path, str(mp))
+    try:
+        chunk = os.urandom(1 << 20)
+        n = 0
+        with pytest.raises(OSError) as err:
+            with open(f"{mp}/fill", "wb") as f:
+                for n in range(64):  # noqa: B007
+                    f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+        assert err.value.errno == errno.ENOSPC and n > 2
+        with open(f"{mp}/keep", "wb") as f:  # small metadata changes may still fail cleanly
+            pass
+        assert slurp(f"{mp}/fill")[: 1 << 20] == chunk
+        os.unlink(f"{mp}/fill")  # deletes proceed on a full volume
+        assert "fill" not in os.listdir(mp)
+        sv = os.statvfs(mp)
+        assert sv.f_bfree < sv.f_blocks
+    finally:
+        run_hammer("umount", mp)
+    mount(path, str(mp))
+    assert "fill" not in os.listdir(mp)
+    run_hammer("umount", mp)
