@@ -15,7 +15,6 @@ import pytest
 from fs_helpers import slurp
 
 from conftest import run_hammer
-from hammerfs.control.client import find_mount
 from hammerfs.control.server import mount_key, runtime_dir
 
 KEY = b"correct horse battery staple\n"
@@ -67,7 +66,7 @@ def test_remount_keeps_data_inode_numbers_and_history(vol):
     mount(path, mp, "-o", f"asof={tid}")
     assert slurp(f"{mp}/a/b/f") == b"first"
     with pytest.raises(OSError) as err:
-        open(f"{mp}/new", "wb")
+        os.open(f"{mp}/new", os.O_CREAT | os.O_WRONLY)
     assert err.value.errno == errno.EROFS
     run_hammer("umount", mp)
     # history works on the unmounted volume too
@@ -151,12 +150,11 @@ def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
     try:
         chunk = os.urandom(1 << 20)
         n = 0
-        with pytest.raises(OSError) as err:
-            with open(f"{mp}/fill", "wb") as f:
-                for n in range(64):  # noqa: B007
-                    f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
+        with pytest.raises(OSError) as err, open(f"{mp}/fill", "wb") as f:
+            for n in range(64):  # noqa: B007
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
         assert err.value.errno == errno.ENOSPC and n > 2
         with open(f"{mp}/keep", "wb") as f:  # small metadata changes may still fail cleanly
             pass
