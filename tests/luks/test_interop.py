@@ -301,3 +301,54 @@ def test_kdf_spec_defaults_are_cryptsetup_like():
     params = spec.resolve(2, 64)
     assert params.type == "argon2id"
     assert params.time >= 4 and 32 <= params.memory <= 1024 * 1024
+
+
+# ---- every KDF the issue names, both directions -------------------------------------------
+
+KDF_VARIANTS = {
+    "argon2i": (["--pbkdf", "argon2i", "--pbkdf-memory", "32", "--pbkdf-force-iterations", "4",
+                 "--pbkdf-parallel", "1"],
+                KdfSpec("argon2i", memory=32, parallel=1, force_iterations=4)),
+    "argon2id-2lanes": (["--pbkdf", "argon2id", "--pbkdf-memory", "64",
+                         "--pbkdf-force-iterations", "4", "--pbkdf-parallel", "2"],
+                        KdfSpec("argon2id", memory=64, parallel=2, force_iterations=4)),
+    "pbkdf2-sha1": (["--pbkdf", "pbkdf2", "--hash", "sha1", "--pbkdf-force-iterations", "1000"],
+                    KdfSpec("pbkdf2", hash="sha1", force_iterations=1000)),
+    "pbkdf2-sha512": (["--pbkdf", "pbkdf2", "--hash", "sha512",
+                       "--pbkdf-force-iterations", "1000"],
+                      KdfSpec("pbkdf2", hash="sha512", force_iterations=1000)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(KDF_VARIANTS))
+def test_kdf_variants_both_directions(tmp_path, variant):
+    cs_opts, spec = KDF_VARIANTS[variant]
+    kf = keyfile(tmp_path)
+    image = make_file(tmp_path / "cs.img", 20 * MiB)
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", *cs_opts,
+        "--key-file", kf, image)
+    assert our_unlock(image)[1] == cs_volume_key(image, kf)
+    mine = make_file(tmp_path / "ours.img", 20 * MiB)
+    dev = PlainFile(mine)
+    format_container(dev, PASS, spec=spec, hash_name=spec.hash)
+    dev.close()
+    run("cryptsetup", "open", "--test-passphrase", "--key-file", kf, mine)
+    assert our_unlock(mine)[1] == cs_volume_key(mine, kf)
+    dump = run("cryptsetup", "luksDump", mine).stdout.decode()
+    assert f"PBKDF:      {spec.type}" in dump
+
+
+@pytest.mark.parametrize("hash_name", ["sha1", "sha512"])
+def test_luks1_hash_variants(tmp_path, hash_name):
+    kf = keyfile(tmp_path)
+    image = make_file(tmp_path / "cs.img", 4 * MiB)
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", *CS_PBKDF2, "--hash",
+        hash_name, "--key-file", kf, image)
+    assert our_unlock(image)[1] == cs_volume_key(image, kf)
+    mine = make_file(tmp_path / "ours.img", 4 * MiB)
+    dev = PlainFile(mine)
+    format_container(dev, PASS, version=1, sector_size=512,
+                     spec=KdfSpec("pbkdf2", force_iterations=1000), hash_name=hash_name)
+    dev.close()
+    run("cryptsetup", "open", "--test-passphrase", "--key-file", kf, mine)
+    assert f"Hash spec:     \t{hash_name}" in run("cryptsetup", "luksDump", mine).stdout.decode()
