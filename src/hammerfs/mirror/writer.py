@@ -141,6 +141,7 @@ class Target:
                               f"(mirror-read from begin-tid 0x{have + 1:016x} or lower)")
         if desc.mirror_flags & PFS_DOWNGRADED and beg - 1 < have:
             self._rollback_to_common(desc, beg - 1)
+            have = beg - 1
         self.batch = _Batch(beg, end, stale=end <= have)
 
     def _rollback_to_common(self, desc: PfsData, common: int) -> None:
