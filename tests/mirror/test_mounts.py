@@ -14,8 +14,9 @@ import sys
 import time
 
 import pytest
-from conftest import hammer_env, run_hammer
 from test_cli import FAST_KDF
+
+from conftest import hammer_env, run_hammer
 
 
 def tree_signature(root) -> dict[str, tuple]:
