@@ -35,6 +35,7 @@ class Allocator:
         self.bb_count = -(-nblocks // BLOCKS_PER_BIGBLOCK)
         self._recount()
         self.cursor = [0, 0]  # next block to try, per kind (META, DATA)
+        self.window = [(0, 0), (0, 0)]  # per kind: a known free run [next, end) to append to
         self.txn_allocated: set[int] = set()  # data extents allocated in the open transaction
         self.pending: list[tuple[int, int]] = []  # (block, count) freed, committed-state blocks
         self.dirty_pages: list[set[int]] = [set(), set()]
@@ -116,9 +117,15 @@ class Allocator:
     # -- allocation ---------------------------------------------------------------------------
     def alloc(self, count: int, kind: int) -> int:
         """Allocate ``count`` contiguous blocks; returns the first block number."""
-        block = self._find(count, kind)
+        nxt, end = self.window[kind]
+        if nxt + count <= end and self._range_free(nxt, count):
+            block = nxt  # fast path: appending to the current free run
+        else:
+            block = self._find(count, kind)
+            end = self._run_end(block)
         self._mark(block, count, True)
         self.cursor[kind] = block + count
+        self.window[kind] = (block + count, end)
         if kind == DATA:
             self.txn_allocated.add(block)
         return block
@@ -142,6 +149,20 @@ class Allocator:
                 if hit is not None:
                     return hit
         raise NoSpace(f"no space left on volume (no run of {count} free blocks)")
+
+    def _range_free(self, block: int, count: int) -> bool:
+        lo, hi = block // 8, (block + count - 1) // 8 + 1
+        bits = np.unpackbits(self.bits[lo:hi], bitorder="little")
+        start = block - lo * 8
+        return not bits[start:start + count].any()
+
+    def _run_end(self, block: int) -> int:
+        """End of the free run starting at ``block``, within its big-block."""
+        bb = block // BLOCKS_PER_BIGBLOCK
+        used = np.unpackbits(self.bits[bb * _BB_BYTES:(bb + 1) * _BB_BYTES], bitorder="little")
+        rest = used[block - bb * BLOCKS_PER_BIGBLOCK:]
+        taken = np.flatnonzero(rest)
+        return block + (int(taken[0]) if len(taken) else len(rest))
 
     def _run_in_bigblock(self, bb: int, count: int, start: int) -> int | None:
         base = bb * BLOCKS_PER_BIGBLOCK

@@ -102,12 +102,15 @@ class BTree:
     def _descend(self, k: FullKey) -> tuple[list[tuple[Node, int]], Node]:
         path = []
         node = self.root
+        cache = self.cache
         while node.level:
             i = bisect_right(node.keys, k) - 1
             if i < 0:
                 i = 0
             path.append((node, i))
-            node = self.child(node, i)
+            ref = node.vals[i]
+            child = ref[3] or cache.get(ref[0])
+            node = child if child is not None else self.child(node, i)
         return path, node
 
     def floor(self, k: FullKey) -> tuple[FullKey, LeafVal] | None:

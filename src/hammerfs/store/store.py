@@ -480,11 +480,14 @@ def _ext_blocks(length: int) -> int:
     return 0 if length <= INLINE_MAX else _blocks(length)
 
 
-_LIMITS = (MAX_PFS, MAX_U64, 0xFFFF, MAX_U64)
-
-
 def _check_key(reckey: RecKey) -> None:
-    if len(reckey) != 4 or any(not 0 <= f <= lim for f, lim in zip(reckey, _LIMITS, strict=True)):
+    try:
+        pfs, obj, rec_type, key = reckey
+        ok = 0 <= pfs <= MAX_PFS and 0 <= obj <= MAX_U64 and 0 <= rec_type <= 0xFFFF \
+            and 0 <= key <= MAX_U64
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise HammerError(f"record key out of range: {reckey!r}")
 
 
