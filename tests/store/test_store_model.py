@@ -156,6 +156,7 @@ class StoreVsModel(RuleBasedStateMachine):
         assert list(s.scan(*ALL, history=True)) == list(m.scan(*ALL, history=True))
         assert list(s.scan(*ALL, with_data=False)) == list(m.scan(*ALL, with_data=False))
         assert s.list_pfs() == m.list_pfs()
+        assert s.tree.dirty_count == s.tree.count_dirty()  # commits rely on this count
 
 
 StoreVsModel.TestCase.settings = settings(

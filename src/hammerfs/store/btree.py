@@ -348,5 +348,14 @@ class BTree:
         writes.append((node.off, raw))
         return node.off, node.csum, max_tid
 
+    def count_dirty(self, node: Node | None = None) -> int:
+        """Dirty nodes, counted by walking them (a check of ``dirty_count``)."""
+        node = node or self.root
+        if not node.dirty:
+            return 0
+        below = sum(self.count_dirty(r[3]) for r in node.vals if r[3] is not None) \
+            if node.level else 0
+        return 1 + below
+
     def height(self) -> int:
         return self.root.level + 1

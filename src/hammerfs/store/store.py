@@ -135,6 +135,9 @@ class Store:
         with self._lock:
             if not self._dirty or self.readonly:
                 return self._last_committed
+            tree = self._tree
+            if self._alloc.free_blocks < tree.dirty_count + 2 * (tree.height() + 2):
+                raise NoSpace("no space left on volume for the commit")
             done = self._current
             ts = time.time_ns()
             self._tree.upsert((STORE_PFS, COMMITLOG_OBJ, 0, done, done),
@@ -199,25 +202,29 @@ class Store:
         _check_key(lo)
         _check_key(hi)
         tid = self._current if asof is None else asof
-        for k, v in self._entries(lo, hi, None, SCAN_BATCH_DATA if with_data else SCAN_BATCH):
-            if history or (k[4] <= tid and (v[0] == 0 or tid < v[0])):
-                yield self._record(k, v, with_data)
+
+        def wanted(k: FullKey, v: LeafVal) -> bool:
+            return history or (k[4] <= tid and (v[0] == 0 or tid < v[0]))
+        yield from self._batches(lo, hi, None, SCAN_BATCH_DATA if with_data else SCAN_BATCH,
+                                 wanted, with_data)
 
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
         _check_key(lo)
         _check_key(hi)
-        for k, v in self._entries(lo, hi, since_tid, SCAN_BATCH_DATA):
-            yield self._record(k, v, True)
+        yield from self._batches(lo, hi, since_tid, SCAN_BATCH_DATA, lambda k, v: True, True)
 
-    def _entries(self, lo: RecKey, hi: RecKey, since: int | None, batch: int):
-        """Entries in batches taken under the lock, so callers may change the store while
-        iterating (each batch resumes after the last key seen)."""
+    def _batches(self, lo: RecKey, hi: RecKey, since: int | None, batch: int, wanted,
+                 with_data: bool) -> Iterator[Record]:
+        """Records built (data read and verified) in batches under the lock, so callers may
+        change the store, even commit, while iterating: each batch resumes after the last
+        key seen."""
         cursor: FullKey = (*lo, 0)
         end: FullKey = (*hi, MAX_U64 + 1)
         while True:
             with self._lock:
                 found = self._tree.collect(cursor, end, batch, since)
-            yield from found
+                records = [self._record(k, v, with_data) for k, v in found if wanted(k, v)]
+            yield from records
             if len(found) < batch:
                 return
             last = found[-1][0]
