@@ -352,3 +352,42 @@ def test_luks1_hash_variants(tmp_path, hash_name):
     dev.close()
     run("cryptsetup", "open", "--test-passphrase", "--key-file", kf, mine)
     assert f"Hash spec:     \t{hash_name}" in run("cryptsetup", "luksDump", mine).stdout.decode()
+
+
+def test_non_default_luks2_geometry(tmp_path):
+    """64 KiB metadata and a 1 MiB key-slot area (cryptsetup options): unlock, first-fit
+    slot allocation inside the smaller area, and cryptsetup reading our slots back."""
+    kf = keyfile(tmp_path)
+    image = make_file(tmp_path / "v.img", 20 * MiB)
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", *CS_ARGON,
+        "--luks2-metadata-size", "64k", "--luks2-keyslots-size", "1m", "--key-file", kf, image)
+    _, key = our_unlock(image)
+    dev = PlainFile(image)
+    container = open_container(dev)
+    assert container.hdr.hdr_size == 65536
+    for passphrase in (b"two", b"three", b"four"):     # 4 areas of 252 KiB fit in 1 MiB
+        container.add_slot(key, passphrase, CHEAP_ARGON)
+    with pytest.raises(Exception, match="no space left in the LUKS2 key-slot area"):
+        container.add_slot(key, b"too many", CHEAP_ARGON)
+    container.remove_slot(1)
+    assert container.add_slot(key, b"five", CHEAP_ARGON) == 1      # first fit reuses
+    dev.close()
+    run("cryptsetup", "open", "--test-passphrase", "--key-file",
+        keyfile(tmp_path, b"five", "five"), "--key-slot", "1", image)
+    run("cryptsetup", "open", "--test-passphrase", "--key-file",
+        keyfile(tmp_path, b"three", "three"), image)
+
+
+def test_too_small_device_is_refused_untouched(tmp_path):
+    image = make_file(tmp_path / "v.img", 8 * MiB)
+    dev = PlainFile(image)
+    with pytest.raises(Exception, match="too small"):
+        format_container(dev, PASS, spec=CHEAP_ARGON)
+    assert dev.writes == 0
+    dev.close()
+
+
+def test_iter_time_scales_pbkdf2_cost():
+    short = KdfSpec("pbkdf2", iter_time_ms=40).resolve(2, 64)
+    long = KdfSpec("pbkdf2", iter_time_ms=400).resolve(2, 64)
+    assert long.iterations > 2 * short.iterations >= 2000
