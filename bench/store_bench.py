@@ -34,7 +34,7 @@ def records_round(path: str, n: int, seed: int) -> tuple[float, float]:
     rng = random.Random(seed)
     keys = [(1, rng.randrange(2, 1 << 40), 0x10, rng.randrange(1 << 20)) for _ in range(n)]
     payload = b"r" * 64
-    size = max(256 << 20, n * 600)
+    size = max(256 << 20, n * 600 // 4096 * 4096)
     store = Store.create(FileDevice(path, create_size=size))
     start = time.perf_counter()
     for i, k in enumerate(keys):
@@ -123,6 +123,8 @@ def main() -> None:
         get = statistics.median(r[1] for r in rounds)
         print(f"records {n:>9,}: insert {ins:>9,.0f}/s   lookup {get:>9,.0f}/s")
     total = int(args.gib * (1 << 30)) // EXTENT * EXTENT
+    if not total:
+        return
     mine, theirs = [], []
     for _ in range(args.rounds):
         mine.append(store_sequential(path, total))
