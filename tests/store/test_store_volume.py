@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -164,3 +165,27 @@ def test_volume_on_a_loop_device(tmp_path):
             assert store.get((1, 2, 0x10, 0)).data == b"on a block device" * 1000
     finally:
         subprocess.run(["losetup", "-d", dev], check=False, env=hammer_env())
+
+
+def test_lock_inherited_by_a_daemon_names_the_daemon(tmp_path):
+    """A mount daemonizes: the flock is then held by a child whose parent (the pid in
+    /proc/locks) has exited; the error still names a live holder."""
+    vol = tmp_path / "v.img"
+    run_hammer("newfs", "--size", "4M", vol)
+    script = ("import os, sys, time\n"
+              "from hammerfs.blockdev.file import FileDevice\n"
+              f"dev = FileDevice({str(vol)!r})\n"
+              "if os.fork():\n"
+              "    os._exit(0)\n"
+              "print(os.getpid(), flush=True)\n"
+              "time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=hammer_env())
+    daemon = int(proc.stdout.readline())
+    try:
+        proc.wait(10)
+        out = run_hammer("info", vol, check=False)
+        assert out.returncode == 1
+        assert f"in use by process {daemon} (" in out.stderr and "(?)" not in out.stderr
+    finally:
+        os.kill(daemon, 9)

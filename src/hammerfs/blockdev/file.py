@@ -109,20 +109,48 @@ def _prepare_file(path: str, size: int) -> None:
 
 
 def _lock_holder(fd: int) -> str:
-    """Describe the process holding the flock on ``fd``'s file, from /proc/locks."""
+    """Describe the process holding the flock on ``fd``'s file: the pid in /proc/locks, or, if
+    that process is gone (the lock was inherited across a fork, e.g. by a daemonized mount),
+    the processes that have the file open."""
     st = os.fstat(fd)
     ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
         with open("/proc/locks") as f:
             lines = f.read().splitlines()
     except OSError:
-        return "another process"
+        lines = []
     for line in lines:
         fields = line.split()
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
             pid = fields[4]
-            return f"process {pid} ({_cmdline(pid)})"
+            if os.path.exists(f"/proc/{pid}"):
+                return f"process {pid} ({_cmdline(pid)})"
+    openers = _processes_with_open(st.st_dev, st.st_ino)
+    if openers:
+        return ", ".join(f"process {pid} ({_cmdline(pid)})" for pid in openers)
     return "another process"
+
+
+def _processes_with_open(dev: int, ino: int) -> list[str]:
+    """Pids (other than ours) with the file (dev, ino) open, from /proc/*/fd."""
+    found = []
+    me = str(os.getpid())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if st.st_ino == ino and st.st_dev == dev:
+                found.append(pid)
+                break
+    return found
 
 
 def _cmdline(pid: str) -> str:
