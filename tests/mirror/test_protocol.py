@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -316,3 +317,31 @@ def test_random_histories_replicate_exactly_at_every_sync_tid(steps, chunk):
     for tid in seen_syncs:
         assert visible(slave, 1, tid) == visible(master, 1, tid)
     assert_replica(master, 1, slave, 1)
+
+
+def test_relay_progress_and_bandwidth_cap():
+    """The relay counts what passes, shows progress with an ETA, and -b caps the rate."""
+    import socket
+
+    from hammerfs.mirror.transport import Meter, Progress, Throttle, pump_frames
+
+    master, _ = pair()
+    for i in range(20):
+        put(master, 1, 100 + i, 0, bytes(5000))
+    master.commit()
+    raw = one_way(master, 1)
+    a, b = socket.socketpair()
+    a.sendall(raw)
+    a.close()
+    meter, out = Meter(), io.StringIO()
+    out.isatty = lambda: True
+    progress = Progress(meter, 0, out)
+    sink = io.BytesIO()
+    t0 = time.monotonic()
+    pump_frames(b.makefile("rb"), sink, meter, progress, Throttle(len(raw) // 2))
+    elapsed = time.monotonic() - t0
+    assert sink.getvalue() == raw
+    assert meter.records == 21 and meter.batches == 1 and meter.bytes == len(raw)
+    assert meter.synced_tid == master.last_committed_tid
+    assert 0.9 < elapsed < 5, "half the stream per second: about one second of waiting"
+    assert "records" in progress.status() and "ETA" in progress.status()

@@ -200,12 +200,12 @@ class Progress:
             self.out.write("\r" + self.status() + "\033[K")
             self.out.flush()
 
-    def status(self) -> str:
+    def status(self, eta: bool = True) -> str:
         m = self.meter
         elapsed = max(1e-6, time.monotonic() - m.start)
         rate = m.bytes / elapsed
         text = f"mirror: {_size(m.bytes)}, {m.records} records, {_size(rate)}/s"
-        if m.estimate_bytes and rate > 0:
+        if eta and m.estimate_bytes and rate > 0:
             left = max(0, m.estimate_bytes - m.bytes) / rate
             text += f", ETA {int(left) // 60}:{int(left) % 60:02d}"
         return text
@@ -218,7 +218,7 @@ class Progress:
         if self.tty:
             self.out.write("\r\033[K")
         if self.verbosity > 0 or self.tty:
-            self._line(self.status().replace("mirror:", "mirror done:", 1))
+            self._line(self.status(eta=False).replace("mirror:", "mirror done:", 1))
 
 
 def _size(n: float) -> str:
