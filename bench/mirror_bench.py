@@ -90,11 +90,13 @@ class Trees:
         store.close()
         self.dirs = dirs
         hammer("pfs-slave", f"{self.s}:1", f"shared-uuid={hammer_slave_uuid}")
-        hammer("mirror-copy", f"{self.m}:1", f"{self.s}:1")
-        timed(f"rsync -a --delete {self.plain}/ {self.plain_dst}/")
-        self._btrfs_setup()
+        self.initial = {
+            "hammer mirror-copy": hammer("mirror-copy", f"{self.m}:1", f"{self.s}:1"),
+            "rsync -a --delete": timed(f"rsync -a --delete {self.plain}/ {self.plain_dst}/"),
+            "btrfs send | receive": self._btrfs_setup(),
+        }
 
-    def _btrfs_setup(self) -> None:
+    def _btrfs_setup(self) -> float:
         with open(self.btrfs_img, "wb") as f:
             f.truncate(max(1 << 30, self.n * 16 << 10))
         timed(f"mkfs.btrfs -q -f {self.btrfs_img}")
@@ -104,7 +106,7 @@ class Trees:
         timed(f"btrfs subvolume create {mnt}/src && mkdir -p {mnt}/dst")
         timed(f"cp -a {self.plain}/. {mnt}/src/")
         timed(f"btrfs subvolume snapshot -r {mnt}/src {mnt}/snap0")
-        timed(f"btrfs send -q {mnt}/snap0 | btrfs receive -q {mnt}/dst")
+        return timed(f"btrfs send -q {mnt}/snap0 | btrfs receive -q {mnt}/dst")
 
     def change(self, rnd_round: int) -> None:
         """Rewrite 10 existing files and add 10 new ones, everywhere."""
@@ -215,7 +217,8 @@ def main() -> None:
         try:
             trees.build()
             print(f"# {n} files built and first copies done in "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+                  f"{time.perf_counter() - t0:.0f}s; first full copy: " + ", ".join(
+                      f"{k} {v:.1f}s" for k, v in trees.initial.items()), flush=True)
             rounds = [trees.round(r + 1) for r in range(args.rounds)]
         finally:
             trees.cleanup()
