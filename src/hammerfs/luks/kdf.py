@@ -103,7 +103,7 @@ def benchmark_pbkdf2(hash_name: str, target_ms: int, length: int) -> int:
     while True:
         spent = _elapsed_ms(lambda n=iterations: pbkdf2(hash_name, b"benchmark", bytes(32), n,
                                                         length))
-        if spent > 50 or iterations >= 1 << 26:
+        if spent > 200 or iterations >= 1 << 26:
             break
         iterations *= 4
     return max(PBKDF2_MIN_ITERATIONS, int(iterations * target_ms / max(spent, 0.001)))
@@ -119,7 +119,7 @@ def benchmark_argon2(kind: str, target_ms: int, max_memory: int, parallel: int,
                       parallel=parallel)
     while True:
         spent = _elapsed_ms(lambda: derive(b"benchmark", probe, length))
-        if spent > 100 or probe.memory >= max_memory:
+        if spent > 200 or probe.memory >= max_memory:
             break
         probe.memory = min(max_memory, probe.memory * 4)
     per_kib_ms = spent / (probe.memory * probe.time)
