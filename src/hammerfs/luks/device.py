@@ -4,6 +4,8 @@ chunk, not one cipher call per sector); the key schedule lives as long as the de
 
 from __future__ import annotations
 
+import threading
+
 from hammerfs.blockdev.base import BLOCK, BlockDevice
 from hammerfs.errors import HammerError, ReadOnly
 from hammerfs.luks.xts import XtsCipher
@@ -27,6 +29,14 @@ class LuksDevice:
         self.size = data_size - data_size % BLOCK
         self.readonly = container.readonly if readonly is None else readonly
         self._cipher = XtsCipher(volume_key)
+        # Reused between requests: fresh MiB-sized buffers cost page faults on every call.
+        self._lock = threading.Lock()
+        self._buffer = bytearray(0)
+
+    def _scratch(self, size: int) -> memoryview:
+        if len(self._buffer) < size:
+            self._buffer = bytearray(size)
+        return memoryview(self._buffer)[:size]
 
     def _first_iv(self, offset: int) -> int:
         # plain64 counts 512-byte units even for larger sectors (cryptsetup never sets
@@ -43,24 +53,21 @@ class LuksDevice:
         end = -(-(offset + length) // self.sector_size) * self.sector_size
         return start, end
 
-    def _read_sectors(self, start: int, end: int) -> bytearray:
-        out = bytearray(end - start)
-        view = memoryview(out)
+    def _read_sectors_into(self, start: int, end: int, view: memoryview) -> None:
         for pos in range(start, end, CHUNK):
             size = min(CHUNK, end - pos)
             cipher = self.container.read(self.data_offset + pos, size)
             self._cipher.crypt_into(cipher, view[pos - start:pos - start + size],
                                     self._first_iv(pos), self.sector_size,
                                     self.sector_size // IV_UNIT, decrypt=True)
-        return out
 
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         start, end = self._aligned(offset, length)
-        plain = self._read_sectors(start, end)
-        if start == offset and end == offset + length:
-            return bytes(plain)
-        return bytes(plain[offset - start:offset - start + length])
+        with self._lock:
+            plain = self._scratch(end - start)
+            self._read_sectors_into(start, end, plain)
+            return bytes(plain[offset - start:offset - start + length])
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if self.readonly:
@@ -70,21 +77,24 @@ class LuksDevice:
         start, end = self._aligned(offset, len(data))
         if (start, end) != (offset, offset + len(data)):
             # Partial sectors: read-modify-write (the store never does this).
-            plain = self._read_sectors(start, end)
+            plain = bytearray(end - start)
+            self._read_sectors_into(start, end, memoryview(plain))
             plain[offset - start:offset - start + len(data)] = data
             data, offset = memoryview(plain), start
-        out = bytearray(min(CHUNK, len(data)))
-        for pos in range(0, len(data), CHUNK):
-            size = min(CHUNK, len(data) - pos)
-            piece = memoryview(out)[:size]
-            self._cipher.crypt_into(data[pos:pos + size], piece, self._first_iv(offset + pos),
-                                    self.sector_size, self.sector_size // IV_UNIT,
-                                    decrypt=False)
-            self.container.write(self.data_offset + offset + pos, piece)
+        with self._lock:
+            out = self._scratch(min(CHUNK, len(data)))
+            for pos in range(0, len(data), CHUNK):
+                size = min(CHUNK, len(data) - pos)
+                piece = out[:size]
+                self._cipher.crypt_into(data[pos:pos + size], piece,
+                                        self._first_iv(offset + pos), self.sector_size,
+                                        self.sector_size // IV_UNIT, decrypt=False)
+                self.container.write(self.data_offset + offset + pos, piece)
 
     def flush(self) -> None:
         self.container.flush()
 
     def close(self) -> None:
         self._cipher = None  # type: ignore[assignment]  # drop the key schedule
+        self._buffer = bytearray(0)   # plaintext of the last request
         self.container.close()
