@@ -142,6 +142,10 @@ class Source:
 
     def _handshake(self) -> int:
         desc = require_pfs(self.store, self.pfs)
+        if not desc.is_slave and not self.store.readonly:
+            # A mounted master commits about once a second: make what was written just
+            # before this command part of the copy.
+            self.store.commit()
         self.tx.send(s.HELLO, s.hello_payload(s.ROLE_SOURCE))
         self.tx.send(s.PFSD, s.pfsd_payload(self.pfs, desc), flush=True)
         if self.rx is None:
