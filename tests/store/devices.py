@@ -37,7 +37,7 @@ class MemDevice:
 def crash_image(base: bytes, log: list, upto: int, rng: random.Random | None) -> bytes:
     """The disk after a crash once ``upto`` log entries were issued: everything before the last
     flush among them is on disk; of the blocks written after it, all (rng None) or a random
-    subset (the device may reorder and drop any unflushed 4 KiB block)."""
+    subset (the device may reorder, drop or tear any unflushed 4 KiB block)."""
     img = bytearray(base)
     last_flush = max((i for i in range(upto) if log[i][0] == "f"), default=-1)
     for i in range(upto):
@@ -48,6 +48,10 @@ def crash_image(base: bytes, log: list, upto: int, rng: random.Random | None) ->
             img[off:off + len(data)] = data
             continue
         for b in range(0, len(data), 4096):
-            if rng.random() < 0.5:
+            roll = rng.random()
+            if roll < 0.4:
                 img[off + b:off + b + 4096] = data[b:b + 4096]
+            elif roll < 0.6:  # torn: only the first few 512-byte sectors reached the disk
+                cut = 512 * rng.randint(1, 7)
+                img[off + b:off + b + cut] = data[b:b + cut]
     return bytes(img)
