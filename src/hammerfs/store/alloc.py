@@ -130,6 +130,25 @@ class Allocator:
             self.txn_allocated.add(block)
         return block
 
+    def alloc_many(self, count: int, kind: int) -> list[int]:
+        """``count`` blocks, not necessarily contiguous, taken run by run; returned in
+        descending order so that ``pop()`` hands them out in ascending order."""
+        blocks: list[int] = []
+        while len(blocks) < count:
+            nxt, end = self.window[kind]
+            if nxt >= end or not self._range_free(nxt, 1):
+                nxt = self._find(1, kind)
+                end = self._run_end(nxt)
+            take = min(count - len(blocks), end - nxt)
+            if not self._range_free(nxt, take):
+                take = 1
+            self._mark(nxt, take, True)
+            self.cursor[kind] = nxt + take
+            self.window[kind] = (nxt + take, end)
+            blocks.extend(range(nxt, nxt + take))
+        blocks.reverse()
+        return blocks
+
     def _find(self, count: int, kind: int) -> int:
         cur = self.cursor[kind]
         bb = cur // BLOCKS_PER_BIGBLOCK

@@ -115,9 +115,15 @@ class BTree:
 
     def floor(self, k: FullKey) -> tuple[FullKey, LeafVal] | None:
         """The entry with the largest key <= k (separators are exact, so it is in this leaf)."""
-        _, leaf = self._descend(k)
-        i = bisect_right(leaf.keys, k) - 1
-        return (leaf.keys[i], leaf.vals[i]) if i >= 0 else None
+        node = self.root
+        cache = self.cache
+        while node.level:  # the read-only descent of _descend, without recording the path
+            i = bisect_right(node.keys, k) - 1
+            ref = node.vals[i if i > 0 else 0]
+            child = ref[3] or cache.get(ref[0])
+            node = child if child is not None else self.child(node, i if i > 0 else 0)
+        i = bisect_right(node.keys, k) - 1
+        return (node.keys[i], node.vals[i]) if i >= 0 else None
 
     def exact(self, k: FullKey) -> LeafVal | None:
         hit = self.floor(k)
@@ -324,25 +330,29 @@ class BTree:
 
     # -- commit ---------------------------------------------------------------------------------
     def flush(self) -> list[tuple[int, bytes]]:
-        """Write every dirty node into fresh blocks (children first); returns the writes."""
+        """Write every dirty node into fresh blocks (children first); returns the writes.
+        Blocks are taken for all dirty nodes at once, so they land in contiguous runs."""
         writes: list[tuple[int, bytes]] = []
         if self.root.dirty:
-            self._write(self.root, writes)
+            blocks = self.alloc.alloc_many(self.dirty_count, META)
+            self._write(self.root, writes, blocks)
+            if blocks:
+                raise AssertionError(f"dirty node count off by {len(blocks)}")
         self.dirty_count = 0
         return writes
 
-    def _write(self, node: Node, writes: list) -> tuple[int, bytes, int]:
+    def _write(self, node: Node, writes: list, blocks: list[int]) -> tuple[int, bytes, int]:
         if node.level:
             for ref in node.vals:
                 child = ref[3]
                 if child is not None:
-                    ref[0], ref[1], ref[2] = self._write(child, writes)
+                    ref[0], ref[1], ref[2] = self._write(child, writes, blocks)
                     ref[3] = None
                     self._cache_put(child)
             raw, max_tid = encode_inner(node.level, node.keys, node.vals)
         else:
             raw, max_tid = encode_leaf(node.keys, node.vals)
-        node.off = self.alloc.alloc(1, META) * BLOCK
+        node.off = blocks.pop() * BLOCK
         node.csum = checksum(raw)
         node.dirty = False
         writes.append((node.off, raw))
