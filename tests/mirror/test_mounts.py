@@ -145,6 +145,14 @@ def test_users_workflow_through_fuse_mounts(mounts, tmp_path):
     finally:
         stop(stream)
     assert stream.returncode is not None
+    # one-way pipes through both mounts' control channels; a replay is refused
+    (fk / "tree" / "piped").write_bytes(b"through a pipe")
+    raw = subprocess.run([sys.executable, "-m", "hammerfs", "mirror-read", str(fk)],
+                         capture_output=True, env=hammer_env(), check=True).stdout
+    run_hammer("mirror-write", slave, input=raw)
+    wait_equal(fk / "tree", slave / "tree", timeout=5)
+    again = run_hammer("mirror-write", slave, input=raw, check=False)
+    assert again.returncode != 0 and "already applied" in again.stderr
 
 
 FAKE_RSH = """#!/bin/sh

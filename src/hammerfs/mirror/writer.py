@@ -60,6 +60,10 @@ class Target:
                 self.tx.send(s.PFSD, s.pfsd_payload(self.pfs, desc), flush=True)
             self._handshake(desc)
             self._loop()
+            if self.result.batches == 0 and self.result.stale:
+                raise ReplayError(
+                    f"stream already applied: its last batch ends at or before this slave's "
+                    f"sync-end-tid 0x{self.result.sync_end_tid:016x}; slave unchanged")
         except HammerError as exc:
             self._abort_batch()
             if self.tx is not None and not isinstance(exc, (s.StreamClosed, s.PeerError)):
@@ -68,10 +72,6 @@ class Target:
         except BaseException:
             self._abort_batch()
             raise
-        if self.result.batches == 0 and self.result.stale:
-            raise ReplayError(
-                f"stream already applied: its last batch ends at or before this slave's "
-                f"sync-end-tid 0x{self.result.sync_end_tid:016x}; slave unchanged")
         return self.result
 
     # -- checks ----------------------------------------------------------------------------
