@@ -48,6 +48,13 @@ class RecordingDevice:
         pass
 
 
+class Image(tuple):
+    """(header bytes, volume key) with a short repr for hypothesis reports."""
+
+    def __repr__(self) -> str:
+        return f"<image {len(self[0])} bytes>"
+
+
 def _format_bytes(tmp_path_factory, version, spec, sector):
     path = tmp_path_factory.mktemp("base") / "v.img"
     with open(path, "wb") as f:
@@ -55,7 +62,7 @@ def _format_bytes(tmp_path_factory, version, spec, sector):
     dev = PlainFile(path)
     _, key = format_container(dev, PASS, version=version, sector_size=sector, spec=spec)
     dev.close()
-    return path.read_bytes()[:HEADER_BYTES], key
+    return Image((path.read_bytes()[:HEADER_BYTES], key))
 
 
 @pytest.fixture(scope="module")

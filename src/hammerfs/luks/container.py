@@ -309,6 +309,7 @@ class Luks2Container(Container):
         if ks["type"] != "luks2" or digest is None:
             return None
         area, kdf_obj = ks["area"], ks["kdf"]
+        keyslots.check_cipher(area["encryption"], area["key_size"])
         params = _kdf_from_json(kdf_obj)
         slot_key = kdf.derive(passphrase, params, area["key_size"])
         size = keyslots.material_size(ks["key_size"])

@@ -58,6 +58,14 @@ def derive(passphrase: bytes, params: KdfParams, length: int) -> bytes:
     check_params(params)
     if params.type == "pbkdf2":
         return pbkdf2(params.hash, passphrase, params.salt, params.iterations, length)
+    try:
+        return _argon2(passphrase, params, length)
+    except (ValueError, TypeError) as exc:
+        # The libraries reject what a damaged header may still ask for (tiny salts, ...).
+        raise HammerError(f"invalid {params.type} parameters: {exc}") from None
+
+
+def _argon2(passphrase: bytes, params: KdfParams, length: int) -> bytes:
     if params.type == "argon2id":
         from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
         return Argon2id(salt=params.salt, length=length, iterations=params.time,
