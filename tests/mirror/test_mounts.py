@@ -142,6 +142,10 @@ def test_users_workflow_through_fuse_mounts(mounts, tmp_path):
             (slave / "tree" / "nope").write_bytes(b"x")
         status = run_hammer("pfs-status", slave).stdout
         assert "operating as a SLAVE" in status and "behind=" in status
+        # the master's mount knows its slave and how far behind it is
+        master_status = run_hammer("pfs-status", fk).stdout
+        unique = status.split("unique-uuid=")[1].split()[0]
+        assert f"slave unique-uuid={unique} synced-to=0x" in master_status
     finally:
         stop(stream)
     assert stream.returncode is not None

@@ -366,3 +366,25 @@ def test_relay_progress_and_bandwidth_cap():
     assert meter.synced_tid == master.last_committed_tid
     assert 0.9 < elapsed < 5, "half the stream per second: about one second of waiting"
     assert "records" in progress.status() and "ETA" in progress.status()
+
+
+def test_master_status_reports_slave_lag():
+    from hammerfs.mirror.control_ops import slave_lines
+
+    master, slave = pair()
+    put(master, 1, 100, 0)
+    master.commit()
+    copy_local(master, 1, slave, 1)
+    synced = slave.get_pfs(1).sync_end_tid
+    slaves = {(1, "u1"): {"synced": synced, "at": 100.0}}
+    assert slave_lines(master, 1, slaves, now=103.0) == [
+        f"slave unique-uuid=u1 synced-to=0x{synced:016x} behind=0.0s last-ack=3s ago"]
+    master.put_pfs(2, master.get_pfs(1))  # a commit elsewhere is nothing this slave misses
+    master.commit()
+    assert "behind=0.0s" in slave_lines(master, 1, slaves)[0]
+    time.sleep(0.2)
+    put(master, 1, 101, 0)
+    master.commit()
+    behind = float(slave_lines(master, 1, slaves)[0].split("behind=")[1].split("s")[0])
+    assert behind > 0
+    assert slave_lines(master, 2, slaves) == []

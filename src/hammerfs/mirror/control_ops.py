@@ -10,12 +10,13 @@ protocol on that socket.  The mount registers ``OPS``; each handler gets ``ctx``
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 from hammerfs.errors import HammerError
 from hammerfs.mirror import pfs_ops
 from hammerfs.mirror.local import channel
-from hammerfs.mirror.reader import Source, SourceOptions
+from hammerfs.mirror.reader import Source, SourceOptions, changes
 from hammerfs.mirror.writer import Target
 
 
@@ -71,9 +72,37 @@ def _pfs(args: dict[str, Any]) -> int:
     return pfs
 
 
+def _slaves(ctx) -> dict[tuple[int, str], dict[str, Any]]:
+    """Slaves this mount has fed in two-way mode: (pfs, slave unique-uuid) -> last ack."""
+    extra = getattr(ctx, "extra", None)
+    if extra is None:
+        return {}
+    return extra.setdefault("mirror_slaves", {})
+
+
+def slave_lines(store, pfs: int, slaves: dict, now: float | None = None) -> list[str]:
+    """pfs-status lines for a master: how far each slave fed through this mount is behind
+    (0 when nothing of this PFS changed after its sync point)."""
+    now = time.time() if now is None else now
+    lines = []
+    for (spfs, unique), info in sorted(slaves.items()):
+        if spfs != pfs:
+            continue
+        synced, last = info["synced"], store.last_committed_tid
+        pending = next(changes(store, pfs, synced + 1, last), None) is not None
+        behind = max(0, store.tid_time(last) - store.tid_time(synced)) / 1e9 if pending else 0
+        lines.append(f"slave unique-uuid={unique} synced-to=0x{synced:016x} "
+                     f"behind={behind:.1f}s last-ack={now - info['at']:.0f}s ago")
+    return lines
+
+
 def pfs_status(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
-    st = pfs_ops.status(_store(ctx), _pfs(args))
-    return {"pfs": st.pfs, "lines": pfs_ops.format_status(st), "is_slave": st.desc.is_slave,
+    store = _store(ctx)
+    st = pfs_ops.status(store, _pfs(args))
+    lines = pfs_ops.format_status(st)
+    if not st.desc.is_slave:
+        lines += slave_lines(store, st.pfs, _slaves(ctx))
+    return {"pfs": st.pfs, "lines": lines, "is_slave": st.desc.is_slave,
             "shared_uuid": st.desc.shared_uuid, "sync_end_tid": st.sync_end}
 
 
@@ -112,8 +141,14 @@ def mirror_read(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any
                          begin_tid=int(args.get("begin_tid", 1)),
                          stream=bool(args.get("stream")),
                          chunk_bytes=int(args.get("chunk_bytes", 64 << 20)))
+    slaves, pfs = _slaves(ctx), _pfs(args)
+
+    def ack(target, tid: int) -> None:
+        slaves[(pfs, target.unique_uuid)] = {"synced": tid, "at": time.time()}
+
     with channel(conn) as (inp, out):
-        synced = Source(_store(ctx), _pfs(args), inp if opts.two_way else None, out, opts).run()
+        synced = Source(_store(ctx), pfs, inp if opts.two_way else None, out, opts,
+                        on_ack=ack).run()
     return {"synced": synced}
 
 

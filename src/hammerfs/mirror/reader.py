@@ -18,7 +18,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -114,10 +114,12 @@ class Source:
     """Runs one source session over a byte channel (``inp`` is None in one-way mode)."""
 
     def __init__(self, store: RecordStore, pfs: int, inp: BinaryIO | None, out: BinaryIO,
-                 opts: SourceOptions):
+                 opts: SourceOptions, on_ack: Callable[[PfsData, int], None] | None = None):
         self.store = store
         self.pfs = pfs
         self.opts = opts
+        self.on_ack = on_ack  # called with (target descriptor, tid) on each UPDATE
+        self.target: PfsData | None = None
         self.tx = s.FrameWriter(out)
         self.rx = s.FrameReader(inp) if inp is not None else None
         self.synced = 0  # last TID the target acknowledged (or we sent, one-way)
@@ -154,6 +156,7 @@ class Source:
         if s.decode_hello(frame) != s.ROLE_TARGET:
             raise s.StreamError("the mirror peer is not a target (mirror-write)")
         _, target = s.decode_pfsd(self._recv())
+        self.target = target
         if target.shared_uuid != desc.shared_uuid:
             raise HammerError(f"shared-uuid mismatch: source {desc.shared_uuid}, "
                               f"target {target.shared_uuid}")
@@ -225,6 +228,8 @@ class Source:
             if frame.type != s.UPDATE or s.decode_tid(frame) != chunk.end:
                 raise s.StreamError(f"mirror target answered {frame.name} instead of "
                                     f"acknowledging TID 0x{chunk.end:016x}")
+            if self.on_ack is not None and self.target is not None:
+                self.on_ack(self.target, chunk.end)
         self.synced = chunk.end
 
     def _send_record(self, rec: Record, beg: int, end: int) -> None:
