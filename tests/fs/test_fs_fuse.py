@@ -314,3 +314,41 @@ def test_differential_random_operations(mnt, tmp_path):
     settle_times(str(ref))
     expected = snapshot_tree(str(ref))
     assert snapshot_tree(mnt.mountpoint) == expected
+
+
+def test_pfs_softlinks_walk_into_master_and_slave(tmp_path):
+    """PFS links (@@-1:NNNNN for a master, @@0x<sync_end_tid>:NNNNN for a slave) are walked
+    by the kernel into the PFS; a slave shows its data as of sync_end_tid, read-only."""
+    from hammerfs.fs import FileSystem, init_pfs_root
+    from hammerfs.store.pfs import PFS_SLAVE, PfsData
+
+    def make_store():
+        from fs_helpers import memory_store
+        store = memory_store(tmp_path)
+        init_pfs_root(store, 0)
+        for pfs in (1, 2):
+            store.put_pfs(pfs, PfsData(label=f"p{pfs}"))
+            init_pfs_root(store, pfs)
+            FileSystem(store, pfs).write(FileSystem(store, pfs).create(1, b"f", 0o644).obj_id,
+                                         0, b"synced")
+        sync = store.commit()
+        slave = FileSystem(store, 2)
+        slave.write(slave.lookup(1, b"f").obj_id, 0, b"partial")  # after the sync point
+        store.put_pfs(2, store.get_pfs(2).evolve(mirror_flags=PFS_SLAVE, sync_end_tid=sync))
+        store.commit()
+        return store
+
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with ForkedMount(make_store, mp):
+        os.symlink("@@-1:00001", f"{mp}/master")
+        os.symlink("@@-1:00002", f"{mp}/slave")
+        assert os.readlink(f"{mp}/master") == "@@-1:00001"
+        assert os.readlink(f"{mp}/slave").startswith("@@0x")
+        assert slurp(f"{mp}/master/f") == b"synced"
+        with open(f"{mp}/master/new", "wb") as f:
+            f.write(b"in pfs 1")
+        assert slurp(f"{mp}/@@-1:00001/new") == b"in pfs 1"
+        assert slurp(f"{mp}/slave/f") == b"synced"  # not the unsynced write
+        assert errno_of(os.open, f"{mp}/slave/x", os.O_CREAT | os.O_WRONLY) == errno.EROFS
+        assert errno_of(os.rename, f"{mp}/master/new", f"{mp}/moved") == errno.EXDEV

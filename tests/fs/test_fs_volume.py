@@ -168,3 +168,30 @@ def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
     mount(path, str(mp))
     assert "fill" not in os.listdir(mp)
     run_hammer("umount", mp)
+
+
+def test_differential_operations_survive_remount(vol, tmp_path):
+    from test_fs_fuse import Differ, settle_times, snapshot_tree
+    path, mp = vol
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    mount(path, mp)
+    differ = Differ(mp, str(ref), seed=4242)
+    for i in range(200):
+        op, rel, (got, want) = differ.step()
+        assert got == want, f"op {i} {op} {rel}: mount {got} vs reference {want}"
+    settle_times(mp)
+    settle_times(str(ref))
+    expected = snapshot_tree(str(ref))
+    assert snapshot_tree(mp) == expected
+    run_hammer("umount", mp)
+    mount(path, mp)
+    assert snapshot_tree(mp) == expected  # the same tree after unmount and remount
+    differ.roots = (mp, str(ref))
+    for i in range(100):
+        op, rel, (got, want) = differ.step()
+        assert got == want, f"after remount, op {i} {op} {rel}: {got} vs {want}"
+    settle_times(mp)
+    settle_times(str(ref))
+    assert snapshot_tree(mp) == snapshot_tree(str(ref))
+    run_hammer("umount", mp)
