@@ -79,6 +79,7 @@ def restore(ns: Namespace, relpath: str, tid: int) -> Inode:
     xattrs.  A deleted file is recreated under its name."""
     old_fs, old = resolve_version(ns, relpath, tid)
     path = split_path(relpath)
+    ns.forget()  # the name may get a new object
     live_fs, parent, name = ns.resolve_parent(path)
     if live_fs.readonly:
         raise FsError(errno.EROFS, "cannot restore into a read-only view")

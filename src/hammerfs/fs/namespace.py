@@ -70,6 +70,9 @@ class Namespace:
         self.readonly = readonly or store.readonly or asof is not None
         self.lock = threading.RLock()
         self._live: dict[int, FileSystem] = {}
+        # path -> obj_id of live paths in the mounted PFS (no @@ names); dropped whole on
+        # any unlink/rmdir/rename (``forget``), so it never outlives a name.
+        self._paths: dict[bytes, int] = {}
 
     def live(self, pfs: int) -> FileSystem:
         """The one live view of ``pfs`` (it keeps the open counts)."""
@@ -110,15 +113,31 @@ class Namespace:
             return target, target.getattr(dir_ino.obj_id)
         return target, target.lookup(dir_ino.obj_id, magic.name)
 
+    def forget(self) -> None:
+        """Drop cached path lookups (after a name disappeared or moved)."""
+        self._paths.clear()
+
     def resolve(self, path: bytes) -> tuple[FileSystem, Inode]:
         """Walk an absolute path (relative to the mount root); symlinks are not followed."""
         fs, ino = self.root()
+        cacheable = fs.asof is None and b"@@" not in path
+        if cacheable:
+            obj = self._paths.get(path)
+            if obj is not None:
+                try:
+                    return fs, fs.getattr(obj)
+                except FsError:
+                    self.forget()
         for name in path.split(b"/"):
             if name in (b"", b"."):
                 continue
             if not ino.is_dir:
                 raise FsError(errno.ENOTDIR, "not a directory")
             fs, ino = self.step(fs, ino, name)
+        if cacheable and fs.pfs == self.pfs and fs.asof is None:
+            if len(self._paths) > 100_000:
+                self._paths.clear()
+            self._paths[path] = ino.obj_id
         return fs, ino
 
     def resolve_parent(self, path: bytes) -> tuple[FileSystem, Inode, bytes]:

@@ -241,12 +241,14 @@ class HammerOperations(mfusepy.Operations):
     @_op
     def unlink(self, path):
         fs, parent, name = self._parent(path)
+        self.ns.forget()
         fs.unlink(parent.obj_id, name)
         return 0
 
     @_op
     def rmdir(self, path):
         fs, parent, name = self._parent(path)
+        self.ns.forget()
         fs.rmdir(parent.obj_id, name)
         return 0
 
@@ -256,6 +258,7 @@ class HammerOperations(mfusepy.Operations):
         nfs, nparent, nname = self._parent(new)
         if ofs is not nfs:
             raise FsError(errno.EXDEV, "cannot rename across PFSs or views")
+        self.ns.forget()
         ofs.rename(oparent.obj_id, oname, nparent.obj_id, nname, flags)
         return 0
 
