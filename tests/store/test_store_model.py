@@ -81,7 +81,8 @@ class StoreVsModel(RuleBasedStateMachine):
     def set_delete_tid(self, i, dtid, live):
         versions = self._versions()
         v = versions[i % len(versions)]
-        tid = 0 if live else v.create_tid + dtid + 1
+        # delete TIDs in the past, now, or beyond the open transaction (mirrored records)
+        tid = 0 if live else max(v.create_tid + 1, self.model.current_tid - 2 + dtid)
         assert self.store.set_delete_tid(v.reckey, v.create_tid, tid, tid + 7) == \
             self.model.set_delete_tid(v.reckey, v.create_tid, tid, tid + 7)
 

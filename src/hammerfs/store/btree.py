@@ -181,6 +181,8 @@ class BTree:
         self.dirty_count += 1
 
     def _dirty_path(self, path: list[tuple[Node, int]], leaf: Node) -> None:
+        if leaf.dirty:
+            return  # a dirty node's ancestors are always dirty and already point at it
         nodes = [n for n, _ in path] + [leaf]
         for depth, node in enumerate(nodes):
             if not node.dirty:
@@ -203,6 +205,21 @@ class BTree:
     def upsert(self, k: FullKey, val: LeafVal) -> LeafVal | None:
         """Insert or replace the entry at ``k``; returns the value replaced, if any."""
         path, leaf = self._descend(k)
+        return self.upsert_at(path, leaf, k, val)
+
+    def locate(self, k: FullKey) -> tuple[list[tuple[Node, int]], Node, int]:
+        """(path, leaf, index of the floor entry or -1) for a read-then-modify of ``k``."""
+        path, leaf = self._descend(k)
+        return path, leaf, bisect_right(leaf.keys, k) - 1
+
+    def set_val_at(self, path: list[tuple[Node, int]], leaf: Node, i: int, val: LeafVal) -> None:
+        """Replace the value of entry ``i`` of a located leaf (the data size is unchanged)."""
+        self._dirty_path(path, leaf)
+        leaf.vals[i] = val
+
+    def upsert_at(self, path: list[tuple[Node, int]], leaf: Node, k: FullKey,
+                  val: LeafVal) -> LeafVal | None:
+        """``upsert`` on the path ``locate`` (or a descent) returned for a key <= ``k``'s leaf."""
         self._dirty_path(path, leaf)
         i = bisect_left(leaf.keys, k)
         if i < len(leaf.keys) and leaf.keys[i] == k:

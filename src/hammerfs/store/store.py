@@ -253,11 +253,18 @@ class Store:
             self._need(_ext_blocks(len(data)))
             now = time.time_ns()
             cur = self._current
-            live = self._visible(reckey, cur)
+            k = (*reckey, cur)
+            # One descent serves the lookup of the live version and both changes: the ended
+            # version and the new one sort next to each other in the same leaf.
+            path, leaf, i = self._tree.locate(k)
             val = self._store_data(data, 0, now, 0)
-            if live is not None:
-                self._end_or_drop(*live, now)
-            self._upsert((*reckey, cur), val)
+            if i >= 0 and leaf.keys[i][:4] == reckey:
+                lk, lv = leaf.keys[i], leaf.vals[i]
+                if lk[4] != cur and (lv[0] == 0 or cur < lv[0]):  # visible: end it
+                    self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
+            replaced = self._tree.upsert_at(path, leaf, k, val)
+            self._free_data(replaced)
+            self._dirty = True
             self._next_obj = max(self._next_obj, reckey[1] + 1)
             self._max_tid_seen = max(self._max_tid_seen, cur)
             return Record(*reckey, cur, 0, now, 0, bytes(data))
