@@ -270,8 +270,11 @@ class Luks2Container(Container):
         return None
 
     def _digest_key_size(self, digest: dict | None) -> int:
+        """The volume key size: that of the segment's (validated) luks2 key slots."""
         for slot_id in (digest or {}).get("keyslots", []):
-            return self.hdr.meta["keyslots"][slot_id].get("key_size", 0)
+            slot = self.hdr.meta["keyslots"][slot_id]
+            if slot["type"] == "luks2":
+                return slot["key_size"]
         return DEFAULT_KEY_SIZE
 
     def data_size(self) -> int:

@@ -19,9 +19,9 @@ def check_cipher(spec: str, key_size: int) -> None:
     decrypt exactly as dm-crypt does, we do not touch."""
     if spec != SUPPORTED_CIPHER:
         raise HammerError(f"cipher '{spec}' is not supported (only {SUPPORTED_CIPHER})")
-    if key_size not in (32, 64):
-        raise HammerError(f"{spec} with a {key_size * 8}-bit key is not supported "
-                          "(use 256 or 512 bits)")
+    if type(key_size) is not int or key_size not in (32, 64):
+        size = f"{key_size * 8}-bit" if type(key_size) is int else "missing"
+        raise HammerError(f"{spec} with a {size} key is not supported (use 256 or 512 bits)")
 
 
 def material_size(key_size: int, stripes: int = af.STRIPES) -> int:
