@@ -74,11 +74,13 @@ def test_bad_volumes_give_clear_errors_and_stay_untouched(tmp_path, kind):
     with pytest.raises(NotAVolume):
         Store.open(dev)
     dev.close()
-    for cmd in ("info", "show", "scrub"):
-        out = run_hammer(cmd, vol, check=False)
-        assert out.returncode == 1, out
-        assert out.stderr.startswith("hammer: ") and "Traceback" not in out.stderr
-        assert str(vol) in out.stderr
+    # each command meets two kinds of bad volume (a CLI run costs a second of start-up)
+    cmd = {"empty": "info", "truncated": "show", "zeroed": "scrub", "random": "info",
+           "future": "show", "damaged-headers": "scrub"}[kind]
+    out = run_hammer(cmd, vol, check=False)
+    assert out.returncode == 1, out
+    assert out.stderr.startswith("hammer: ") and "Traceback" not in out.stderr
+    assert str(vol) in out.stderr
     if kind == "future":
         assert "version 99 is not supported" in out.stderr
     assert digest(vol) == before
