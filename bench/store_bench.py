@@ -29,6 +29,7 @@ from hammerfs.blockdev.file import FileDevice  # noqa: E402
 from hammerfs.store import Store  # noqa: E402
 
 EXTENT = 64 << 10
+COMMIT_INTERVAL = 1.0  # seconds, hammerfs.fuse.mount.COMMIT_INTERVAL
 
 
 def records_round(path: str, n: int, seed: int) -> tuple[float, float, float]:
@@ -75,11 +76,12 @@ def store_sequential(path: str, total: int) -> tuple[float, float]:
     chunks = [data[i * EXTENT:(i + 1) * EXTENT] for i in range(16)]
     count = total // EXTENT
     store = Store.create(FileDevice(path, create_size=total + total // 8 + (64 << 20)))
-    start = time.perf_counter()
+    start = last_commit = time.perf_counter()
     for i in range(count):
         store.put((1, 2, 0x10, i * EXTENT), chunks[i % 16])
-        if i % 1024 == 1023:  # commit every 64 MiB, as the fs layer does periodically
-            store.commit()
+        if i % 64 == 63 and time.perf_counter() - last_commit >= COMMIT_INTERVAL:
+            store.commit()  # as the FUSE mount does: a commit every second
+            last_commit = time.perf_counter()
     store.commit()
     write = total / (time.perf_counter() - start)
     store.close()
