@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 from hammerfs.fs.filesystem import FileSystem, FsError
@@ -21,6 +22,7 @@ from hammerfs.fs.layout import Inode
 from hammerfs.store.api import RecordStore
 from hammerfs.store.records import MAX_U64, ROOT_OBJ
 
+ROOT_TTL = 0.5
 _MAGIC = re.compile(rb"^(?P<name>.*?)@@(?P<tid>0x[0-9a-fA-F]{16}|-1)(?::(?P<pfs>\d{5}))?$",
                     re.DOTALL)
 
@@ -73,6 +75,7 @@ class Namespace:
         # path -> obj_id of live paths in the mounted PFS (no @@ names); dropped whole on
         # any unlink/rmdir/rename (``forget``), so it never outlives a name.
         self._paths: dict[bytes, int] = {}
+        self._root: tuple[float, FileSystem] | None = None
 
     def live(self, pfs: int) -> FileSystem:
         """The one live view of ``pfs`` (it keeps the open counts)."""
@@ -94,8 +97,19 @@ class Namespace:
             return self.live(pfs)
         return FileSystem(self.store, pfs, asof, readonly=True)
 
-    def root(self) -> tuple[FileSystem, Inode]:
+    def root_view(self) -> FileSystem:
+        """The view the mount shows at its root.  The PFS descriptor it depends on (slave or
+        not, sync point) is re-read at most every ROOT_TTL seconds: path lookups are hot."""
+        now = time.monotonic()
+        cached = self._root
+        if cached is not None and now - cached[0] < ROOT_TTL:
+            return cached[1]
         fs = self.view(self.pfs, self.asof)
+        self._root = (now, fs)
+        return fs
+
+    def root(self) -> tuple[FileSystem, Inode]:
+        fs = self.root_view()
         return fs, fs.getattr(ROOT_OBJ)
 
     def step(self, fs: FileSystem, dir_ino: Inode, name: bytes) -> tuple[FileSystem, Inode]:
@@ -114,21 +128,27 @@ class Namespace:
         return target, target.lookup(dir_ino.obj_id, magic.name)
 
     def forget(self) -> None:
-        """Drop cached path lookups (after a name disappeared or moved)."""
+        """Drop cached path lookups (after a name disappeared or moved) and the root view
+        (after a PFS changed)."""
         self._paths.clear()
+        self._root = None
 
     def resolve(self, path: bytes) -> tuple[FileSystem, Inode]:
         """Walk an absolute path (relative to the mount root); symlinks are not followed."""
-        fs, ino = self.root()
+        fs = self.root_view()
         cacheable = fs.asof is None and b"@@" not in path
+        start = b""
         if cacheable:
-            obj = self._paths.get(path)
-            if obj is not None:
-                try:
-                    return fs, fs.getattr(obj)
-                except FsError:
-                    self.forget()
-        for name in path.split(b"/"):
+            hit = self._cached(fs, path)
+            if hit is not None:
+                return fs, hit
+            head = path.rpartition(b"/")[0]
+            parent = self._cached(fs, head) if head else None
+            if parent is not None:  # walking a tree: the parent was just looked up
+                ino, start = parent, head
+        if not start:
+            ino = fs.getattr(ROOT_OBJ)
+        for name in path[len(start):].split(b"/"):
             if name in (b"", b"."):
                 continue
             if not ino.is_dir:
@@ -139,6 +159,16 @@ class Namespace:
                 self._paths.clear()
             self._paths[path] = ino.obj_id
         return fs, ino
+
+    def _cached(self, fs: FileSystem, path: bytes) -> Inode | None:
+        obj = self._paths.get(path)
+        if obj is None:
+            return None
+        try:
+            return fs.getattr(obj)
+        except FsError:
+            self.forget()
+            return None
 
     def resolve_parent(self, path: bytes) -> tuple[FileSystem, Inode, bytes]:
         """(view, parent directory, last name) for creating or removing ``path``."""
