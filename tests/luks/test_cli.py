@@ -177,3 +177,22 @@ def test_loose_key_file_permissions_warn(tmp_path):
         kf, vol)
     proc = run_hammer("luks", "test-passphrase", "--key-file", kf, vol)
     assert "warning" in proc.stderr and "group or others" in proc.stderr
+
+
+def test_format_defaults_are_cryptsetup_defaults(tmp_path):
+    """Without --type/--sector-size/--key-size: LUKS2, aes-xts-plain64, 512-bit key,
+    4096-byte sectors, argon2id (costs forced here only to keep the test fast)."""
+    kf = keyfile(tmp_path)
+    vol = make_file(tmp_path / "v.img", 20 * MiB)
+    run_hammer("luks", "format", "-q", "--key-file", kf, "--pbkdf-memory", "32",
+               "--pbkdf-force-iterations", "4", "--pbkdf-parallel", "1", vol)
+    dump = run("cryptsetup", "luksDump", vol).stdout.decode()
+    for expected in ("Version:       \t2", "cipher: aes-xts-plain64", "sector: 4096 [bytes]",
+                     "Key:        512 bits", "PBKDF:      argon2id", "offset: 16777216 [bytes]"):
+        assert expected in dump, expected
+    luks1 = make_file(tmp_path / "v1.img", 4 * MiB)
+    run_hammer("luks", "format", "-q", "--type", "luks1", "--key-file", kf,
+               "--pbkdf-force-iterations", "1000", luks1)
+    dump = run("cryptsetup", "luksDump", luks1).stdout.decode()
+    assert "Cipher mode:   \txts-plain64" in dump and "MK bits:       \t512" in dump
+    assert "Payload offset:\t4096" in dump
