@@ -113,6 +113,6 @@ def test_ssh_remote_forced_command_allows_only_its_path(sshd, vols, tmp_path):
     out = run_hammer("mirror-copy", "-p", str(port), f"{m}:1", f"127.0.0.1:{other}:1",
                      env=env, check=False)
     assert out.returncode != 0 and "path not allowed" in out.stderr
-    out = run_hammer("mirror-copy", "-p", str(port), f"127.0.0.1:{s}:1", f"{m}:1", env=env,
+    out = run_hammer("mirror-read", "-p", str(port), f"127.0.0.1:{s}:1", env=env,
                      check=False)
     assert out.returncode != 0 and "only mirror-write is allowed" in out.stderr

@@ -273,8 +273,11 @@ def open_source(spec: str, args: argparse.Namespace, *, two_way: bool, stream: b
     tgt = resolve(spec, remote_ok=True)
     opts = _source_options(args, two_way, stream)
     if isinstance(tgt, RemoteSpec):
-        words = ["mirror-read-stream" if stream else "mirror-read", "-2", *_verbosity(args),
-                 "-S", str(args.chunk_size), tgt.path]
+        words = ["mirror-read-stream" if stream else "mirror-read",
+                 *(["-2"] if two_way else []), *_verbosity(args), "-S", str(args.chunk_size),
+                 tgt.path]
+        if not two_way and opts.begin_tid > 1:
+            words.append(f"0x{opts.begin_tid:x}")
         return ProcessChannel(ssh_argv(tgt, words, args.port))
     if isinstance(tgt, Mounted):
         sock = tgt.client().open_stream("mirror-read", pfs=tgt.pfs, two_way=two_way,

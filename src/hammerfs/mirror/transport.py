@@ -179,6 +179,7 @@ class Meter:
     estimate_records: int = 0
     start: float = field(default_factory=time.monotonic)
     peer_error: s.PeerError | None = None
+    terminated: bool = False  # a TERM went through: the session ended cleanly
 
 
 class Progress:
@@ -268,9 +269,9 @@ def pump_frames(src: BinaryIO, dst: BinaryIO | None, meter: Meter | None = None,
         payload = _read(src, min(length, s.MAX_PAYLOAD + 1))
         if throttle:
             throttle.take(len(head) + len(payload))
-        _write(dst, head + payload)
-        if meter is not None:
+        if meter is not None:  # before passing it on: the relay reads `terminated` early
             _account(meter, ftype, payload, len(head) + len(payload), side)
+        _write(dst, head + payload)
         if progress is not None:
             progress.frame(ftype)
         if len(payload) < length:
@@ -292,6 +293,8 @@ def _account(meter: Meter, ftype: int, payload: bytes, size: int, side: str) -> 
             total, records, _beg, _end = s.decode_estimate(frame)
             meter.estimate_bytes = meter.bytes + total
             meter.estimate_records = meter.records + records
+        elif ftype == s.TERM:
+            meter.terminated = True
         elif ftype == s.ERROR and meter.peer_error is None:
             meter.peer_error = s.decode_error(frame, side)
     except s.StreamError:
@@ -347,6 +350,7 @@ def relay(source: Channel, target: Channel, *, verbosity: int = 0,
     throttle = Throttle(bwlimit)
     errors: list[BaseException] = []
     back_to = source.wfile if two_way else None
+    forward_done = threading.Event()
 
     def upstream() -> None:
         try:
@@ -356,6 +360,10 @@ def relay(source: Channel, target: Channel, *, verbosity: int = 0,
         finally:
             if back_to is not None:
                 source.close_write()
+            if not forward_done.is_set() and not forward.terminated:
+                # The target went away first (a dropped link): do not wait for the source's
+                # next frame to find out.
+                source.abort()
 
     back_thread = None
     if target.rfile is not None:
@@ -366,6 +374,7 @@ def relay(source: Channel, target: Channel, *, verbosity: int = 0,
     except BaseException as exc:
         errors.append(exc)
     finally:
+        forward_done.set()
         target.close_write()
     if back_thread is not None:
         back_thread.join()
@@ -381,4 +390,6 @@ def relay(source: Channel, target: Channel, *, verbosity: int = 0,
         raise peer
     for exc in failures + errors:
         raise exc
+    if not forward.terminated:
+        raise s.StreamClosed("mirror link dropped before the end of the stream")
     return RelayResult(forward, back)
