@@ -196,3 +196,23 @@ def test_format_defaults_are_cryptsetup_defaults(tmp_path):
     dump = run("cryptsetup", "luksDump", luks1).stdout.decode()
     assert "Cipher mode:   \txts-plain64" in dump and "MK bits:       \t512" in dump
     assert "Payload offset:\t4096" in dump
+
+
+def test_cryptsetup_token_survives_our_changes(tmp_path):
+    kf, kf2 = keyfile(tmp_path), keyfile(tmp_path, b"second", "k2")
+    vol = make_file(tmp_path / "v.img", 20 * MiB)
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", *CS_ARGON, "--key-file",
+        kf, vol)
+    token = '{"type":"example-vendor","keyslots":["0"],"blob":{"a":[1,2,"x"],"b":null}}'
+    (tmp_path / "tok.json").write_text(token)
+    run("cryptsetup", "token", "import", "--json-file", tmp_path / "tok.json", "--token-id",
+        "5", vol)
+    run_hammer("luks", "add-key", "--key-file", kf, *FAST, vol, kf2)
+    run_hammer("luks", "label", "--label", "x", vol)
+    assert run("cryptsetup", "token", "export", "--token-id", "5", vol).stdout.decode() \
+        .strip() == token
+    assert "5: example-vendor" in run_hammer("luks", "dump", vol).stdout
+    # removing slot 0 drops it from the token's keyslots, as cryptsetup does
+    run_hammer("luks", "kill-slot", "--key-file", kf2, vol, "0")
+    exported = run("cryptsetup", "token", "export", "--token-id", "5", vol).stdout.decode()
+    assert '"keyslots":[]' in exported and '"blob":{"a":[1,2,"x"],"b":null}' in exported
