@@ -84,3 +84,32 @@ def test_changed_since_skips_unchanged_subtrees():
     read = len(reads)
     total = sum(1 for _ in store.tree.walk_nodes())
     assert store.tree.height() >= 3 and read <= 4 * store.tree.height() < total // 20
+
+
+class FailingDevice(MemDevice):
+    """Fails every write once armed (a dying disk, or a host file system that filled up)."""
+
+    armed = False
+
+    def write(self, offset, data):
+        if self.armed:
+            raise HammerError("write error: injected")
+        super().write(offset, data)
+
+
+def test_a_failed_commit_stops_changes_and_the_volume_reopens_at_the_last_commit():
+    dev = FailingDevice(8 << 20)
+    store = Store.create(dev)
+    store.put((1, 2, 0x10, 0), b"kept")
+    kept = store.commit()
+    store.put((1, 2, 0x10, 0), b"lost")
+    dev.armed = True
+    with pytest.raises(HammerError, match="injected"):
+        store.commit()
+    with pytest.raises(HammerError, match="failed to commit"):
+        store.put((1, 3, 0x10, 0), b"x")
+    assert store.get((1, 2, 0x10, 0)).data == b"lost"  # reads still work
+    store.close()  # no further commit attempt
+    again = Store.open(MemDevice(dev.size, bytes(dev.buf)))
+    assert again.last_committed_tid == kept
+    assert again.get((1, 2, 0x10, 0)).data == b"kept"

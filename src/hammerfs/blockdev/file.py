@@ -7,12 +7,13 @@ inside the same process, and ``/proc/locks`` tells who holds it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
 
 from hammerfs.blockdev.base import BLOCK
-from hammerfs.errors import HammerError, VolumeLocked
+from hammerfs.errors import CorruptionError, HammerError, NoSpace, VolumeLocked
 
 
 class FileDevice:
@@ -46,9 +47,9 @@ class FileDevice:
         self._check_range(offset, length)
         try:
             data = os.pread(self._fd, length, offset)
-        except OSError as exc:
-            raise HammerError(f"{self.path}: read error at offset {offset:#x}: "
-                              f"{exc.strerror}") from None
+        except OSError as exc:  # a block the device cannot return is damaged data
+            raise CorruptionError(f"{self.path}: read error at offset {offset:#x}: "
+                                  f"{exc.strerror}", offset) from None
         if len(data) != length:
             raise HammerError(f"{self.path}: short read at offset {offset:#x} "
                               f"({len(data)} of {length} bytes)")
@@ -65,6 +66,9 @@ class FileDevice:
                 view = view[done:]
                 offset += done
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # an image file on a full host file system
+                raise NoSpace(f"{self.path}: no space left on the host file system "
+                              f"(write at offset {offset:#x})") from None
             raise HammerError(f"{self.path}: write error at offset {offset:#x}: "
                               f"{exc.strerror}") from None
 

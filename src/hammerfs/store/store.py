@@ -65,6 +65,8 @@ class Store:
         self._dirty = False
         self._closed = False
         self.freemap_damage: CorruptionError | None = None  # set if rebuilt at open
+        self._broken: BaseException | None = None  # a commit failed half-way
+        self._where = getattr(device, "path", "device")
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -135,6 +137,7 @@ class Store:
         with self._lock:
             if not self._dirty or self.readonly:
                 return self._last_committed
+            self._writable()
             tree = self._tree
             if self._alloc.free_blocks < tree.dirty_count + 2 * (tree.height() + 2):
                 raise NoSpace("no space left on volume for the commit")
@@ -143,25 +146,34 @@ class Store:
             self._tree.upsert((STORE_PFS, COMMITLOG_OBJ, 0, done, done),
                               (0, ts, 0, 8, 0, ZERO_CSUM, ts.to_bytes(8, "little")))
             self._max_tid_seen = max(self._max_tid_seen, done)
-            writes = self._tree.flush()
-            self._alloc.release_pending()
-            seq = self._hdr.seq + 1
-            fm_writes, fm_csum = self._alloc.persist(seq % 2)
-            _write_coalesced(self.device, writes + fm_writes)
-            self.device.flush()
-            root = self._tree.root
-            hdr = replace(self._hdr, seq=seq, root_off=root.off, root_csum=root.csum,
-                          root_level=root.level, fm_table_csum=fm_csum,
-                          max_tid=self._max_tid_seen, next_obj=self._next_obj, last_tid=done,
-                          last_ts=ts)
-            self.device.write(hdr.slot * BLOCK, hdr.encode())
-            self.device.flush()
-            self._hdr = hdr
+            try:
+                self._hdr = self._write_commit(done, ts)
+            except BaseException as exc:
+                # Memory now disagrees with the disk (nodes look written, freed blocks look
+                # reusable): refuse every further change; reopening gives the last commit.
+                self._broken = exc
+                raise
             self._last_committed = done
             self._current = self._next_tid(done)
             self._dirty = False
             self._committed.notify_all()
             return done
+
+    def _write_commit(self, done: int, ts: int) -> Header:
+        """Nodes and free-map, flush, header, flush: the new state is durable on return."""
+        writes = self._tree.flush()
+        self._alloc.release_pending()
+        seq = self._hdr.seq + 1
+        fm_writes, fm_csum = self._alloc.persist(seq % 2)
+        _write_coalesced(self.device, writes + fm_writes)
+        self.device.flush()
+        root = self._tree.root
+        hdr = replace(self._hdr, seq=seq, root_off=root.off, root_csum=root.csum,
+                      root_level=root.level, fm_table_csum=fm_csum, max_tid=self._max_tid_seen,
+                      next_obj=self._next_obj, last_tid=done, last_ts=ts)
+        self.device.write(hdr.slot * BLOCK, hdr.encode())
+        self.device.flush()
+        return hdr
 
     def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
         with self._lock:
@@ -379,6 +391,9 @@ class Store:
             raise ReadOnly("volume is open read-only")
         if self._closed:
             raise HammerError("volume is closed")
+        if self._broken is not None:
+            raise HammerError(f"volume {self._where} failed to commit ({self._broken}); "
+                              f"reopen it to continue from its last commit")
 
     # -- PFS table ------------------------------------------------------------------------------------
     def get_pfs(self, pfs_id: int, asof: int | None = None) -> PfsData | None:
@@ -409,7 +424,7 @@ class Store:
             if self._closed:
                 return
             try:
-                if not self.readonly:
+                if not self.readonly and self._broken is None:
                     self.commit()
             finally:
                 self._closed = True
