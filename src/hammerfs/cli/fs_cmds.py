@@ -137,6 +137,8 @@ class VolumeTarget(Target):
         volume, pfs = parse_volume_spec(spec)
         if not os.path.exists(volume):
             raise HammerError(f"{spec}: no such file, directory or volume")
+        if os.path.isdir(volume):
+            raise HammerError(f"{spec}: not inside a mounted hammerfs (and not a volume)")
         self.mountpoint = None
         self.relpath = getattr(args, "inner", "") or ""
         dev = open_volume_device(volume, args, readonly=not write)
@@ -301,7 +303,9 @@ def cmd_history(args: argparse.Namespace) -> int:
             with target(path, args) as t:
                 info = t.call("history", relpath=t.relpath)
         except HammerError as exc:
-            print(f"hammer: {path}: {exc}", file=sys.stderr)
+            msg = str(exc)
+            print(f"hammer: {msg if msg.startswith(path) else f'{path}: {msg}'}",
+                  file=sys.stderr)
             status = 1
             continue
         print(f"{path}\tobjid 0x{info['obj_id']:016x}")
