@@ -19,8 +19,9 @@ PROG = "hammer luks"
 
 # ---- shared option groups ---------------------------------------------------------------
 
-def add_format_args(parser: argparse.ArgumentParser) -> None:
-    """The options of `luks format`, shared with `newfs --encrypt`."""
+def add_format_args(parser, *, for_newfs: bool = False) -> None:
+    """The options of `luks format`, shared with `newfs --encrypt` (where the container's
+    UUID option is --luks-uuid, as --uuid would read as the volume's)."""
     parser.add_argument("--type", dest="luks_type", choices=("luks1", "luks2"), default="luks2",
                         help="LUKS on-disk format (default luks2)")
     parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
@@ -40,8 +41,8 @@ def add_format_args(parser: argparse.ArgumentParser) -> None:
                         metavar="BITS", help="volume key size in bits (default 512)")
     parser.add_argument("--hash", default="sha256",
                         help="hash for PBKDF2, AF splitter and digest (default sha256)")
-    parser.add_argument("--uuid", dest="luks_uuid", metavar="UUID",
-                        help="UUID of the new container")
+    parser.add_argument("--luks-uuid" if for_newfs else "--uuid", dest="luks_uuid",
+                        metavar="UUID", help="UUID of the new LUKS container")
 
 
 def add_kdf_args(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False) 
             "format`")
         group.add_argument("--encrypt", action="store_true",
                            help="create an encrypted volume (LUKS2 by default)")
-        add_format_args(group)
+        add_format_args(group, for_newfs=True)
 
 
 def _passphrase(args: argparse.Namespace | None, *, confirm: bool) -> bytes:
