@@ -10,6 +10,8 @@ from devices import MemDevice
 
 from hammerfs.errors import HammerError, ReadOnly
 from hammerfs.store import Store
+from hammerfs.store.alloc import DATA
+from hammerfs.store.scrub import scrub
 
 ALL = ((0, 0, 0, 0), (0xFFFF, (1 << 64) - 1, 0xFFFF, (1 << 64) - 1))
 
@@ -113,3 +115,18 @@ def test_a_failed_commit_stops_changes_and_the_volume_reopens_at_the_last_commit
     again = Store.open(MemDevice(dev.size, bytes(dev.buf)))
     assert again.last_committed_tid == kept
     assert again.get((1, 2, 0x10, 0)).data == b"kept"
+
+
+def test_scrub_reports_blocks_marked_in_use_that_nothing_references():
+    dev = MemDevice(8 << 20)
+    store = Store.create(dev)
+    store.put((1, 2, 0x10, 0), b"d" * 9000)
+    store.commit()
+    assert scrub(store).ok
+    lost = store.allocator.alloc(3, DATA)  # allocated, never referenced: a leak
+    store.alloc_obj_id()  # something to commit
+    store.commit()
+    again = Store.open(MemDevice(dev.size, bytes(dev.buf)), readonly=True)
+    report = scrub(again)
+    assert report.errors == [f"free-map: 3 blocks are marked in use but not referenced "
+                             f"(first at offset {lost * 4096:#x})"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from hammerfs.errors import CorruptionError, HammerError
 from hammerfs.store.btree import Node
 from hammerfs.store.format import BLOCK
@@ -42,12 +44,31 @@ def scrub(store: Store) -> ScrubReport:
         report.damage(store.freemap_damage, store.freemap_damage.location)
         report.errors[-1] += " (rebuilt from the B-tree; the next commit rewrites it)"
     with store._lock:
-        _scrub_node(store, tree.root, report, alloc)
+        reached = np.zeros(alloc.nblocks, dtype=bool)
+        _scrub_node(store, tree.root, report, alloc, reached)
+        if store.freemap_damage is None and not report.damaged_offsets:
+            _check_leaks(store, reached, report)
     return report
 
 
-def _scrub_node(store: Store, node: Node, report: ScrubReport, alloc) -> None:
+def _check_leaks(store: Store, reached: np.ndarray, report: ScrubReport) -> None:
+    """Blocks the free-map marks in use that nothing references (space lost until fixed)."""
+    alloc = store.allocator
+    hdr = store.header
+    reached[: hdr.fm_region1 + hdr.fm_table_blocks + hdr.fm_pages] = True  # headers, free-map
+    for block, count in alloc.pending:  # freed in the open transaction, still held
+        reached[block:block + count] = True
+    used = np.unpackbits(alloc.bits, bitorder="little")[: alloc.nblocks].astype(bool)
+    leaked = np.flatnonzero(used & ~reached)
+    if len(leaked):
+        report.errors.append(f"free-map: {len(leaked)} blocks are marked in use but not "
+                             f"referenced (first at offset {int(leaked[0]) * BLOCK:#x})")
+
+
+def _scrub_node(store: Store, node: Node, report: ScrubReport, alloc, reached) -> None:
     report.nodes += 1
+    if node.off:
+        reached[node.off // BLOCK] = True
     if node.off and not alloc.is_used(node.off // BLOCK):
         report.errors.append(f"B-tree node at offset {node.off:#x} is not marked in use "
                              f"in the free-map")
@@ -55,6 +76,7 @@ def _scrub_node(store: Store, node: Node, report: ScrubReport, alloc) -> None:
         for k, v in zip(node.keys, node.vals, strict=True):
             report.records += 1
             if v[4]:
+                reached[v[4] // BLOCK:v[4] // BLOCK + -(-v[3] // BLOCK)] = True
                 _scrub_extent(store, k, v, report, alloc)
         return
     for ref in node.vals:
@@ -65,7 +87,7 @@ def _scrub_node(store: Store, node: Node, report: ScrubReport, alloc) -> None:
             except CorruptionError as exc:
                 report.damage(exc, ref[0])
                 continue
-        _scrub_node(store, child, report, alloc)
+        _scrub_node(store, child, report, alloc, reached)
 
 
 def _scrub_extent(store: Store, k, v, report: ScrubReport, alloc) -> None:
