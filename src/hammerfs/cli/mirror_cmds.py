@@ -29,6 +29,7 @@ from hammerfs.mirror.local import serve_source, serve_target
 from hammerfs.mirror.reader import SourceOptions
 from hammerfs.mirror.transport import (
     Channel,
+    ForkChannel,
     ProcessChannel,
     RemoteSpec,
     SocketChannel,
@@ -269,7 +270,9 @@ def _source_options(args: argparse.Namespace, two_way: bool, stream: bool) -> So
 
 
 def open_source(spec: str, args: argparse.Namespace, *, two_way: bool, stream: bool,
-                key_file: str | None = None) -> Channel:
+                key_file: str | None = None, fork: bool = False) -> Channel:
+    """The source endpoint.  ``fork``: run a local volume's reader in a child process (when
+    the target also runs in this process, so the two do not share one interpreter lock)."""
     tgt = resolve(spec, remote_ok=True)
     opts = _source_options(args, two_way, stream)
     if isinstance(tgt, RemoteSpec):
@@ -288,11 +291,33 @@ def open_source(spec: str, args: argparse.Namespace, *, two_way: bool, stream: b
     store = cm.__enter__()
 
     def session(sock: socket.socket) -> int:
+        return serve_source(store, tgt.pfs, sock, opts)
+    try:
+        chan = ForkChannel(session) if fork else ThreadChannel(session)
+        return ClosingChannel(chan, cm)
+    except BaseException:
+        cm.__exit__(None, None, None)
+        raise
+
+
+class ClosingChannel(Channel):
+    """A channel that closes this process's handle on a volume once the endpoint is done."""
+
+    def __init__(self, inner: Channel, closer: contextlib.AbstractContextManager):
+        self.inner, self.closer = inner, closer
+        self.rfile, self.wfile = inner.rfile, inner.wfile
+
+    def close_write(self) -> None:
+        self.inner.close_write()
+
+    def finish(self, timeout: float | None = None) -> None:
         try:
-            return serve_source(store, tgt.pfs, sock, opts)
+            self.inner.finish(timeout)
         finally:
-            cm.__exit__(None, None, None)
-    return ThreadChannel(session)
+            self.closer.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        self.inner.abort()
 
 
 def open_target(spec: str, args: argparse.Namespace, *, key_file: str | None = None,
@@ -406,8 +431,9 @@ def describe(frame: s.Frame) -> str:
 
 
 def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
+    target_local = isinstance(resolve(args.target, remote_ok=True), Unmounted)
     source = open_source(args.source, args, two_way=True, stream=stream,
-                         key_file=args.source_key_file)
+                         key_file=args.source_key_file, fork=target_local)
     try:
         target = open_target(args.target, args, key_file=args.target_key_file)
     except BaseException:

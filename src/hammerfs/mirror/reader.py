@@ -18,7 +18,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -53,6 +53,7 @@ class Chunk:
     beg: int
     end: int
     records: list[Record] | None  # already scanned (small transfers), or None: rescan
+    full: bool = False  # part of a first, full copy (the whole range started at TID 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +101,13 @@ def plan_chunks(store: RecordStore, pfs: int, beg: int, end: int, chunk_bytes: i
     if kept is not None:
         return Plan([Chunk(beg, end, kept)], total, count)
     chunks: list[Chunk] = []
-    start, acc = beg, 0
+    start, acc, full = beg, 0, beg <= 1
     for tid in sorted(per_tid):
         acc += per_tid[tid]
         if acc >= chunk_bytes and tid < end:
-            chunks.append(Chunk(start, tid, None))
+            chunks.append(Chunk(start, tid, None, full))
             start, acc = tid + 1, 0
-    chunks.append(Chunk(start, end, None))
+    chunks.append(Chunk(start, end, None, full))
     return Plan(chunks, total, count)
 
 
@@ -212,10 +213,19 @@ class Source:
                 break
         return self.synced + 1
 
+    def _chunk_records(self, chunk: Chunk) -> Iterable[Record]:
+        if chunk.records is not None:
+            return chunk.records
+        if chunk.full:
+            # A full copy cut into chunks: walk keys only and read each sent version's data
+            # once, instead of re-reading every later chunk's data for each chunk.
+            return (rec for rec in self.store.scan(*pfs_range(self.pfs), history=True,
+                                                   with_data=False)
+                    if is_mirrored(rec) and event_tid(rec, chunk.beg, chunk.end) is not None)
+        return changes(self.store, self.pfs, chunk.beg, chunk.end)
+
     def _send_batch(self, chunk: Chunk) -> None:
-        recs = chunk.records
-        if recs is None:
-            recs = changes(self.store, self.pfs, chunk.beg, chunk.end)
+        recs = self._chunk_records(chunk)
         self.tx.send(s.BATCH, s.batch_payload(chunk.beg, chunk.end))
         count = 0
         for rec in recs:
@@ -242,7 +252,7 @@ class Source:
             self.tx.send(s.PASS, s.pass_payload(rec))
 
     def _with_data(self, rec: Record) -> Record:
-        for full in self.store.scan(rec.reckey, rec.reckey, history=True):
-            if full.create_tid == rec.create_tid:
-                return full
-        raise HammerError(f"record {rec.fullkey} vanished while mirroring")
+        full = self.store.get(rec.reckey, asof=rec.create_tid)
+        if full is None or full.create_tid != rec.create_tid:
+            raise HammerError(f"record {rec.fullkey} vanished while mirroring")
+        return full

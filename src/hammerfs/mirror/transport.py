@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -127,6 +128,58 @@ class ThreadChannel(SocketChannel):
         super().finish()
         if self.error is not None:
             raise self.error
+
+
+def _die_with_parent() -> None:
+    """Linux PR_SET_PDEATHSIG: if the command is killed, its forked reader goes too (and
+    releases the volume lock at once)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class ForkChannel(SocketChannel):
+    """A session run in a forked child on the other end of a socket pair: the source and
+    the target of a copy between two local volumes then run in parallel (not under one
+    interpreter lock).  The child reports failures as ERROR frames; its exit status only
+    says whether it failed."""
+
+    def __init__(self, session: Callable[[socket.socket], object]):
+        ours, theirs = socket.socketpair()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: run the session, never return into the caller
+            code = 0
+            try:
+                _die_with_parent()
+                ours.close()
+                session(theirs)
+            except HammerError:
+                code = 1
+            except BaseException as exc:  # not a user error: say what it was, briefly
+                print(f"hammer: mirror source failed: {exc!r}", file=sys.stderr)
+                code = 2
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        theirs.close()
+        super().__init__(ours)
+        self.pid = pid
+
+    def finish(self, timeout: float | None = None) -> None:
+        self._close()
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise s.StreamError(f"mirror source process failed (exit status {code})")
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        super().abort()
 
 
 class ProcessChannel(Channel):
