@@ -448,7 +448,9 @@ def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
 def cmd_mirror_stream(args: argparse.Namespace) -> int:
     """mirror-copy that follows every commit, and reconnects when the link drops."""
     delay = args.reconnect_delay
+    started = False  # once a session ran, a vanished mount or volume is waited for too
     while True:
+        t0 = time.monotonic()
         try:
             cmd_mirror_copy(args, stream=True)
             return 0
@@ -458,6 +460,11 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
             _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
         except s.StreamError as exc:
             _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
+        except HammerError as exc:
+            if not started:
+                raise
+            _note(args, f"mirror-stream: {exc}; retrying in {delay:g}s")
+        started = started or time.monotonic() - t0 > delay
         time.sleep(delay)
 
 
