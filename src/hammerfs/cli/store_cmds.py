@@ -147,7 +147,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     prefix = _parse_prefix(args.prefix) if args.prefix else ()
     store = _open(args, readonly=True)
     try:
-        for depth, node in store.tree.walk_nodes():
+        lo = (*prefix, *(0,) * (5 - len(prefix)))
+        hi = (*prefix, *(MAX_U64 + 1,) * (5 - len(prefix))) if prefix else None
+        for depth, node in store.tree.walk_nodes(lo=lo, hi=hi):
             indent = "  " * depth
             kind = f"INTERNAL level {node.level}" if node.level else "LEAF"
             print(f"{indent}NODE {node.off:#x} {kind} {len(node.keys)} elements")

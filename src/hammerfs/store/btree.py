@@ -163,13 +163,20 @@ class BTree:
                 return True
         return False
 
-    def walk_nodes(self, node: Node | None = None, depth: int = 0):
-        """Every node reachable from the root (pre-order), as (depth, node); verifies each."""
+    def walk_nodes(self, node: Node | None = None, depth: int = 0,
+                   lo: FullKey | None = None, hi: FullKey | None = None):
+        """Every node reachable from the root (pre-order), as (depth, node); verifies each.
+        With ``lo``/``hi`` only the nodes whose key range meets [lo, hi]."""
         node = node or self.root
         yield depth, node
         if node.level:
-            for j in range(len(node.keys)):
-                yield from self.walk_nodes(self.child(node, j), depth + 1)
+            keys = node.keys
+            for j in range(len(keys)):
+                if hi is not None and keys[j] > hi:
+                    break
+                if lo is not None and j + 1 < len(keys) and keys[j + 1] <= lo:
+                    continue
+                yield from self.walk_nodes(self.child(node, j), depth + 1, lo, hi)
 
     # -- modification ----------------------------------------------------------------------------
     def _cow(self, node: Node) -> None:
