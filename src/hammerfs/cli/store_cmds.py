@@ -128,8 +128,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                            f"{space.bigblocks_free} empty, "
                            f"{space.bigblocks_total - space.bigblocks_free - full} partly used, "
                            f"{full} full"),
-            ("Big-block fill", " ".join(f"{f * 100 // per_bb}%" for f in fill[:64])
-             + (" ..." if len(fill) > 64 else "")),
+            ("Big-block fill", _fill_histogram(fill, per_bb)),
             ("PFS count", str(len(pfs))),
             ("Commit seq", str(store.header.seq)),
             ("Last commit TID", _tid(store.last_committed_tid)),
@@ -183,6 +182,20 @@ def cmd_scrub(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(report.errors)} problem(s) found")
     return 1
+
+
+def _fill_histogram(fill: list[int], per_bb: int) -> str:
+    """How many big-blocks are empty, 1-25%, ..., 76-99% and 100% full."""
+    labels = ("empty", "1-25%", "26-50%", "51-75%", "76-99%", "full")
+    counts = [0] * len(labels)
+    for used in fill:
+        if used == 0:
+            counts[0] += 1
+        elif used >= per_bb:
+            counts[5] += 1
+        else:
+            counts[1 + min(3, (used * 4 - 1) // per_bb)] += 1
+    return ", ".join(f"{label} {n}" for label, n in zip(labels, counts, strict=True) if n)
 
 
 def _parse_prefix(text: str) -> tuple[int, ...]:
