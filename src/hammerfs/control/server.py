@@ -139,6 +139,14 @@ class ControlServer:
             threading.Thread(target=self._handle, args=(conn,), daemon=True,
                              name="hammerfs-control-conn").start()
 
+    def _after_op(self) -> None:
+        """Ops may change records behind the filesystem's caches (mirror-write, PFS
+        upgrade/downgrade): drop them after every op, they refill on demand."""
+        forget = getattr(self.ctx.ns, "forget", None)
+        if forget is not None:
+            with self.ctx.lock:
+                forget()
+
     def _peer_allowed(self, conn: socket.socket) -> bool:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
@@ -158,11 +166,14 @@ class ControlServer:
                                      "errno": 22})
                     return
                 args = request.get("args") or {}
-                if request.get("stream"):
-                    send_json(conn, {"ok": True, "stream": True})
-                    handler(self.ctx, args, conn)
-                    return
-                result = handler(self.ctx, args, None)
+                try:
+                    if request.get("stream"):
+                        send_json(conn, {"ok": True, "stream": True})
+                        handler(self.ctx, args, conn)
+                        return
+                    result = handler(self.ctx, args, None)
+                finally:
+                    self._after_op()
                 send_json(conn, {"ok": True, "result": result or {}})
             except (HammerError, OSError, ValueError) as exc:
                 if not isinstance(exc, HammerError):

@@ -84,19 +84,32 @@ class FileSystem:
         self.asof = asof
         self.readonly = readonly or asof is not None or store.readonly
         self._open: Counter[int] = Counter()
+        # Decoded inodes of the live view, written through by every change made here.
+        # Whoever changes this PFS's records behind the view calls forget().
+        self._inodes: dict[int, Inode] = {}
+
+    def forget(self) -> None:
+        """Drop cached inodes (after records were changed other than through this view)."""
+        self._inodes.clear()
 
     # -- helpers -------------------------------------------------------------------------------
     def _key(self, obj: int, rec_type: int, key: int = 0) -> tuple[int, int, int, int]:
         return (self.pfs, obj, rec_type, key)
 
-    def _writable(self) -> None:
+    def check_writable(self) -> None:
         if self.readonly:
             raise ReadOnly("read-only view" if self.asof is None
                            else f"history view as of 0x{self.asof:016x} is read-only")
 
     def _put_inode(self, ino: Inode) -> Inode:
         self.store.put(self._key(ino.obj_id, REC_INODE), ino.encode())
+        self._inodes[ino.obj_id] = ino
         return ino
+
+    def put_inode(self, ino: Inode) -> Inode:
+        """Store an inode as given (undo's restore of attributes)."""
+        self.check_writable()
+        return self._put_inode(ino)
 
     def _touch_dir(self, dir_ino: Inode, t: int, nlink_delta: int = 0) -> Inode:
         return self._put_inode(dir_ino.evolve(mtime=t, ctime=t, nlink=dir_ino.nlink + nlink_delta))
@@ -112,10 +125,17 @@ class FileSystem:
 
     # -- inodes ----------------------------------------------------------------------------------
     def getattr(self, obj: int) -> Inode:
+        ino = self._inodes.get(obj)
+        if ino is not None:
+            return ino
         rec = self.store.get(self._key(obj, REC_INODE), self.asof)
         if rec is None:
             raise FsError(errno.ENOENT, f"no object {obj:#x}")
-        return Inode.decode(obj, rec.data)
+        ino = Inode.decode(obj, rec.data)
+        if len(self._inodes) > 65536:
+            self._inodes.clear()
+        self._inodes[obj] = ino
+        return ino
 
     def _dir(self, obj: int) -> Inode:
         ino = self.getattr(obj)
@@ -127,7 +147,7 @@ class FileSystem:
                 gid: int | None = None, atime: int | None = None, mtime: int | None = None,
                 ctime: int | None = None) -> Inode:
         """chmod/chown/utimens (times in ns).  ctime moves to now unless given."""
-        self._writable()
+        self.check_writable()
         ino = self.getattr(obj)
         changes: dict[str, int] = {"ctime": now_ns() if ctime is None else ctime}
         if mode is not None:
@@ -188,7 +208,7 @@ class FileSystem:
     def _new_child(self, dir_obj: int, name: bytes, mode: int, uid: int, gid: int,
                    rdev: int = 0) -> tuple[Inode, Inode]:
         """Checks shared by every create: returns (parent, new inode, not yet stored)."""
-        self._writable()
+        self.check_writable()
         self._check_name(name)
         parent = self._dir(dir_obj)
         if parent.nlink == 0:
@@ -242,7 +262,7 @@ class FileSystem:
         return rec.data if rec else b""
 
     def link(self, obj: int, dir_obj: int, name: bytes) -> Inode:
-        self._writable()
+        self.check_writable()
         ino = self.getattr(obj)
         if ino.is_dir:
             raise FsError(errno.EPERM, "hard links to directories are not allowed")
@@ -270,10 +290,11 @@ class FileSystem:
             self._remove_object(ino.obj_id)
 
     def _remove_object(self, obj: int) -> None:
+        self._inodes.pop(obj, None)
         self.store.delete_range(self._key(obj, 0, 0), self._key(obj, MAX_REC_TYPE, MAX_U64))
 
     def unlink(self, dir_obj: int, name: bytes) -> None:
-        self._writable()
+        self.check_writable()
         parent = self._dir(dir_obj)
         entry = self._entry(dir_obj, name)
         ino = self.getattr(entry.obj_id)
@@ -296,7 +317,7 @@ class FileSystem:
         return next(self.readdir(dir_obj), None) is None
 
     def rmdir(self, dir_obj: int, name: bytes) -> None:
-        self._writable()
+        self.check_writable()
         if name == b".":
             raise FsError(errno.EINVAL, "cannot remove '.'")
         if name == b"..":
@@ -327,7 +348,7 @@ class FileSystem:
     def rename(self, old_dir: int, old_name: bytes, new_dir: int, new_name: bytes,
                flags: int = 0) -> None:
         """Atomic rename, replacing a file or an empty directory at the destination."""
-        self._writable()
+        self.check_writable()
         if flags & ~RENAME_NOREPLACE:
             raise FsError(errno.EINVAL, "unsupported rename flags")
         self._check_name(new_name)
@@ -427,7 +448,7 @@ class FileSystem:
         return bytes(memoryview(buf)[offset - first:])
 
     def write(self, obj: int, offset: int, data: bytes | memoryview) -> int:
-        self._writable()
+        self.check_writable()
         ino = self._file(obj)
         view = memoryview(data)
         end = offset + len(view)
@@ -458,7 +479,7 @@ class FileSystem:
         return bytes(buf)
 
     def truncate(self, obj: int, size: int) -> Inode:
-        self._writable()
+        self.check_writable()
         if size < 0:
             raise FsError(errno.EINVAL, "negative size")
         ino = self._file(obj)
@@ -497,7 +518,7 @@ class FileSystem:
         return [decode_xattr(rec.data)[0] for rec in self.store.scan(lo, hi, self.asof)]
 
     def setxattr(self, obj: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        self._writable()
+        self.check_writable()
         ino = self.getattr(obj)
         if not name or len(name) > XATTR_NAME_MAX:
             raise FsError(errno.ERANGE, "bad attribute name length")
@@ -521,7 +542,7 @@ class FileSystem:
         self._put_inode(ino.evolve(ctime=now_ns()))
 
     def removexattr(self, obj: int, name: bytes) -> None:
-        self._writable()
+        self.check_writable()
         ino = self.getattr(obj)
         found = self._find_xattr(obj, name)
         if found is None:

@@ -108,8 +108,7 @@ def restore(ns: Namespace, relpath: str, tid: int) -> Inode:
     cur = live_fs.getattr(cur.obj_id)
     restored = cur.evolve(mode=old.mode, uid=old.uid, gid=old.gid, size=old.size,
                           rdev=old.rdev, atime=old.atime, mtime=old.mtime, ctime=now_ns())
-    live_fs.store.put((live_fs.pfs, cur.obj_id, REC_INODE, 0), restored.encode())
-    return restored
+    return live_fs.put_inode(restored)
 
 
 def _copy_records(src: FileSystem, src_obj: int, dst: FileSystem, dst_obj: int,

@@ -132,6 +132,8 @@ class Namespace:
         (after a PFS changed)."""
         self._paths.clear()
         self._root = None
+        for fs in self._live.values():
+            fs.forget()
 
     def resolve(self, path: bytes) -> tuple[FileSystem, Inode]:
         """Walk an absolute path (relative to the mount root); symlinks are not followed."""
