@@ -155,10 +155,11 @@ class ControlServer:
     def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
+                line = read_line(conn)  # read first: the refusal must not race the request
                 if not self._peer_allowed(conn):
                     send_json(conn, {"ok": False, "error": "permission denied", "errno": 1})
                     return
-                request = json.loads(read_line(conn) or b"{}")
+                request = json.loads(line or b"{}")
                 op = request.get("op")
                 handler = self.ops.get(op)
                 if handler is None:
