@@ -15,12 +15,35 @@ from hypothesis import strategies as st
 
 from conftest import run_hammer
 from hammerfs.errors import HammerError
-from hammerfs.luks import luks2
+from hammerfs.luks import kdf, luks2
 from hammerfs.luks.container import format_container, open_container
 
 from .helpers import CHEAP_ARGON, CHEAP_PBKDF2, CS_ARGON, PASS, MiB, PlainFile, keyfile, run
 
 HEADER_BYTES = 2 * MiB   # header copies plus the first key-slot areas
+
+
+@pytest.fixture(autouse=True, scope="module")
+def bounded_kdf_costs():
+    """Fuzzed headers may ask for 4 billion PBKDF2 iterations or 4 GiB of argon2 memory,
+    which is legal LUKS (cryptsetup would grind through it too) but not a unit test: such
+    costs become a HammerError here."""
+    real_check, real_pbkdf2 = kdf.check_params, kdf.pbkdf2
+
+    def check(params):
+        real_check(params)
+        if params.iterations > 100_000 or params.time > 64 or params.memory > 65536:
+            raise HammerError("test bound: KDF cost too high")
+
+    def pbkdf2(hash_name, secret, salt, iterations, length):
+        if iterations > 100_000:
+            raise HammerError("test bound: KDF cost too high")
+        return real_pbkdf2(hash_name, secret, salt, iterations, length)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kdf, "check_params", check)
+        mp.setattr(kdf, "pbkdf2", pbkdf2)
+        yield
 
 
 class RecordingDevice:
