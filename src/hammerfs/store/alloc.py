@@ -133,6 +133,8 @@ class Allocator:
     def alloc_many(self, count: int, kind: int) -> list[int]:
         """``count`` blocks, not necessarily contiguous, taken run by run; returned in
         descending order so that ``pop()`` hands them out in ascending order."""
+        if count > self.free_blocks:  # checked first: a partial allocation would leak
+            raise NoSpace(f"no space left on volume ({count} blocks needed)")
         blocks: list[int] = []
         while len(blocks) < count:
             nxt, end = self.window[kind]
