@@ -106,10 +106,17 @@ def _prepare_file(path: str, size: int) -> None:
         raise HammerError(f"cannot create {path}: {exc.strerror}") from None
     try:
         os.ftruncate(fd, size)
+        os.fsync(fd)
     except OSError as exc:
         raise HammerError(f"cannot size {path} to {size} bytes: {exc.strerror}") from None
     finally:
         os.close(fd)
+    if st is None:  # a new file: make its directory entry durable too
+        dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
 
 
 def _lock_holder(fd: int) -> str:
