@@ -39,8 +39,9 @@ def test_batched_xts_matches_per_sector(sector, count, first_iv, key_size, decry
     assert bytes(ours) == reference(key, data, first_iv, sector, sector // 512, decrypt)
 
 
-def test_large_batches_and_buffer_reuse():
-    cipher = XtsCipher(KEY)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_batches_and_buffer_reuse(threads):
+    cipher = XtsCipher(KEY, threads=threads)
     for size, sector in ((1 << 20, 4096), (1 << 20, 512), (3 * 4096, 4096), (2 << 20, 512)):
         data = os.urandom(size)
         assert bytes(cipher.encrypt(data, 77, sector, sector // 512)) == \

@@ -12,7 +12,6 @@ when the encryption sector is 4096 bytes: callers pass the IV of the first secto
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -158,8 +157,11 @@ PARALLEL_MIN = 256 * 1024
 class XtsCipher:
     """AES-XTS over whole sectors with plain64 IVs; one key schedule for the device's life.
 
-    Large requests are split between ``threads`` lanes: numpy releases the GIL, so the tweak
-    arithmetic and XORs of one half run while the other half is in AES.  Thread-safe.
+    With ``threads`` > 1, large requests are split between lanes: numpy releases the GIL, so
+    one half's tweak arithmetic can run while the other half is in AES.  The default is one
+    lane: on the shared 2-vCPU machines measured (bench/xts_bench.py) two lanes were never
+    faster, as the GIL hand-offs between ~100 short numpy calls per half and CPU contention
+    ate the overlap.  Thread-safe either way.
     """
 
     def __init__(self, key: bytes, threads: int | None = None):
@@ -169,7 +171,7 @@ class XtsCipher:
         if key[:half] == key[half:]:
             # Same rule as the kernel's xts_verify_key in FIPS mode; a LUKS key never repeats.
             raise HammerError("aes-xts key halves are identical")
-        count = threads or min(2, os.cpu_count() or 1)
+        count = threads or 1
         self._lanes = [_Lane(key[:half], key[half:]) for _ in range(max(1, count))]
         self._pool: ThreadPoolExecutor | None = None
         self._xts_key = algorithms.AES(key)   # for the per-sector path (XTS mode, full key)
