@@ -15,6 +15,7 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import replace
 
+from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import CorruptionError, HammerError, NoSpace, NotAVolume, ReadOnly
 from hammerfs.store.alloc import DATA, Allocator
 from hammerfs.store.api import SpaceInfo
@@ -70,7 +71,7 @@ class Store:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, device, label: str = "", *, uuid: str | None = None) -> Store:
+    def create(cls, device: BlockDevice, label: str = "", *, uuid: str | None = None) -> Store:
         """Write a new, empty volume (with PFS #0) over the whole device."""
         if device.readonly:
             raise ReadOnly("cannot create a volume on a device opened read-only")
@@ -95,7 +96,7 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, device, *, readonly: bool = False) -> Store:
+    def open(cls, device: BlockDevice, *, readonly: bool = False) -> Store:
         """Open the volume on ``device`` at its last committed state (writes nothing)."""
         hdr = read_header(device)
         nblocks = hdr.volume_bytes // BLOCK
@@ -460,7 +461,7 @@ def used_extents(tree: BTree) -> Iterator[tuple[int, int]]:
                     yield v[4] // BLOCK, _blocks(v[3])
 
 
-def read_header(device) -> Header:
+def read_header(device: BlockDevice) -> Header:
     """The valid header with the highest seq; NotAVolume (nothing written) if there is none."""
     where = getattr(device, "path", "device")
     if device.size < 2 * BLOCK:
