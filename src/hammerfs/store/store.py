@@ -199,9 +199,16 @@ class Store:
     # -- reads --------------------------------------------------------------------------------------
     def get(self, reckey: RecKey, asof: int | None = None) -> Record | None:
         _check_key(reckey)
-        with self._lock:
-            hit = self._visible(reckey, self._current if asof is None else asof)
-            return self._record(*hit, True) if hit else None
+        with self._lock:  # the hot path: _visible and _record, inlined
+            tid = self._current if asof is None else asof
+            hit = self._tree.floor((*reckey, tid))
+            if hit is None:
+                return None
+            k, v = hit
+            if k[:4] != reckey or (v[0] and tid >= v[0]):
+                return None
+            data = v[6] if not v[4] else self._data(k, v)
+            return Record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def _visible(self, reckey: RecKey, tid: int) -> tuple[FullKey, LeafVal] | None:
         hit = self._tree.floor((*reckey, tid))
