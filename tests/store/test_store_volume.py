@@ -39,6 +39,7 @@ def test_newfs_info_show_scrub(tmp_path):
     assert re.search(r"Format version:\s+1", info) and "Big-blocks:" in info
     show = run_hammer("show", vol, "1:6").stdout
     assert "ELM 1:0x6:0x10:0x0" in show and "0x5:" not in show
+    assert re.match(r"HEADER slot [01] seq \d+ root 0x[0-9a-f]+ level 0 ", show)
     assert run_hammer("scrub", vol).stdout.strip().endswith("no damage found")
     uuid_before = re.search(r"UUID:\s+(\S+)", info).group(1)
     run_hammer("newfs", "-f", vol)

@@ -146,6 +146,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     prefix = _parse_prefix(args.prefix) if args.prefix else ()
     store = _open(args, readonly=True)
     try:
+        hdr = store.header
+        print(f"HEADER slot {hdr.slot} seq {hdr.seq} root {hdr.root_off:#x} level "
+              f"{hdr.root_level} last-commit {_tid(hdr.last_tid)} next-obj {hdr.next_obj:#x}")
         lo = (*prefix, *(0,) * (5 - len(prefix)))
         hi = (*prefix, *(MAX_U64 + 1,) * (5 - len(prefix))) if prefix else None
         for depth, node in store.tree.walk_nodes(lo=lo, hi=hi):
