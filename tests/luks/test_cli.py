@@ -216,3 +216,10 @@ def test_cryptsetup_token_survives_our_changes(tmp_path):
     run_hammer("luks", "kill-slot", "--key-file", kf2, vol, "0")
     exported = run("cryptsetup", "token", "export", "--token-id", "5", vol).stdout.decode()
     assert '"keyslots":[]' in exported and '"blob":{"a":[1,2,"x"],"b":null}' in exported
+
+
+def test_format_options_without_encrypt_are_refused(tmp_path):
+    vol = tmp_path / "plain.img"
+    proc = run_hammer("newfs", "--pbkdf", "pbkdf2", "--size", "40M", vol, check=False)
+    assert proc.returncode != 0 and "--pbkdf: only valid with --encrypt" in proc.stderr
+    assert not vol.exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from hammerfs.blockdev.base import BlockDevice
+from hammerfs.errors import HammerError
 
 
 def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False) -> None:
@@ -69,6 +70,21 @@ def _format_encrypted(dev: BlockDevice, args: argparse.Namespace) -> BlockDevice
     return payload_device(container, key)
 
 
+_FORMAT_ONLY = ("pbkdf", "pbkdf_memory", "pbkdf_parallel", "pbkdf_force_iterations",
+                "iter_time", "sector_size", "luks_uuid")
+
+
+def _check_format_options(args: argparse.Namespace | None) -> None:
+    """newfs: the LUKS format options mean nothing without --encrypt; say so rather than
+    silently building an unencrypted volume."""
+    if args is None or not hasattr(args, "encrypt") or args.encrypt:
+        return
+    given = [name for name in _FORMAT_ONLY if getattr(args, name, None) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise HammerError(f"{flags}: only valid with --encrypt")
+
+
 def open_volume_device(path: str, args: argparse.Namespace | None = None, *,
                        readonly: bool = False, create_size: int | None = None) -> BlockDevice:
     """Open ``path`` with an exclusive lock; if it is a LUKS container, unlock it and return
@@ -77,6 +93,7 @@ def open_volume_device(path: str, args: argparse.Namespace | None = None, *,
     first and its payload returned."""
     from hammerfs.blockdev.file import FileDevice
 
+    _check_format_options(args)
     dev = FileDevice(path, readonly=readonly, create_size=create_size)
     try:
         if getattr(args, "encrypt", False) and not readonly:
