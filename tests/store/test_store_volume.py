@@ -41,6 +41,10 @@ def test_newfs_info_show_scrub(tmp_path):
     assert "ELM 1:0x6:0x10:0x0" in show and "0x5:" not in show
     assert re.match(r"HEADER slot [01] seq \d+ root 0x[0-9a-f]+ level 0 ", show)
     assert run_hammer("scrub", vol).stdout.strip().endswith("no damage found")
+    tiny = tmp_path / "tiny.img"
+    out = run_hammer("newfs", "--size", "100K", tiny, check=False)
+    assert out.returncode == 1 and f"{tiny} is too small" in out.stderr
+    assert not tiny.exists()  # no half-made image left behind
     uuid_before = re.search(r"UUID:\s+(\S+)", info).group(1)
     run_hammer("newfs", "-f", vol)
     assert uuid_before not in run_hammer("info", vol).stdout

@@ -81,6 +81,16 @@ def _open(args: argparse.Namespace, readonly: bool) -> Store:
 
 
 def cmd_newfs(args: argparse.Namespace) -> int:
+    created = not os.path.exists(args.volume)
+    try:
+        return _newfs(args)
+    except BaseException:
+        if created and os.path.isfile(args.volume):  # leave no half-made image behind
+            os.unlink(args.volume)
+        raise
+
+
+def _newfs(args: argparse.Namespace) -> int:
     if os.path.exists(args.volume):
         dev = open_volume_device(args.volume, args, readonly=True)
         try:

@@ -78,7 +78,8 @@ class Store:
         if len(label.encode()) > 63:
             raise HammerError(f"label is longer than 63 bytes: {label!r}")
         if device.size < MIN_VOLUME:
-            raise HammerError(f"device is too small for a volume ({device.size} bytes, "
+            where = getattr(device, "path", "device")
+            raise HammerError(f"{where} is too small for a volume ({device.size} bytes, "
                               f"need at least {MIN_VOLUME})")
         nblocks = device.size // BLOCK
         pages, tblocks = freemap_geometry(nblocks)
