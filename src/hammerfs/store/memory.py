@@ -14,13 +14,13 @@ from collections.abc import Iterator
 
 from hammerfs.errors import ReadOnly
 from hammerfs.store.api import SpaceInfo
-from hammerfs.store.pfs import PfsData
-from hammerfs.store.records import MAX_PFS, REC_PFS, ROOT_OBJ, RecKey, Record
+from hammerfs.store.pfs import PfsData, PfsTable
+from hammerfs.store.records import ROOT_OBJ, RecKey, Record
 
 FullKey = tuple[int, int, int, int, int]
 
 
-class MemoryStore:
+class MemoryStore(PfsTable):
     def __init__(self, label: str = "", uuid: str = "00000000-0000-0000-0000-000000000000",
                  total_bytes: int = 1 << 30, readonly: bool = False):
         self.label = label
@@ -168,18 +168,6 @@ class MemoryStore:
             self._keys.pop(bisect.bisect_left(self._keys, fk))
             self._dirty = True
             return True
-
-    # -- PFS table ------------------------------------------------------------------------------
-    def get_pfs(self, pfs_id: int, asof: int | None = None) -> PfsData | None:
-        rec = self.get((0, ROOT_OBJ, REC_PFS, pfs_id), asof)
-        return PfsData.decode(rec.data) if rec else None
-
-    def put_pfs(self, pfs_id: int, data: PfsData) -> None:
-        self.put((0, ROOT_OBJ, REC_PFS, pfs_id), data.encode())
-
-    def list_pfs(self) -> list[tuple[int, PfsData]]:
-        lo, hi = (0, ROOT_OBJ, REC_PFS, 0), (0, ROOT_OBJ, REC_PFS, MAX_PFS)
-        return [(r.key, PfsData.decode(r.data)) for r in self.scan(lo, hi)]
 
     # -- space and lifecycle ----------------------------------------------------------------------
     def space(self) -> SpaceInfo:

@@ -12,6 +12,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 
 from hammerfs.errors import HammerError
+from hammerfs.store.records import MAX_PFS, REC_PFS, ROOT_OBJ
 
 PFS_SLAVE = 0x1
 PFS_DELETED = 0x2
@@ -90,3 +91,20 @@ def _fixed_text(text: str, what: str) -> bytes:
     if len(raw) > 63:
         raise HammerError(f"PFS {what} is longer than 63 bytes: {text!r}")
     return raw
+
+
+class PfsTable:
+    """The PFS-table part of the RecordStore contract, the same for every store: descriptors
+    are REC_PFS records on (pfs 0, ROOT_OBJ, key = pfs id), read and written with the
+    store's own get/put/scan."""
+
+    def get_pfs(self, pfs_id: int, asof: int | None = None) -> PfsData | None:
+        rec = self.get((0, ROOT_OBJ, REC_PFS, pfs_id), asof)
+        return PfsData.decode(rec.data) if rec else None
+
+    def put_pfs(self, pfs_id: int, data: PfsData) -> None:
+        self.put((0, ROOT_OBJ, REC_PFS, pfs_id), data.encode())
+
+    def list_pfs(self) -> list[tuple[int, PfsData]]:
+        lo, hi = (0, ROOT_OBJ, REC_PFS, 0), (0, ROOT_OBJ, REC_PFS, MAX_PFS)
+        return [(r.key, PfsData.decode(r.data)) for r in self.scan(lo, hi)]

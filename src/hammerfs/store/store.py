@@ -35,15 +35,15 @@ from hammerfs.store.format import (
     decode_header,
     freemap_geometry,
 )
-from hammerfs.store.pfs import PfsData
-from hammerfs.store.records import MAX_DATA, MAX_PFS, MAX_U64, REC_PFS, ROOT_OBJ, RecKey, Record
+from hammerfs.store.pfs import PfsData, PfsTable
+from hammerfs.store.records import MAX_DATA, MAX_PFS, MAX_U64, ROOT_OBJ, RecKey, Record
 
 MIN_VOLUME = 1 << 20
 SCAN_BATCH = 256
 SCAN_BATCH_DATA = 32
 
 
-class Store:
+class Store(PfsTable):
     """The on-disk record store.  Build with ``Store.create`` or ``Store.open``."""
 
     def __init__(self, device, hdr: Header, alloc: Allocator, tree: BTree, readonly: bool):
@@ -403,18 +403,6 @@ class Store:
         if self._broken is not None:
             raise HammerError(f"volume {self._where} failed to commit ({self._broken}); "
                               f"reopen it to continue from its last commit")
-
-    # -- PFS table ------------------------------------------------------------------------------------
-    def get_pfs(self, pfs_id: int, asof: int | None = None) -> PfsData | None:
-        rec = self.get((0, ROOT_OBJ, REC_PFS, pfs_id), asof)
-        return PfsData.decode(rec.data) if rec else None
-
-    def put_pfs(self, pfs_id: int, data: PfsData) -> None:
-        self.put((0, ROOT_OBJ, REC_PFS, pfs_id), data.encode())
-
-    def list_pfs(self) -> list[tuple[int, PfsData]]:
-        lo, hi = (0, ROOT_OBJ, REC_PFS, 0), (0, ROOT_OBJ, REC_PFS, MAX_PFS)
-        return [(r.key, PfsData.decode(r.data)) for r in self.scan(lo, hi)]
 
     # -- space and lifecycle ----------------------------------------------------------------------------
     def space(self) -> SpaceInfo:
