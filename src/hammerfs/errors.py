@@ -24,38 +24,35 @@ class NotAVolume(HammerError):
     """The device holds no hammerfs volume (or an unsupported format version)."""
 
 
-class CorruptionError(HammerError, OSError):
+class ErrnoError(HammerError, OSError):
+    """A HammerError that also carries an errno, so the FUSE adapter can return it."""
+
+    def __init__(self, code: int | None, message: str):
+        HammerError.__init__(self, message)
+        self.errno = code
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class CorruptionError(ErrnoError):
     """A block failed verification.  Never returned as data: raised with its location."""
 
     def __init__(self, message: str, location: int | None = None):
-        HammerError.__init__(self, message)
-        self.errno = errno.EIO
-        self.strerror = message
+        super().__init__(errno.EIO, message)
         self.location = location
 
-    def __str__(self) -> str:
-        return self.strerror
 
-
-class NoSpace(HammerError, OSError):
+class NoSpace(ErrnoError):
     """The volume is full.  The volume stays consistent and usable."""
 
     def __init__(self, message: str = "no space left on volume"):
-        HammerError.__init__(self, message)
-        self.errno = errno.ENOSPC
-        self.strerror = message
-
-    def __str__(self) -> str:
-        return self.strerror
+        super().__init__(errno.ENOSPC, message)
 
 
-class ReadOnly(HammerError, OSError):
+class ReadOnly(ErrnoError):
     """A write was attempted on a read-only view (as-of view, slave PFS, -o ro)."""
 
     def __init__(self, message: str = "read-only"):
-        HammerError.__init__(self, message)
-        self.errno = errno.EROFS
-        self.strerror = message
-
-    def __str__(self) -> str:
-        return self.strerror
+        super().__init__(errno.EROFS, message)
