@@ -10,19 +10,11 @@ import socket
 from dataclasses import dataclass
 
 from hammerfs.control.server import read_line, runtime_dir
-from hammerfs.errors import HammerError
+from hammerfs.errors import ErrnoError, HammerError
 
 
-class RemoteError(HammerError, OSError):
+class RemoteError(ErrnoError):
     """An op failed inside the mount process; carries its errno when it had one."""
-
-    def __init__(self, message: str, code: int | None):
-        HammerError.__init__(self, message)
-        self.errno = code
-        self.strerror = message
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +96,7 @@ class ControlClient:
             raise
         if not reply.get("ok"):
             sock.close()
-            raise RemoteError(reply.get("error") or "control op failed", reply.get("errno"))
+            raise RemoteError(reply.get("errno"), reply.get("error") or "control op failed")
         return sock, reply
 
     def call(self, op: str, **args) -> dict:

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from hammerfs.errors import HammerError, ReadOnly
+from hammerfs.errors import ErrnoError, ReadOnly
 from hammerfs.fs.layout import (
     BLOCK,
     COLLISION_MASK,
@@ -48,16 +48,11 @@ RENAME_EXCHANGE = 2
 MAX_REC_TYPE = 0xFFFF
 
 
-class FsError(HammerError, OSError):
+class FsError(ErrnoError):
     """A POSIX error (ENOENT, EEXIST, ...) with a message; FUSE returns its errno."""
 
     def __init__(self, code: int, message: str = ""):
-        HammerError.__init__(self, message or errno.errorcode.get(code, str(code)))
-        self.errno = code
-        self.strerror = message or os.strerror(code)
-
-    def __str__(self) -> str:
-        return self.strerror
+        super().__init__(code, message or os.strerror(code))
 
 
 def now_ns() -> int:
