@@ -1,5 +1,5 @@
 """`hammer` subcommands of the fs layer: mount, umount, synctid, history, undo, snapshot,
-snapls, snaprm.
+snapls, snaprm, prune-everything.
 
 A PATH inside a mounted hammerfs is served by the mounting process through its control
 channel; a VOLUME[:PFS] (an unmounted volume) is opened directly, with ``--path`` naming a
@@ -84,6 +84,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("items", nargs="+", metavar="LINK|TID|PATH")
     _volume_args(p)
     p.set_defaults(func=cmd_snaprm)
+
+    p = sub.add_parser("prune-everything", help="destroy ALL history of a PFS (frees its space)",
+                       description="Destroy every past version of every file in the PFS, and "
+                       "its snapshot records, keeping only the current state.  Space held by "
+                       "deleted and overwritten data comes back (the way out of a full volume). "
+                       "This cannot be undone: afterwards @@ paths, undo and as-of mounts "
+                       "at earlier TIDs no longer show the old data.")
+    _target_args(p)
+    p.set_defaults(func=cmd_prune_everything)
 
 
 def _volume_args(p: argparse.ArgumentParser) -> None:
@@ -442,3 +451,16 @@ def _snaprm_tid(t: Target, tid: int) -> None:
     if not t.call("snaprm", relpath=t.relpath, tid=tid)["removed"]:
         raise HammerError(f"no snapshot {format_tid(tid)}")
 
+
+
+# -- prune-everything -----------------------------------------------------------------------------
+def cmd_prune_everything(args: argparse.Namespace) -> int:
+    with target(args.path, args, write=True) as t:
+        done = t.call("prune-everything", relpath=t.relpath)
+    print(f"PFS {done['pfs']}: destroyed {done['destroyed']} history versions, "
+          f"freed {_mib(done['freed_bytes'])} ({_mib(done['free_bytes'])} free)")
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"

@@ -1,4 +1,4 @@
-"""The filesystem's control ops (history, snapshots, undo, synctid), run in the process that
+"""The filesystem's control ops (history, snapshots, undo, synctid, prune-everything), run in the process that
 owns the volume: the mount process through the control socket, or the command itself on an
 unmounted volume (``local_context``).  Paths are ``relpath``s below the mount root."""
 
@@ -109,6 +109,22 @@ def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
         return {"removed": history.remove_snapshot(fs, int(args["tid"]))}
 
 
+def op_prune_everything(ctx: ControlContext, args: dict, conn) -> dict:
+    """Destroy all history of the PFS that ``relpath`` is in; report the space it freed."""
+    relpath = args.get("relpath", "")
+    with ctx.lock:
+        fs = _pfs_view(ctx, relpath)
+        if ctx.ns.readonly:
+            raise ReadOnly("the volume is mounted or opened read-only")
+        before = ctx.store.space().free_bytes
+        destroyed = history.prune_everything(ctx.store, fs.pfs)
+        after = ctx.store.space().free_bytes
+        ctx.ns.forget()  # cached views may hold versions that no longer exist
+    ctx.invalidate(relpath)
+    return {"pfs": fs.pfs, "destroyed": destroyed, "freed_bytes": max(0, after - before),
+            "free_bytes": after}
+
+
 OPS = {
     "info": op_info,
     "synctid": op_synctid,
@@ -119,4 +135,5 @@ OPS = {
     "snapshot": op_snapshot,
     "snapls": op_snapls,
     "snaprm": op_snaprm,
+    "prune-everything": op_prune_everything,
 }

@@ -1,4 +1,5 @@
-"""History on top of the filesystem: versions of an object, snapshots, undo (restore).
+"""History on top of the filesystem: versions of an object, snapshots, undo (restore), and
+prune-everything (destroy all history so its space comes back).
 
 Every committed transaction keeps the state before it, so a version of a file is simply the
 file as of a TID.  ``versions`` lists the TIDs at which an object changed (each change
@@ -13,6 +14,7 @@ import stat
 import time
 from dataclasses import dataclass
 
+from hammerfs.errors import ReadOnly
 from hammerfs.fs.filesystem import FileSystem, FsError, now_ns
 from hammerfs.fs.layout import (
     REC_DATA,
@@ -22,7 +24,8 @@ from hammerfs.fs.layout import (
     Snapshot,
 )
 from hammerfs.fs.namespace import Namespace, format_tid
-from hammerfs.store.records import MAX_U64, REC_SNAPSHOT, ROOT_OBJ
+from hammerfs.store.api import RecordStore
+from hammerfs.store.records import MAX_U64, REC_PFS, REC_SNAPSHOT, ROOT_OBJ, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,3 +151,35 @@ def remove_snapshot(fs: FileSystem, tid: int) -> bool:
     if removed:
         fs.store.commit()
     return removed
+
+
+# -- prune-everything ----------------------------------------------------------------------------
+def prune_everything(store: RecordStore, pfs: int) -> int:
+    """Destroy every version of ``pfs`` that is history (``delete_tid != 0``) and its
+    snapshot records (their TIDs no longer name a readable state); keep the live state.
+    The descriptor's ``sync_beg_tid`` moves to the current TID: nothing older is complete.
+    Commits; returns how many versions were destroyed.  Space comes back with the commit."""
+    pd = store.get_pfs(pfs)
+    if pd is None or pd.is_deleted:
+        raise FsError(errno.ENOENT, f"PFS {pfs} does not exist")
+    if pd.is_slave:
+        raise ReadOnly(f"PFS {pfs} is a slave (read-only): prune its master instead")
+    store.commit()  # uncommitted changes become ordinary versions first
+    lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)  # rec_type is u16
+    # Collected before destroying: a B-tree scan must not run under its own removals.
+    doomed = [(rec.reckey, rec.create_tid)
+              for rec in store.scan(lo, hi, history=True, with_data=False) if _prunable(rec)]
+    for reckey, create_tid in doomed:
+        store.destroy(reckey, create_tid)
+    store.commit()  # frees the space first: on a full volume the descriptor update needs it
+    store.put_pfs(pfs, pd.evolve(sync_beg_tid=store.current_tid, sync_beg_ts=time.time_ns()))
+    store.commit()
+    return len(doomed)
+
+
+def _prunable(rec: Record) -> bool:
+    """History, and every snapshot record.  The PFS table (REC_PFS, on pfs 0) is the store's
+    metadata about all PFSs, not this PFS's history."""
+    if rec.rec_type == REC_PFS:
+        return False
+    return rec.delete_tid != 0 or (rec.obj_id == ROOT_OBJ and rec.rec_type == REC_SNAPSHOT)

@@ -1,0 +1,138 @@
+"""prune-everything at the API level: all history of one PFS is destroyed, its live state and
+every other PFS stay exactly as they were (HAMMER's `hammer prune-everything`)."""
+
+from __future__ import annotations
+
+import errno
+import pathlib
+import tempfile
+
+import pytest
+from fs_helpers import store_kinds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hammerfs.errors import ReadOnly
+from hammerfs.fs import FileSystem, Namespace, format_tid, init_pfs_root
+from hammerfs.fs.history import list_snapshots, prune_everything, take_snapshot
+from hammerfs.store.pfs import PFS_SLAVE, PfsData
+from hammerfs.store.records import MAX_U64, REC_PFS, REC_SNAPSHOT, ROOT_OBJ
+
+R = ROOT_OBJ
+
+
+def pfs_range(pfs):
+    return (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
+
+
+def live_records(store, pfs):
+    """Every live record of ``pfs`` but its snapshot records (pruned too) and the PFS table
+    on pfs 0 (its descriptor moves)."""
+    return [r for r in store.scan(*pfs_range(pfs)) if r.rec_type not in (REC_PFS, REC_SNAPSHOT)]
+
+
+def history_records(store, pfs):
+    return [r for r in store.scan(*pfs_range(pfs), history=True, with_data=False)
+            if r.delete_tid != 0 and r.rec_type != REC_PFS]
+
+
+@pytest.fixture(params=store_kinds())
+def store(request, tmp_path):
+    s = request.param(tmp_path)
+    init_pfs_root(s, 0)
+    s.put_pfs(1, PfsData(label="other"))
+    init_pfs_root(s, 1)
+    s.commit()
+    yield s
+    s.close()
+
+
+def test_prune_everything_keeps_live_state_and_drops_history(store):
+    fs, other = FileSystem(store, 0), FileSystem(store, 1)
+    a = fs.create(R, b"a", 0o644).obj_id
+    fs.write(a, 0, b"version one" * 1000)
+    gone = fs.create(R, b"gone", 0o644).obj_id
+    fs.write(gone, 0, b"deleted later")
+    d = fs.mkdir(R, b"d", 0o755).obj_id
+    fs.write(fs.create(d, b"c", 0o600).obj_id, 0, b"kept")
+    o = other.create(R, b"o", 0o644).obj_id
+    other.write(o, 0, b"old")
+    old_tid = take_snapshot(fs, "before").tid
+    fs.write(a, 0, b"version two")
+    fs.truncate(a, 11)
+    fs.unlink(R, b"gone")
+    other.write(o, 0, b"new")
+    store.commit()
+    ns = Namespace(store)
+    assert ns.resolve(b"/gone@@" + format_tid(old_tid).encode())[1].obj_id == gone
+    live0, live1 = live_records(store, 0), live_records(store, 1)
+    hist0, hist1 = history_records(store, 0), history_records(store, 1)
+    assert hist0 and hist1
+    beg_before = store.get_pfs(0).sync_beg_tid
+
+    free_before = store.space().free_bytes
+    destroyed = prune_everything(store, 0)
+
+    assert destroyed == len(hist0) + 1  # every old version plus the one snapshot record
+    assert history_records(store, 0) == []
+    assert store.space().free_bytes > free_before  # the 11 KB first version of a is gone
+    assert list_snapshots(fs) == []
+    assert live_records(store, 0) == live0
+    assert history_records(store, 1) == hist1 and live_records(store, 1) == live1
+    assert store.get_pfs(0).sync_beg_tid > max(old_tid, beg_before)
+    fs.forget()
+    assert fs.read(a, 0, 100) == b"version two"
+    assert fs.read(fs.lookup(d, b"c").obj_id, 0, 10) == b"kept"
+    ns.forget()
+    with pytest.raises(OSError) as err:  # the deleted file is no longer reachable as of then
+        ns.resolve(b"/gone@@" + format_tid(old_tid).encode())
+    assert err.value.errno == errno.ENOENT
+    assert prune_everything(store, 0) == 0  # nothing left to prune
+    assert FileSystem(store, 1, asof=old_tid).read(o, 0, 10) == b"old"  # PFS 1 untouched
+
+
+def test_prune_everything_refuses_a_slave_and_a_missing_pfs(store):
+    store.put_pfs(1, store.get_pfs(1).evolve(mirror_flags=PFS_SLAVE))
+    store.commit()
+    with pytest.raises(ReadOnly, match="slave"):
+        prune_everything(store, 1)
+    with pytest.raises(OSError, match="does not exist"):
+        prune_everything(store, 7)
+
+
+_keys = st.tuples(st.integers(0, 1), st.integers(2, 5), st.integers(0, 3))
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), _keys, st.binary(max_size=40)),
+    st.tuples(st.just("delete"), _keys, st.none()),
+    st.tuples(st.just("commit"), st.none(), st.none()),
+), max_size=40)
+
+
+@pytest.mark.parametrize("make_store", store_kinds())
+@settings(max_examples=30, deadline=None)
+@given(ops=_ops)
+def test_prune_everything_property_live_state_is_unchanged(make_store, ops):
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_store(pathlib.Path(tmp))
+        try:
+            _check_prune_keeps_live_state(store, ops)
+        finally:
+            store.close()
+
+
+def _check_prune_keeps_live_state(store, ops):
+    store.put_pfs(1, PfsData())
+    for op, key, data in ops:
+        reckey = (key[0], key[1], 0x20, key[2]) if key else None
+        if op == "put":
+            store.put(reckey, data)
+        elif op == "delete":
+            store.delete(reckey)
+        else:
+            store.commit()
+    live0 = live_records(store, 0)
+    all1 = list(store.scan(*pfs_range(1), history=True))
+    prune_everything(store, 0)
+    assert history_records(store, 0) == []
+    assert live_records(store, 0) == live0
+    assert list(store.scan(*pfs_range(1), history=True)) == all1
