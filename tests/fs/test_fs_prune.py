@@ -136,3 +136,34 @@ def _check_prune_keeps_live_state(store, ops):
     assert history_records(store, 0) == []
     assert live_records(store, 0) == live0
     assert list(store.scan(*pfs_range(1), history=True)) == all1
+
+
+def test_full_store_unlinks_after_a_commit_and_prune_makes_room(tmp_path):
+    from fs_helpers import disk_store
+
+    from hammerfs.errors import NoSpace
+    store = disk_store(tmp_path, 16 << 20)
+    try:
+        init_pfs_root(store, 0)
+        fs = FileSystem(store)
+        f = fs.create(R, b"fill", 0o644).obj_id
+        chunk = bytes(range(256)) * 4096
+        with pytest.raises(NoSpace):
+            for off in range(0, 64 << 20, len(chunk)):
+                fs.write(f, off, chunk)
+                store.commit()
+        store.commit()  # the mount's committer does this within a second
+        fs.unlink(R, b"fill")  # the reserve lets the inode updates of a delete through
+        store.commit()
+        with pytest.raises(NoSpace):
+            fs.write(fs.create(R, b"new", 0o644).obj_id, 0, chunk * 2)
+        free = store.space().free_bytes
+        assert prune_everything(store, 0) > 0
+        assert store.space().free_bytes - free > 8 << 20
+        fs.forget()
+        new = fs.lookup(R, b"new").obj_id
+        fs.write(new, 0, chunk * 2)
+        store.commit()
+        assert fs.read(new, 0, 3 << 20) == chunk * 2
+    finally:
+        store.close()

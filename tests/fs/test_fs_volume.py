@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -141,6 +142,18 @@ def test_flipped_bit_gives_eio_for_the_damaged_file_only(vol):
     run_hammer("umount", mp)
 
 
+def fill_until_enospc(path: str, chunk: bytes) -> int:
+    """Append ``chunk`` to ``path`` until the volume is full; returns the chunks written."""
+    n = 0
+    with pytest.raises(OSError) as err, open(path, "wb") as f:
+        for n in range(64):  # noqa: B007
+            f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    assert err.value.errno == errno.ENOSPC
+    return n
+
+
 def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
     path = tmp_path / "small.img"
     run_hammer("newfs", "--size", "16M", path)
@@ -149,24 +162,37 @@ def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
     mount(path, str(mp))
     try:
         chunk = os.urandom(1 << 20)
-        n = 0
-        with pytest.raises(OSError) as err, open(f"{mp}/fill", "wb") as f:
-            for n in range(64):  # noqa: B007
-                f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-        assert err.value.errno == errno.ENOSPC and n > 2
+        assert fill_until_enospc(f"{mp}/fill", chunk) > 2
         with open(f"{mp}/keep", "wb") as f:  # small metadata changes may still fail cleanly
             pass
         assert slurp(f"{mp}/fill")[: 1 << 20] == chunk
+        old = run_hammer("synctid", mp).stdout.strip()
         os.unlink(f"{mp}/fill")  # deletes proceed on a full volume
         assert "fill" not in os.listdir(mp)
         sv = os.statvfs(mp)
         assert sv.f_bfree < sv.f_blocks
+        with pytest.raises(OSError) as err, open(f"{mp}/again", "wb") as f:
+            f.write(chunk)  # history still holds the deleted data (even the create may fail)
+            f.flush()
+            os.fsync(f.fileno())
+        assert err.value.errno == errno.ENOSPC
+        if os.path.exists(f"{mp}/again"):
+            os.unlink(f"{mp}/again")
+        assert slurp(f"{mp}/@@{old}/fill")[: 1 << 20] == chunk
+        # prune-everything destroys that history, and the space comes back
+        out = run_hammer("prune-everything", mp).stdout
+        assert re.search(r"destroyed [1-9]\d* history versions, freed ([1-9]\d*\.\d) MiB",
+                         out), out
+        assert float(re.search(r"freed (\S+) MiB", out).group(1)) >= 2
+        with open(f"{mp}/again", "wb") as f:
+            f.write(chunk * 2)
+        assert slurp(f"{mp}/again") == chunk * 2
+        assert not os.path.exists(f"{mp}/@@{old}/fill")  # that history is gone
     finally:
         run_hammer("umount", mp)
+    assert run_hammer("scrub", path).stdout.strip().endswith("no damage found")
     mount(path, str(mp))
-    assert "fill" not in os.listdir(mp)
+    assert "fill" not in os.listdir(mp) and slurp(f"{mp}/again") == chunk * 2
     run_hammer("umount", mp)
 
 

@@ -271,15 +271,20 @@ class Store(PfsTable):
         _check_data(data)
         with self._lock:
             self._writable()
-            self._need(_ext_blocks(len(data)))
             now = time.time_ns()
             cur = self._current
             k = (*reckey, cur)
             # One descent serves the lookup of the live version and both changes: the ended
             # version and the new one sort next to each other in the same leaf.
             path, leaf, i = self._tree.locate(k)
+            same_key = i >= 0 and leaf.keys[i][:4] == reckey
+            live = same_key and (leaf.vals[i][0] == 0 or cur < leaf.vals[i][0])
+            ext = _ext_blocks(len(data))
+            # An inline update of a live record (an inode's nlink or mtime) goes with deletes
+            # (unlink, rmdir), so it may use the reserve that keeps deletes possible.
+            self._need(ext, privileged=live and ext == 0)
             val = self._store_data(data, 0, now, 0)
-            if i >= 0 and leaf.keys[i][:4] == reckey:
+            if same_key:
                 lk, lv = leaf.keys[i], leaf.vals[i]
                 if lk[4] != cur and (lv[0] == 0 or cur < lv[0]):  # visible: end it
                     self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
