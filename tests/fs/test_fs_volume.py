@@ -191,6 +191,12 @@ def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
     finally:
         run_hammer("umount", mp)
     assert run_hammer("scrub", path).stdout.strip().endswith("no damage found")
+    # the unmounted volume: only the overwritten root-directory versions are left to prune
+    assert re.match(r"PFS 0: destroyed [1-9]\d* history versions",
+                    run_hammer("prune-everything", path).stdout)
+    missing = run_hammer("prune-everything", f"{path}:00009", check=False)
+    assert missing.returncode == 1 and "PFS 9 does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
     mount(path, str(mp))
     assert "fill" not in os.listdir(mp) and slurp(f"{mp}/again") == chunk * 2
     run_hammer("umount", mp)
