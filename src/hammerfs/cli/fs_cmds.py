@@ -90,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "its snapshot records, keeping only the current state.  Space held by "
                        "deleted and overwritten data comes back (the way out of a full volume). "
                        "This cannot be undone: afterwards @@ paths, undo and as-of mounts "
-                       "at earlier TIDs no longer show the old data.")
+                       "at earlier TIDs no longer show the old data.  Mirror to every slave first: a slave "
+                       "that has not received a deletion yet does not learn of it afterwards.")
     _target_args(p)
     p.set_defaults(func=cmd_prune_everything)
 
