@@ -92,6 +92,15 @@ def _common(parser: argparse.ArgumentParser, *, key_file: bool = True,
                         help="do not ask for confirmation")
 
 
+
+def _new_key_args(p: argparse.ArgumentParser) -> None:
+    """Where the new passphrase comes from (add-key, change-key) and its KDF cost."""
+    p.add_argument("new_key_file_pos", metavar="NEW_KEY_FILE", nargs="?",
+                   help="file holding the new passphrase")
+    p.add_argument("--new-key-file", "--new-keyfile", metavar="FILE",
+                   help="file holding the new passphrase ('-' for stdin)")
+    add_kdf_args(p)
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
     luks = sub.add_parser(
@@ -125,11 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("add-key", help="add a passphrase in a new key slot")
     _common(p)
-    p.add_argument("new_key_file_pos", metavar="NEW_KEY_FILE", nargs="?",
-                   help="file holding the new passphrase")
-    p.add_argument("--new-key-file", "--new-keyfile", metavar="FILE",
-                   help="file holding the new passphrase ('-' for stdin)")
-    add_kdf_args(p)
+    _new_key_args(p)
     p.set_defaults(func=cmd_add_key)
 
     p = cmds.add_parser("remove-key", help="remove the key slot a passphrase opens")
@@ -145,11 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("change-key", help="change a passphrase")
     _common(p)
-    p.add_argument("new_key_file_pos", metavar="NEW_KEY_FILE", nargs="?",
-                   help="file holding the new passphrase")
-    p.add_argument("--new-key-file", "--new-keyfile", metavar="FILE",
-                   help="file holding the new passphrase ('-' for stdin)")
-    add_kdf_args(p)
+    _new_key_args(p)
     p.set_defaults(func=cmd_change_key)
 
     for name, func, text in (("header-backup", cmd_header_backup, "save the header to a file"),
