@@ -92,7 +92,6 @@ def _common(parser: argparse.ArgumentParser, *, key_file: bool = True,
                         help="do not ask for confirmation")
 
 
-
 def _new_key_args(p: argparse.ArgumentParser) -> None:
     """Where the new passphrase comes from (add-key, change-key) and its KDF cost."""
     p.add_argument("new_key_file_pos", metavar="NEW_KEY_FILE", nargs="?",
@@ -100,6 +99,7 @@ def _new_key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-key-file", "--new-keyfile", metavar="FILE",
                    help="file holding the new passphrase ('-' for stdin)")
     add_kdf_args(p)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
