@@ -149,6 +149,32 @@ def test_gap_is_refused():
     assert slave.get_pfs(1).sync_end_tid == 1
 
 
+def test_increment_across_pruned_history_is_refused():
+    from hammerfs.fs.history import prune_everything
+
+    master, slave = pair()
+    put(master, 1, 100, 0)
+    put(master, 1, 101, 0)
+    master.commit()
+    copy_local(master, 1, slave, 1)
+    master.delete((1, 101, RT, 0))
+    master.commit()
+    prune_everything(master, 1)  # the ended version of 101 is gone with the history
+    before = history(slave, 1, 1 << 63), slave.get_pfs(1)
+    with pytest.raises(HammerError, match="pruned"):
+        copy_local(master, 1, slave, 1)
+    with pytest.raises(HammerError, match="pruned"):
+        one_way(master, 1, begin=slave.get_pfs(1).sync_end_tid + 1)
+    assert (history(slave, 1, 1 << 63), slave.get_pfs(1)) == before
+    # a fresh slave gets the live state, without the deleted record
+    fresh = MemoryStore("f")
+    pfs_ops.create_slave(fresh, 1, master.get_pfs(1).shared_uuid)
+    copy_local(master, 1, fresh, 1)
+    end = fresh.get_pfs(1).sync_end_tid
+    assert visible(fresh, 1, end) == visible(master, 1, end)
+    assert fresh.get((1, 101, RT, 0)) is None
+
+
 def frames(raw: bytes) -> list[tuple[int, int]]:
     """(offset, length) of each frame of a stream."""
     out, off = [], 0

@@ -111,6 +111,19 @@ def plan_chunks(store: RecordStore, pfs: int, beg: int, end: int, chunk_bytes: i
     return Plan(chunks, total, count)
 
 
+def _complete_history_from(desc: PfsData, beg: int) -> int:
+    """Refuse an increment that needs history the source no longer has.  Deletions travel as
+    ended versions; after a prune (which moves sync_beg_tid up) the versions ended before
+    sync_beg_tid are gone, so a target behind that point would silently keep deleted files.
+    A first copy (the target synced to TID 1 or less, i.e. nothing) needs no history."""
+    if beg - 1 > 1 and beg < desc.sync_beg_tid:
+        raise HammerError(
+            f"the source's history before 0x{desc.sync_beg_tid:016x} was pruned, but the "
+            f"target is only synced up to 0x{beg - 1:016x}: deletions in between cannot be "
+            f"replayed.  Recreate the slave (pfs-destroy, then pfs-slave) for a full copy")
+    return beg
+
+
 class Source:
     """Runs one source session over a byte channel (``inp`` is None in one-way mode)."""
 
@@ -152,7 +165,7 @@ class Source:
         self.tx.send(s.HELLO, s.hello_payload(s.ROLE_SOURCE))
         self.tx.send(s.PFSD, s.pfsd_payload(self.pfs, desc), flush=True)
         if self.rx is None:
-            return max(1, self.opts.begin_tid)
+            return _complete_history_from(desc, max(1, self.opts.begin_tid))
         frame = self._recv()
         if s.decode_hello(frame) != s.ROLE_TARGET:
             raise s.StreamError("the mirror peer is not a target (mirror-write)")
@@ -161,7 +174,7 @@ class Source:
         if target.shared_uuid != desc.shared_uuid:
             raise HammerError(f"shared-uuid mismatch: source {desc.shared_uuid}, "
                               f"target {target.shared_uuid}")
-        return self._start_tid(desc, target)
+        return _complete_history_from(desc, self._start_tid(desc, target))
 
     def _start_tid(self, desc: PfsData, target: PfsData) -> int:
         """Two-way mode: continue after the target's sync point.  A downgraded ex-master may
