@@ -9,6 +9,7 @@ import re
 
 from hammerfs.cli.volume import add_volume_args, open_volume_device
 from hammerfs.errors import HammerError, NotAVolume
+from hammerfs.fs.filesystem import init_pfs_root
 from hammerfs.store.format import FORMAT_VERSION, STORE_PFS
 from hammerfs.store.records import MAX_U64
 from hammerfs.store.scrub import scrub
@@ -111,6 +112,7 @@ def _newfs(args: argparse.Namespace) -> int:
     except BaseException:
         dev.close()
         raise
+    init_pfs_root(store, 0)  # a complete, empty filesystem, usable unmounted too
     space = store.space()
     print(f"newfs: {args.volume}: {_human(space.total_bytes)}, label {store.label!r}, "
           f"uuid {store.uuid}")
