@@ -15,6 +15,7 @@ read is verified up to the header (a Merkle tree).
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -131,19 +132,23 @@ LeafVal = tuple[int, int, int, int, int, bytes, "bytes | None"]
 
 
 def encode_leaf(keys: list[FullKey], vals: list[LeafVal]) -> tuple[bytes, int]:
-    """Pack a leaf into one block; returns (block, max tid of its entries)."""
-    ents = []
-    heap = []
-    max_tid = 0
+    """Pack a leaf into one block; returns (block, max tid of its entries).  All entries are
+    packed by one C call (a struct per entry count), since commits re-encode many leaves."""
+    flat: list = []
     for k, v in zip(keys, vals, strict=True):
-        dtid, cts, dts, dlen, doff, dcsum, inline = v
-        ents.append(_LEAF.pack(*k, dtid, cts, dts, dlen, doff, dcsum))
-        if inline is not None:
-            heap.append(inline)
-        max_tid = max(max_tid, k[4], dtid)
-    heap_bytes = b"".join(heap)
-    body = _NODE_HDR.pack(NODE_MAGIC, 0, 0, len(keys), len(heap_bytes), max_tid) + b"".join(ents)
+        flat += k
+        flat += v[:6]
+    heap_bytes = b"".join([v[6] for v in vals if v[6] is not None])
+    max_tid = max(max([k[4] for k in keys], default=0), max([v[0] for v in vals], default=0))
+    body = _NODE_HDR.pack(NODE_MAGIC, 0, 0, len(keys), len(heap_bytes), max_tid) \
+        + _leaf_entries(len(keys)).pack(*flat)
     return _pad_node(body + heap_bytes), max_tid
+
+
+@functools.cache
+def _leaf_entries(count: int) -> struct.Struct:
+    """The struct of ``count`` consecutive leaf entries."""
+    return struct.Struct("<" + _LEAF.format[1:] * count)
 
 
 def encode_inner(level: int, keys: list[FullKey], refs: list) -> tuple[bytes, int]:

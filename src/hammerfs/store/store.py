@@ -13,7 +13,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import CorruptionError, HammerError, NoSpace, NotAVolume, ReadOnly
@@ -209,7 +209,7 @@ class Store(PfsTable):
             if k[:4] != reckey or (v[0] and tid >= v[0]):
                 return None
             data = v[6] if not v[4] else self._data(k, v)
-            return Record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
+            return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def _visible(self, reckey: RecKey, tid: int) -> tuple[FullKey, LeafVal] | None:
         hit = self._tree.floor((*reckey, tid))
@@ -253,7 +253,7 @@ class Store(PfsTable):
 
     def _record(self, k: FullKey, v: LeafVal, with_data: bool) -> Record:
         data = self._data(k, v) if with_data else None
-        return Record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
+        return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def _data(self, k: FullKey, v: LeafVal) -> bytes:
         if not v[4]:
@@ -293,7 +293,7 @@ class Store(PfsTable):
             self._dirty = True
             self._next_obj = max(self._next_obj, reckey[1] + 1)
             self._max_tid_seen = max(self._max_tid_seen, cur)
-            return Record(*reckey, cur, 0, now, 0, bytes(data))
+            return _make_record(*reckey, cur, 0, now, 0, bytes(data))
 
     def delete(self, reckey: RecKey) -> bool:
         _check_key(reckey)
@@ -501,6 +501,33 @@ def _write_coalesced(device, writes: list[tuple[int, bytes]]) -> None:
             end += len(writes[i][1])
             i += 1
         device.write(start, b"".join(parts) if len(parts) > 1 else parts[0])
+
+
+def _record_factory():
+    """A Record constructor for the hot paths: a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``; setting the slots directly builds the same object
+    (equal, same hash) in about half the time."""
+    new = object.__new__
+    s_pfs, s_obj, s_type, s_key, s_ctid, s_dtid, s_cts, s_dts, s_data = (
+        getattr(Record, f.name).__set__ for f in fields(Record))
+
+    def make(pfs: int, obj_id: int, rec_type: int, key: int, create_tid: int, delete_tid: int,
+             create_ts: int, delete_ts: int, data: bytes | None) -> Record:
+        rec = new(Record)
+        s_pfs(rec, pfs)
+        s_obj(rec, obj_id)
+        s_type(rec, rec_type)
+        s_key(rec, key)
+        s_ctid(rec, create_tid)
+        s_dtid(rec, delete_tid)
+        s_cts(rec, create_ts)
+        s_dts(rec, delete_ts)
+        s_data(rec, data)
+        return rec
+    return make
+
+
+_make_record = _record_factory()
 
 
 def _blocks(length: int) -> int:
