@@ -1,15 +1,18 @@
 """The hot-path shortcuts build exactly what the plain code would: leaves packed in one call
-decode back to the same entries with the per-entry layout, and the fast Record constructor
-gives records equal (and as frozen) as Record(...)."""
+decode back to the same entries with the per-entry layout, the fast Record constructor gives
+records equal (and as frozen) as Record(...), and a commit's batched release of freed nodes
+leaves the free-map exactly as freeing them one by one does."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hammerfs.store.alloc import Allocator
 from hammerfs.store.format import (
     _LEAF,
     _NODE_HDR,
@@ -81,3 +84,24 @@ def test_fast_records_equal_plain_records(k, dtid, cts, dts, data):
     assert fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.key = 0
+
+
+def _full_allocator() -> Allocator:
+    alloc = Allocator.fresh(70_000, 3, 40, (2, 8), 1)  # 3 free-map pages, 9 big-blocks
+    alloc.mark_used(40, 69_000)
+    alloc.dirty_pages = [set(), set()]
+    return alloc
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(40, 69_039), min_size=1, max_size=400))
+def test_batched_release_of_single_blocks_matches_freeing_one_by_one(blocks):
+    one_by_one, batched = _full_allocator(), _full_allocator()
+    for block in blocks:
+        one_by_one._mark(block, 1, False)
+    batched._free_singles(np.array(sorted(blocks), dtype=np.int64))
+    assert bytes(batched.bits) == bytes(one_by_one.bits)
+    assert batched.bb_used.tolist() == one_by_one.bb_used.tolist()
+    assert batched.free_blocks == one_by_one.free_blocks
+    assert batched.dirty_pages == one_by_one.dirty_pages
+    assert batched.free_blocks == 70_000 - 69_040 + len(blocks)

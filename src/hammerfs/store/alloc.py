@@ -94,6 +94,17 @@ class Allocator:
             self.dirty_pages[0].add(page)
             self.dirty_pages[1].add(page)
 
+    def _free_singles(self, blocks: np.ndarray) -> None:
+        """Mark many single blocks free at once: a commit replaces thousands of B-tree nodes,
+        and one numpy pass beats a bit-unpacking ``_mark`` per block."""
+        masks = np.bitwise_not(np.left_shift(1, blocks & 7).astype(np.uint8))
+        np.bitwise_and.at(self.bits, blocks >> 3, masks)
+        np.add.at(self.bb_used, blocks // BLOCKS_PER_BIGBLOCK, -1)
+        self.free_blocks += len(blocks)
+        for page in np.unique(blocks // BITS_PER_PAGE).tolist():
+            self.dirty_pages[0].add(page)
+            self.dirty_pages[1].add(page)
+
     def _mark(self, block: int, count: int, used: bool) -> None:
         self._set_range(block, count, used)
         delta = count if used else -count
@@ -212,8 +223,12 @@ class Allocator:
     def release_pending(self) -> None:
         """Called by commit once no more blocks will be allocated before the header write:
         the map written now (and every later allocation) treats the freed blocks as free."""
+        singles = [block for block, count in self.pending if count == 1]
         for block, count in self.pending:
-            self._mark(block, count, False)
+            if count != 1:
+                self._mark(block, count, False)
+        if singles:
+            self._free_singles(np.array(singles, dtype=np.int64))
         self.pending.clear()
         self.txn_allocated.clear()
 
