@@ -194,8 +194,15 @@ def test_luks1_payload_written_by_qemu_reads_here(tmp_path):
 @needs_qemu
 def test_luks1_made_by_qemu_unlocks_here(tmp_path):
     image = tmp_path / "q.img"
-    run("qemu-img", "create", "-f", "luks", *qemu_secret(), "-o", "key-secret=s0,iter-time=10",
-        image, "4M")
+    cmd = ("qemu-img", "create", "-f", "luks", *qemu_secret(), "-o",
+           "key-secret=s0,iter-time=10", image, "4M")
+    # qemu's own PBKDF benchmark sometimes fails on a busy machine ("Unable to get accurate
+    # CPU usage"); that is qemu's measurement, not what this test checks, so try again.
+    for _ in range(3):
+        proc = run(*cmd, check=False)
+        if b"accurate CPU usage" not in proc.stderr:
+            break
+    assert proc.returncode == 0, proc.stderr.decode()
     kf = keyfile(tmp_path)
     assert our_unlock(image)[1] == cs_volume_key(image, kf)
 
