@@ -167,15 +167,16 @@ class FileSystem:
                 return entry
         return None
 
-    def _free_key(self, dir_obj: int, name: bytes) -> int:
+    def _free_key(self, obj: int, rec_type: int, name: bytes) -> int:
+        """The first unused key for ``name`` among its hash collisions (dirents, xattrs)."""
         h = name_hash(name)
-        lo, hi = self._key(dir_obj, REC_DIRENT, h), self._key(dir_obj, REC_DIRENT, h | COLLISION_MASK)
+        lo, hi = self._key(obj, rec_type, h), self._key(obj, rec_type, h | COLLISION_MASK)
         used = {rec.key for rec in self.store.scan(lo, hi, with_data=False)}
         key = h
         while key in used:
             key += 1
         if key > (h | COLLISION_MASK):
-            raise FsError(errno.ENOSPC, "too many directory name hash collisions")
+            raise FsError(errno.ENOSPC, "too many name hash collisions")
         return key
 
     def lookup(self, dir_obj: int, name: bytes) -> Inode:
@@ -196,7 +197,7 @@ class FileSystem:
             yield decode_dirent(rec.key, rec.data)
 
     def _add_entry(self, dir_obj: int, name: bytes, child: Inode) -> None:
-        key = self._free_key(dir_obj, name)
+        key = self._free_key(dir_obj, REC_DIRENT, name)
         self.store.put(self._key(dir_obj, REC_DIRENT, key),
                        encode_dirent(child.obj_id, child.mode, name))
 
@@ -524,15 +525,7 @@ class FileSystem:
             raise FsError(errno.EEXIST, "attribute exists")
         if found is None and flags & XATTR_REPLACE:
             raise FsError(errno.ENODATA, "no such attribute")
-        if found is not None:
-            key = found[0]
-        else:
-            h = name_hash(name)
-            lo, hi = self._key(obj, REC_XATTR, h), self._key(obj, REC_XATTR, h | COLLISION_MASK)
-            used = {rec.key for rec in self.store.scan(lo, hi, with_data=False)}
-            key = h
-            while key in used:
-                key += 1
+        key = found[0] if found is not None else self._free_key(obj, REC_XATTR, name)
         self.store.put(self._key(obj, REC_XATTR, key), encode_xattr(name, value))
         self._put_inode(ino.evolve(ctime=now_ns()))
 
