@@ -1,20 +1,30 @@
-"""Batched XTS equals per-sector XTS (cryptography's XTS mode as the independent oracle), and
-LuksDevice behaves like a plain byte array at any offset (hypothesis)."""
+"""Batched XTS equals per-sector XTS (cryptography's XTS mode as the independent oracle) with
+both tweak backends (the compiled _xtsfast helper and the numpy fallback), the helper equals a
+pure-Python GF(2^128) model, and LuksDevice behaves like a plain byte array at any offset."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hammerfs.errors import HammerError, ReadOnly
+from hammerfs.luks import xts
 from hammerfs.luks.device import LuksDevice
 from hammerfs.luks.xts import XtsCipher
 
 KEY = bytes(range(1, 65))
+# Set by scripts/test (CI): the compiled helper must be built and used there, never the
+# fallback in silence.
+REQUIRE_COMPILED = os.environ.get("HAMMERFS_REQUIRE_XTSFAST") == "1"
+needs_compiled = pytest.mark.skipif(
+    xts._xtsfast is None and not REQUIRE_COMPILED,
+    reason="hammerfs.luks._xtsfast not built here (pip install -e . builds it)")
+BACKENDS = [pytest.param("compiled", marks=needs_compiled), "numpy"]
 
 
 def reference(key: bytes, data: bytes, first_iv: int, sector: int, step: int,
@@ -28,20 +38,101 @@ def reference(key: bytes, data: bytes, first_iv: int, sector: int, step: int,
     return bytes(out)
 
 
+def test_ci_runs_the_compiled_helper():
+    """CI exports HAMMERFS_REQUIRE_XTSFAST=1: there the extension must have been built and
+    must be what XtsCipher picks by default."""
+    if not REQUIRE_COMPILED:
+        pytest.skip("HAMMERFS_REQUIRE_XTSFAST is not set (scripts/test sets it)")
+    assert xts._xtsfast is not None, "hammerfs.luks._xtsfast did not import"
+    assert XtsCipher(KEY).backend == "compiled"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=60, deadline=None)
 @given(sector=st.sampled_from([512, 1024, 2048, 4096]), count=st.integers(1, 40),
        first_iv=st.integers(0, 2**64 - 1), key_size=st.sampled_from([32, 64]),
        decrypt=st.booleans(), seed=st.binary(min_size=8, max_size=8))
-def test_batched_xts_matches_per_sector(sector, count, first_iv, key_size, decrypt, seed):
+def test_batched_xts_matches_per_sector(backend, sector, count, first_iv, key_size, decrypt,
+                                        seed):
     key = (seed * 8)[:key_size // 2] + KEY[:key_size // 2]
     data = os.urandom(sector * count)
-    ours = XtsCipher(key).crypt(data, first_iv, sector, sector // 512, decrypt=decrypt)
+    ours = XtsCipher(key, backend=backend).crypt(data, first_iv, sector, sector // 512,
+                                                 decrypt=decrypt)
     assert bytes(ours) == reference(key, data, first_iv, sector, sector // 512, decrypt)
 
 
+def model_xor_tweaks(data: bytes, enc_ivs: bytes, sector: int) -> bytes:
+    """The helper's contract in plain Python integers: block j of sector s XOR T_s * x^j."""
+    out = bytearray()
+    for s in range(len(data) // sector):
+        tweak = int.from_bytes(enc_ivs[16 * s:16 * s + 16], "little")
+        for pos in range(s * sector, (s + 1) * sector, 16):
+            block = int.from_bytes(data[pos:pos + 16], "little") ^ tweak
+            out += block.to_bytes(16, "little")
+            tweak = ((tweak << 1) & (2**128 - 1)) ^ (0x87 if tweak >> 127 else 0)
+    return bytes(out)
+
+
+@needs_compiled
+@settings(max_examples=40, deadline=None)
+@given(sector=st.sampled_from([16, 48, 512, 4096]), count=st.integers(0, 9),
+       in_place=st.booleans(), seed=st.binary(min_size=16, max_size=16))
+def test_compiled_helper_matches_the_gf_model(sector, count, in_place, seed):
+    from hammerfs.luks import _xtsfast
+    data = os.urandom(sector * count)
+    # All-ones tweaks exercise the x^128 reduction on every step; the seed varies the rest.
+    enc_ivs = b"".join((bytes([0xFF]) * 16 if i % 3 == 0 else seed[i % 16:] + seed[:i % 16])
+                       for i in range(count))
+    expected = model_xor_tweaks(data, enc_ivs, sector)
+    if in_place:
+        buf = bytearray(data)
+        _xtsfast.xor_tweaks(buf, enc_ivs, sector)
+    else:
+        buf = np.zeros(len(data), dtype=np.uint8)     # any writable contiguous buffer
+        _xtsfast.xor_tweaks(buf, memoryview(enc_ivs), sector, src=data)
+    assert bytes(buf) == expected
+
+
+@needs_compiled
+@pytest.mark.parametrize("args, message", [
+    ((bytearray(1000), bytes(16), 512), "whole number"),
+    ((bytearray(1024), bytes(16), 512), "need 32 bytes of IVs"),
+    ((bytearray(1024), bytes(48), 512), "need 32 bytes of IVs"),
+    ((bytearray(1024), bytes(32), 0), "positive multiple of 16"),
+    ((bytearray(1024), bytes(32), 520), "positive multiple of 16"),
+    ((bytearray(1024), bytes(32), 512, bytes(512)), "differs"),
+])
+def test_compiled_helper_checks_bounds(args, message):
+    from hammerfs.luks import _xtsfast
+    with pytest.raises(ValueError, match=message):
+        _xtsfast.xor_tweaks(*args)
+
+
+@needs_compiled
+def test_compiled_helper_refuses_read_only_and_strided_buffers():
+    from hammerfs.luks import _xtsfast
+    with pytest.raises(TypeError):
+        _xtsfast.xor_tweaks(bytes(512), bytes(16), 512)
+    strided = np.zeros(2048, dtype=np.uint8)[::2]
+    with pytest.raises((TypeError, BufferError, ValueError)):
+        _xtsfast.xor_tweaks(strided, bytes(32), 512)
+
+
+def test_without_the_extension_the_numpy_fallback_is_used(monkeypatch):
+    monkeypatch.setattr(xts, "_xtsfast", None)
+    assert xts.default_backend() == "numpy"
+    data = os.urandom(8 * 4096)
+    assert bytes(XtsCipher(KEY).encrypt(data, 3, 4096, 8)) == reference(KEY, data, 3, 4096, 8)
+    with pytest.raises(HammerError, match="not built"):
+        XtsCipher(KEY, backend="compiled")
+    with pytest.raises(HammerError, match="unknown xts backend"):
+        XtsCipher(KEY, backend="openssl")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_large_batches_and_buffer_reuse(threads):
-    cipher = XtsCipher(KEY, threads=threads)
+def test_large_batches_and_buffer_reuse(threads, backend):
+    cipher = XtsCipher(KEY, threads=threads, backend=backend)
     for size, sector in ((1 << 20, 4096), (1 << 20, 512), (3 * 4096, 4096), (2 << 20, 512)):
         data = os.urandom(size)
         assert bytes(cipher.encrypt(data, 77, sector, sector // 512)) == \

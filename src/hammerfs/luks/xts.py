@@ -1,10 +1,12 @@
 """Batched AES-XTS with the ``plain64`` IV, as dm-crypt/cryptsetup use it.
 
 One cipher call per sector costs ~20 us in Python, so runs of sectors are processed together:
-one AES-ECB call (key 2) turns every sector's IV into its first tweak, numpy multiplies those
-by alpha^j in GF(2^128) to get the tweak of every 16-byte block, and one AES-ECB call (key 1)
-over the whole buffer, between two XORs with the tweaks, does the data.  The output is
+one AES-ECB call (key 2) turns every sector's IV into its first tweak T, the compiled helper
+``_xtsfast.xor_tweaks`` XORs every 16-byte block j with T * x^j (GF(2^128)), one AES-ECB call
+(key 1) does the whole buffer, and a second ``xor_tweaks`` pass finishes it.  The output is
 byte-identical to per-sector XTS (sector sizes are multiples of 16, so no ciphertext stealing).
+Without the extension (a checkout nobody built), ``xts_numpy`` computes the tweaks instead,
+about 4x slower.
 
 The plain64 IV counts 512-byte units from the start of the segment (plus ``iv_tweak``), even
 when the encryption sector is 4096 bytes: callers pass the IV of the first sector and the step.
@@ -19,135 +21,84 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from hammerfs.errors import HammerError
+from hammerfs.luks.xts_numpy import NumpyTweaks
+
+try:
+    from hammerfs.luks import _xtsfast
+except ImportError:     # not built: pip install -e . (scripts/bootstrap) builds it
+    _xtsfast = None
 
 AES_BLOCK = 16
-MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-# Tweak j of a sector is T0 * x^j.  Blocks are grouped in columns of STEP: for b < STEP,
-# x^b is a shift whose overflow (< 2^STEP) times the reduction polynomial 0x87 still fits in
-# 64 bits, so group 0 is T0 times per-column shift amounts, and each later group is the
-# previous one times x^STEP.  Numpy works fastest on full contiguous operands (broadcasting
-# and strides cost 2-4x), so the shift amounts and T0 are expanded to full planes first.
-# Numpy defines shifts by >= 64 bits as giving 0, which makes column 0 (k = 0) work too.
-STEP = 32
-_U64 = np.uint64
+BACKENDS = ("compiled", "numpy")
 
 
-class _TweakWorkspace:
-    """Preallocated arrays for the tweak computation (fresh multi-hundred-KiB temporaries
-    cost page faults on every call).  Planes are (group, sector, column) so every group is
-    one contiguous block, interleaved into (sector, block, word) order once at the end."""
+def default_backend() -> str:
+    """The tweak backend XtsCipher uses unless told otherwise."""
+    return "compiled" if _xtsfast is not None else "numpy"
+
+
+class CompiledTweaks:
+    """The tweaks of one request, recomputed by the C helper on every ``xor`` (storing 1 MiB
+    of tweaks between the two passes would cost more than the shifts)."""
 
     def __init__(self) -> None:
-        self.capacity = 0
-        self.planes = np.empty(0, dtype=np.uint64)
-        self.tweaks = np.empty(0, dtype=np.uint64)
-        self.shift_key: tuple[int, int] = (0, 0)
-        self.shifts = (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64))
+        if _xtsfast is None:
+            raise HammerError("the compiled XTS helper hammerfs.luks._xtsfast is not built "
+                              "(run scripts/bootstrap or pip install -e .)")
+        self.enc_ivs = np.empty(0, dtype=np.uint64)
+        self.sector_size = AES_BLOCK
 
-    def arrays(self, count: int, blocks: int) -> tuple[np.ndarray, ...]:
-        """(tweaks, lo, hi, overflow, tmp, first_lo, first_hi, k, 64 - k): lo..tmp are
-        (groups, count, width) planes; the rest are (count, width): the expanded first tweak
-        and the per-column shift amounts of group 0."""
-        need = count * blocks
-        if need > self.capacity:
-            self.capacity = need
-            self.planes = np.empty(need * 6, dtype=np.uint64)
-            self.tweaks = np.empty(need * 2, dtype=np.uint64)
-        width = min(STEP, blocks)
-        if self.shift_key != (count, width):
-            k = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype=np.uint64),
-                                                     (count, width)))
-            self.shifts, self.shift_key = (k, _U64(64) - k), (count, width)
-        shape = (blocks // width, count, width)
-        planes = [self.planes[i * need:(i + 1) * need].reshape(shape) for i in range(4)]
-        group0 = count * width
-        firsts = [self.planes[4 * need + i * group0:4 * need + (i + 1) * group0]
-                  .reshape(count, width) for i in range(2)]
-        return (self.tweaks[:need * 2].reshape(count, blocks // width, width, 2), *planes,
-                *firsts, *self.shifts)
+    def prepare(self, enc_ivs: np.ndarray, sector_size: int) -> None:
+        self.enc_ivs, self.sector_size = enc_ivs, sector_size
 
-
-def _mul_xk_into(lo: np.ndarray, hi: np.ndarray, k, rk, out_lo: np.ndarray,
-                 out_hi: np.ndarray, overflow: np.ndarray, tmp: np.ndarray) -> None:
-    """(out_lo, out_hi) = (lo, hi) * x^k in GF(2^128) (XTS's little-endian convention), for
-    0 <= k < STEP; ``rk`` is 64 - k; k/rk are scalars or arrays of the output's shape.
-    ``out_*`` may not alias the inputs; ``overflow`` and ``tmp`` are scratch."""
-    np.right_shift(hi, rk, out=overflow)
-    np.left_shift(hi, k, out=out_hi)
-    np.right_shift(lo, rk, out=tmp)
-    np.bitwise_or(out_hi, tmp, out=out_hi)
-    np.left_shift(lo, k, out=out_lo)
-    # overflow * x^128 == overflow * (x^7 + x^2 + x + 1): a carry-less multiply by 0x87.
-    np.bitwise_xor(out_lo, overflow, out=out_lo)
-    for shift in (_U64(1), _U64(2), _U64(7)):
-        np.left_shift(overflow, shift, out=tmp)
-        np.bitwise_xor(out_lo, tmp, out=out_lo)
-
-
-def block_tweaks(first: np.ndarray, blocks: int,
-                 workspace: _TweakWorkspace | None = None) -> np.ndarray:
-    """Tweaks of every 16-byte block: ``first`` is (n, 2) uint64 (lo, hi) encrypted IVs;
-    returns (n, blocks, 2) uint64 with [:, j] = first * x^j (a view into the workspace)."""
-    ws = workspace or _TweakWorkspace()
-    n = first.shape[0]
-    tweaks, lo, hi, overflow, tmp, first_lo, first_hi, k, rk = ws.arrays(n, blocks)
-    np.copyto(first_lo, first[:, 0:1])
-    np.copyto(first_hi, first[:, 1:2])
-    _mul_xk_into(first_lo, first_hi, k, rk, lo[0], hi[0], overflow[0], tmp[0])
-    step, rstep = _U64(STEP), _U64(64 - STEP)
-    for group in range(1, lo.shape[0]):
-        _mul_xk_into(lo[group - 1], hi[group - 1], step, rstep, lo[group], hi[group],
-                     overflow[group], tmp[group])
-    tweaks[..., 0] = lo.transpose(1, 0, 2)
-    tweaks[..., 1] = hi.transpose(1, 0, 2)
-    return tweaks.reshape(n, blocks, 2)
+    def xor(self, dst: memoryview, src: memoryview) -> None:
+        """dst = src ^ tweaks (whole sectors, as many as prepared)."""
+        _xtsfast.xor_tweaks(dst, self.enc_ivs, self.sector_size, src)
 
 
 class _Lane:
     """One worker's ECB contexts and scratch buffers (cryptography's contexts are not for
     concurrent use, and the buffers are reused between calls)."""
 
-    def __init__(self, data_key: bytes, tweak_key: bytes):
+    def __init__(self, data_key: bytes, tweak_key: bytes, backend: str):
         data_aes = algorithms.AES(data_key)
         self.data_enc = Cipher(data_aes, modes.ECB()).encryptor()
         self.data_dec = Cipher(data_aes, modes.ECB()).decryptor()
         self.tweak_enc = Cipher(algorithms.AES(tweak_key), modes.ECB()).encryptor()
         self.lock = threading.Lock()
-        self.workspace = _TweakWorkspace()
+        self.tweaks = CompiledTweaks() if backend == "compiled" else NumpyTweaks()
         self.scratch_in = bytearray(0)
         self.scratch_out = bytearray(0)
 
-    def _scratch(self, size: int) -> tuple[np.ndarray, memoryview, memoryview]:
+    def _scratch(self, size: int) -> tuple[memoryview, memoryview]:
         # update_into wants room for one block more than it writes.
         if len(self.scratch_in) < size:
             self.scratch_in = bytearray(size)
             self.scratch_out = bytearray(size + AES_BLOCK)
-        return (np.frombuffer(self.scratch_in, dtype=np.uint64, count=size // 8),
-                memoryview(self.scratch_in)[:size], memoryview(self.scratch_out))
+        return memoryview(self.scratch_in)[:size], memoryview(self.scratch_out)
 
-    def _tweaks(self, count: int, first_iv: int, iv_step: int, blocks: int) -> np.ndarray:
+    def _encrypted_ivs(self, count: int, first_iv: int, iv_step: int) -> np.ndarray:
+        """(2 * count,) uint64: AES_k2 of each sector's IV, i.e. its first tweak (lo, hi)."""
         ivs = np.zeros((count, 2), dtype=np.uint64)
-        # plain64: the IV is the 64-bit little-endian sector number, upper half zero.
+        # plain64: the IV is the 64-bit little-endian sector number, upper half zero
+        # (numpy's uint64 arithmetic wraps mod 2^64, as the IV does).
         ivs[:, 0] = (np.arange(count, dtype=np.uint64) * np.uint64(iv_step)
                      + np.uint64(first_iv & 0xFFFFFFFFFFFFFFFF))
         encrypted = np.empty((count * 2 + 2,), dtype=np.uint64)
         self.tweak_enc.update_into(ivs.view(np.uint8).reshape(-1), encrypted.view(np.uint8))
-        return block_tweaks(encrypted[:count * 2].reshape(count, 2), blocks, self.workspace)
+        return encrypted[:count * 2]
 
     def run(self, data: memoryview, out: memoryview, first_iv: int, sector_size: int,
             iv_step: int, decrypt: bool) -> None:
         size = len(data)
-        words = size // 8
         ctx = self.data_dec if decrypt else self.data_enc
         with self.lock:
-            tweaks = self._tweaks(size // sector_size, first_iv, iv_step,
-                                  sector_size // AES_BLOCK).reshape(-1)
-            work, work_view, ecb_out = self._scratch(size)
-            np.bitwise_xor(np.frombuffer(data, dtype=np.uint64, count=words), tweaks, out=work)
-            ctx.update_into(work_view, ecb_out)
-            np.bitwise_xor(np.frombuffer(ecb_out, dtype=np.uint64, count=words), tweaks,
-                           out=np.frombuffer(out, dtype=np.uint64, count=words))
+            self.tweaks.prepare(self._encrypted_ivs(size // sector_size, first_iv, iv_step),
+                                sector_size)
+            work, ecb_out = self._scratch(size)
+            self.tweaks.xor(work, data)
+            ctx.update_into(work, ecb_out)
+            self.tweaks.xor(out, ecb_out[:size])
 
 
 # Below this, splitting a request between threads costs more than it saves.
@@ -157,22 +108,25 @@ PARALLEL_MIN = 256 * 1024
 class XtsCipher:
     """AES-XTS over whole sectors with plain64 IVs; one key schedule for the device's life.
 
-    With ``threads`` > 1, large requests are split between lanes: numpy releases the GIL, so
-    one half's tweak arithmetic can run while the other half is in AES.  The default is one
-    lane: on the shared 2-vCPU machines measured (bench/xts_bench.py) two lanes were never
-    faster, as the GIL hand-offs between ~100 short numpy calls per half and CPU contention
-    ate the overlap.  Thread-safe either way.
+    With ``threads`` > 1, large requests are split between lanes (AES and the tweak helper
+    both release the GIL).  The default is one lane: see docs/performance.md for why.
+    ``backend`` picks the tweak arithmetic ("compiled" or "numpy"; default: compiled when
+    built).  Thread-safe either way.
     """
 
-    def __init__(self, key: bytes, threads: int | None = None):
+    def __init__(self, key: bytes, threads: int | None = None, *, backend: str | None = None):
         if len(key) not in (32, 64):
             raise HammerError(f"aes-xts needs a 256- or 512-bit key, not {len(key) * 8} bits")
         half = len(key) // 2
         if key[:half] == key[half:]:
             # Same rule as the kernel's xts_verify_key in FIPS mode; a LUKS key never repeats.
             raise HammerError("aes-xts key halves are identical")
+        backend = backend or default_backend()
+        if backend not in BACKENDS:
+            raise HammerError(f"unknown xts backend {backend!r} (one of {', '.join(BACKENDS)})")
+        self.backend = backend
         count = threads or 1
-        self._lanes = [_Lane(key[:half], key[half:]) for _ in range(max(1, count))]
+        self._lanes = [_Lane(key[:half], key[half:], backend) for _ in range(max(1, count))]
         self._pool: ThreadPoolExecutor | None = None
         self._xts_key = algorithms.AES(key)   # for the per-sector path (XTS mode, full key)
 
@@ -188,9 +142,9 @@ class XtsCipher:
             return
         src, dst = memoryview(data).cast("B"), memoryview(out).cast("B")
         sectors = size // sector_size
-        if sectors <= sector_size // 512:
-            # A few sectors: per-sector XTS calls (~20 us each) beat the batch's fixed cost
-            # (~50 us + ~25 us per 512 bytes of sector for the tweak arithmetic).
+        if self.backend == "numpy" and sectors <= sector_size // 512:
+            # A few sectors: per-sector XTS calls (~20 us each) beat numpy's fixed cost (~50 us
+            # + ~25 us per 512 bytes of sector).  The compiled batch wins even for one sector.
             self._per_sector(src, dst, first_iv, sector_size, iv_step, decrypt)
             return
         lanes = len(self._lanes) if size >= PARALLEL_MIN else 1
