@@ -63,7 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-u", dest="undo_name", action="store_true",
                    help="write the version to PATH.undo.<tid>")
     p.add_argument("-r", "--restore", action="store_true",
-                   help="restore the file in place: bytes, mode, owner, times and xattrs")
+                   help="restore PATH in place as of the TID: a file's bytes, mode, owner, "
+                   "atime/mtime and xattrs (a deleted file is recreated); a directory as a "
+                   "whole tree: entries it had are restored the same way (recreated if "
+                   "deleted), entries created since are removed with everything below them; "
+                   "ctime becomes now.  Refused if PATH now is another kind of object")
     p.add_argument("path", metavar="PATH")
     _volume_args(p)
     p.set_defaults(func=cmd_undo)
@@ -354,7 +358,8 @@ def cmd_undo(args: argparse.Namespace) -> int:
         if args.restore:
             done = t.call("restore", relpath=t.relpath, tid=tid)
             print(f"{args.path}: restored the version as of {format_tid(tid)} "
-                  f"(new version {format_tid(done['tid'])})")
+                  f"(new version {format_tid(done['tid'])}; {done['created']} created, "
+                  f"{done['updated']} updated, {done['removed']} removed)")
             return 0
         out = args.output or (f"{args.path}.undo.{format_tid(tid)}" if args.undo_name else None)
         chunks = t.read_version(t.relpath, tid)

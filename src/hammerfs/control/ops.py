@@ -67,12 +67,20 @@ def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None)
     return {}
 
 
+MAX_INVALIDATIONS = 1000  # past this many changed names, dropping the top one is cheaper
+
+
 def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
+    """undo -r: a file or a whole directory tree as of a TID (fs.history.restore)."""
+    relpath = args["relpath"]
     with ctx.lock:
-        ino = history.restore(ctx.ns, args["relpath"], int(args["tid"]))
+        done = history.restore(ctx.ns, relpath, int(args["tid"]))
         tid = ctx.store.commit()
-    ctx.invalidate(args["relpath"])
-    return {"obj_id": ino.obj_id, "tid": tid}
+    changed = done.changed if len(done.changed) <= MAX_INVALIDATIONS else []
+    for path in [*changed, history.split_path(relpath)]:
+        ctx.invalidate(path.decode("utf-8", "surrogateescape"))
+    return {"obj_id": done.inode.obj_id, "tid": tid, "created": done.created,
+            "removed": done.removed, "updated": done.updated}
 
 
 def _pfs_view(ctx: ControlContext, relpath: str):

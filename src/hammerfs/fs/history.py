@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hammerfs.errors import ReadOnly
 from hammerfs.fs.filesystem import FileSystem, FsError, now_ns
@@ -77,58 +77,219 @@ def read_all(fs: FileSystem, ino: Inode, chunk: int = 1 << 20):
         yield fs.read(ino.obj_id, off, chunk)
 
 
-def restore(ns: Namespace, relpath: str, tid: int) -> Inode:
-    """Make the live ``relpath`` the exact version as of ``tid``: bytes, mode, owner, times,
-    xattrs.  A deleted file is recreated under its name."""
+@dataclass
+class RestoreResult:
+    inode: Inode  # the live object now at the restored path
+    created: int = 0  # objects created (deleted ones brought back, replaced ones)
+    removed: int = 0  # live entries removed (created after the TID, or of another kind)
+    updated: int = 0  # existing objects whose contents or attributes were rewritten
+    # paths whose entry appeared or went, or whose object was rewritten (kernel caches to drop)
+    changed: list[bytes] = field(default_factory=list)
+
+
+def restore(ns: Namespace, relpath: str, tid: int) -> RestoreResult:
+    """Make the live ``relpath`` exactly what it was as of ``tid`` (``undo -r``).
+
+    A file, symlink or device node gets its bytes (holes stay holes), mode, owner, atime,
+    mtime and xattrs back; a deleted one is recreated under its name.  A directory is restored
+    as a whole tree, by name: every entry it had at ``tid`` is restored the same way (deleted
+    ones recreated, hard links within the tree linked again), and every entry it has now that
+    it did not have then is removed (with everything below it).  Objects are not moved back:
+    a file renamed away since ``tid`` is restored as a new object, the renamed one stays.
+    ctime is now (the restore is itself a change, undoable like any other).  If ``relpath``
+    now names a different kind of object it is refused (EEXIST): remove it first."""
     old_fs, old = resolve_version(ns, relpath, tid)
+    old = stored_inode(old_fs, old.obj_id)
     path = split_path(relpath)
-    ns.forget()  # the name may get a new object
-    live_fs, parent, name = ns.resolve_parent(path)
+    ns.forget()  # names may get new objects
+    if path == b"/":
+        live_fs, cur = ns.resolve(path)
+        _check_restorable(live_fs)
+        parent_obj, name = 0, b""
+    else:
+        live_fs, parent, name = ns.resolve_parent(path)
+        _check_restorable(live_fs)
+        parent_obj = parent.obj_id
+        cur = _lookup_or_none(live_fs, parent_obj, name)
+        if cur is not None and stat.S_IFMT(cur.mode) != stat.S_IFMT(old.mode):
+            raise FsError(errno.EEXIST, "a different kind of object now has that name "
+                          "(remove it first)")
+    rest = _Restorer(old_fs, live_fs)
+    ino = rest.restore_entry(parent_obj, name, old, cur, path)
+    rest.finish()
+    ns.forget()
+    rest.result.inode = live_fs.getattr(ino.obj_id)
+    return rest.result
+
+
+def stored_inode(fs: FileSystem, obj: int) -> Inode:
+    """``obj``'s inode exactly as stored in ``fs``'s view (as-of views present times locked
+    to ctime; restore needs the real ones)."""
+    rec = fs.store.get((fs.pfs, obj, REC_INODE, 0), fs.asof)
+    if rec is None:
+        raise FsError(errno.ENOENT, f"no object {obj:#x}")
+    return Inode.decode(obj, rec.data)
+
+
+def _check_restorable(live_fs: FileSystem) -> None:
     if live_fs.readonly:
         raise FsError(errno.EROFS, "cannot restore into a read-only view")
+
+
+def _lookup_or_none(fs: FileSystem, dir_obj: int, name: bytes) -> Inode | None:
     try:
-        cur = live_fs.lookup(parent.obj_id, name)
+        return fs.lookup(dir_obj, name)
     except FsError as exc:
         if exc.errno != errno.ENOENT:
             raise
-        cur = None
-    if cur is not None and stat.S_IFMT(cur.mode) != stat.S_IFMT(old.mode):
-        raise FsError(errno.EEXIST, "a different kind of object now has that name")
-    if old.is_symlink:
-        if cur is not None:
-            live_fs.unlink(parent.obj_id, name)
-        cur = live_fs.symlink(parent.obj_id, name, old_fs.readlink(old.obj_id), old.uid, old.gid)
-    elif old.is_reg:
+        return None
+
+
+class _Restorer:
+    """One tree restore: walks the old tree breadth-first with an explicit queue (trees may
+    be deeper than Python's recursion limit) and sets directory attributes last, because
+    creating and removing entries moves a directory's mtime."""
+
+    def __init__(self, old_fs: FileSystem, live_fs: FileSystem):
+        self.old, self.live = old_fs, live_fs
+        self.result = RestoreResult(inode=Inode(0, 0))
+        self.mapped: dict[int, int] = {}  # old obj_id -> live obj_id (hard links, dirs)
+        self.dirs: list[tuple[Inode, int, bytes]] = []  # (old dir, live dir obj, path)
+        self.created: set[int] = set()  # live objects made by this restore
+
+    def restore_entry(self, parent_obj: int, name: bytes, old: Inode, cur: Inode | None,
+                      path: bytes) -> Inode:
+        """Make ``name`` in live directory ``parent_obj`` (or the tree root when ``name`` is
+        empty) the version ``old``; directories are queued and handled by ``finish``."""
+        live = self.live
+        if not old.is_dir and old.obj_id in self.mapped:  # another name of a restored file
+            target = self.mapped[old.obj_id]
+            if cur is not None and cur.obj_id == target:
+                return cur
+            if cur is not None:
+                self._remove(parent_obj, name, cur, path)
+            self.result.changed.append(path)
+            return live.link(target, parent_obj, name)
+        if cur is not None and not self._same_kind(old, cur):
+            self._remove(parent_obj, name, cur, path)
+            cur = None
         if cur is None:
-            cur = live_fs.create(parent.obj_id, name, old.mode, old.uid, old.gid)
-        _copy_records(old_fs, old.obj_id, live_fs, cur.obj_id, REC_DATA)
-    elif old.is_dir:
-        raise FsError(errno.EISDIR, "undo restores files and symlinks, not directories")
-    else:
-        if cur is None:
-            cur = live_fs.create(parent.obj_id, name, old.mode, old.uid, old.gid, old.rdev)
-    _copy_records(old_fs, old.obj_id, live_fs, cur.obj_id, REC_XATTR)
-    cur = live_fs.getattr(cur.obj_id)
-    restored = cur.evolve(mode=old.mode, uid=old.uid, gid=old.gid, size=old.size,
-                          rdev=old.rdev, atime=old.atime, mtime=old.mtime, ctime=now_ns())
-    return live_fs.put_inode(restored)
+            cur = self._create(parent_obj, name, old)
+            self.created.add(cur.obj_id)
+            self.result.created += 1
+            self.result.changed.append(path)
+        self.mapped[old.obj_id] = cur.obj_id
+        if old.is_dir:
+            self.dirs.append((old, cur.obj_id, path))
+        elif not self._unchanged_since(old, cur):
+            self._restore_object(old, cur, path)
+        return cur
+
+    def _same_kind(self, old: Inode, cur: Inode) -> bool:
+        if stat.S_IFMT(old.mode) != stat.S_IFMT(cur.mode):
+            return False
+        if old.is_symlink:  # a symlink's target cannot change in place
+            return self.old.readlink(old.obj_id) == self.live.readlink(cur.obj_id)
+        if stat.S_ISCHR(old.mode) or stat.S_ISBLK(old.mode):
+            return old.rdev == cur.rdev
+        return True
+
+    def _unchanged_since(self, old: Inode, cur: Inode) -> bool:
+        """The same object whose inode record has not changed since the TID: every change
+        to its data, attributes or xattrs rewrites the inode, so nothing is to be done."""
+        if old.obj_id != cur.obj_id:
+            return False
+        key = (self.live.pfs, cur.obj_id, REC_INODE, 0)
+        then, now = self.live.store.get(key, self.old.asof), self.live.store.get(key)
+        return then is not None and now is not None and then.create_tid == now.create_tid
+
+    def _create(self, parent_obj: int, name: bytes, old: Inode) -> Inode:
+        live = self.live
+        if old.is_dir:
+            return live.mkdir(parent_obj, name, old.mode, old.uid, old.gid)
+        if old.is_symlink:
+            return live.symlink(parent_obj, name, self.old.readlink(old.obj_id), old.uid,
+                                old.gid)
+        return live.create(parent_obj, name, old.mode, old.uid, old.gid, old.rdev)
+
+    def _restore_object(self, old: Inode, cur: Inode, path: bytes) -> None:
+        """Contents (regular files), xattrs and attributes of ``old`` onto live ``cur``."""
+        changed = False
+        if old.is_reg:
+            changed |= _copy_records(self.old, old.obj_id, self.live, cur.obj_id, REC_DATA)
+        changed |= _copy_records(self.old, old.obj_id, self.live, cur.obj_id, REC_XATTR)
+        cur = self.live.getattr(cur.obj_id)
+        wanted = cur.evolve(mode=old.mode, uid=old.uid, gid=old.gid, size=old.size,
+                            rdev=old.rdev, atime=old.atime, mtime=old.mtime)
+        if changed or wanted != cur:
+            self.live.put_inode(wanted.evolve(ctime=now_ns()))
+            if cur.obj_id not in self.created:
+                self.result.updated += 1
+                self.result.changed.append(path)
+
+    def _remove(self, parent_obj: int, name: bytes, cur: Inode, path: bytes) -> None:
+        """Remove a live entry, a directory with everything below it (post-order)."""
+        self.result.changed.append(path)
+        self.result.removed += 1
+        if not cur.is_dir:
+            self.live.unlink(parent_obj, name)
+            return
+        stack: list[tuple[int, bytes, int, bool]] = [(parent_obj, name, cur.obj_id, False)]
+        while stack:
+            p, n, obj, emptied = stack.pop()
+            if emptied:
+                self.live.rmdir(p, n)
+                continue
+            stack.append((p, n, obj, True))
+            for entry in list(self.live.readdir(obj)):
+                if entry.mode_type == stat.S_IFDIR:
+                    stack.append((obj, entry.name, entry.obj_id, False))
+                else:
+                    self.live.unlink(obj, entry.name)
+
+    def finish(self) -> None:
+        """Restore the queued directories' entries (breadth-first), then their attributes."""
+        done = 0
+        while done < len(self.dirs):
+            old_dir, live_obj, path = self.dirs[done]
+            done += 1
+            self._restore_entries(old_dir, live_obj, path)
+        for old_dir, live_obj, path in reversed(self.dirs):
+            self._restore_object(old_dir, self.live.getattr(live_obj), path)
+
+    def _restore_entries(self, old_dir: Inode, live_obj: int, path: bytes) -> None:
+        then = {e.name: e for e in self.old.readdir(old_dir.obj_id)}
+        now = {e.name: e for e in self.live.readdir(live_obj)}
+        prefix = path.rstrip(b"/") + b"/"
+        for name, entry in now.items():  # first free the names of entries made since
+            if name not in then:
+                self._remove(live_obj, name, self.live.getattr(entry.obj_id), prefix + name)
+        for name, entry in then.items():
+            cur = self.live.getattr(now[name].obj_id) if name in now else None
+            self.restore_entry(live_obj, name, stored_inode(self.old, entry.obj_id), cur,
+                               prefix + name)
 
 
 def _copy_records(src: FileSystem, src_obj: int, dst: FileSystem, dst_obj: int,
-                  rec_type: int) -> None:
-    """Replace ``dst_obj``'s records of one type by ``src_obj``'s (holes stay holes)."""
+                  rec_type: int) -> bool:
+    """Replace ``dst_obj``'s records of one type by ``src_obj``'s (holes stay holes).
+    Unchanged records are left alone (no new version).  True if anything changed."""
     store = dst.store
     lo, hi = (dst.pfs, dst_obj, rec_type, 0), (dst.pfs, dst_obj, rec_type, MAX_U64)
     wanted = {rec.key: rec.data for rec in
               src.store.scan((src.pfs, src_obj, rec_type, 0), (src.pfs, src_obj, rec_type, MAX_U64),
                              src.asof)}
+    doomed = []
     for rec in store.scan(lo, hi):
         if rec.key not in wanted:
-            store.delete(rec.reckey)
+            doomed.append(rec.reckey)
         elif rec.data == wanted[rec.key]:
             del wanted[rec.key]  # unchanged: keep it, no new version
+    for reckey in doomed:  # not while scanning: a scan must not run under its own changes
+        store.delete(reckey)
     for key, data in wanted.items():
         store.put((dst.pfs, dst_obj, rec_type, key), data)
+    return bool(doomed or wanted)
 
 
 # -- snapshots -----------------------------------------------------------------------------------
