@@ -1,0 +1,10 @@
+"""Only the C extension lives here (setuptools' pyproject ext-modules table is experimental);
+all other metadata is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[
+    # XTS tweak arithmetic; hammerfs/luks/xts.py falls back to numpy if it is not built.
+    Extension("hammerfs.luks._xtsfast", sources=["src/hammerfs/luks/_xtsfast.c"],
+              extra_compile_args=["-O2"]),
+])
