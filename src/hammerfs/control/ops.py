@@ -42,7 +42,8 @@ def op_history(ctx: ControlContext, args: dict, conn) -> dict:
 
 def op_stat_version(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
-        _fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
+        fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
+        ino = history.stored_inode(fs, ino.obj_id)  # the real times, not the as-of view's
         return {"obj_id": ino.obj_id, "mode": ino.mode, "uid": ino.uid, "gid": ino.gid,
                 "size": ino.size, "mtime": ino.mtime, "atime": ino.atime}
 
