@@ -1,7 +1,7 @@
 """`hammer luks ...`: cryptsetup-compatible LUKS container management, in userspace.
 
 Flags follow cryptsetup's (--key-file with '-' for stdin, --new-key-file, --key-slot,
---batch-mode, --type, --pbkdf*, --iter-time, --sector-size).  Passphrases come from key files
+--batch-mode, --type, --pbkdf*, --iter-time, --sector-size, --header for a detached header).  Passphrases come from key files
 or a hidden prompt; nothing secret is ever written except the volume key when the user
 explicitly asks for it (dump --dump-volume-key --volume-key-file).
 """
@@ -68,16 +68,64 @@ def kdf_spec(args: argparse.Namespace):
 
 
 def format_device(dev, passphrase: bytes, args: argparse.Namespace, *, label: str = "",
-                  subsystem: str = "", slot: int = 0):
-    """Format ``dev`` as the args say; returns (container, volume key)."""
+                  subsystem: str = "", slot: int = 0, detached: bool = False):
+    """Format ``dev`` as the args say (``detached``: ``dev`` is a --header file); returns
+    (container, volume key)."""
     from hammerfs.luks.container import format_container
 
     version = 1 if args.luks_type == "luks1" else 2
-    sector = args.sector_size or (512 if version == 1 else 4096)
     return format_container(dev, passphrase, version=version, key_size=args.key_size // 8,
-                            sector_size=sector, spec=kdf_spec(args), label=label,
-                            subsystem=subsystem, uuid=args.luks_uuid, hash_name=args.hash,
-                            slot=slot)
+                            sector_size=format_sector_size(args), spec=kdf_spec(args),
+                            label=label, subsystem=subsystem, uuid=args.luks_uuid,
+                            hash_name=args.hash, slot=slot, detached=detached)
+
+
+def format_sector_size(args: argparse.Namespace) -> int:
+    return args.sector_size or (512 if args.luks_type == "luks1" else 4096)
+
+
+def add_header_arg(parser) -> None:
+    parser.add_argument("--header", metavar="FILE",
+                        help="detached LUKS header: the header lives in FILE, the payload "
+                        "fills VOLUME from its first byte (as cryptsetup --header)")
+
+
+def detached_header(args: argparse.Namespace, volume: str | None = None) -> str | None:
+    """The --header file, unless it is the volume itself (then the header is simply
+    attached); ``volume`` defaults to args.volume."""
+    header = getattr(args, "header", None)
+    if not header:
+        return None
+    try:
+        if os.path.samefile(header, volume or args.volume):
+            return None
+    except OSError:
+        pass        # one of them does not exist (yet): not the same file
+    return header
+
+
+def open_header_for_format(path: str, args: argparse.Namespace):
+    """The --header file for a new container: created (mode 0600) or grown to the size the
+    header needs, as cryptsetup does; a block device is used as it is."""
+    import stat
+
+    from hammerfs.blockdev.file import FileDevice
+    from hammerfs.luks.container import header_file_size
+
+    version = 1 if args.luks_type == "luks1" else 2
+    need = header_file_size(version, args.key_size // 8)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    grow = st is None or (stat.S_ISREG(st.st_mode) and st.st_size < need)
+    return FileDevice(path, create_size=need if grow else None)
+
+
+def check_data_device_size(path: str, args: argparse.Namespace, size: int) -> None:
+    if size < format_sector_size(args):
+        raise HammerError(f"{path} is too small to hold encrypted data "
+                          f"({size} bytes)")
 
 
 def _common(parser: argparse.ArgumentParser, *, key_file: bool = True,
@@ -90,6 +138,7 @@ def _common(parser: argparse.ArgumentParser, *, key_file: bool = True,
         parser.add_argument("-S", "--key-slot", type=int, metavar="N", help="key slot number")
     parser.add_argument("-q", "--batch-mode", action="store_true",
                         help="do not ask for confirmation")
+    add_header_arg(parser)
 
 
 def _new_key_args(p: argparse.ArgumentParser) -> None:
@@ -186,10 +235,11 @@ def _open_device(path: str, readonly: bool):
 
 
 class _Opened:
-    """Context manager: the container on VOLUME, its device closed on exit."""
+    """Context manager: the container on VOLUME (or in its --header file), its device closed
+    on exit."""
 
-    def __init__(self, path: str, readonly: bool = False):
-        self.path, self.readonly = path, readonly
+    def __init__(self, args: argparse.Namespace, readonly: bool = False):
+        self.path, self.readonly = detached_header(args) or args.volume, readonly
 
     def __enter__(self):
         from hammerfs.luks.container import open_container
@@ -247,25 +297,48 @@ def _new_passphrase(args: argparse.Namespace) -> bytes:
 # ---- commands -----------------------------------------------------------------------------
 
 def cmd_format(args: argparse.Namespace) -> int:
-    from hammerfs.luks.container import is_luks
-
-    dev = _open_device(args.volume, readonly=False)
+    header = detached_header(args)
+    data_size = None
+    new_header = bool(header) and not os.path.exists(header)
+    if header:
+        # As cryptsetup: the data device must exist but is not written.
+        data = _open_device(args.volume, readonly=True)
+        data_size = data.size
+        data.close()
+        check_data_device_size(args.volume, args, data_size)
+        dev = open_header_for_format(header, args)
+    else:
+        dev = _open_device(args.volume, readonly=False)
     try:
-        existing = " (it holds a LUKS header now)" if is_luks(dev) else ""
-        _confirm(args, f"This will overwrite data on {args.volume} irrevocably{existing}.")
-        passphrase = _passphrase(args.key_file, f"Enter passphrase for {args.volume}: ",
-                                 confirm=True)
-        container, _ = format_device(dev, passphrase, args, label=args.label,
-                                     subsystem=args.subsystem, slot=args.key_slot)
-        print(f"{args.volume}: LUKS{container.version} container, uuid {container.uuid}, "
-              f"payload {container.data_size()} bytes at offset {container.data_offset}")
+        container = _format_confirmed(dev, args, header or args.volume, detached=bool(header))
+    except BaseException:
+        if new_header:
+            os.unlink(header)     # do not leave a half-made header file behind
+        raise
     finally:
         dev.close()
+    where = f" of {args.volume} (header in {header})" if header else ""
+    print(f"{args.volume}: LUKS{container.version} container, uuid {container.uuid}, "
+          f"payload {container.data_size(data_size)} bytes at offset "
+          f"{container.data_offset}{where}")
     return 0
 
 
+def _format_confirmed(dev, args: argparse.Namespace, target: str, *, detached: bool):
+    from hammerfs.luks.container import is_luks
+
+    existing = " (it holds a LUKS header now)" if is_luks(dev) else ""
+    _confirm(args, f"This will overwrite data on {target} irrevocably{existing}.")
+    passphrase = _passphrase(args.key_file, f"Enter passphrase for {args.volume}: ",
+                             confirm=True)
+    container, _ = format_device(dev, passphrase, args, label=args.label,
+                                 subsystem=args.subsystem, slot=args.key_slot,
+                                 detached=detached)
+    return container
+
+
 def cmd_test_passphrase(args: argparse.Namespace) -> int:
-    with _Opened(args.volume, readonly=True) as container:
+    with _Opened(args, readonly=True) as container:
         slot, _ = _unlock(container, args)
     print(f"Key slot {slot} unlocked.")
     return 0
@@ -274,7 +347,7 @@ def cmd_test_passphrase(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     import json
 
-    with _Opened(args.volume, readonly=True) as container:
+    with _Opened(args, readonly=True) as container:
         if args.dump_json_metadata:
             if container.version != 2:
                 raise HammerError("--dump-json-metadata needs a LUKS2 volume")
@@ -313,7 +386,7 @@ def _write_secret_file(path: str, data: bytes) -> None:
 
 
 def cmd_add_key(args: argparse.Namespace) -> int:
-    with _Opened(args.volume) as container:
+    with _Opened(args) as container:
         new_slot = args.key_slot
         args.key_slot = None      # --key-slot names the new slot, any slot may unlock
         _, key = _unlock(container, args, "Enter any existing passphrase: ")
@@ -324,7 +397,7 @@ def cmd_add_key(args: argparse.Namespace) -> int:
 
 
 def cmd_remove_key(args: argparse.Namespace) -> int:
-    with _Opened(args.volume) as container:
+    with _Opened(args) as container:
         source = args.key_file_pos or args.key_file
         slot, _ = _unlock(container, args, "Enter passphrase to be deleted: ", source)
         if len(container.active_slots()) == 1:
@@ -336,7 +409,7 @@ def cmd_remove_key(args: argparse.Namespace) -> int:
 
 
 def cmd_kill_slot(args: argparse.Namespace) -> int:
-    with _Opened(args.volume) as container:
+    with _Opened(args) as container:
         active = container.active_slots()
         if args.slot not in active:
             raise HammerError(f"key slot {args.slot} is not active")
@@ -367,7 +440,7 @@ def _opens_any(container, passphrase: bytes, slots: list[int]) -> bool:
 
 
 def cmd_change_key(args: argparse.Namespace) -> int:
-    with _Opened(args.volume) as container:
+    with _Opened(args) as container:
         slot, key = _unlock(container, args, "Enter passphrase to be changed: ")
         passphrase = _new_passphrase(args)
         new_slot = container.change_slot(slot, key, passphrase, kdf_spec(args))
@@ -377,7 +450,7 @@ def cmd_change_key(args: argparse.Namespace) -> int:
 
 
 def cmd_header_backup(args: argparse.Namespace) -> int:
-    with _Opened(args.volume, readonly=True) as container:
+    with _Opened(args, readonly=True) as container:
         data = container.dev.read(0, container.header_area_size())
     _write_secret_file(args.header_backup_file, data)
     print(f"Header of {args.volume} saved to {args.header_backup_file} ({len(data)} bytes).")
@@ -401,10 +474,11 @@ def cmd_header_restore(args: argparse.Namespace) -> int:
     if saved.header_area_size() != len(backup):
         raise HammerError(f"{args.header_backup_file} is not a LUKS header backup (size "
                           f"{len(backup)} does not match the header's {saved.header_area_size()})")
-    dev = _open_device(args.volume, readonly=False)
+    target = detached_header(args) or args.volume
+    dev = _open_device(target, readonly=False)
     try:
         if saved.data_offset and saved.data_offset > dev.size:
-            raise HammerError(f"the backup's data offset lies beyond the end of {args.volume}")
+            raise HammerError(f"the backup's data offset lies beyond the end of {target}")
         note = ""
         if is_luks(dev):
             try:
@@ -414,18 +488,21 @@ def cmd_header_restore(args: argparse.Namespace) -> int:
                             "its key slots will be lost.")
             except HammerError:
                 note = " The device's current header is damaged."
-        _confirm(args, f"Device {args.volume} will have its header replaced from "
+        _confirm(args, f"Device {target} will have its header replaced from "
                  f"{args.header_backup_file}.{note}")
+        if len(backup) > dev.size:
+            raise HammerError(f"the backup ({len(backup)} bytes) does not fit in {target} "
+                              f"({dev.size} bytes)")
         dev.write(0, backup)
         dev.flush()
     finally:
         dev.close()
-    print(f"Header of {args.volume} restored from {args.header_backup_file}.")
+    print(f"Header of {target} restored from {args.header_backup_file}.")
     return 0
 
 
 def cmd_uuid(args: argparse.Namespace) -> int:
-    with _Opened(args.volume, readonly=args.uuid is None) as container:
+    with _Opened(args, readonly=args.uuid is None) as container:
         if args.uuid is None:
             print(container.uuid)
             return 0
@@ -436,7 +513,7 @@ def cmd_uuid(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     changing = args.label is not None or args.subsystem is not None
-    with _Opened(args.volume, readonly=not changing) as container:
+    with _Opened(args, readonly=not changing) as container:
         if container.version != 2:
             raise HammerError("labels are supported only on LUKS2")
         if changing:

@@ -5,7 +5,8 @@ A volume is a plain image file or block device, or a LUKS container (unlocked wi
 call ``add_volume_args`` on their parser and ``open_volume_device`` with the parsed args, so
 encryption works identically in `info`, `show`, `scrub`, `mount`, mirroring, ...
 A volume the kernel already opened (/dev/mapper/NAME) carries no LUKS header and is opened
-as a plain volume.
+as a plain volume.  ``--header FILE`` names a detached LUKS header (cryptsetup --header): the
+container's metadata lives in FILE and its payload fills the VOLUME from byte 0.
 
 ``newfs`` calls ``add_volume_args(creating=True)``, which adds ``--encrypt`` and the
 `hammer luks format` options; ``open_volume_device`` with ``create_size`` (or on an
@@ -22,8 +23,11 @@ from hammerfs.errors import HammerError
 
 def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False) -> None:
     """Add the options that say how to open (or, for newfs, create) a volume."""
+    from hammerfs.cli.luks_cmds import add_header_arg
+
     parser.add_argument("--key-file", metavar="FILE",
                         help="passphrase file for an encrypted volume ('-' reads stdin)")
+    add_header_arg(parser)
     if creating:
         from hammerfs.cli.luks_cmds import add_format_args
 
@@ -70,6 +74,39 @@ def _format_encrypted(dev: BlockDevice, args: argparse.Namespace) -> BlockDevice
     return payload_device(container, key)
 
 
+def _open_detached(data: BlockDevice, header: str, args: argparse.Namespace,
+                   readonly: bool) -> BlockDevice:
+    """The payload on ``data`` of the container whose header is the file ``header``: a new
+    one for newfs --encrypt, else unlocked.  The header file is only needed until the key
+    is known."""
+    from hammerfs.blockdev.file import FileDevice
+    from hammerfs.cli.luks_cmds import (
+        check_data_device_size,
+        format_device,
+        open_header_for_format,
+    )
+    from hammerfs.luks import open_payload, payload_device
+    from hammerfs.luks.container import is_luks
+
+    if getattr(args, "encrypt", False) and not readonly:
+        check_data_device_size(data.path, args, data.size)
+        hdr = open_header_for_format(header, args)
+        try:
+            container, key = format_device(hdr, _passphrase(args, confirm=True), args,
+                                           detached=True)
+            return payload_device(container, key, data_device=data)
+        finally:
+            hdr.close()
+    hdr = FileDevice(header, readonly=True)
+    try:
+        if not is_luks(hdr):
+            raise HammerError(f"{header} is not a LUKS header")
+        return open_payload(hdr, _passphrase(args, confirm=False), readonly=readonly,
+                            data_device=data)
+    finally:
+        hdr.close()
+
+
 _FORMAT_ONLY = ("pbkdf", "pbkdf_memory", "pbkdf_parallel", "pbkdf_force_iterations",
                 "iter_time", "sector_size", "luks_uuid")
 
@@ -92,10 +129,18 @@ def open_volume_device(path: str, args: argparse.Namespace | None = None, *,
     With ``args.encrypt`` (newfs) and a writable open, a new LUKS container is formatted
     first and its payload returned."""
     from hammerfs.blockdev.file import FileDevice
+    from hammerfs.cli.luks_cmds import detached_header
 
     _check_format_options(args)
     dev = FileDevice(path, readonly=readonly, create_size=create_size)
     try:
+        header = detached_header(args, path) if args is not None else None
+        if header:
+            if getattr(args, "source", None) and getattr(args, "target", None):
+                raise HammerError("--header is ambiguous when a command opens two volumes "
+                                  "(mirror-copy/mirror-stream): mirror through a mount or "
+                                  "ssh instead")
+            return _open_detached(dev, header, args, readonly)
         if getattr(args, "encrypt", False) and not readonly:
             return _format_encrypted(dev, args)
         return _unlock(dev, args, readonly)

@@ -15,8 +15,11 @@ LUKS_MAGIC = b"LUKS\xba\xbe"
 
 
 def open_payload(device: BlockDevice, passphrase: bytes, *, slot: int | None = None,
-                 readonly: bool | None = None) -> BlockDevice:
-    """Unlock the container on ``device`` and return its payload as a LuksDevice."""
+                 readonly: bool | None = None, data_device: BlockDevice | None = None
+                 ) -> BlockDevice:
+    """Unlock the container on ``device`` and return its payload as a LuksDevice.  With a
+    detached header (cryptsetup --header), ``device`` holds the header and ``data_device``
+    the payload."""
     from hammerfs.luks.container import open_container
     from hammerfs.luks.passphrase import warn
 
@@ -24,20 +27,25 @@ def open_payload(device: BlockDevice, passphrase: bytes, *, slot: int | None = N
     for notice in container.notices():
         warn(notice)
     _, key = container.unlock(passphrase, slot)
-    return payload_device(container, key, readonly=readonly)
+    return payload_device(container, key, readonly=readonly, data_device=data_device)
 
 
-def payload_device(container, volume_key: bytes, *, readonly: bool | None = None
-                   ) -> BlockDevice:
-    """The decrypted payload of an unlocked container."""
+def payload_device(container, volume_key: bytes, *, readonly: bool | None = None,
+                   data_device: BlockDevice | None = None) -> BlockDevice:
+    """The decrypted payload of an unlocked container, on ``data_device`` if the header is
+    detached (the LuksDevice then owns and closes ``data_device``, not the header's)."""
     from hammerfs.luks.device import LuksDevice
 
-    if container.data_offset == 0:
-        raise HammerError("this LUKS header is detached (data offset 0); open the data "
-                          "device with its header instead")
-    return LuksDevice(container.dev, volume_key, data_offset=container.data_offset,
-                      data_size=container.data_size(), sector_size=container.sector_size,
-                      iv_tweak=container.iv_tweak, readonly=readonly)
+    if data_device is None and container.data_offset == 0:
+        raise HammerError("this LUKS header is detached (data offset 0): give the data "
+                          "device and the header file with --header")
+    data = data_device if data_device is not None else container.dev
+    size = container.data_size(data.size)
+    if size < container.sector_size:
+        raise HammerError("the LUKS data device is too small (smaller than one sector)")
+    return LuksDevice(data, volume_key, data_offset=container.data_offset, data_size=size,
+                      sector_size=container.sector_size, iv_tweak=container.iv_tweak,
+                      readonly=readonly)
 
 
 def unlock_if_luks(device: BlockDevice, key_file: str | None = None) -> BlockDevice:

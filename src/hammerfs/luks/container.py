@@ -147,9 +147,11 @@ class Container:
     data_offset: int
     iv_tweak: int = 0
 
-    def data_size(self) -> int:
-        """Payload bytes (the rest of the device for a dynamic segment)."""
-        return max(0, self.dev.size - self.data_offset)
+    def data_size(self, device_size: int | None = None) -> int:
+        """Payload bytes (the rest of the device for a dynamic segment); ``device_size`` is
+        that of the data device when the header is detached from it."""
+        size = self.dev.size if device_size is None else device_size
+        return max(0, size - self.data_offset)
 
     def notices(self) -> list[str]:
         return []
@@ -277,10 +279,10 @@ class Luks2Container(Container):
                 return slot["key_size"]
         return DEFAULT_KEY_SIZE
 
-    def data_size(self) -> int:
+    def data_size(self, device_size: int | None = None) -> int:
         if self._size is not None:
             return self._size
-        return super().data_size()
+        return super().data_size(device_size)
 
     def notices(self) -> list[str]:
         return list(self.hdr.notices)
@@ -681,9 +683,12 @@ def format_container(dev: BlockDevice, passphrase: bytes, *, version: int = 2,
                      key_size: int = DEFAULT_KEY_SIZE, sector_size: int = DEFAULT_SECTOR_SIZE,
                      spec: KdfSpec | None = None, label: str = "", subsystem: str = "",
                      uuid: str | None = None, volume_key: bytes | None = None,
-                     hash_name: str = DEFAULT_HASH, slot: int = 0) -> tuple[Container, bytes]:
+                     hash_name: str = DEFAULT_HASH, slot: int = 0, detached: bool = False
+                     ) -> tuple[Container, bytes]:
     """Write a new container over the start of ``dev`` (the previous header area is zeroed
-    first) with one key slot for ``passphrase``; returns it and its volume key."""
+    first) with one key slot for ``passphrase``; returns it and its volume key.
+    ``detached``: ``dev`` holds only the header (cryptsetup --header); the payload is a
+    separate data device from its offset 0."""
     spec = dataclasses.replace(spec or KdfSpec(), hash=hash_name)
     keyslots.check_cipher(keyslots.SUPPORTED_CIPHER, key_size)
     volume_key = volume_key or _new_volume_key(key_size)
@@ -693,13 +698,14 @@ def format_container(dev: BlockDevice, passphrase: bytes, *, version: int = 2,
     kdf.pbkdf2(hash_name, b"", b"", 1, 1)   # refuse an unknown hash before writing
     if version == 1:
         return _format_luks1(dev, passphrase, volume_key, sector_size, spec, uuid, hash_name,
-                             slot, label, subsystem)
+                             slot, label, subsystem, detached)
     if version != 2:
         raise HammerError(f"unsupported LUKS version {version}")
     if sector_size not in luks2.SECTOR_SIZES:
         raise HammerError(f"invalid sector size {sector_size} (use 512, 1024, 2048 or 4096)")
-    if dev.size < LUKS2_DATA_OFFSET + sector_size:
-        raise HammerError(f"device is too small for LUKS2 (needs more than "
+    if dev.size < header_file_size(2, key_size) + (0 if detached else sector_size):
+        raise HammerError(f"{'header file' if detached else 'device'} is too small for "
+                          f"LUKS2 (needs {'' if detached else 'more than '}"
                           f"{LUKS2_DATA_OFFSET // (1024 * 1024)} MiB)")
     params = spec.resolve(2, key_size)   # benchmark before touching the device
     digest_salt = os.urandom(32)
@@ -708,7 +714,8 @@ def format_container(dev: BlockDevice, passphrase: bytes, *, version: int = 2,
     meta = {
         "keyslots": {},
         "tokens": {},
-        "segments": {"0": {"type": "crypt", "offset": str(LUKS2_DATA_OFFSET),
+        "segments": {"0": {"type": "crypt",
+                           "offset": "0" if detached else str(LUKS2_DATA_OFFSET),
                            "size": "dynamic", "iv_tweak": "0",
                            "encryption": keyslots.SUPPORTED_CIPHER,
                            "sector_size": sector_size}},
@@ -728,6 +735,14 @@ def format_container(dev: BlockDevice, passphrase: bytes, *, version: int = 2,
     return container, volume_key
 
 
+def header_file_size(version: int, key_size: int) -> int:
+    """Bytes a detached header needs (cryptsetup sizes a new --header file the same way):
+    LUKS2 its metadata and key-slot areas, LUKS1 up to the end of the last key material."""
+    if version == 1:
+        return luks1.layout(key_size, align_sectors=8)[1] * luks1.SECTOR
+    return LUKS2_DATA_OFFSET
+
+
 def _new_volume_key(key_size: int) -> bytes:
     while True:
         key = os.urandom(key_size)
@@ -737,7 +752,7 @@ def _new_volume_key(key_size: int) -> bytes:
 
 def _format_luks1(dev: BlockDevice, passphrase: bytes, volume_key: bytes, sector_size: int,
                   spec: KdfSpec, uuid: str, hash_name: str, slot: int, label: str,
-                  subsystem: str) -> tuple[Container, bytes]:
+                  subsystem: str, detached: bool) -> tuple[Container, bytes]:
     if sector_size != 512:
         raise HammerError("LUKS1 supports only 512-byte sectors")
     if label or subsystem:
@@ -745,14 +760,17 @@ def _format_luks1(dev: BlockDevice, passphrase: bytes, volume_key: bytes, sector
     if spec.type not in (None, "pbkdf2"):
         raise HammerError("LUKS1 supports only the pbkdf2 key derivation function")
     key_size = len(volume_key)
-    offsets, payload = luks1.layout(key_size)
-    if dev.size < payload * luks1.SECTOR + 512:
-        raise HammerError(f"device is too small for LUKS1 (needs more than "
+    # A detached header ends with its key material; an attached one aligns the payload.
+    offsets, payload = luks1.layout(key_size, align_sectors=8 if detached else 2048)
+    if dev.size < payload * luks1.SECTOR + (0 if detached else 512):
+        raise HammerError(f"{'header file' if detached else 'device'} is too small for "
+                          f"LUKS1 (needs {'' if detached else 'more than '}"
                           f"{payload * luks1.SECTOR} bytes)")
     params = spec.resolve(1, key_size)
     salt = os.urandom(32)
     iterations = spec.digest_iterations(key_size)
-    hdr = luks1.Luks1Header("aes", "xts-plain64", hash_name, payload, key_size,
+    hdr = luks1.Luks1Header("aes", "xts-plain64", hash_name, 0 if detached else payload,
+                            key_size,
                             kdf.pbkdf2(hash_name, volume_key, salt, iterations,
                                        luks1.DIGEST_SIZE),
                             salt, iterations, uuid,
