@@ -398,17 +398,23 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             print(format_tid(snap["tid"]))  # no tree to link into: the record is the snapshot
             return 0
         linkdir = args.dir or snap["snapshots_dir"] or t.mountpoint
-        if not os.path.isdir(linkdir):
-            raise HammerError(f"{linkdir}: not a directory")
-        name = time.strftime("snap-%Y%m%d-%H%M", time.localtime(snap["ts"] / 1e9))
-        link = os.path.join(linkdir, name)
-        n = 1
-        while os.path.lexists(link):
-            link = os.path.join(linkdir, f"{name}.{n}")
-            n += 1
-        os.symlink(_snap_link_target(t, snap["tid"], snap["pfs"]), link)
+        link = make_snapshot_link(t, linkdir, snap["tid"], snap["ts"], snap["pfs"])
         print(f"{link} -> {os.readlink(link)}")
     return 0
+
+
+def make_snapshot_link(t: Target, linkdir: str, tid: int, ts: int, pfs: int) -> str:
+    """Create ``linkdir/snap-YYYYMMDD-HHMM`` (``.N`` if taken) -> the @@ path; returns it."""
+    if not os.path.isdir(linkdir):
+        raise HammerError(f"{linkdir}: not a directory")
+    name = time.strftime("snap-%Y%m%d-%H%M", time.localtime(ts / 1e9))
+    link = os.path.join(linkdir, name)
+    n = 1
+    while os.path.lexists(link):
+        link = os.path.join(linkdir, f"{name}.{n}")
+        n += 1
+    os.symlink(_snap_link_target(t, tid, pfs), link)
+    return link
 
 
 def cmd_snapls(args: argparse.Namespace) -> int:
@@ -421,7 +427,7 @@ def cmd_snapls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tid_of_link(path: str) -> int | None:
+def tid_of_link(path: str) -> int | None:
     if not os.path.islink(path):
         return None
     target_text = os.readlink(path)
@@ -435,7 +441,7 @@ def cmd_snaprm(args: argparse.Namespace) -> int:
     items = list(args.items)
     while items:
         item = items.pop(0)
-        link_tid = _tid_of_link(item)
+        link_tid = tid_of_link(item)
         if link_tid is not None:  # a snapshot softlink: drop its record and the link
             with target(os.path.dirname(os.path.abspath(item)), args, write=True) as t:
                 t.call("snaprm", relpath=t.relpath, tid=link_tid)
@@ -456,7 +462,6 @@ def cmd_snaprm(args: argparse.Namespace) -> int:
 def _snaprm_tid(t: Target, tid: int) -> None:
     if not t.call("snaprm", relpath=t.relpath, tid=tid)["removed"]:
         raise HammerError(f"no snapshot {format_tid(tid)}")
-
 
 
 # -- prune-everything -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The filesystem's control ops (history, snapshots, undo, synctid, prune-everything), run in the process that
-owns the volume: the mount process through the control socket, or the command itself on an
-unmounted volume (``local_context``).  Paths are ``relpath``s below the mount root."""
+"""The filesystem's control ops (history, snapshots, undo, synctid, prune, prune-everything,
+cleanup, config), run in the process that owns the volume: the mount process through the
+control socket, or the command itself on an unmounted volume (``local_context``).  Paths are
+``relpath``s below the mount root."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import socket
 
 from hammerfs.control.server import ControlContext
 from hammerfs.errors import ReadOnly
-from hammerfs.fs import history
+from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
 
 
@@ -134,6 +135,57 @@ def op_prune_everything(ctx: ControlContext, args: dict, conn) -> dict:
             "free_bytes": after}
 
 
+def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
+    """hammer cleanup of the PFS that ``relpath`` is in (fs.cleanup)."""
+    relpath = args.get("relpath", "")
+    with ctx.lock:
+        fs = _pfs_view(ctx, relpath)
+        if ctx.ns.readonly:
+            raise ReadOnly("the volume is mounted or opened read-only")
+        report = cleanup.cleanup(fs, force=bool(args.get("force")))
+        ctx.ns.forget()  # pruned versions may be cached in views
+        pd = ctx.store.get_pfs(fs.pfs)
+        free = ctx.store.space().free_bytes
+    ctx.invalidate(relpath)
+    snap = report.snapshot
+    return {"pfs": report.pfs, "config_created": report.config_created,
+            "lines": report.lines, "expired": report.expired, "destroyed": report.destroyed,
+            "freed_bytes": report.freed_bytes, "free_bytes": free,
+            "snapshot": [snap.tid, snap.ts, snap.note] if snap else None,
+            "snapshots_dir": pd.snapshots if pd else ""}
+
+
+def op_config(ctx: ControlContext, args: dict, conn) -> dict:
+    """Show (no ``text``) or set the cleanup config of the PFS that ``relpath`` is in."""
+    with ctx.lock:
+        fs = _pfs_view(ctx, args.get("relpath", ""))
+        text = args.get("text")
+        if text is not None:
+            _require_writable(fs)
+            cleanup.save_config(ctx.store, fs.pfs, text)
+            ctx.store.commit()
+        stored = cleanup.load_config(ctx.store, fs.pfs)
+        state = cleanup.load_state(ctx.store, fs.pfs)
+        return {"pfs": fs.pfs, "text": stored.text if stored else cleanup.DEFAULT_CONFIG,
+                "stored": stored is not None, "last_run": state}
+
+
+def op_prune(ctx: ControlContext, args: dict, conn) -> dict:
+    """Snapshot-driven prune of the PFS that ``relpath`` is in (fs.history.prune)."""
+    relpath = args.get("relpath", "")
+    with ctx.lock:
+        fs = _pfs_view(ctx, relpath)
+        if ctx.ns.readonly:
+            raise ReadOnly("the volume is mounted or opened read-only")
+        before = ctx.store.space().free_bytes
+        result = history.prune(ctx.store, fs.pfs)
+        after = ctx.store.space().free_bytes
+        ctx.ns.forget()
+    ctx.invalidate(relpath)
+    return {"pfs": fs.pfs, "destroyed": result.destroyed,
+            "freed_bytes": max(0, after - before), "free_bytes": after}
+
+
 OPS = {
     "info": op_info,
     "synctid": op_synctid,
@@ -145,4 +197,7 @@ OPS = {
     "snapls": op_snapls,
     "snaprm": op_snaprm,
     "prune-everything": op_prune_everything,
+    "prune": op_prune,
+    "cleanup": op_cleanup,
+    "config": op_config,
 }

@@ -9,6 +9,7 @@ xattrs back into the live tree as a new change (itself undoable).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import stat
 import time
@@ -320,11 +321,7 @@ def prune_everything(store: RecordStore, pfs: int) -> int:
     snapshot records (their TIDs no longer name a readable state); keep the live state.
     The descriptor's ``sync_beg_tid`` moves to the current TID: nothing older is complete.
     Commits; returns how many versions were destroyed.  Space comes back with the commit."""
-    pd = store.get_pfs(pfs)
-    if pd is None or pd.is_deleted:
-        raise FsError(errno.ENOENT, f"PFS {pfs} does not exist")
-    if pd.is_slave:
-        raise ReadOnly(f"PFS {pfs} is a slave (read-only): prune its master instead")
+    pd = _prunable_pfs(store, pfs)
     store.commit()  # uncommitted changes become ordinary versions first
     lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)  # rec_type is u16
     # Collected before destroying: a B-tree scan must not run under its own removals.
@@ -336,6 +333,101 @@ def prune_everything(store: RecordStore, pfs: int) -> int:
     store.put_pfs(pfs, pd.evolve(sync_beg_tid=store.current_tid, sync_beg_ts=time.time_ns()))
     store.commit()
     return len(doomed)
+
+
+# -- prune (keep what the snapshots see) -----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    destroyed: int  # versions destroyed
+    complete: bool  # False if the deadline stopped it (the next run goes on from scratch)
+
+
+def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
+          deadline: float | None = None, batch: int = 4096) -> PruneResult:
+    """HAMMER's snapshot-driven prune: destroy the history of ``pfs`` that no snapshot needs.
+
+    The kept TIDs are the PFS's live snapshot records (REC_SNAPSHOT).  A version that ended
+    (``delete_tid != 0``) is destroyed when no kept TID sees it (none with ``create_tid <= T
+    < delete_tid``) and it ended at or before the newest snapshot: history after the newest
+    snapshot stays fine-grained (until the next snapshot), and so does history that ended
+    less than the PFS's ``prune_min`` seconds ago.  The live state and the view as of every
+    kept snapshot are unchanged; other TIDs before the newest snapshot become partial.
+    Without snapshots nothing is pruned (``prune_everything`` is for that).
+
+    Works in batches (destroy, commit: the space comes back as it goes) and stops after
+    ``deadline`` (time.monotonic()); the rule is stateless, so the next run continues.  The
+    descriptor's ``sync_beg_tid`` moves past the latest destroyed deletion: a slave synced
+    to before it would miss that deletion, and the mirror refuses such an increment."""
+    pd = _prunable_pfs(store, pfs)
+    store.commit()
+    keep = sorted(snap.tid for snap in _snapshots(store, pfs))
+    if not keep:
+        return PruneResult(0, True)
+    now = time.time_ns() if now_ns is None else now_ns
+    fine_after_ts = now - pd.prune_min * 1_000_000_000 if pd.prune_min else None
+    lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
+    destroyed, last_deleted, complete = 0, 0, True
+    while True:
+        doomed, resume = _doomed_batch(store, lo, hi, keep, fine_after_ts, batch)
+        for reckey, create_tid, delete_tid in doomed:
+            store.destroy(reckey, create_tid)
+            last_deleted = max(last_deleted, delete_tid)
+        destroyed += len(doomed)
+        store.commit()
+        if resume is None:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            complete = False
+            break
+        lo = resume
+    if last_deleted:
+        pd = store.get_pfs(pfs)
+        if pd.sync_beg_tid <= last_deleted:
+            store.put_pfs(pfs, pd.evolve(sync_beg_tid=last_deleted + 1, sync_beg_ts=now))
+            store.commit()
+    return PruneResult(destroyed, complete)
+
+
+def _doomed_batch(store: RecordStore, lo, hi, keep: list[int], fine_after_ts: int | None,
+                  batch: int):
+    """Up to ``batch`` versions to destroy from ``lo`` on, and the key to resume at (None at
+    the end).  Collected first: the versions are destroyed after the scan is closed."""
+    doomed = []
+    scan = store.scan(lo, hi, history=True, with_data=False)
+    try:
+        for rec in scan:
+            if len(doomed) >= batch:
+                return doomed, rec.reckey
+            if _unneeded(rec, keep, fine_after_ts):
+                doomed.append((rec.reckey, rec.create_tid, rec.delete_tid))
+    finally:
+        scan.close()
+    return doomed, None
+
+
+def _unneeded(rec: Record, keep: list[int], fine_after_ts: int | None) -> bool:
+    if rec.delete_tid == 0 or rec.rec_type == REC_PFS:
+        return False
+    if rec.delete_tid > keep[-1]:
+        return False  # ended after the newest snapshot: fine-grained history stays
+    if fine_after_ts is not None and rec.delete_ts >= fine_after_ts:
+        return False  # within prune-min
+    i = bisect.bisect_left(keep, rec.create_tid)  # the first kept TID >= create_tid
+    return not (i < len(keep) and keep[i] < rec.delete_tid)
+
+
+def _prunable_pfs(store: RecordStore, pfs: int):
+    pd = store.get_pfs(pfs)
+    if pd is None or pd.is_deleted:
+        raise FsError(errno.ENOENT, f"PFS {pfs} does not exist")
+    if pd.is_slave:
+        raise ReadOnly(f"PFS {pfs} is a slave (read-only): prune its master instead")
+    return pd
+
+
+def _snapshots(store: RecordStore, pfs: int) -> list[Snapshot]:
+    lo, hi = (pfs, ROOT_OBJ, REC_SNAPSHOT, 0), (pfs, ROOT_OBJ, REC_SNAPSHOT, MAX_U64)
+    return [Snapshot.decode(rec.data) for rec in store.scan(lo, hi)]
 
 
 def _prunable(rec: Record) -> bool:
