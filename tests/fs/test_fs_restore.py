@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hammerfs.fs import FileSystem, FsError, Namespace, init_pfs_root
+from hammerfs.fs import history as history_mod
 from hammerfs.fs.history import restore, stored_inode
 from hammerfs.fs.layout import BLOCK
 from hammerfs.store.memory import MemoryStore
@@ -265,5 +266,27 @@ def test_restore_matches_any_committed_tree(before, after, data):
     tid = data.draw(st.sampled_from(tids))
     old = FileSystem(store, 0, tid)
     then = dump(old, old.lookup(R, b"top").obj_id)
-    restore(ns, "top", tid)
+    window, history_mod.COPY_WINDOW = history_mod.COPY_WINDOW, 2  # files span windows
+    try:
+        restore(ns, "top", tid)
+    finally:
+        history_mod.COPY_WINDOW = window
     assert dump(fs, fs.lookup(R, b"top").obj_id) == then
+
+
+def test_restore_of_a_big_sparse_file_in_windows(store, monkeypatch):
+    monkeypatch.setattr(history_mod, "COPY_WINDOW", 3)
+    ns = Namespace(store, 0)
+    fs = ns.live(0)
+    f = fs.create(R, b"big", 0o644).obj_id
+    for i in range(0, 20, 2):  # every other block: holes between
+        fs.write(f, i * BLOCK, bytes([i + 1]) * BLOCK)
+    tid = store.commit()
+    expect = fs.read(f, 0, 21 * BLOCK)
+    for i in range(1, 20, 3):  # fill holes, overwrite blocks, then grow past the end
+        fs.write(f, i * BLOCK + 5, b"changed")
+    fs.write(f, 40 * BLOCK, b"far")
+    store.commit()
+    done = restore(ns, "big", tid)
+    assert done.updated == 1 and fs.read(f, 0, 50 * BLOCK) == expect
+    assert fs.getattr(f).size == 19 * BLOCK

@@ -271,26 +271,50 @@ class _Restorer:
                                prefix + name)
 
 
+COPY_WINDOW = 256  # records compared at a time: 16 MiB of file data at most
+
+
 def _copy_records(src: FileSystem, src_obj: int, dst: FileSystem, dst_obj: int,
                   rec_type: int) -> bool:
     """Replace ``dst_obj``'s records of one type by ``src_obj``'s (holes stay holes).
-    Unchanged records are left alone (no new version).  True if anything changed."""
-    store = dst.store
-    lo, hi = (dst.pfs, dst_obj, rec_type, 0), (dst.pfs, dst_obj, rec_type, MAX_U64)
-    wanted = {rec.key: rec.data for rec in
-              src.store.scan((src.pfs, src_obj, rec_type, 0), (src.pfs, src_obj, rec_type, MAX_U64),
-                             src.asof)}
-    doomed = []
-    for rec in store.scan(lo, hi):
-        if rec.key not in wanted:
-            doomed.append(rec.reckey)
-        elif rec.data == wanted[rec.key]:
-            del wanted[rec.key]  # unchanged: keep it, no new version
-    for reckey in doomed:  # not while scanning: a scan must not run under its own changes
-        store.delete(reckey)
-    for key, data in wanted.items():
-        store.put((dst.pfs, dst_obj, rec_type, key), data)
-    return bool(doomed or wanted)
+    Unchanged records are left alone (no new version).  True if anything changed.
+
+    Works through the key space in windows of COPY_WINDOW source records, so a huge file
+    never sits in memory whole; each window is read completely before it is changed (a scan
+    must not run under its own changes: source and destination may be the same object)."""
+    changed = False
+    key = 0
+    while True:
+        wanted, last = _window(src, src_obj, rec_type, key)
+        hi = MAX_U64 if last is None else last
+        current = {rec.key: rec.data for rec in dst.store.scan(
+            (dst.pfs, dst_obj, rec_type, key), (dst.pfs, dst_obj, rec_type, hi))}
+        for k in current.keys() - wanted.keys():
+            dst.store.delete((dst.pfs, dst_obj, rec_type, k))
+            changed = True
+        for k, data in wanted.items():
+            if current.get(k) != data:  # unchanged records keep their version
+                dst.store.put((dst.pfs, dst_obj, rec_type, k), data)
+                changed = True
+        if last is None or last == MAX_U64:
+            return changed
+        key = last + 1
+
+
+def _window(src: FileSystem, obj: int, rec_type: int, key: int) -> tuple[dict[int, bytes], int | None]:
+    """Up to COPY_WINDOW of ``obj``'s records from ``key`` on, as of ``src``'s TID, and the
+    last key of a full window (None: this window reaches the end)."""
+    out: dict[int, bytes] = {}
+    scan = src.store.scan((src.pfs, obj, rec_type, key), (src.pfs, obj, rec_type, MAX_U64),
+                          src.asof)
+    try:
+        for rec in scan:
+            out[rec.key] = rec.data
+            if len(out) == COPY_WINDOW:
+                return out, rec.key
+    finally:
+        scan.close()
+    return out, None
 
 
 # -- snapshots -----------------------------------------------------------------------------------
