@@ -84,6 +84,17 @@ def format_sector_size(args: argparse.Namespace) -> int:
     return args.sector_size or (512 if args.luks_type == "luks1" else 4096)
 
 
+def add_keyfile_slice_args(parser, *, new: bool = False, short: bool = False) -> None:
+    """cryptsetup's --keyfile-offset/--keyfile-size (--new-keyfile-* for the new key);
+    ``short`` adds cryptsetup's -l (only `hammer luks`: other commands may use -l)."""
+    prefix, which = ("--new-keyfile", "new key file") if new else ("--keyfile", "key file")
+    parser.add_argument(f"{prefix}-offset", type=int, metavar="BYTES",
+                        help=f"skip BYTES at the start of the {which}")
+    parser.add_argument(*(["-l"] if short else []), f"{prefix}-size", type=int, metavar="BYTES",
+                        help=f"use BYTES of the {which}, which must hold that many (default 0: "
+                        "all of it)")
+
+
 def add_header_arg(parser) -> None:
     parser.add_argument("--header", metavar="FILE",
                         help="detached LUKS header: the header lives in FILE, the payload "
@@ -134,6 +145,7 @@ def _common(parser: argparse.ArgumentParser, *, key_file: bool = True,
     if key_file:
         parser.add_argument("-d", "--key-file", metavar="FILE",
                             help="read the passphrase from FILE ('-' for stdin)")
+        add_keyfile_slice_args(parser, short=True)
     if key_slot:
         parser.add_argument("-S", "--key-slot", type=int, metavar="N", help="key slot number")
     parser.add_argument("-q", "--batch-mode", action="store_true",
@@ -147,6 +159,7 @@ def _new_key_args(p: argparse.ArgumentParser) -> None:
                    help="file holding the new passphrase")
     p.add_argument("--new-key-file", "--new-keyfile", metavar="FILE",
                    help="file holding the new passphrase ('-' for stdin)")
+    add_keyfile_slice_args(p, new=True)
     add_kdf_args(p)
 
 
@@ -259,9 +272,16 @@ class _Opened:
         self.dev.close()
 
 
-def _passphrase(key_file: str | None, text: str, *, confirm: bool = False) -> bytes:
+def _passphrase(key_file: str | None, text: str, args: argparse.Namespace, *,
+                confirm: bool = False, new: bool = False) -> bytes:
+    """The passphrase from ``key_file`` (cut by --keyfile-offset/--keyfile-size, or by the
+    --new-keyfile-* pair when ``new``) or a prompt."""
     from hammerfs.luks.passphrase import get_passphrase
-    return get_passphrase(key_file, text, confirm=confirm)
+
+    prefix = "new_keyfile" if new else "keyfile"
+    return get_passphrase(key_file, text, confirm=confirm,
+                          offset=getattr(args, f"{prefix}_offset", None) or 0,
+                          size=getattr(args, f"{prefix}_size", None) or 0)
 
 
 def _confirm(args: argparse.Namespace, question: str) -> None:
@@ -283,7 +303,7 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
 def _unlock(container, args: argparse.Namespace, text: str | None = None,
             key_file: str | None = None) -> tuple[int, bytes]:
     prompt = text or f"Enter passphrase for {args.volume}: "
-    passphrase = _passphrase(key_file if key_file is not None else args.key_file, prompt)
+    passphrase = _passphrase(key_file if key_file is not None else args.key_file, prompt, args)
     return container.unlock(passphrase, getattr(args, "key_slot", None))
 
 
@@ -291,7 +311,8 @@ def _new_passphrase(args: argparse.Namespace) -> bytes:
     source = args.new_key_file or args.new_key_file_pos
     if source and source == "-" and args.key_file == "-":
         raise HammerError("only one of --key-file and --new-key-file can read stdin")
-    return _passphrase(source, "Enter new passphrase for key slot: ", confirm=True)
+    return _passphrase(source, "Enter new passphrase for key slot: ", args, confirm=True,
+                       new=True)
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -329,7 +350,7 @@ def _format_confirmed(dev, args: argparse.Namespace, target: str, *, detached: b
 
     existing = " (it holds a LUKS header now)" if is_luks(dev) else ""
     _confirm(args, f"This will overwrite data on {target} irrevocably{existing}.")
-    passphrase = _passphrase(args.key_file, f"Enter passphrase for {args.volume}: ",
+    passphrase = _passphrase(args.key_file, f"Enter passphrase for {args.volume}: ", args,
                              confirm=True)
     container, _ = format_device(dev, passphrase, args, label=args.label,
                                  subsystem=args.subsystem, slot=args.key_slot,
@@ -418,7 +439,7 @@ def cmd_kill_slot(args: argparse.Namespace) -> int:
                      "after purging this key.")
         elif not args.batch_mode or args.key_file:
             # As cryptsetup: prove you keep access through another slot.
-            passphrase = _passphrase(args.key_file, "Enter any remaining passphrase: ")
+            passphrase = _passphrase(args.key_file, "Enter any remaining passphrase: ", args)
             others = [s for s in active if s != args.slot]
             if not _opens_any(container, passphrase, others):
                 raise HammerError("no remaining key slot opens with this passphrase")

@@ -23,10 +23,11 @@ from hammerfs.errors import HammerError
 
 def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False) -> None:
     """Add the options that say how to open (or, for newfs, create) a volume."""
-    from hammerfs.cli.luks_cmds import add_header_arg
+    from hammerfs.cli.luks_cmds import add_header_arg, add_keyfile_slice_args
 
     parser.add_argument("--key-file", metavar="FILE",
                         help="passphrase file for an encrypted volume ('-' reads stdin)")
+    add_keyfile_slice_args(parser)
     add_header_arg(parser)
     if creating:
         from hammerfs.cli.luks_cmds import add_format_args
@@ -51,7 +52,9 @@ def _passphrase(args: argparse.Namespace | None, *, confirm: bool) -> bytes:
     key_file = getattr(args, "key_file", None)
     text = "Enter passphrase for the new encrypted volume: " if confirm \
         else "Enter passphrase for the encrypted volume: "
-    passphrase = get_passphrase(key_file, text, confirm=confirm)
+    passphrase = get_passphrase(key_file, text, confirm=confirm,
+                                offset=getattr(args, "keyfile_offset", None) or 0,
+                                size=getattr(args, "keyfile_size", None) or 0)
     if args is not None:
         args._luks_passphrase = passphrase
     return passphrase

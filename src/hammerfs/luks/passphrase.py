@@ -1,6 +1,6 @@
 """Where passphrases come from: key files (cryptsetup semantics: the whole file, '-' for
-stdin, no newline processing) or a hidden prompt on a terminal.  Nothing here is ever
-written anywhere."""
+stdin, no newline processing; --keyfile-offset/--keyfile-size cut a slice out of it) or a
+hidden prompt on a terminal.  Nothing here is ever written anywhere."""
 
 from __future__ import annotations
 
@@ -19,25 +19,54 @@ def warn(message: str) -> None:
     print(f"hammer: warning: {message}", file=sys.stderr)
 
 
-def read_key_file(path: str) -> bytes:
-    """The whole key file as the passphrase ('-' reads stdin to its end)."""
+def read_key_file(path: str, offset: int = 0, size: int = 0) -> bytes:
+    """The key file as the passphrase ('-' reads stdin): ``size`` bytes from ``offset``, or
+    with ``size`` 0 everything from ``offset`` to the end (cryptsetup's --keyfile-offset and
+    --keyfile-size; a file too short for them is an error, as there)."""
+    if offset < 0 or size < 0:
+        raise HammerError("--keyfile-offset and --keyfile-size cannot be negative")
+    # An explicit size may exceed the default limit, as in cryptsetup.
+    limit = size or MAX_KEY_FILE + 1
     if path == "-":
-        data = sys.stdin.buffer.read(MAX_KEY_FILE + 1)
+        data = _read_stdin_slice(offset, limit)
     else:
-        try:
-            with open(path, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    warn(f"key file {path} is accessible by group or others "
-                         f"(mode {stat.S_IMODE(mode):04o}); consider chmod 600")
-                data = f.read(MAX_KEY_FILE + 1)
-        except OSError as exc:
-            raise HammerError(f"cannot read key file {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise HammerError(f"key file {path} is larger than {MAX_KEY_FILE} bytes")
+        data = _read_file_slice(path, offset, limit)
+    if size and len(data) < size:
+        raise HammerError(f"key file {path}: cannot read {size} bytes at offset {offset} "
+                          f"(only {len(data)} there)")
+    if not size and len(data) > MAX_KEY_FILE:
+        raise HammerError(f"key file {path} is larger than {MAX_KEY_FILE} bytes "
+                          "(use --keyfile-size)")
     if not data:
-        raise HammerError(f"key file {path} is empty")
+        raise HammerError(f"key file {path} is empty" if not offset
+                          else f"key file {path} holds nothing after offset {offset}")
     return data
+
+
+def _read_stdin_slice(offset: int, limit: int) -> bytes:
+    stream = sys.stdin.buffer
+    skipped = len(stream.read(offset)) if offset else 0
+    if skipped < offset:
+        raise HammerError(f"cannot skip {offset} bytes of the key on stdin "
+                          f"(--keyfile-offset): only {skipped} there")
+    return stream.read(limit)
+
+
+def _read_file_slice(path: str, offset: int, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+                warn(f"key file {path} is accessible by group or others "
+                     f"(mode {stat.S_IMODE(mode):04o}); consider chmod 600")
+            if offset and stat.S_ISREG(mode) and offset > os.fstat(f.fileno()).st_size:
+                raise HammerError(f"key file {path} is shorter than --keyfile-offset "
+                                  f"{offset}")
+            if offset:
+                f.seek(offset)
+            return f.read(limit)
+    except OSError as exc:
+        raise HammerError(f"cannot read key file {path}: {exc.strerror}") from None
 
 
 def interactive() -> bool:
@@ -64,7 +93,11 @@ def prompt(text: str, *, confirm: bool = False) -> bytes:
 
 
 def get_passphrase(key_file: str | None, text: str = "Enter passphrase: ", *,
-                   confirm: bool = False) -> bytes:
+                   confirm: bool = False, offset: int = 0, size: int = 0) -> bytes:
+    """From ``key_file`` (a slice of it with ``offset``/``size``) or a terminal prompt."""
     if key_file:
-        return read_key_file(key_file)
+        return read_key_file(key_file, offset, size)
+    if offset or size:
+        raise HammerError("--keyfile-offset and --keyfile-size apply to a key file: "
+                          "give --key-file too")
     return prompt(text, confirm=confirm)
