@@ -198,6 +198,7 @@ RECORD_OP = st.one_of(
     st.tuples(st.just("commit")),  # twice: history needs several transactions
     st.tuples(st.just("snap")),
     st.tuples(st.just("unsnap"), st.integers(0, 5)),
+    st.tuples(st.just("state"), st.binary(min_size=1, max_size=4)),  # cleanup's own record
 )
 
 
@@ -225,6 +226,8 @@ def test_prune_against_a_model(ops):
             tid = store.commit()
             store.put((1, R, REC_SNAPSHOT, tid), Snapshot(tid, 0, "").encode())
             snaps.append(tid)
+        elif op[0] == "state":
+            store.put((1, R, REC_CONFIG, cl.STATE_KEY), op[1])
         elif op[0] == "unsnap" and snaps:
             store.delete((1, R, REC_SNAPSHOT, snaps.pop(op[1] % len(snaps))))
     store.commit()
@@ -242,6 +245,10 @@ def test_prune_against_a_model(ops):
     if keep:  # exactly the versions no snapshot needs are gone
         assert history_of(store, 1) == needed
         assert result.destroyed == len(old_history) - len(needed)
+        # a slave synced before the last destroyed (mirrored) deletion would miss it
+        gone = [r.delete_tid for r in old_history if r not in needed
+                and r.rec_type != REC_CONFIG]
+        assert store.get_pfs(1).sync_beg_tid == (max(gone) + 1 if gone else 1)
     else:  # no snapshot: nothing to go by, nothing pruned
         assert history_of(store, 1) == old_history and result.destroyed == 0
 

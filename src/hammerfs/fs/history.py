@@ -26,7 +26,14 @@ from hammerfs.fs.layout import (
 )
 from hammerfs.fs.namespace import Namespace, format_tid
 from hammerfs.store.api import RecordStore
-from hammerfs.store.records import MAX_U64, REC_PFS, REC_SNAPSHOT, ROOT_OBJ, Record
+from hammerfs.store.records import (
+    MAX_U64,
+    REC_CONFIG,
+    REC_PFS,
+    REC_SNAPSHOT,
+    ROOT_OBJ,
+    Record,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +402,8 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
         doomed, resume = _doomed_batch(store, lo, hi, keep, fine_after_ts, batch)
         for reckey, create_tid, delete_tid in doomed:
             store.destroy(reckey, create_tid)
-            last_deleted = max(last_deleted, delete_tid)
+            if reckey[2] != REC_CONFIG:  # never mirrored: no slave misses its deletion
+                last_deleted = max(last_deleted, delete_tid)
         destroyed += len(doomed)
         store.commit()
         if resume is None:
