@@ -83,6 +83,11 @@ def test_cleanup_on_an_unmounted_volume(tmp_path):
     assert "(the default" not in run_hammer("config", vol).stdout
     snaps = run_hammer("snapls", vol).stdout
     assert len(TID.findall(snaps)) == 1
+    run_hammer("viconfig", vol, env={"EDITOR": "sed -i s/60d/30d/"})
+    assert "snapshots 1d 30d" in run_hammer("config", vol).stdout
+    broken = run_hammer("viconfig", vol, env={"EDITOR": "sed -i s/prune/prnue/"}, check=False)
+    assert broken.returncode == 1 and "unknown directive 'prnue'" in broken.stderr
+    assert "Traceback" not in broken.stderr and "prune" in run_hammer("config", vol).stdout
     missing = run_hammer("cleanup", f"{vol}:00007", check=False)
     assert missing.returncode == 1 and "PFS 7 does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr

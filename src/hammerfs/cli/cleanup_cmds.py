@@ -173,8 +173,7 @@ def cmd_viconfig(args: argparse.Namespace) -> int:
             while True:
                 if subprocess.run([*editor.split(), f.name]).returncode != 0:
                     raise HammerError(f"{editor} failed: config unchanged")
-                f.seek(0)
-                new = f.read()
+                new = _read_text(f.name)  # by name: editors may replace the file
                 try:
                     parse_config(new)
                     break
