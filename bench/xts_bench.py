@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """AES-XTS payload throughput: hammerfs's batched XTS (cipher only, with the compiled tweak
 helper and with the numpy fallback, and LuksDevice over a file with 1 MiB sequential requests)
-next to `openssl speed -evp aes-256-xts` on one core, in the same run.  openssl is given the sector size as its block size, i.e. one XTS data unit per
-call, which is what dm-crypt does per sector.  Prints medians (MB/s = 10^6 B/s) and ratios.
+next to `openssl speed -evp aes-256-xts` on one core, in the same run. openssl is given the
+sector size as its block size, i.e. one XTS data unit per call, which is what dm-crypt does per
+sector. Prints medians (MB/s = 10^6 B/s) and ratios.
 
 Run by hand (never from the test suite):
     .venv/bin/python bench/xts_bench.py [--runs 5] [--seconds 1] [--mib 256]

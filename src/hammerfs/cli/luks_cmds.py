@@ -1,9 +1,9 @@
 """`hammer luks ...`: cryptsetup-compatible LUKS container management, in userspace.
 
 Flags follow cryptsetup's (--key-file with '-' for stdin, --new-key-file, --key-slot,
---batch-mode, --type, --pbkdf*, --iter-time, --sector-size, --header for a detached header).  Passphrases come from key files
-or a hidden prompt; nothing secret is ever written except the volume key when the user
-explicitly asks for it (dump --dump-volume-key --volume-key-file).
+--batch-mode, --type, --pbkdf*, --iter-time, --sector-size, --header, --keyfile-offset/size).
+Passphrases come from key files or a hidden prompt; nothing secret is ever written except the
+volume key when the user explicitly asks for it (dump --dump-volume-key --volume-key-file).
 """
 
 from __future__ import annotations
@@ -222,6 +222,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(p, key_file=False, key_slot=False)
         p.add_argument("--header-backup-file", required=True, metavar="FILE")
         p.set_defaults(func=func)
+
+    p = cmds.add_parser("convert", help="convert the header between LUKS1 and LUKS2 in place "
+                        "(like cryptsetup convert)")
+    _common(p, key_file=False, key_slot=False)
+    p.add_argument("--type", dest="luks_type", choices=("luks1", "luks2"), required=True,
+                   help="the format to convert to")
+    p.set_defaults(func=cmd_convert)
 
     p = cmds.add_parser("uuid", help="show or set the container UUID")
     _common(p, key_file=False, key_slot=False)
@@ -519,6 +526,25 @@ def cmd_header_restore(args: argparse.Namespace) -> int:
     finally:
         dev.close()
     print(f"Header of {target} restored from {args.header_backup_file}.")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hammerfs.luks.convert import convert
+
+    version = 1 if args.luks_type == "luks1" else 2
+    with _Opened(args) as container:
+        if container.version == version:
+            raise HammerError(f"{args.volume} is already LUKS{version}")
+        _confirm(args, f"This operation will convert {args.volume} to LUKS{version} format. "
+                 "It is not crash-safe: take a header-backup first.")
+        dropped = container.version == 2 and bool(container.hdr.label
+                                                  or container.hdr.subsystem)
+        converted = convert(container, version)
+    if dropped:
+        from hammerfs.luks.passphrase import warn
+        warn("the LUKS2 label and subsystem were dropped (LUKS1 has neither)")
+    print(f"{args.volume}: converted to LUKS{converted.version}.")
     return 0
 
 

@@ -1,10 +1,11 @@
 """Userspace LUKS1/LUKS2 containers, byte-compatible with cryptsetup (layer 1b).
 
-Depends only on hammerfs.blockdev and hammerfs.errors.  Modules: ``xts`` (batched
-AES-XTS-plain64; tweaks by the C helper ``_xtsfast``, or ``xts_numpy`` if unbuilt), ``af`` (anti-forensic splitter), ``kdf`` (PBKDF2/Argon2 and cost
-benchmarks), ``luks1``/``luks2`` (on-disk headers), ``keyslots`` (sealing the volume key),
-``container`` (format, unlock, slot management, dump), ``device`` (LuksDevice, the decrypted
-payload as a BlockDevice), ``passphrase`` (key files and prompts)."""
+Depends only on hammerfs.blockdev and hammerfs.errors. Modules: ``xts`` (batched
+AES-XTS-plain64; tweaks by the C helper ``_xtsfast``, or ``xts_numpy`` if unbuilt), ``af``
+(anti-forensic splitter), ``kdf`` (PBKDF2/Argon2 and cost benchmarks), ``luks1``/``luks2``
+(on-disk headers), ``keyslots`` (sealing the volume key), ``container`` (format, unlock, slot
+management, dump), ``device`` (LuksDevice, the decrypted payload as a BlockDevice),
+``passphrase`` (key files and prompts), ``convert`` (LUKS1 <-> LUKS2)."""
 
 from __future__ import annotations
 
