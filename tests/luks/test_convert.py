@@ -101,3 +101,13 @@ def test_unrepresentable_volumes_are_refused_untouched(tmp_path, case):
     # cryptsetup refuses the same volumes
     assert run("cryptsetup", "convert", "--batch-mode", "--type", target, vol,
                check=False).returncode != 0
+
+
+@pytest.mark.parametrize("version", ["luks1", "luks2"])
+def test_dump_is_cryptsetups_line_for_line(tmp_path, version):
+    """`luks dump` prints what `cryptsetup luksDump` prints (after a conversion, too)."""
+    ours, _, _ = twins(tmp_path, "--type", "luks1", *CS_PBKDF2, extra_slot="2")
+    if version == "luks2":
+        run_hammer("luks", "convert", "-q", "--type", "luks2", ours)
+    assert run_hammer("luks", "dump", ours).stdout == \
+        run("cryptsetup", "luksDump", ours).stdout.decode()

@@ -392,7 +392,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 key = None
         elif args.volume_key_file:
             raise HammerError("--volume-key-file needs --dump-volume-key")
-        sys.stdout.write(container.dump(key))
+        text = container.dump(key)
+        if container.version == 1:     # cryptsetup names the device in LUKS1 dumps only
+            where = detached_header(args) or args.volume
+            text = text.replace("LUKS header information",
+                                f"LUKS header information for {where}", 1)
+        sys.stdout.write(text)
     return 0
 
 

@@ -220,9 +220,11 @@ class Container:
         raise NotImplementedError
 
 
-def _hexlines(raw: bytes, indent: str) -> str:
-    """cryptsetup's hex layout: 16 bytes a line, continuation lines indented."""
-    lines = [" ".join(f"{b:02x}" for b in raw[i:i + 16]) + " " for i in range(0, len(raw), 16)]
+def _hexlines(raw: bytes, indent: str, per_line: int = 16) -> str:
+    """cryptsetup's hex layout: 16 bytes a line (the LUKS1 digest: all 20 on one),
+    continuation lines indented."""
+    lines = [" ".join(f"{b:02x}" for b in raw[i:i + per_line]) + " "
+             for i in range(0, len(raw), per_line)]
     return ("\n" + indent).join(lines)
 
 
@@ -657,7 +659,7 @@ class Luks1Container(Container):
                f"Hash spec:     \t{h.hash_spec}",
                f"Payload offset:\t{h.payload_offset}",
                f"MK bits:       \t{h.key_bytes * 8}",
-               "MK digest:     \t" + _hexlines(h.mk_digest, "\t"),
+               "MK digest:     \t" + _hexlines(h.mk_digest, "\t", per_line=20),
                "MK salt:       \t" + _hexlines(h.mk_digest_salt, "               \t"),
                f"MK iterations: \t{h.mk_digest_iterations}",
                f"UUID:          \t{h.uuid}", ""]
