@@ -91,3 +91,20 @@ def test_cleanup_on_an_unmounted_volume(tmp_path):
     missing = run_hammer("cleanup", f"{vol}:00007", check=False)
     assert missing.returncode == 1 and "PFS 7 does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_cleanup_without_a_target_takes_writable_live_mounts(monkeypatch):
+    from hammerfs.cli import cleanup_cmds
+    from hammerfs.control import client
+    from hammerfs.errors import HammerError
+
+    mounts = [{"mountpoint": "/b", "readonly": False, "asof": None},
+              {"mountpoint": "/ro", "readonly": True, "asof": None},
+              {"mountpoint": "/old", "readonly": True, "asof": 5},
+              {"mountpoint": "/a", "readonly": False, "asof": None}]
+    monkeypatch.setattr(client, "registered_mounts", lambda: mounts)
+    assert cleanup_cmds._cleanup_targets([]) == ["/a", "/b"]
+    assert cleanup_cmds._cleanup_targets(["/x"]) == ["/x"]
+    monkeypatch.setattr(client, "registered_mounts", lambda: mounts[1:3])
+    with pytest.raises(HammerError, match="no writable hammerfs mount"):
+        cleanup_cmds._cleanup_targets([])
