@@ -59,6 +59,12 @@ def parse_tid(text: str) -> int:
     return tid
 
 
+def _canonical(path: bytes) -> bool:
+    """True for the one spelling of a live path the cache keys on (as FUSE sends them)."""
+    return path.startswith(b"/") and b"@@" not in path and b"//" not in path \
+        and b"/./" not in path and not path.endswith((b"/.", b"/")) or path == b"/"
+
+
 class Namespace:
     """Every view reachable from one mount (or one command on an unmounted volume).
 
@@ -72,8 +78,9 @@ class Namespace:
         self.readonly = readonly or store.readonly or asof is not None
         self.lock = threading.RLock()
         self._live: dict[int, FileSystem] = {}
-        # path -> obj_id of live paths in the mounted PFS (no @@ names); dropped whole on
-        # any unlink/rmdir/rename (``forget``), so it never outlives a name.
+        # path -> obj_id of live paths in the mounted PFS (canonical, no @@ names); the
+        # path (and what lies below it) is dropped when its name is removed or moved
+        # (``forget_path``), everything when records change behind us (``forget``).
         self._paths: dict[bytes, int] = {}
         self._root: tuple[float, FileSystem] | None = None
 
@@ -128,17 +135,28 @@ class Namespace:
         return target, target.lookup(dir_ino.obj_id, magic.name)
 
     def forget(self) -> None:
-        """Drop cached path lookups (after a name disappeared or moved) and the root view
-        (after a PFS changed)."""
+        """Drop cached path lookups, inodes and the root view (after records changed behind
+        this namespace: control ops, mirroring, PFS changes)."""
         self._paths.clear()
         self._root = None
         for fs in self._live.values():
             fs.forget()
 
+    def forget_path(self, path: bytes, *, subtree: bool = False) -> None:
+        """Drop the cached lookup of ``path`` (a name that was just removed or moved through
+        this namespace), and with ``subtree`` every cached path below it (a moved or
+        replaced directory).  Inodes stay cached: the fs writes its own changes through."""
+        path = path.rstrip(b"/")
+        self._paths.pop(path, None)
+        if subtree:
+            prefix = path + b"/"
+            for stale in [p for p in self._paths if p.startswith(prefix)]:
+                del self._paths[stale]
+
     def resolve(self, path: bytes) -> tuple[FileSystem, Inode]:
         """Walk an absolute path (relative to the mount root); symlinks are not followed."""
         fs = self.root_view()
-        cacheable = fs.asof is None and b"@@" not in path
+        cacheable = fs.asof is None and _canonical(path)
         start = b""
         if cacheable:
             hit = self._cached(fs, path)
@@ -150,17 +168,24 @@ class Namespace:
                 ino, start = parent, head
         if not start:
             ino = fs.getattr(ROOT_OBJ)
+        walked = start
         for name in path[len(start):].split(b"/"):
             if name in (b"", b"."):
                 continue
             if not ino.is_dir:
                 raise FsError(errno.ENOTDIR, "not a directory")
             fs, ino = self.step(fs, ino, name)
+            walked += b"/" + name
+            if cacheable and ino.is_dir:  # the next lookup below resumes from here
+                self._remember(walked, ino.obj_id)
         if cacheable and fs.pfs == self.pfs and fs.asof is None:
-            if len(self._paths) > 100_000:
-                self._paths.clear()
-            self._paths[path] = ino.obj_id
+            self._remember(path, ino.obj_id)
         return fs, ino
+
+    def _remember(self, path: bytes, obj: int) -> None:
+        if len(self._paths) > 100_000:
+            self._paths.clear()
+        self._paths[path] = obj
 
     def _cached(self, fs: FileSystem, path: bytes) -> Inode | None:
         obj = self._paths.get(path)

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -41,8 +42,57 @@ SYNTHETIC_INO = 1 << 56
 MAX_REQUEST = 1 << 20  # largest read/write request the kernel may send  # inode numbers of history/other-PFS views start here
 
 
+FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asked for READDIRPLUS
+FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
+READDIR_BATCH = 256  # entries produced per readdir call at most (a request holds fewer)
+
+
+def _stat_layout() -> tuple[struct.Struct, tuple[str, ...]]:
+    """A struct that writes a whole ``struct stat`` in one call (laid out from the binding's
+    c_stat, so it follows the platform), and the value names in the order it takes them."""
+    parts: list[tuple[int, str, str]] = []
+    for name, ctype, *_ in mfusepy.c_stat._fields_:
+        offset = getattr(mfusepy.c_stat, name).offset
+        if name.endswith("timespec"):
+            for sub, stype in ctype._fields_:
+                parts.append((offset + getattr(ctype, sub).offset, f"{name[:-4]}_{sub}", stype))
+        elif not name.startswith(("__", "reserved")):
+            parts.append((offset, name, ctype))
+    fmt, pos, names = "=", 0, []
+    for offset, name, ctype in sorted(parts):
+        fmt += "x" * (offset - pos)
+        size = ctypes.sizeof(ctype)
+        code = {8: "q", 4: "i", 2: "h"}[size]
+        fmt += code if ctype._type_.islower() else code.upper()
+        names.append(name)
+        pos = offset + size
+    fmt += "x" * (ctypes.sizeof(mfusepy.c_stat) - pos)
+    return struct.Struct(fmt), tuple(names)
+
+
+_STAT, _STAT_FIELDS = _stat_layout()
+
+
 def _b(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
+
+
+def _errno(exc: Exception, what: str, args: tuple) -> int:
+    """The errno a failed request returns; the unexpected is logged, never raised."""
+    if isinstance(exc, CorruptionError):
+        log.error("%s %r: checksum failure at %s: %s", what, args[:1],
+                  hex(exc.location) if exc.location is not None else "?", exc)
+        return errno.EIO
+    if isinstance(exc, OSError):
+        if isinstance(exc.errno, int) and exc.errno > 0:
+            return exc.errno
+        log.error("%s failed: %s", what, exc, exc_info=exc)
+        return errno.EIO
+    if isinstance(exc, HammerError):
+        log.error("%s %r: %s", what, args[:1], exc)
+        return errno.EIO
+    log.error("%s crashed", what, exc_info=exc)
+    return errno.EIO
 
 
 def _op(func: Callable) -> Callable:
@@ -53,21 +103,8 @@ def _op(func: Callable) -> Callable:
         try:
             with self.ns.lock:
                 return func(self, *args)
-        except CorruptionError as exc:
-            log.error("%s %r: checksum failure at %s: %s", func.__name__, args[:1],
-                      hex(exc.location) if exc.location is not None else "?", exc)
-            raise mfusepy.FuseOSError(errno.EIO) from None
-        except OSError as exc:
-            if isinstance(exc.errno, int) and exc.errno > 0:
-                raise mfusepy.FuseOSError(exc.errno) from None
-            log.exception("%s failed", func.__name__)
-            raise mfusepy.FuseOSError(errno.EIO) from None
-        except HammerError as exc:
-            log.error("%s %r: %s", func.__name__, args[:1], exc)
-            raise mfusepy.FuseOSError(errno.EIO) from None
-        except Exception:
-            log.exception("%s crashed", func.__name__)
-            raise mfusepy.FuseOSError(errno.EIO) from None
+        except Exception as exc:
+            raise mfusepy.FuseOSError(_errno(exc, func.__name__, args)) from None
 
     return wrapper
 
@@ -103,13 +140,21 @@ class HammerOperations(mfusepy.Operations):
             ino = self._inos[key] = SYNTHETIC_INO + len(self._inos)
         return ino
 
-    def _stat(self, fs: FileSystem, ino: Inode) -> dict:
-        return {
-            "st_ino": self._ino(fs, ino.obj_id), "st_mode": ino.mode, "st_nlink": ino.nlink,
-            "st_uid": ino.uid, "st_gid": ino.gid, "st_size": ino.size, "st_rdev": ino.rdev,
-            "st_atime": ino.atime, "st_mtime": ino.mtime, "st_ctime": ino.ctime,
-            "st_blksize": BLOCK, "st_blocks": (ino.size + 511) // 512,
+    def _stat(self, fs: FileSystem, ino: Inode) -> bytes:
+        """``struct stat`` of ``ino``, packed (the kernel ignores st_dev: FUSE reports the
+        mount's device for every file)."""
+        atime_s, atime_ns = divmod(ino.atime, 1_000_000_000)
+        mtime_s, mtime_ns = divmod(ino.mtime, 1_000_000_000)
+        ctime_s, ctime_ns = divmod(ino.ctime, 1_000_000_000)
+        values = {
+            "st_dev": 0, "st_ino": self._ino(fs, ino.obj_id), "st_nlink": ino.nlink,
+            "st_mode": ino.mode, "st_uid": ino.uid, "st_gid": ino.gid, "st_rdev": ino.rdev,
+            "st_size": ino.size, "st_blksize": BLOCK, "st_blocks": (ino.size + 511) // 512,
+            "st_atime_tv_sec": atime_s, "st_atime_tv_nsec": atime_ns,
+            "st_mtime_tv_sec": mtime_s, "st_mtime_tv_nsec": mtime_ns,
+            "st_ctime_tv_sec": ctime_s, "st_ctime_tv_nsec": ctime_ns,
         }
+        return _STAT.pack(*[values.get(name, 0) for name in _STAT_FIELDS])
 
     def _new_fh(self, handle: Handle) -> int:
         with self._fh_lock:
@@ -168,9 +213,22 @@ class HammerOperations(mfusepy.Operations):
             self._on_destroy()
 
     # -- attributes ------------------------------------------------------------------------------
-    @_op
-    def getattr(self, path, fh=None):
-        return self._stat(*self._resolve(path, fh))
+    def stat_into(self, path: bytes | None, fh: int | None, buf) -> int:
+        """getattr straight into libfuse's ``struct stat`` buffer (the hottest request)."""
+        try:
+            with self.ns.lock:
+                handle = self._handles.get(fh) if fh else None
+                if handle is not None:
+                    fs, ino = handle.fs, handle.fs.getattr(handle.obj_id)
+                elif path is None:
+                    return -errno.ENOENT
+                else:
+                    fs, ino = self.ns.resolve(path)
+                packed = self._stat(fs, ino)
+        except Exception as exc:
+            return -_errno(exc, "getattr", (path,))
+        ctypes.memmove(buf, packed, _STAT.size)
+        return 0
 
     @_op
     def access(self, path, amode):
@@ -242,15 +300,15 @@ class HammerOperations(mfusepy.Operations):
     @_op
     def unlink(self, path):
         fs, parent, name = self._parent(path)
-        self.ns.forget()
         fs.unlink(parent.obj_id, name)
+        self.ns.forget_path(_b(path))
         return 0
 
     @_op
     def rmdir(self, path):
         fs, parent, name = self._parent(path)
-        self.ns.forget()
         fs.rmdir(parent.obj_id, name)
+        self.ns.forget_path(_b(path), subtree=True)
         return 0
 
     @_op
@@ -259,8 +317,9 @@ class HammerOperations(mfusepy.Operations):
         nfs, nparent, nname = self._parent(new)
         if ofs is not nfs:
             raise FsError(errno.EXDEV, "cannot rename across PFSs or views")
-        self.ns.forget()
         ofs.rename(oparent.obj_id, oname, nparent.obj_id, nname, flags)
+        self.ns.forget_path(_b(old), subtree=True)
+        self.ns.forget_path(_b(new), subtree=True)
         return 0
 
     # -- files -------------------------------------------------------------------------------------
@@ -330,22 +389,51 @@ class HammerOperations(mfusepy.Operations):
             raise FsError(errno.ENOTDIR, "not a directory")
         return 0
 
-    @_op
-    def readdir_with_offset(self, path, offset, fh):
-        fs, ino = self._resolve(path)
-        entries = []
-        if offset < 1:
-            entries.append((".", {"st_mode": stat.S_IFDIR, "st_ino": self._ino(fs, ino.obj_id)}, 1))
-        if offset < 2:
-            entries.append(("..", {"st_mode": stat.S_IFDIR}, 2))
-        after = offset - 3 if offset >= 3 else -1
-        for n, entry in enumerate(fs.readdir(ino.obj_id, after)):
-            if n >= 1024:  # the kernel asks again from the last offset it kept
-                break
-            entries.append((entry.name.decode("utf-8", "surrogateescape"),
-                            {"st_mode": entry.mode_type, "st_ino": self._ino(fs, entry.obj_id)},
-                            entry.key + 3))
-        return entries
+    def fill_dir(self, path: bytes, buf, filler, offset: int, plus: bool) -> int:
+        """readdir(plus): entries after ``offset`` into libfuse's buffer until it is full.
+        With ``plus`` each entry carries its attributes, which saves the kernel a LOOKUP per
+        name (``find``, ``ls -l``, ``rm -r``)."""
+        st = mfusepy.c_stat()
+        try:
+            with self.ns.lock:
+                fs, ino = self.ns.resolve(path)
+                if not ino.is_dir:
+                    return -errno.ENOTDIR
+                if offset < 1:
+                    self._fill_mode(st, stat.S_IFDIR, self._ino(fs, ino.obj_id))
+                    if filler(buf, b".", st, 1, 0):
+                        return 0
+                if offset < 2:
+                    self._fill_mode(st, stat.S_IFDIR, 0)
+                    if filler(buf, b"..", st, 2, 0):
+                        return 0
+                after = offset - 3 if offset >= 3 else -1
+                for n, entry in enumerate(fs.readdir(ino.obj_id, after)):
+                    if n >= READDIR_BATCH:  # the kernel asks again from the last offset
+                        break
+                    if plus:
+                        child = fs.getattr(entry.obj_id)
+                        ctypes.memmove(ctypes.byref(st), self._stat(fs, child), _STAT.size)
+                        flags = FUSE_FILL_DIR_PLUS
+                    else:
+                        self._fill_mode(st, entry.mode_type, self._ino(fs, entry.obj_id))
+                        flags = 0
+                    if filler(buf, entry.name, st, entry.key + 3, flags):
+                        break
+        except Exception as exc:
+            return -_errno(exc, "readdir", (path,))
+        return 0
+
+    @staticmethod
+    def _fill_mode(st, mode: int, ino: int) -> None:
+        ctypes.memset(ctypes.byref(st), 0, _STAT.size)
+        st.st_mode = mode
+        st.st_ino = ino
+
+    # The binding registers a libfuse callback only for operations defined here; _Fuse
+    # serves these two (with libfuse's own arguments) through stat_into and fill_dir.
+    getattr = stat_into
+    readdir_with_offset = fill_dir
 
     @_op
     def releasedir(self, path, fh):
@@ -384,7 +472,21 @@ def _time_arg(value: int, now: int) -> int | None:
 
 
 class _Fuse(mfusepy.FUSE):
-    """Passes rename flags (RENAME_NOREPLACE) on, which the binding drops."""
+    """The binding with our hot paths: getattr packs ``struct stat`` in one call, readdir
+    answers READDIRPLUS, create skips the binding's per-call signature inspection, and
+    rename flags (RENAME_NOREPLACE), which the binding drops, are passed on."""
+
+    def getattr_fuse_3(self, path: bytes | None, buf, fip) -> int:
+        return self.operations.stat_into(path, fip.contents.fh if fip else None, buf)
+
+    def readdir_fuse_3(self, path: bytes, buf, filler, offset: int, fip, flags: int) -> int:
+        return self.operations.fill_dir(path, buf, filler, offset,
+                                        bool(flags & FUSE_READDIR_PLUS))
+
+    def create(self, path: bytes, mode: int, fip) -> int:
+        fi = fip.contents
+        fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
+        return 0
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(old.decode(self.encoding, self.errors),
