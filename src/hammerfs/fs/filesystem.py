@@ -84,10 +84,14 @@ class FileSystem:
         # Decoded inodes of the live view, written through by every change made here.
         # Whoever changes this PFS's records behind the view calls forget().
         self._inodes: dict[int, Inode] = {}
+        # Objects known to have no xattrs: the kernel asks for security.capability on every
+        # write and chown, and new files have none.  Written through like _inodes.
+        self._no_xattrs: set[int] = set()
 
     def forget(self) -> None:
         """Drop cached inodes (after records were changed other than through this view)."""
         self._inodes.clear()
+        self._no_xattrs.clear()
 
     # -- helpers -------------------------------------------------------------------------------
     def _key(self, obj: int, rec_type: int, key: int = 0) -> tuple[int, int, int, int]:
@@ -104,8 +108,10 @@ class FileSystem:
         return ino
 
     def put_inode(self, ino: Inode) -> Inode:
-        """Store an inode as given (undo's restore of attributes)."""
+        """Store an inode as given (undo's restore of attributes, after it copied the
+        object's other records itself: its xattrs may have changed too)."""
         self.check_writable()
+        self._no_xattrs.discard(ino.obj_id)
         return self._put_inode(ino)
 
     def _touch_dir(self, dir_ino: Inode, t: int, nlink_delta: int = 0) -> Inode:
@@ -200,27 +206,46 @@ class FileSystem:
         for rec in self.store.scan(lo, hi, self.asof):
             yield decode_dirent(rec.key, rec.data)
 
-    def _add_entry(self, dir_obj: int, name: bytes, child: Inode) -> None:
-        key = self._free_key(dir_obj, REC_DIRENT, name)
+    def _vacant_key(self, dir_obj: int, name: bytes) -> int:
+        """The key a new entry ``name`` gets in ``dir_obj``; EEXIST if the name is taken.
+        One scan of the name's collision range answers both."""
+        h = name_hash(name)
+        lo, hi = self._key(dir_obj, REC_DIRENT, h), self._key(dir_obj, REC_DIRENT, h | COLLISION_MASK)
+        used = set()
+        for rec in self.store.scan(lo, hi, self.asof):
+            if decode_dirent(rec.key, rec.data).name == name:
+                raise FsError(errno.EEXIST, f"{name.decode(errors='replace')}: exists")
+            used.add(rec.key)
+        key = h
+        while key in used:
+            key += 1
+        if key > (h | COLLISION_MASK):
+            raise FsError(errno.ENOSPC, "too many name hash collisions")
+        return key
+
+    def _add_entry(self, dir_obj: int, name: bytes, child: Inode, key: int | None = None) -> None:
+        if key is None:
+            key = self._free_key(dir_obj, REC_DIRENT, name)
         self.store.put(self._key(dir_obj, REC_DIRENT, key),
                        encode_dirent(child.obj_id, child.mode, name))
 
     def _new_child(self, dir_obj: int, name: bytes, mode: int, uid: int, gid: int,
-                   rdev: int = 0) -> tuple[Inode, Inode]:
-        """Checks shared by every create: returns (parent, new inode, not yet stored)."""
+                   rdev: int = 0) -> tuple[Inode, Inode, int]:
+        """Checks shared by every create: returns (parent, new inode not yet stored, the
+        key of its directory entry)."""
         self.check_writable()
         self._check_name(name)
         parent = self._dir(dir_obj)
         if parent.nlink == 0:
             raise FsError(errno.ENOENT, "directory was removed")
-        if self._find(dir_obj, name) is not None:
-            raise FsError(errno.EEXIST, f"{name.decode(errors='replace')}: exists")
+        key = self._vacant_key(dir_obj, name)
         t = now_ns()
         obj = self.store.alloc_obj_id()
         is_dir = stat.S_ISDIR(mode)
         ino = Inode(obj, mode, uid, gid, 2 if is_dir else 1, 0, rdev, t, t, t, t,
                     dir_obj if is_dir else 0)
-        return parent, ino
+        self._no_xattrs.add(obj)
+        return parent, ino, key
 
     def create(self, dir_obj: int, name: bytes, mode: int, uid: int = 0, gid: int = 0,
                rdev: int = 0) -> Inode:
@@ -229,16 +254,17 @@ class FileSystem:
             mode |= stat.S_IFREG
         if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
             raise FsError(errno.EINVAL, "use mkdir/symlink")
-        parent, ino = self._new_child(dir_obj, name, mode, uid, gid, rdev)
+        parent, ino, key = self._new_child(dir_obj, name, mode, uid, gid, rdev)
         self._put_inode(ino)
-        self._add_entry(dir_obj, name, ino)
+        self._add_entry(dir_obj, name, ino, key)
         self._touch_dir(parent, ino.ctime)
         return ino
 
     def mkdir(self, dir_obj: int, name: bytes, mode: int, uid: int = 0, gid: int = 0) -> Inode:
-        parent, ino = self._new_child(dir_obj, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
+        parent, ino, key = self._new_child(dir_obj, name, stat.S_IFDIR | (mode & 0o7777), uid,
+                                           gid)
         self._put_inode(ino)
-        self._add_entry(dir_obj, name, ino)
+        self._add_entry(dir_obj, name, ino, key)
         self._touch_dir(parent, ino.ctime, +1)
         return ino
 
@@ -246,11 +272,11 @@ class FileSystem:
                 gid: int = 0) -> Inode:
         if len(target) > SYMLINK_MAX:
             raise FsError(errno.ENAMETOOLONG, "symlink target too long")
-        parent, ino = self._new_child(dir_obj, name, stat.S_IFLNK | 0o777, uid, gid)
+        parent, ino, key = self._new_child(dir_obj, name, stat.S_IFLNK | 0o777, uid, gid)
         ino = ino.evolve(size=len(target))
         self._put_inode(ino)
         self.store.put(self._key(ino.obj_id, REC_SYMLINK), target)
-        self._add_entry(dir_obj, name, ino)
+        self._add_entry(dir_obj, name, ino, key)
         self._touch_dir(parent, ino.ctime)
         return ino
 
@@ -270,11 +296,10 @@ class FileSystem:
             raise FsError(errno.ENOENT, "file was removed")
         self._check_name(name)
         parent = self._dir(dir_obj)
-        if self._find(dir_obj, name) is not None:
-            raise FsError(errno.EEXIST, f"{name.decode(errors='replace')}: exists")
+        key = self._vacant_key(dir_obj, name)
         t = now_ns()
         ino = self._put_inode(ino.evolve(nlink=ino.nlink + 1, ctime=t))
-        self._add_entry(dir_obj, name, ino)
+        self._add_entry(dir_obj, name, ino, key)
         self._touch_dir(parent, t)
         return ino
 
@@ -291,6 +316,7 @@ class FileSystem:
 
     def _remove_object(self, obj: int) -> None:
         self._inodes.pop(obj, None)
+        self._no_xattrs.discard(obj)
         self.store.delete_range(self._key(obj, 0, 0), self._key(obj, MAX_REC_TYPE, MAX_U64))
 
     def unlink(self, dir_obj: int, name: bytes) -> None:
@@ -507,7 +533,7 @@ class FileSystem:
 
     def getxattr(self, obj: int, name: bytes) -> bytes:
         self.getattr(obj)
-        found = self._find_xattr(obj, name)
+        found = None if obj in self._no_xattrs else self._find_xattr(obj, name)
         if found is None:
             raise FsError(errno.ENODATA, "no such attribute")
         return found[1]
@@ -530,6 +556,7 @@ class FileSystem:
         if found is None and flags & XATTR_REPLACE:
             raise FsError(errno.ENODATA, "no such attribute")
         key = found[0] if found is not None else self._free_key(obj, REC_XATTR, name)
+        self._no_xattrs.discard(obj)
         self.store.put(self._key(obj, REC_XATTR, key), encode_xattr(name, value))
         self._put_inode(ino.evolve(ctime=now_ns()))
 

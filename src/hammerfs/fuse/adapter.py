@@ -44,6 +44,8 @@ MAX_REQUEST = 1 << 20  # largest read/write request the kernel may send  # inode
 
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asked for READDIRPLUS
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
+ENTRY_TTL = 60.0  # seconds the kernel keeps a name of a tree that changes only through it
+ATTR_TTL = 1.0  # seconds it keeps attributes that may change behind it (see run())
 READDIR_BATCH = 256  # entries produced per readdir call at most (a request holds fewer)
 
 
@@ -169,14 +171,18 @@ class HammerOperations(mfusepy.Operations):
             raise FsError(errno.EBADF, "stale file handle")
         return handle
 
-    def _resolve(self, path: str, fh=None) -> tuple[FileSystem, Inode]:
-        if fh:
-            handle = self._handles.get(fh)
-            if handle is not None:
-                return handle.fs, handle.fs.getattr(handle.obj_id)
+    def _target(self, path: bytes | None, fh: int | None) -> tuple[FileSystem, Inode]:
+        """What a request is about: the open file ``fh`` if the kernel named one, else the
+        object at ``path``."""
+        handle = self._handles.get(fh) if fh else None
+        if handle is not None:
+            return handle.fs, handle.fs.getattr(handle.obj_id)
         if path is None:
             raise FsError(errno.ENOENT, "no path")
-        return self.ns.resolve(_b(path))
+        return self.ns.resolve(path)
+
+    def _resolve(self, path: str | None, fh=None) -> tuple[FileSystem, Inode]:
+        return self._target(None if path is None else _b(path), fh)
 
     def _parent(self, path: str) -> tuple[FileSystem, Inode, bytes]:
         return self.ns.resolve_parent(_b(path))
@@ -217,14 +223,7 @@ class HammerOperations(mfusepy.Operations):
         """getattr straight into libfuse's ``struct stat`` buffer (the hottest request)."""
         try:
             with self.ns.lock:
-                handle = self._handles.get(fh) if fh else None
-                if handle is not None:
-                    fs, ino = handle.fs, handle.fs.getattr(handle.obj_id)
-                elif path is None:
-                    return -errno.ENOENT
-                else:
-                    fs, ino = self.ns.resolve(path)
-                packed = self._stat(fs, ino)
+                packed = self._stat(*self._target(path, fh))
         except Exception as exc:
             return -_errno(exc, "getattr", (path,))
         ctypes.memmove(buf, packed, _STAT.size)
@@ -235,25 +234,24 @@ class HammerOperations(mfusepy.Operations):
         self._resolve(path)
         return 0
 
-    @_op
-    def chmod(self, path, mode):
-        fs, ino = self._resolve(path)
-        fs.setattr(ino.obj_id, mode=mode)
+    def setattr_at(self, path: bytes | None, fh: int | None, **changes) -> int:
+        """chmod/chown/utimens (``fs.setattr`` arguments) of a path, or of an open file
+        when the kernel names its handle (then it may be unlinked already)."""
+        try:
+            with self.ns.lock:
+                fs, ino = self._target(path, fh)
+                fs.setattr(ino.obj_id, **changes)
+        except Exception as exc:
+            return -_errno(exc, "setattr", (path,))
         return 0
 
-    @_op
-    def chown(self, path, uid, gid):
-        fs, ino = self._resolve(path)
-        fs.setattr(ino.obj_id, uid=uid, gid=gid)
-        return 0
-
-    @_op
-    def utimens(self, path, times=None):
-        fs, ino = self._resolve(path)
+    def utimens_at(self, path: bytes | None, fh: int | None, atime: tuple[int, int] | None,
+                   mtime: tuple[int, int] | None) -> int:
+        """Times as (seconds, nanoseconds) with UTIME_NOW/UTIME_OMIT in the nanoseconds;
+        None for both means now."""
         now = time.time_ns()
-        atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
-        fs.setattr(ino.obj_id, atime=_time_arg(atime, now), mtime=_time_arg(mtime, now))
-        return 0
+        return self.setattr_at(path, fh, atime=_time_arg(atime, now),
+                               mtime=_time_arg(mtime, now))
 
     @_op
     def truncate(self, path, length, fh=None):
@@ -430,11 +428,6 @@ class HammerOperations(mfusepy.Operations):
         st.st_mode = mode
         st.st_ino = ino
 
-    # The binding registers a libfuse callback only for operations defined here; _Fuse
-    # serves these two (with libfuse's own arguments) through stat_into and fill_dir.
-    getattr = stat_into
-    readdir_with_offset = fill_dir
-
     @_op
     def releasedir(self, path, fh):
         return 0
@@ -446,10 +439,21 @@ class HammerOperations(mfusepy.Operations):
         fs.setxattr(ino.obj_id, _b(name), value, options)
         return 0
 
-    @_op
-    def getxattr(self, path, name, position=0):
-        fs, ino = self._resolve(path)
-        return fs.getxattr(ino.obj_id, _b(name))
+    def getxattr_into(self, path: bytes, name: bytes, buf, size: int) -> int:
+        """getxattr into libfuse's buffer (size 0 asks for the length).  Hot: the kernel
+        asks for security.capability before every write and chown."""
+        try:
+            with self.ns.lock:
+                fs, ino = self.ns.resolve(path)
+                value = fs.getxattr(ino.obj_id, name)
+        except Exception as exc:
+            return -_errno(exc, "getxattr", (path,))
+        if not buf:
+            return len(value)
+        if len(value) > size:
+            return -errno.ERANGE
+        ctypes.memmove(buf, value, len(value))
+        return len(value)
 
     @_op
     def listxattr(self, path):
@@ -462,13 +466,24 @@ class HammerOperations(mfusepy.Operations):
         fs.removexattr(ino.obj_id, _b(name))
         return 0
 
+    # The binding registers a libfuse callback only for operations defined here; _Fuse
+    # serves these (with libfuse's own arguments) through the methods named.
+    getattr = stat_into
+    readdir_with_offset = fill_dir
+    chmod = chown = setattr_at
+    utimens = utimens_at
+    getxattr = getxattr_into
 
-def _time_arg(value: int, now: int) -> int | None:
-    if value == UTIME_OMIT:
-        return None
-    if value == UTIME_NOW:
+
+def _time_arg(value: tuple[int, int] | None, now: int) -> int | None:
+    if value is None:
         return now
-    return int(value)
+    sec, nsec = value
+    if nsec == UTIME_OMIT:
+        return None
+    if nsec == UTIME_NOW:
+        return now
+    return sec * 1_000_000_000 + nsec
 
 
 class _Fuse(mfusepy.FUSE):
@@ -483,6 +498,22 @@ class _Fuse(mfusepy.FUSE):
         return self.operations.fill_dir(path, buf, filler, offset,
                                         bool(flags & FUSE_READDIR_PLUS))
 
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip) -> int:
+        return self.operations.setattr_at(path, fip.contents.fh if fip else None, mode=mode)
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip) -> int:
+        return self.operations.setattr_at(path, fip.contents.fh if fip else None,
+                                          uid=uid, gid=gid)
+
+    def utimens_fuse_3(self, path: bytes | None, buf, fip) -> int:
+        times = buf.contents if buf else None
+        atime = (times.actime.tv_sec, times.actime.tv_nsec) if times else None
+        mtime = (times.modtime.tv_sec, times.modtime.tv_nsec) if times else None
+        return self.operations.utimens_at(path, fip.contents.fh if fip else None, atime, mtime)
+
+    def getxattr(self, path: bytes, name: bytes, value, size: int, *args) -> int:
+        return self.operations.getxattr_into(path, name, value, size)
+
     def create(self, path: bytes, mode: int, fip) -> int:
         fi = fip.contents
         fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
@@ -493,13 +524,41 @@ class _Fuse(mfusepy.FUSE):
                                       new.decode(self.encoding, self.errors), flags)
 
 
+def kernel_cache_timeouts(ns: Namespace) -> dict[str, float]:
+    """How long the kernel may keep names and attributes without asking us again.
+
+    The high-level libfuse API is path based: a cached name only maps to a path, which we
+    resolve afresh on every request, so a long entry timeout cannot show a removed or
+    replaced file's contents; what the kernel keeps is attributes (and pages, which
+    auto_cache checks against mtime and size on open).  Hence:
+
+    * live master: every change comes through the kernel (which updates its cache) except
+      control-channel ops, which invalidate what they change; names stay ENTRY_TTL,
+      attributes ATTR_TTL (the bound for anything else, e.g. ``@@-1:NNNNN`` slave views);
+    * as-of mount: nothing ever changes: both ENTRY_TTL;
+    * slave: mirroring rewrites the tree behind the kernel: both ATTR_TTL.
+
+    Negative lookups are never cached: ``undo`` and mirroring create names behind the
+    kernel, and a cached "no such file" could not be invalidated through this API."""
+    root = ns.root_view()
+    if ns.asof is not None:
+        entry, attr = ENTRY_TTL, ENTRY_TTL
+    elif root.asof is None:
+        entry, attr = ENTRY_TTL, ATTR_TTL
+    else:
+        entry, attr = ATTR_TTL, ATTR_TTL
+    return {"entry_timeout": entry, "attr_timeout": attr, "negative_timeout": 0.0}
+
+
 def run(ops: HammerOperations, mountpoint: str, *, fsname: str, readonly: bool,
         foreground: bool = True, debug: bool = False) -> None:
     """Mount and serve until unmounted (or SIGINT/SIGTERM)."""
+    with ops.ns.lock:
+        timeouts = kernel_cache_timeouts(ops.ns)
     options = {
         "fsname": fsname, "subtype": "hammerfs", "default_permissions": True,
         "use_ino": True, "hard_remove": True, "auto_cache": True,
-        "max_read": MAX_REQUEST,
+        "max_read": MAX_REQUEST, **timeouts,
     }
     if os.geteuid() == 0:
         options["allow_other"] = True
