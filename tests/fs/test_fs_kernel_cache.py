@@ -1,0 +1,154 @@
+"""What the kernel and the mount may cache, and when it must let go.
+
+The mount keeps names 60 s and attributes 1 s in the kernel (live master), answers
+READDIRPLUS with attributes, and keeps its own path -> object cache, which forgets exactly
+the names an operation removed or moved.  These tests change names and attributes in every
+order that could leave a stale entry behind, and check that a mirror into a mounted slave
+(changes behind the kernel) shows within the documented attribute time."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+
+from fs_helpers import ForkedMount, disk_store, slurp
+
+from conftest import run_hammer
+from hammerfs.fuse.adapter import ATTR_TTL
+
+
+def errno_of(func, *args) -> int:
+    try:
+        func(*args)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def drop_kernel_caches() -> None:
+    """Forget dentries and inodes, so the next walk asks the mount again."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+
+
+def test_cached_names_follow_renames_removals_and_replacements(tmp_path):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with ForkedMount(lambda: disk_store(tmp_path), mp):
+        (mp / "a" / "b").mkdir(parents=True)
+        (mp / "a" / "b" / "f").write_bytes(b"one")
+        assert slurp(mp / "a" / "b" / "f") == b"one"
+        os.rename(mp / "a", mp / "c")  # a whole cached subtree moves
+        assert slurp(mp / "c" / "b" / "f") == b"one"
+        assert errno_of(os.stat, mp / "a" / "b" / "f") == errno.ENOENT
+        (mp / "a").mkdir()  # the old name comes back as a different directory
+        assert os.listdir(mp / "a") == []
+        assert errno_of(os.stat, mp / "a" / "b") == errno.ENOENT
+        (mp / "a" / "b").write_bytes(b"two")  # ... and an old directory name as a file
+        assert slurp(mp / "a" / "b") == b"two"
+        os.rename(mp / "c" / "b" / "f", mp / "a" / "b")  # replace a cached file
+        assert slurp(mp / "a" / "b") == b"one"
+        assert errno_of(os.stat, mp / "c" / "b" / "f") == errno.ENOENT
+        os.unlink(mp / "a" / "b")
+        (mp / "a" / "b").mkdir()  # a removed file's name becomes a directory
+        assert stat.S_ISDIR(os.stat(mp / "a" / "b").st_mode)
+        (mp / "a" / "b" / "g").write_bytes(b"three")
+        os.link(mp / "a" / "b" / "g", mp / "c" / "h")  # removing one link keeps the other
+        os.unlink(mp / "a" / "b" / "g")
+        assert slurp(mp / "c" / "h") == b"three"
+        os.rmdir(mp / "a" / "b")
+        assert errno_of(os.stat, mp / "a" / "b" / "g") == errno.ENOENT
+        os.rename(mp / "c", mp / "a" / "b")  # a directory into a fresh name
+        assert slurp(mp / "a" / "b" / "h") == b"three"
+        assert sorted(os.listdir(mp / "a" / "b")) == ["b", "h"]
+
+
+def test_readdirplus_attributes_and_our_own_writes_are_never_stale(tmp_path):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with ForkedMount(lambda: disk_store(tmp_path), mp):
+        want = {}
+        for i in range(40):
+            p = mp / "d" / f"f{i:02d}"
+            p.parent.mkdir(exist_ok=True)
+            p.write_bytes(os.urandom(i * 301))
+            os.chmod(p, 0o600 + i % 8)
+            os.utime(p, ns=(1_000_000_000 + i, 1_600_000_000_123_456_789 + i))
+            st = os.stat(p)
+            want[p.name] = (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink)
+        drop_kernel_caches()
+        # one READDIRPLUS brings every entry's attributes; they must be the stored ones
+        got = {e.name: (e.inode(), e.stat(follow_symlinks=False).st_mode,
+                        e.stat(follow_symlinks=False).st_size,
+                        e.stat(follow_symlinks=False).st_mtime_ns,
+                        e.stat(follow_symlinks=False).st_nlink)
+               for e in os.scandir(mp / "d")}
+        assert got == want
+        # changes through the kernel show at once, whatever the attribute timeout
+        p = mp / "d" / "f07"
+        with open(p, "r+b") as f:
+            f.write(b"x" * 5000)
+            f.flush()
+            assert os.stat(p).st_size == 5000
+            os.ftruncate(f.fileno(), 10)
+            assert os.stat(p).st_size == 10
+            os.fchmod(f.fileno(), 0o640)
+            assert stat.S_IMODE(os.stat(p).st_mode) == 0o640
+        os.utime(p, ns=(5, 7))
+        assert os.stat(p).st_mtime_ns == 7
+        os.link(p, mp / "d" / "link")
+        assert os.stat(mp / "d" / "link").st_nlink == 2
+        assert slurp(mp / "d" / "link") == b"x" * 10
+        # libfuse's path-based API gives each name its own kernel inode: the other name's
+        # link count may lag by the attribute time (documented), never longer
+        t0 = time.monotonic()
+        while os.stat(p).st_nlink != 2:
+            assert time.monotonic() - t0 < ATTR_TTL + 1
+            time.sleep(0.05)
+
+
+def test_mirror_into_a_mounted_slave_shows_within_the_attribute_time(tmp_path):
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    ma, mb, ms = tmp_path / "ma", tmp_path / "mb", tmp_path / "ms"
+    for d in (ma, mb, ms):
+        d.mkdir()
+    for img in (a, b):
+        run_hammer("newfs", "--size", "256M", img)
+    run_hammer("mount", a, ma)
+    try:
+        (ma / "f").write_bytes(b"first version")
+        (ma / "gone").write_bytes(b"deleted on the master later")
+        uuid = run_hammer("pfs-status", ma).stdout.split("shared-uuid=")[1].split()[0]
+        run_hammer("mount", b, mb)
+        try:
+            run_hammer("pfs-slave", mb / "slave", f"shared-uuid={uuid}")
+            run_hammer("synctid", ma)
+            run_hammer("mirror-copy", ma, mb / "slave")
+        finally:
+            run_hammer("umount", mb)
+        run_hammer("mount", f"{b}:1", ms)  # the slave PFS itself at the mount's root
+        try:
+            assert slurp(ms / "f") == b"first version"  # now in the kernel's caches
+            assert os.stat(ms / "gone").st_size == 27
+            assert errno_of(os.stat, ms / "new") == errno.ENOENT
+            (ma / "f").write_bytes(b"second, longer version")
+            os.unlink(ma / "gone")
+            (ma / "new").write_bytes(b"new")
+            run_hammer("synctid", ma)
+            run_hammer("mirror-copy", ma, ms)  # through the slave mount's control channel
+            t0 = time.monotonic()
+            while True:
+                seen = (slurp(ms / "f"), errno_of(os.stat, ms / "gone"),
+                        os.path.exists(ms / "new"))
+                if seen == (b"second, longer version", errno.ENOENT, True):
+                    break
+                assert time.monotonic() - t0 < ATTR_TTL + 2, f"slave still shows {seen}"
+                time.sleep(0.05)
+            assert (ms / "new").read_bytes() == b"new"
+        finally:
+            run_hammer("umount", ms)
+    finally:
+        run_hammer("umount", ma)
