@@ -65,7 +65,7 @@ def test_hammerfs_volume_survives_a_round_trip(tmp_path):
     kf = keyfile(tmp_path)
     vol = tmp_path / "enc.img"
     run_hammer("newfs", "--encrypt", "--type", "luks1", *CS_PBKDF2, "--key-file", kf,
-               "--size", "40M", vol)
+               "--size", "16M", vol)
     for version in ("luks2", "luks1", "luks2"):
         run_hammer("luks", "convert", "-q", "--type", version, vol)
         run("cryptsetup", "open", "--test-passphrase", "--key-file", kf, vol)

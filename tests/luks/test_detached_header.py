@@ -39,14 +39,14 @@ def decrypt_in_place(kf, hdr, data) -> None:
 @pytest.mark.parametrize("luks_type", ["luks2", "luks1"])
 def test_our_detached_header_opens_in_cryptsetup(tmp_path, luks_type):
     kf = keyfile(tmp_path)
-    data = make_file(tmp_path / "data.img", 40 * MiB)
+    data = make_file(tmp_path / "data.img", 16 * MiB)
     hdr = tmp_path / "hdr.img"
     out = run_hammer("luks", "format", "-q", "--key-file", kf, *FAST[luks_type],
                      "--header", hdr, data)
     assert "at offset 0" in out.stdout
     assert hdr.stat().st_size == HEADER_SIZE[luks_type]
     assert stat.S_IMODE(hdr.stat().st_mode) == 0o600
-    assert data.read_bytes() == bytes(40 * MiB)       # the data device is not written
+    assert data.read_bytes() == bytes(16 * MiB)       # the data device is not written
     run("cryptsetup", "isLuks", hdr)
     assert run("cryptsetup", "isLuks", data, check=False).returncode != 0
     dump = run("cryptsetup", "luksDump", "--header", hdr, data).stdout.decode()
@@ -67,7 +67,7 @@ def test_our_detached_header_opens_in_cryptsetup(tmp_path, luks_type):
 @pytest.mark.parametrize("luks_type", ["luks2", "luks1"])
 def test_cryptsetup_detached_header_opens_here(tmp_path, luks_type):
     kf, kf2 = keyfile(tmp_path), keyfile(tmp_path, b"second", "k2")
-    data = make_file(tmp_path / "data.img", 40 * MiB)
+    data = make_file(tmp_path / "data.img", 16 * MiB)
     hdr = tmp_path / "hdr.img"
     run("cryptsetup", "luksFormat", "--batch-mode", *FAST[luks_type], "--key-file", kf,
         "--header", hdr, data)
@@ -87,8 +87,8 @@ def test_newfs_encrypt_with_detached_header(tmp_path):
     kf = keyfile(tmp_path)
     vol, hdr = tmp_path / "vol.img", tmp_path / "hdr.img"
     run_hammer("newfs", "--encrypt", "--key-file", kf, *FAST["luks2"], "--header", hdr,
-               "--size", "40M", vol)
-    assert vol.stat().st_size == 40 * MiB         # the whole file is payload
+               "--size", "16M", vol)
+    assert vol.stat().st_size == 16 * MiB         # the whole file is payload
     run("cryptsetup", "isLuks", hdr)
     without = run_hammer("info", vol, check=False)   # ciphertext everywhere, no header
     assert without.returncode != 0
@@ -101,7 +101,7 @@ def test_newfs_encrypt_with_detached_header(tmp_path):
 def test_header_equal_to_volume_is_an_attached_header(tmp_path):
     kf = keyfile(tmp_path)
     vol = tmp_path / "vol.img"
-    run_hammer("newfs", "--encrypt", "--key-file", kf, *FAST["luks2"], "--size", "40M", vol)
+    run_hammer("newfs", "--encrypt", "--key-file", kf, *FAST["luks2"], "--size", "24M", vol)
     assert "Format version" in run_hammer("info", "--key-file", kf, "--header", vol,
                                           vol).stdout
 

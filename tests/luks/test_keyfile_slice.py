@@ -81,7 +81,7 @@ def test_cryptsetup_sliced_key_opens_here_and_ours_there(tmp_path):
 def test_encrypted_volume_with_sliced_key(tmp_path):
     whole, part = keyfile(tmp_path, WHOLE, "whole"), keyfile(tmp_path, WHOLE[4:10], "part")
     vol = tmp_path / "enc.img"
-    run_hammer("newfs", "--encrypt", *CS_ARGON, "--key-file", whole, *SLICE, "--size", "40M",
+    run_hammer("newfs", "--encrypt", *CS_ARGON, "--key-file", whole, *SLICE, "--size", "24M",
                vol)
     run("cryptsetup", "open", "--test-passphrase", "--key-file", part, vol)
     assert "Format version" in run_hammer("info", "--key-file", "-", *SLICE, vol,
