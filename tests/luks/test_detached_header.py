@@ -131,3 +131,20 @@ def test_detached_header_errors(tmp_path):
     alone = run_hammer("info", "--key-file", kf, tmp_path / "moved.img", check=False)
     assert alone.returncode != 0 and "--header" in alone.stderr
     no_traceback(alone)
+
+
+def test_header_backup_and_restore_of_a_detached_header(tmp_path):
+    kf = keyfile(tmp_path)
+    data = make_file(tmp_path / "data.img", 16 * MiB)
+    hdr, backup = tmp_path / "hdr.img", tmp_path / "hdr.backup"
+    run_hammer("luks", "format", "-q", "--key-file", kf, *FAST["luks2"], "--header", hdr, data)
+    run_hammer("luks", "header-backup", "--header", hdr, "--header-backup-file", backup, data)
+    assert backup.read_bytes() == hdr.read_bytes()        # the whole 16 MiB header file
+    with open(hdr, "r+b") as f:
+        f.write(bytes(64 * 1024))                         # both header copies gone
+    assert run_hammer("luks", "test-passphrase", "--key-file", kf, "--header", hdr, data,
+                      check=False).returncode != 0
+    run_hammer("luks", "header-restore", "-q", "--header", hdr, "--header-backup-file",
+               backup, data)
+    assert data.read_bytes() == bytes(16 * MiB)           # the data device was not touched
+    run("cryptsetup", "open", "--test-passphrase", "--key-file", kf, "--header", hdr, data)
