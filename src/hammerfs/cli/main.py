@@ -7,12 +7,21 @@ import argparse
 import sys
 
 from hammerfs import __version__
-from hammerfs.cli import cleanup_cmds, demo, fs_cmds, luks_cmds, mirror_cmds, store_cmds
+from hammerfs.cli import (
+    cleanup_cmds,
+    demo,
+    fs_cmds,
+    luks_cmds,
+    mirror_cmds,
+    service_cmds,
+    store_cmds,
+)
 from hammerfs.errors import HammerError
 
 # Each module adds its subcommands with register(subparsers); a subcommand sets
 # `func(args) -> int | None` as its default.
-COMMAND_MODULES = (store_cmds, luks_cmds, fs_cmds, cleanup_cmds, mirror_cmds, demo)
+COMMAND_MODULES = (store_cmds, luks_cmds, fs_cmds, cleanup_cmds, mirror_cmds, service_cmds,
+                   demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,284 @@
+"""`hammer up`, `hammer down` and `hammer service install|cleanup|status`: running hammerfs
+at boot from one config file (``hammerfs.service``), instead of hand-written scripts.
+
+The config format and its validation live in ``hammerfs.service.config``, the supervision
+in ``hammerfs.service.supervisor``, the systemd units in ``hammerfs.service.units``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+from hammerfs.errors import HammerError
+from hammerfs.service.config import DEFAULT_CONFIG, ServiceConfig, load_config
+
+CONFIG_EXAMPLE = """\
+config (TOML):
+  [[mount]]                        # one per volume
+  volume = "/dev/sdb"              # or an image file
+  pfs = 0                          # optional
+  mountpoint = "/fort_knox"
+  key_file = "/etc/hammerfs/master.key"   # encrypted volumes (chmod 600)
+  options = ["ro"]                 # optional, as `hammer mount -o`
+  # also: name, header, keyfile_offset, keyfile_size
+
+  [[stream]]                       # kept running: hammer mirror-stream SOURCE TARGET
+  source = "/fort_knox"
+  target = "/fort_knox_slave/pfs/slave"   # path, VOLUME[:PFS] or [user@]host:PATH
+  # also: name, bwlimit, chunk_size, reconnect_delay, port, verbose,
+  #       source_key_file, target_key_file
+
+  [cleanup]                        # what the daily `hammer service cleanup` covers
+  paths = ["/fort_knox"]           # default: every writable [[mount]]
+  schedule = "daily"               # OnCalendar= of hammerfs-cleanup.timer"""
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                   help=f"the service config (default {DEFAULT_CONFIG})")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "up", help="unlock and mount the configured volumes, run and supervise the streams",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Mount every [[mount]] of the config (keeping ones hammerfs already has mounted "
+            "there), then start every [[stream]] and restart it with backoff whenever it "
+            "exits.  SIGTERM, SIGINT or 'hammer down' stop the streams and unmount cleanly.  "
+            "Under systemd or with -f it stays in the foreground; otherwise it returns once "
+            "everything is up and keeps running in the background.", 92)
+        + "\n\n" + CONFIG_EXAMPLE)
+    _config_arg(p)
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--check", action="store_true", help="only validate the config")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop what 'hammer up' started: streams, then unmount")
+    _config_arg(p)
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECS",
+                   help="how long to wait for 'hammer up' to finish (default 300)")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("service", help="systemd units and the scheduled cleanup")
+    ssub = p.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("install", help="write hammerfs.service and the cleanup timer "
+                                        "(enables nothing)")
+    _config_arg(q)
+    q.add_argument("--prefix", default="/etc/systemd/system", metavar="DIR",
+                   help="where the unit files go (default /etc/systemd/system)")
+    q.set_defaults(func=cmd_service_install)
+    q = ssub.add_parser("cleanup", help="run 'hammer cleanup' on the configured PFSs "
+                                        "(what the timer runs)")
+    _config_arg(q)
+    q.set_defaults(func=cmd_service_cleanup)
+    q = ssub.add_parser("status", help="what 'hammer up' runs: mounts, streams, restarts")
+    _config_arg(q)
+    q.set_defaults(func=cmd_service_status)
+
+
+# -- up ----------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from hammerfs.service.supervisor import Supervisor, read_state
+    config = load_config(args.config)
+    if args.check:
+        _print_summary(config)
+        return 0
+    state = read_state(config.path)
+    if state is not None:
+        raise HammerError(f"hammer up is already running for {config.path} "
+                          f"(pid {state['pid']}); 'hammer down' stops it")
+    if args.foreground or os.environ.get("NOTIFY_SOCKET") or os.environ.get("INVOCATION_ID"):
+        return Supervisor(config).run()
+    return _run_in_background(config)
+
+
+def _print_summary(config: ServiceConfig) -> None:
+    print(f"config {config.path}: OK")
+    for m in config.mounts:
+        extra = " (key file)" if m.key_file else ""
+        opts = f" -o {','.join(m.options)}" if m.options else ""
+        print(f"  mount  {m.name}: {m.volume}:{m.pfs} on {m.mountpoint}{opts}{extra}")
+    for s in config.streams:
+        print(f"  stream {s.name}: {s.source} -> {s.target}")
+    print(f"  cleanup ({config.schedule}): {', '.join(config.cleanup_paths) or '(nothing)'}")
+
+
+def _run_in_background(config: ServiceConfig) -> int:
+    """Start `hammer up -f` detached and relay its progress until it says READY (the same
+    sd_notify message systemd gets), or show why it failed."""
+    from hammerfs.service.supervisor import hammer_argv, instance_paths
+    paths = instance_paths(config.path)
+    notify_path = paths["base"] + ".notify"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(notify_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, \
+            open(paths["log"], "ab") as log:
+        sock.bind(notify_path)
+        sock.settimeout(0.2)
+        offset = log.tell()
+        try:
+            proc = subprocess.Popen([*hammer_argv(), "up", "-f", "--config", config.path],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True,
+                                    env={**os.environ, "NOTIFY_SOCKET": notify_path})
+            ready = False
+            while not ready and proc.poll() is None:
+                with contextlib.suppress(TimeoutError):
+                    ready = b"READY=1" in sock.recv(4096)
+                offset = _relay_log(paths["log"], offset)
+            _relay_log(paths["log"], offset)
+        finally:
+            os.unlink(notify_path)
+    if not ready:
+        raise HammerError(f"hammer up failed (log: {paths['log']})")
+    print(f"hammer up: running in the background (pid {proc.pid}, log {paths['log']}); "
+          "'hammer down' stops it")
+    return 0
+
+
+def _relay_log(path: str, offset: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    sys.stdout.write(chunk.decode(errors="replace"))
+    sys.stdout.flush()
+    return offset + len(chunk)
+
+
+# -- down --------------------------------------------------------------------------------------
+def cmd_down(args: argparse.Namespace) -> int:
+    from hammerfs.service.supervisor import pid_alive, read_state
+    config = load_config(args.config)
+    state = read_state(config.path)
+    if state is None:
+        return _unmount_leftovers(config)
+    pid = int(state["pid"])
+    print(f"hammer down: stopping hammer up (pid {pid})", flush=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise HammerError(f"hammer up (pid {pid}) did not stop in {args.timeout:g}s")
+        time.sleep(0.1)
+    still = [m.mountpoint for m in config.mounts if _mounted_here(m)]
+    if still:
+        raise HammerError(f"still mounted: {', '.join(still)}")
+    print("hammer down: streams stopped, everything unmounted")
+    return 0
+
+
+def _mounted_here(m) -> bool:
+    from hammerfs.service.supervisor import mount_owner
+    owner = mount_owner(m.mountpoint)
+    return owner is not None and owner.get("volume") == m.volume
+
+
+def _unmount_leftovers(config: ServiceConfig) -> int:
+    """No `hammer up` is running (e.g. it was killed): unmount the configured volumes that
+    are still mounted, so 'hammer down' always ends with everything committed."""
+    from hammerfs.service.supervisor import unmount_one
+    left = [m for m in config.mounts if _mounted_here(m)]
+    if not left:
+        print(f"hammer down: hammer up is not running for {config.path}; nothing mounted")
+        return 0
+    print(f"hammer down: hammer up is not running for {config.path}; unmounting what it "
+          "left mounted")
+    for m in reversed(left):
+        print(f"hammer down: {m.name}: unmounting {m.mountpoint}", flush=True)
+        unmount_one(m)
+    return 0
+
+
+# -- service install / cleanup / status --------------------------------------------------------
+def _hammer_command() -> list[str]:
+    """The absolute command line the units run: the `hammer` next to this interpreter (a
+    venv), else one on PATH, else this interpreter with -m hammerfs."""
+    beside = os.path.join(os.path.dirname(sys.executable), "hammer")
+    if os.access(beside, os.X_OK):
+        return [beside]
+    found = shutil.which("hammer")
+    return [os.path.abspath(found)] if found else [sys.executable, "-m", "hammerfs"]
+
+
+def cmd_service_install(args: argparse.Namespace) -> int:
+    from hammerfs.service.units import ENABLE_LINES, render_units
+    config = load_config(args.config)
+    if not os.path.isdir(args.prefix):
+        raise HammerError(f"{args.prefix}: no such directory")
+    for name, text in render_units(_hammer_command(), config.path, config.schedule).items():
+        path = os.path.join(args.prefix, name)
+        old = _read_or_none(path)
+        if old == text:
+            print(f"unchanged {path}")
+            continue
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        print(f"{'updated' if old is not None else 'wrote'} {path}")
+    print("nothing is enabled; to start now and at every boot:")
+    for line in ENABLE_LINES:
+        print(f"  {line}")
+    return 0
+
+
+def _read_or_none(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HammerError(f"{path}: {exc.strerror}") from None
+
+
+def cmd_service_cleanup(args: argparse.Namespace) -> int:
+    """`hammer cleanup` of each configured path: through the mount when it is mounted, else
+    on the volume itself (unlocked with the mount's key file)."""
+    from hammerfs.cli.main import build_parser
+    config = load_config(args.config)
+    if not config.cleanup_paths:
+        print("hammer service cleanup: nothing configured")
+        return 0
+    by_mountpoint = {m.mountpoint: m for m in config.mounts}
+    status = 0
+    parser = build_parser()
+    for path in config.cleanup_paths:
+        m = by_mountpoint.get(os.path.realpath(path))
+        argv = ["cleanup", path]
+        if m is not None and not _mounted_here(m):
+            argv = ["cleanup", f"{m.volume}:{m.pfs}"] + (
+                ["--key-file", m.key_file] if m.key_file else []) + (
+                ["--header", m.header] if m.header else [])
+        sub = parser.parse_args(argv)
+        status |= int(sub.func(sub) or 0)
+    return status
+
+
+def cmd_service_status(args: argparse.Namespace) -> int:
+    from hammerfs.service.supervisor import read_state
+    config = load_config(args.config)
+    state = read_state(config.path)
+    if state is None:
+        print(f"hammer up is not running for {config.path}")
+        return 3  # as `systemctl status` for a stopped unit
+    print(f"hammer up running (pid {state['pid']}) for {config.path}")
+    for m in state["mounts"]:
+        print(f"  mount  {m['name']:<16} {m['state']:<8} {m['volume']} on {m['mountpoint']}")
+    for s in state["streams"]:
+        run = f"pid {s['pid']}" if s["pid"] else "waiting to restart"
+        print(f"  stream {s['name']:<16} {run:<18} restarts={s['restarts']} "
+              f"{s['source']} -> {s['target']}")
+    return 0

@@ -1,0 +1,416 @@
+"""The boot-time service's config file (TOML): what to unlock and mount, which mirror streams
+to keep running, which PFSs the daily cleanup covers.
+
+    [[mount]]                          # one per volume (a process owns a whole volume)
+    volume = "/dev/sdb"                # or an image file; "VOLUME:PFS" also works
+    pfs = 0                            # optional, default 0 (or the :PFS suffix)
+    mountpoint = "/fort_knox"
+    key_file = "/etc/hammerfs/master.key"   # optional: encrypted volumes
+    options = ["ro"]                   # optional: `hammer mount -o` options
+
+    [[stream]]                         # `hammer mirror-stream SOURCE TARGET`, supervised
+    source = "/fort_knox"
+    target = "/fort_knox_slave/pfs/slave"   # a path, VOLUME[:PFS] or [user@]host:PATH
+    bwlimit = "10m"                    # optional (-b), also chunk_size, reconnect_delay, port
+
+    [cleanup]                          # optional: what `hammer service cleanup` covers
+    paths = ["/fort_knox"]             # default: every writable [[mount]]
+    schedule = "daily"                 # systemd OnCalendar= of the cleanup timer
+
+``load_config`` checks everything that can be checked before anything is mounted and reports
+every problem at once, each naming its table and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass
+
+from hammerfs.errors import HammerError
+from hammerfs.store.records import MAX_PFS
+
+DEFAULT_CONFIG = "/etc/hammerfs/hammerfs.toml"
+
+MOUNT_KEYS = {"name", "volume", "pfs", "mountpoint", "key_file", "keyfile_offset",
+              "keyfile_size", "header", "options"}
+STREAM_KEYS = {"name", "source", "target", "bwlimit", "chunk_size", "reconnect_delay", "port",
+               "source_key_file", "target_key_file", "verbose"}
+CLEANUP_KEYS = {"paths", "schedule"}
+TOP_KEYS = {"mount", "stream", "cleanup"}
+MOUNT_OPTIONS = ("rw", "ro", "debug")  # plus asof=0x<tid>
+
+
+class ConfigError(HammerError):
+    """The config file cannot be used; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    name: str
+    volume: str
+    pfs: int
+    mountpoint: str
+    key_file: str | None = None
+    keyfile_offset: int = 0
+    keyfile_size: int = 0
+    header: str | None = None
+    options: tuple[str, ...] = ()
+
+    @property
+    def readonly(self) -> bool:
+        return any(o == "ro" or o.startswith("asof=") for o in self.options)
+
+    def mount_argv(self) -> list[str]:
+        """The `hammer mount` arguments for this entry (the key file is read by the mount)."""
+        argv = ["mount"]
+        if self.key_file:
+            argv += ["--key-file", self.key_file]
+        if self.keyfile_offset:
+            argv += ["--keyfile-offset", str(self.keyfile_offset)]
+        if self.keyfile_size:
+            argv += ["--keyfile-size", str(self.keyfile_size)]
+        if self.header:
+            argv += ["--header", self.header]
+        if self.options:
+            argv += ["-o", ",".join(self.options)]
+        return [*argv, f"{self.volume}:{self.pfs}", self.mountpoint]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    source: str
+    target: str
+    flags: tuple[str, ...] = ()
+
+    def stream_argv(self) -> list[str]:
+        return ["mirror-stream", *self.flags, self.source, self.target]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    path: str
+    mounts: tuple[MountSpec, ...]
+    streams: tuple[StreamSpec, ...]
+    cleanup_paths: tuple[str, ...]
+    schedule: str = "daily"
+
+
+def load_config(path: str) -> ServiceConfig:
+    """Read and validate ``path``; raises ConfigError listing every problem."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: no such file (see 'hammer up --help' for the "
+                          "format)") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+    return parse_config(data, os.path.abspath(path))
+
+
+def parse_config(data: dict, path: str = "<config>") -> ServiceConfig:
+    """Validate an already parsed TOML document (see the module docstring)."""
+    v = _Validator(path)
+    v.unknown_keys(data, TOP_KEYS, "the top level")
+    mounts = [m for i, t in enumerate(v.table_list(data, "mount"), 1)
+              if (m := v.mount(t, i)) is not None]
+    v.mount_conflicts(mounts)
+    streams = [s for i, t in enumerate(v.table_list(data, "stream"), 1)
+               if (s := v.stream(t, i, mounts)) is not None]
+    v.stream_conflicts(streams)
+    paths, schedule = v.cleanup(data.get("cleanup", {}), mounts)
+    if not data.get("mount") and not data.get("stream"):
+        v.error("nothing to do: no [[mount]] and no [[stream]]")
+    if v.errors:
+        raise ConfigError(f"config {path}:\n  " + "\n  ".join(v.errors))
+    return ServiceConfig(path, tuple(mounts), tuple(streams), tuple(paths), schedule)
+
+
+class _Validator:
+    """Collects every problem so the user fixes the file in one go."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.errors: list[str] = []
+
+    def error(self, text: str) -> None:
+        self.errors.append(text)
+
+    def unknown_keys(self, table: dict, known: set[str], where: str) -> None:
+        for key in sorted(set(table) - known):
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"known: {', '.join(sorted(known))}"
+            self.error(f"{where}: unknown key {key!r} ({hint})")
+
+    def table_list(self, data: dict, name: str) -> list[dict]:
+        value = data.get(name, [])
+        if isinstance(value, dict):  # [mount] written instead of [[mount]]
+            self.error(f"[{name}] must be written [[{name}]] (one table per {name})")
+            return []
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            self.error(f"{name}: expected [[{name}]] tables")
+            return []
+        return value
+
+    def typed(self, table: dict, key: str, kind: type | tuple, where: str, *,
+              required: bool = False):
+        if key not in table:
+            if required:
+                self.error(f"{where}: missing {key!r}")
+            return None
+        value = table[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else \
+                " or ".join(k.__name__ for k in kind)
+            self.error(f"{where}: {key!r} must be a {_toml_type(names)}, not {value!r}")
+            return None
+        return value
+
+    # -- [[mount]] -------------------------------------------------------------------------
+    def mount(self, t: dict, index: int) -> MountSpec | None:
+        where = f"[[mount]] #{index}"
+        self.unknown_keys(t, MOUNT_KEYS, where)
+        volume = self.typed(t, "volume", str, where, required=True)
+        mountpoint = self.typed(t, "mountpoint", str, where, required=True)
+        if volume is None or mountpoint is None:
+            return None
+        name = self.typed(t, "name", str, where) or os.path.basename(mountpoint.rstrip("/"))
+        where = f"[[mount]] #{index} ({name})"
+        volume, pfs = self._volume_and_pfs(t, volume, where)
+        mountpoint = self._mountpoint(mountpoint, where)
+        offset = self._size(t, "keyfile_offset", where)
+        size = self._size(t, "keyfile_size", where)
+        key_file = self.typed(t, "key_file", str, where)
+        if key_file is not None:
+            key_file = self.key_file(key_file, where, "key_file", offset, size)
+        header = self.typed(t, "header", str, where)
+        if header is not None and not os.path.isfile(header):
+            self.error(f"{where}: header {header}: no such file")
+        if (offset or size) and not key_file:
+            self.error(f"{where}: keyfile_offset/keyfile_size need a key_file")
+        options = self._mount_options(t, where)
+        if volume is None or mountpoint is None:
+            return None
+        return MountSpec(name, volume, pfs, mountpoint, key_file, offset, size, header,
+                         options)
+
+    def _volume_and_pfs(self, t: dict, volume: str, where: str) -> tuple[str | None, int]:
+        from hammerfs.cli.target import parse_volume_spec
+        try:
+            vol, pfs = parse_volume_spec(volume)
+        except HammerError as exc:
+            self.error(f"{where}: volume: {exc}")
+            return None, 0
+        if "pfs" in t:
+            given = self.typed(t, "pfs", int, where)
+            if given is not None and vol != volume:
+                self.error(f"{where}: the PFS is given twice (volume {volume!r} and pfs)")
+            elif given is not None and not 0 <= given <= MAX_PFS:
+                self.error(f"{where}: pfs {given} is out of range (0-{MAX_PFS})")
+            elif given is not None:
+                pfs = given
+        if not os.path.exists(vol):
+            self.error(f"{where}: volume {vol}: no such file or device")
+            return None, pfs
+        if os.path.isdir(vol):
+            self.error(f"{where}: volume {vol} is a directory")
+            return None, pfs
+        return os.path.realpath(vol), pfs
+
+    def _mountpoint(self, mountpoint: str, where: str) -> str | None:
+        if not os.path.isabs(mountpoint):
+            self.error(f"{where}: mountpoint {mountpoint!r} must be an absolute path")
+            return None
+        try:
+            if not os.path.isdir(mountpoint):
+                self.error(f"{where}: mountpoint {mountpoint} is not a directory "
+                           f"(create it: mkdir -p {mountpoint})")
+                return None
+        except OSError:  # a dead FUSE mount (ENOTCONN) is cleaned up by `hammer up`
+            pass
+        return os.path.realpath(mountpoint)
+
+    def key_file(self, path: str, where: str, key: str, offset: int = 0,
+                 size: int = 0) -> str | None:
+        """A key file is read here exactly as the mount will read it, so a missing, empty
+        or short file is refused up front and loose permissions get `hammer luks`'s
+        warning (printed by the luks layer).  The passphrase is dropped at once."""
+        from hammerfs.luks.passphrase import read_key_file
+        if not os.path.isabs(path):
+            self.error(f"{where}: {key} {path!r} must be an absolute path")
+            return None
+        if not os.path.isfile(path):
+            self.error(f"{where}: {key} {path}: " + ("not a regular file" if
+                       os.path.exists(path) else "no such file"))
+            return None
+        try:
+            read_key_file(path, offset, size)
+        except HammerError as exc:
+            self.error(f"{where}: {exc}")
+            return None
+        return path
+
+    def _size(self, t: dict, key: str, where: str) -> int:
+        value = self.typed(t, key, int, where)
+        if value is not None and value < 0:
+            self.error(f"{where}: {key} cannot be negative")
+            return 0
+        return value or 0
+
+    def _mount_options(self, t: dict, where: str) -> tuple[str, ...]:
+        raw = t.get("options", [])
+        if isinstance(raw, str):
+            raw = raw.split(",")
+        if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+            self.error(f"{where}: 'options' must be a list of strings like [\"ro\"]")
+            return ()
+        options = tuple(o.strip() for o in raw if o.strip())
+        for opt in options:
+            if opt not in MOUNT_OPTIONS and not _valid_asof(opt):
+                self.error(f"{where}: unknown mount option {opt!r} (known: ro, rw, "
+                           "asof=0x<tid>)")
+        return options
+
+    def mount_conflicts(self, mounts: list[MountSpec]) -> None:
+        seen_mp: dict[str, str] = {}
+        seen_vol: dict[str, str] = {}
+        names: set[str] = set()
+        for m in mounts:
+            if m.mountpoint in seen_mp:
+                self.error(f"mountpoint {m.mountpoint} is used by both {seen_mp[m.mountpoint]}"
+                           f" and {m.name}")
+            if m.volume in seen_vol:
+                self.error(f"volume {m.volume} is in both {seen_vol[m.volume]} and {m.name}: "
+                           "one process owns a whole volume; mount one PFS and reach the "
+                           "others through their PFS softlinks")
+            if m.name in names:
+                self.error(f"two [[mount]] entries are named {m.name!r}")
+            seen_mp.setdefault(m.mountpoint, m.name)
+            seen_vol.setdefault(m.volume, m.name)
+            names.add(m.name)
+        for m in mounts:
+            for other in mounts:
+                if other is not m and m.mountpoint.startswith(other.mountpoint.rstrip("/")
+                                                              + "/"):
+                    self.error(f"mountpoint {m.mountpoint} ({m.name}) is inside "
+                               f"{other.mountpoint} ({other.name})")
+
+    # -- [[stream]] ------------------------------------------------------------------------
+    def stream(self, t: dict, index: int, mounts: list[MountSpec]) -> StreamSpec | None:
+        where = f"[[stream]] #{index}"
+        self.unknown_keys(t, STREAM_KEYS, where)
+        source = self.typed(t, "source", str, where, required=True)
+        target = self.typed(t, "target", str, where, required=True)
+        name = self.typed(t, "name", str, where)
+        if source is None or target is None:
+            return None
+        name = name or f"{os.path.basename(source.rstrip('/'))}->" \
+                        f"{os.path.basename(target.rstrip('/'))}"
+        where = f"[[stream]] #{index} ({name})"
+        ok = self._endpoint(source, "source", where, mounts)
+        ok = self._endpoint(target, "target", where, mounts) and ok
+        if source == target:
+            self.error(f"{where}: source and target are the same")
+        flags = self._stream_flags(t, where)
+        return StreamSpec(name, source, target, tuple(flags)) if ok else None
+
+    def _endpoint(self, spec: str, key: str, where: str, mounts: list[MountSpec]) -> bool:
+        from hammerfs.cli.target import parse_volume_spec
+        from hammerfs.mirror.transport import parse_remote
+        if parse_remote(spec) is not None:
+            return True
+        if not os.path.isabs(spec):
+            self.error(f"{where}: {key} {spec!r} must be an absolute path or "
+                       "[user@]host:PATH")
+            return False
+        real = os.path.realpath(spec)
+        if any(real == m.mountpoint or real.startswith(m.mountpoint.rstrip("/") + "/")
+               for m in mounts):
+            return True  # exists once `hammer up` has mounted it
+        try:
+            volume, _pfs = parse_volume_spec(spec)
+        except HammerError as exc:
+            self.error(f"{where}: {key}: {exc}")
+            return False
+        if not os.path.exists(volume):
+            self.error(f"{where}: {key} {spec}: neither inside a configured [[mount]] nor an "
+                       "existing volume")
+            return False
+        owner = next((m for m in mounts if m.volume == os.path.realpath(volume)), None)
+        if owner is not None:
+            self.error(f"{where}: {key} {spec} is the volume of [[mount]] {owner.name}: "
+                       f"stream from/to its mount ({owner.mountpoint}) instead")
+            return False
+        return True
+
+    def _stream_flags(self, t: dict, where: str) -> list[str]:
+        flags: list[str] = []
+        for key, flag in (("bwlimit", "-b"), ("chunk_size", "-S")):
+            value = self.typed(t, key, (str, int), where)
+            if value is not None:
+                flags += [flag, str(value)]
+        delay = self.typed(t, "reconnect_delay", (int, float), where)
+        if delay is not None:
+            if delay < 0:
+                self.error(f"{where}: reconnect_delay cannot be negative")
+            flags += ["--reconnect-delay", str(delay)]
+        port = self.typed(t, "port", int, where)
+        if port is not None:
+            flags += ["-p", str(port)]
+        for key in ("source_key_file", "target_key_file"):
+            value = self.typed(t, key, str, where)
+            if value is not None and self.key_file(value, where, key):
+                flags += ["--" + key.replace("_", "-"), value]
+        if self.typed(t, "verbose", bool, where):
+            flags.append("-v")
+        return flags
+
+    def stream_conflicts(self, streams: list[StreamSpec]) -> None:
+        names: set[str] = set()
+        targets: dict[str, str] = {}
+        for s in streams:
+            if s.name in names:
+                self.error(f"two [[stream]] entries are named {s.name!r}")
+            names.add(s.name)
+            if s.target in targets:
+                self.error(f"target {s.target} is fed by both {targets[s.target]} and "
+                           f"{s.name}")
+            targets.setdefault(s.target, s.name)
+
+    # -- [cleanup] -------------------------------------------------------------------------
+    def cleanup(self, t, mounts: list[MountSpec]) -> tuple[list[str], str]:
+        if not isinstance(t, dict):
+            self.error("cleanup: expected a [cleanup] table")
+            return [], "daily"
+        self.unknown_keys(t, CLEANUP_KEYS, "[cleanup]")
+        schedule = self.typed(t, "schedule", str, "[cleanup]") or "daily"
+        paths = t.get("paths")
+        if paths is None:
+            return [m.mountpoint for m in mounts if not m.readonly], schedule
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            self.error("[cleanup]: 'paths' must be a list of strings")
+            return [], schedule
+        for p in paths:
+            if not os.path.isabs(p):
+                self.error(f"[cleanup]: path {p!r} must be absolute")
+        return list(paths), schedule
+
+
+def _valid_asof(opt: str) -> bool:
+    if not opt.startswith("asof="):
+        return False
+    try:
+        int(opt[5:], 16)
+    except ValueError:
+        return False
+    return True
+
+
+def _toml_type(names: str) -> str:
+    return names.replace("str", "string").replace("int", "integer").replace("bool", "boolean")

@@ -1,0 +1,415 @@
+"""`hammer up`: unlock and mount every configured volume, keep every mirror stream running,
+and on SIGTERM/SIGINT (or `hammer down`) stop the streams and unmount cleanly.
+
+Each mount is a `hammer mount` daemon and each stream a `hammer mirror-stream` child in its
+own session, so a crashing stream cannot take a mount down and the supervisor only has to
+watch pids.  A stream that exits is restarted with exponential backoff (1 s doubling to
+60 s, back to 1 s once it has run for a minute); a mount whose process died is cleaned up
+(a dead FUSE mount answers ENOTCONN) and mounted again the same way.
+
+The supervisor keeps its state in ``<runtime dir>/service/up-<key>.json`` (``key`` derives
+from the config path): pid, mounts, streams with their pids and restart counts.  `hammer
+down` and `hammer service status` read it; an flock on ``up-<key>.lock`` makes a second
+`hammer up` of the same config refuse to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from hammerfs.errors import HammerError
+from hammerfs.service.config import MountSpec, ServiceConfig, StreamSpec
+
+MIN_BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+STABLE_AFTER = 60.0  # a child that ran this long gets its backoff reset
+POLL = 0.2
+STREAM_STOP_TIMEOUT = 10.0
+BUSY_TIMEOUT = 30.0
+
+
+def hammer_argv() -> list[str]:
+    """How to run `hammer` as a child: the same interpreter and package as this one."""
+    return [sys.executable, "-m", "hammerfs"]
+
+
+def service_dir() -> str:
+    from hammerfs.control.server import runtime_dir
+    path = os.path.join(runtime_dir(), "service")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def instance_paths(config_path: str) -> dict[str, str]:
+    key = hashlib.sha256(os.path.realpath(config_path).encode()).hexdigest()[:12]
+    base = os.path.join(service_dir(), f"up-{key}")
+    return {"lock": base + ".lock", "state": base + ".json", "log": base + ".log",
+            "base": base}
+
+
+def read_state(config_path: str) -> dict | None:
+    """The state a live `hammer up` of this config wrote, or None."""
+    try:
+        with open(instance_paths(config_path)["state"]) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return state if pid_alive(int(state.get("pid", 0))) else None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet (init may take its time)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness and status; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+def say(text: str) -> None:
+    print(f"hammer up: {text}", flush=True)
+
+
+# -- mounts ------------------------------------------------------------------------------------
+def mount_owner(mountpoint: str) -> dict | None:
+    """The registration of the live hammerfs mount on ``mountpoint``, if any."""
+    from hammerfs.control.client import registered_mounts
+    return next((m for m in registered_mounts() if m["mountpoint"] == mountpoint), None)
+
+
+def is_stale_mount(mountpoint: str) -> bool:
+    """A FUSE mount whose process died: every access fails with ENOTCONN."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def clear_stale_mount(mountpoint: str) -> None:
+    subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True)
+
+
+def check_mountpoint(m: MountSpec) -> str:
+    """'free', 'ours' (this volume and PFS is already mounted there by hammerfs), or an
+    error explaining who else is there."""
+    owner = mount_owner(m.mountpoint)
+    if owner is not None:
+        same = owner.get("volume") == m.volume and int(owner.get("pfs", -1)) == m.pfs
+        if same:
+            return "ours"
+        raise HammerError(f"{m.name}: {m.mountpoint} already has another hammerfs mounted "
+                          f"({owner.get('volume')}:{owner.get('pfs')})")
+    if is_stale_mount(m.mountpoint):
+        say(f"{m.name}: clearing the dead mount left on {m.mountpoint}")
+        clear_stale_mount(m.mountpoint)
+    if os.path.ismount(m.mountpoint):
+        raise HammerError(f"{m.name}: something else is mounted on {m.mountpoint}")
+    return "free"
+
+
+def mount_one(m: MountSpec) -> None:
+    """`hammer mount` (unlocks with the key file, returns once the mount serves)."""
+    proc = subprocess.run([*hammer_argv(), *m.mount_argv()], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        lines = [ln.removeprefix("hammer: ") for ln in proc.stderr.strip().splitlines()
+                 if "warning:" not in ln]
+        raise HammerError(f"{m.name}: cannot mount {m.volume}:{m.pfs} on {m.mountpoint}: "
+                          f"{lines[-1] if lines else 'failed'}")
+
+
+def unmount_one(m: MountSpec, busy_timeout: float = BUSY_TIMEOUT) -> None:
+    """Unmount (the mount commits and releases the volume); a busy mount is retried."""
+    from hammerfs.fuse.mount import unmount
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            unmount(m.mountpoint)
+            return
+        except HammerError as exc:
+            if mount_owner(m.mountpoint) is None and not os.path.ismount(m.mountpoint):
+                return  # gone meanwhile
+            if "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            say(f"{m.name}: {m.mountpoint} is busy; retrying")
+            time.sleep(1.0)
+
+
+# -- streams -----------------------------------------------------------------------------------
+@dataclass
+class Child:
+    """One supervised stream: its process and restart bookkeeping."""
+
+    spec: StreamSpec
+    log_path: str
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = MIN_BACKOFF
+    next_start: float = 0.0
+    relay: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*hammer_argv(), *self.spec.stream_argv()], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.monotonic()
+        self.relay = threading.Thread(target=self._relay, args=(self.proc,), daemon=True,
+                                      name=f"relay-{self.spec.name}")
+        self.relay.start()
+
+    def _relay(self, proc: subprocess.Popen) -> None:
+        """Copy the stream's output to its log file and to our stderr, line by line."""
+        with open(self.log_path, "a", encoding="utf-8", errors="replace") as log:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip().removeprefix("hammer: ")
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                log.write(f"{stamp} [{proc.pid}] {line}\n")
+                log.flush()
+                print(f"hammer up: stream {self.spec.name}: {line}", file=sys.stderr,
+                      flush=True)
+
+    def stop(self, timeout: float = STREAM_STOP_TIMEOUT) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.relay is not None:
+            self.relay.join(2.0)
+        self.proc = None
+
+
+# -- the supervisor ----------------------------------------------------------------------------
+class Supervisor:
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.paths = instance_paths(config.path)
+        self.stopping = threading.Event()
+        self.mount_state: dict[str, str] = {m.name: "down" for m in config.mounts}
+        self.mounted: list[MountSpec] = []  # ours to unmount on the way down
+        self.remount_at: dict[str, float] = {}
+        self.children = [Child(s, self._stream_log(s)) for s in config.streams]
+        self._lock_fd: int | None = None
+
+    def _stream_log(self, s: StreamSpec) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.name)
+        return f"{self.paths['base']}.stream-{safe}.log"
+
+    # lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Everything `hammer up -f` does; returns the exit status."""
+        self._take_lock()
+        self._install_signals()
+        try:
+            self._write_state()
+            self.mount_all()
+            if self.stopping.is_set():
+                return self.shutdown()
+            for child in self.children:
+                say(f"starting stream {child.spec.name}: {child.spec.source} -> "
+                    f"{child.spec.target} (log {child.log_path})")
+                child.start()
+            self._write_state()
+            say(f"up: {len(self.mounted)} mount(s), {len(self.children)} stream(s); "
+                "stop with Ctrl-C, SIGTERM or 'hammer down'")
+            sd_notify(f"READY=1\nSTATUS={len(self.mounted)} mounts, "
+                      f"{len(self.children)} streams")
+            while not self.stopping.wait(POLL):
+                if self.poll():
+                    self._write_state()
+            return self.shutdown()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.paths["state"])
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.paths["lock"], os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            state = read_state(self.config.path) or {}
+            raise HammerError(f"hammer up is already running for {self.config.path}"
+                              + (f" (pid {state['pid']})" if state else "")) from None
+        self._lock_fd = fd
+
+    def _install_signals(self) -> None:
+        def stop(signum, _frame) -> None:
+            if not self.stopping.is_set():
+                say(f"{signal.Signals(signum).name}: stopping")
+            self.stopping.set()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, stop)
+
+    def mount_all(self) -> None:
+        """Mount every entry in order; if one fails, unmount what this run mounted."""
+        for m in self.config.mounts:
+            if self.stopping.is_set():
+                return
+            try:
+                self._bring_up(m)
+            except HammerError:
+                self.mount_state[m.name] = "failed"
+                self._unmount_all(quiet=True)
+                raise
+            self._write_state()
+
+    def _bring_up(self, m: MountSpec) -> None:
+        if check_mountpoint(m) == "ours":
+            say(f"{m.name}: {m.volume}:{m.pfs} is already mounted on {m.mountpoint}; "
+                "keeping it")
+        else:
+            how = "unlocking and mounting" if m.key_file else "mounting"
+            t0 = time.monotonic()
+            say(f"{m.name}: {how} {m.volume}:{m.pfs} on {m.mountpoint}")
+            mount_one(m)
+            say(f"{m.name}: mounted ({time.monotonic() - t0:.1f}s)")
+        self.mount_state[m.name] = "mounted"
+        self.mounted.append(m)
+
+    def poll(self) -> bool:
+        """One supervision pass; True when something changed."""
+        changed = False
+        now = time.monotonic()
+        for child in self.children:
+            changed |= self._poll_child(child, now)
+        for m in self.mounted:
+            changed |= self._poll_mount(m, now)
+        return changed
+
+    def _poll_child(self, child: Child, now: float) -> bool:
+        if child.proc is not None:
+            code = child.proc.poll()
+            if code is None:
+                if now - child.started > STABLE_AFTER:
+                    child.backoff = MIN_BACKOFF
+                return False
+            child.relay and child.relay.join(1.0)
+            child.proc = None
+            child.next_start = now + child.backoff
+            say(f"stream {child.spec.name} exited ({_status(code)}); restarting in "
+                f"{child.backoff:g}s")
+            child.backoff = min(child.backoff * 2, MAX_BACKOFF)
+            return True
+        if now >= child.next_start:
+            child.restarts += 1
+            say(f"restarting stream {child.spec.name} (restart #{child.restarts})")
+            child.start()
+            return True
+        return False
+
+    def _poll_mount(self, m: MountSpec, now: float) -> bool:
+        state = self.mount_state[m.name]
+        if state == "mounted":
+            if mount_owner(m.mountpoint) is not None:
+                return False
+            say(f"{m.name}: the mount process of {m.mountpoint} is gone; mounting again")
+            self.mount_state[m.name] = "lost"
+            self.remount_at[m.name] = now
+            return True
+        if now < self.remount_at.get(m.name, 0.0):
+            return False
+        try:
+            if is_stale_mount(m.mountpoint):
+                clear_stale_mount(m.mountpoint)
+            mount_one(m)
+        except (HammerError, subprocess.TimeoutExpired) as exc:
+            say(f"{exc}; retrying in 10s")
+            self.remount_at[m.name] = now + 10.0
+            return False
+        say(f"{m.name}: mounted again on {m.mountpoint}")
+        self.mount_state[m.name] = "mounted"
+        return True
+
+    def shutdown(self) -> int:
+        """Stop the streams, then unmount (each mount commits); 0 when all went clean."""
+        sd_notify("STOPPING=1")
+        for child in self.children:
+            if child.proc is not None:
+                say(f"stopping stream {child.spec.name}")
+            child.stop()
+        failed = self._unmount_all()
+        self._write_state()
+        if failed:
+            say(f"could not unmount: {', '.join(failed)}")
+            return 1
+        say("down: everything unmounted")
+        return 0
+
+    def _unmount_all(self, quiet: bool = False) -> list[str]:
+        failed = []
+        for m in reversed(self.mounted):
+            if not quiet:
+                say(f"{m.name}: unmounting {m.mountpoint}")
+            try:
+                unmount_one(m)
+                self.mount_state[m.name] = "down"
+            except HammerError as exc:
+                say(str(exc))
+                failed.append(m.mountpoint)
+        self.mounted = [m for m in self.mounted if m.mountpoint in failed]
+        return failed
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(), "config": self.config.path,
+            "mounts": [{"name": m.name, "mountpoint": m.mountpoint,
+                        "volume": f"{m.volume}:{m.pfs}", "state": self.mount_state[m.name]}
+                       for m in self.config.mounts],
+            "streams": [{"name": c.spec.name, "source": c.spec.source,
+                         "target": c.spec.target, "restarts": c.restarts,
+                         "pid": c.proc.pid if c.proc is not None else None,
+                         "log": c.log_path} for c in self.children],
+        }
+        tmp = self.paths["state"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, self.paths["state"])
+
+
+def _status(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"

@@ -1,0 +1,74 @@
+"""systemd units for `hammer service install`: the supervisor and the daily cleanup.
+
+hammerfs.service runs `hammer up -f` as Type=notify (ready once every volume is mounted and
+the streams run).  KillMode=mixed sends SIGTERM to `hammer up` alone, which stops the streams
+and unmounts (the mounts commit) before it exits; only leftovers are killed afterwards.
+hammerfs-cleanup.timer fires daily with Persistent=true, so a machine that was off at the
+time runs the cleanup at its next boot; `hammer service cleanup` reads the config when it
+runs, so editing the config needs no reinstall.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+SERVICE = "hammerfs.service"
+CLEANUP_SERVICE = "hammerfs-cleanup.service"
+CLEANUP_TIMER = "hammerfs-cleanup.timer"
+
+
+def _cmd(hammer: list[str], *args: str) -> str:
+    return " ".join(shlex.quote(a) for a in [*hammer, *args])
+
+
+def render_units(hammer: list[str], config_path: str, schedule: str = "daily"
+                 ) -> dict[str, str]:
+    """Unit file name -> content.  ``hammer`` is the absolute command line of `hammer`."""
+    service = f"""\
+[Unit]
+Description=hammerfs: unlock and mount volumes, run mirror streams (hammer up)
+Wants=network-online.target
+After=local-fs.target network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={_cmd(hammer, "up", "-f", "--config", config_path)}
+KillMode=mixed
+TimeoutStartSec=600
+TimeoutStopSec=300
+Restart=on-failure
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+"""
+    cleanup = f"""\
+[Unit]
+Description=hammerfs cleanup: snapshots, expiry, prune of the configured PFSs
+After=local-fs.target {SERVICE}
+
+[Service]
+Type=oneshot
+ExecStart={_cmd(hammer, "service", "cleanup", "--config", config_path)}
+Nice=10
+IOSchedulingClass=idle
+"""
+    timer = f"""\
+[Unit]
+Description=Run the hammerfs cleanup {schedule}, catching up after downtime
+
+[Timer]
+OnCalendar={schedule}
+Persistent=true
+RandomizedDelaySec=15min
+
+[Install]
+WantedBy=timers.target
+"""
+    return {SERVICE: service, CLEANUP_SERVICE: cleanup, CLEANUP_TIMER: timer}
+
+
+ENABLE_LINES = ("systemctl daemon-reload",
+                f"systemctl enable --now {SERVICE}",
+                f"systemctl enable --now {CLEANUP_TIMER}")
