@@ -114,11 +114,12 @@ def mount_owner(mountpoint: str) -> dict | None:
 
 
 def is_stale_mount(mountpoint: str) -> bool:
-    """A FUSE mount whose process died: every access fails with ENOTCONN."""
+    """A FUSE mount whose process died: every access fails with ENOTCONN (ECONNABORTED
+    while the kernel is still tearing the connection down)."""
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 
@@ -232,6 +233,7 @@ class Supervisor:
         self.mount_state: dict[str, str] = {m.name: "down" for m in config.mounts}
         self.mounted: list[MountSpec] = []  # ours to unmount on the way down
         self.remount_at: dict[str, float] = {}
+        self.remount_backoff: dict[str, float] = {}
         self.children = [Child(s, self._stream_log(s)) for s in config.streams]
         self._lock_fd: int | None = None
 
@@ -354,15 +356,23 @@ class Supervisor:
         if now < self.remount_at.get(m.name, 0.0):
             return False
         try:
-            if is_stale_mount(m.mountpoint):
+            # Its owner is gone, so whatever is still mounted there is the dead FUSE mount.
+            if is_stale_mount(m.mountpoint) or os.path.ismount(m.mountpoint):
                 clear_stale_mount(m.mountpoint)
             mount_one(m)
         except (HammerError, subprocess.TimeoutExpired) as exc:
-            say(f"{exc}; retrying in 10s")
-            self.remount_at[m.name] = now + 10.0
+            delay = self.remount_backoff.get(m.name, MIN_BACKOFF)
+            say(f"{exc}; retrying in {delay:g}s")
+            self.remount_at[m.name] = now + delay
+            self.remount_backoff[m.name] = min(delay * 2, MAX_BACKOFF)
             return False
         say(f"{m.name}: mounted again on {m.mountpoint}")
         self.mount_state[m.name] = "mounted"
+        self.remount_backoff.pop(m.name, None)
+        for child in self.children:  # streams waiting for this mount may go at once
+            if child.proc is None:
+                child.next_start = now
+                child.backoff = MIN_BACKOFF
         return True
 
     def shutdown(self) -> int:

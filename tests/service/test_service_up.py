@@ -1,0 +1,294 @@
+"""`hammer up` / `hammer down` end to end with real components: two volumes (the master
+encrypted with a key file), FUSE mounts, a supervised mirror-stream from the master's PFS to
+a slave PFS; a killed stream and a killed mount process come back by themselves; SIGTERM
+unmounts cleanly; the background mode, adopting a mount made by hand, and the cleanup the
+timer runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import hammer_env, run_hammer
+from hammerfs.control.client import registered_mounts
+from hammerfs.service.supervisor import pid_alive, read_state
+
+FAST_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            value = predicate()
+            if value:
+                return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def owner_pid(mountpoint) -> int | None:
+    real = os.path.realpath(mountpoint)
+    return next((int(m["pid"]) for m in registered_mounts() if m["mountpoint"] == real
+                 and pid_alive(int(m["pid"]))), None)
+
+
+def read_text(path) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Built once: a master volume (encrypted) and a slave volume holding a slave PFS of
+    the master's PFS #0, reached through the softlink pfs/slave (the one-time setup a user
+    does by hand).  Each test works on copies."""
+    d = tmp_path_factory.mktemp("images")
+    key = d / "master.key"
+    key.write_bytes(b"master passphrase")
+    key.chmod(0o600)
+    master, slave, sm = d / "master.img", d / "slave.img", d / "mnt"
+    sm.mkdir()
+    run_hammer("newfs", "--encrypt", *FAST_KDF, "--key-file", key, "-L", "master",
+               "--size", "64M", master)
+    run_hammer("newfs", "-L", "slave", "--size", "64M", slave)
+    status = run_hammer("pfs-status", "--key-file", key, master).stdout
+    uuid = status.split("shared-uuid=")[1].split()[0]
+    run_hammer("mount", slave, sm)
+    try:
+        (sm / "pfs").mkdir()
+        run_hammer("pfs-slave", sm / "pfs" / "slave", f"shared-uuid={uuid}")
+    finally:
+        run_hammer("umount", sm)
+    return {"key": key, "master": master, "slave": slave}
+
+
+@pytest.fixture
+def setup(tmp_path, images):
+    """Copies of the images and a config: master and slave each mounted whole, and a stream
+    from the master's PFS #0 to the slave PFS."""
+    key = tmp_path / "master.key"
+    master, slave = tmp_path / "master.img", tmp_path / "slave.img"
+    for name, dst in (("key", key), ("master", master), ("slave", slave)):
+        subprocess.run(["cp", "--sparse=always", "-p", str(images[name]), str(dst)],
+                       check=True)
+    mm, sm = tmp_path / "fort_knox", tmp_path / "fort_knox_slave"
+    mm.mkdir()
+    sm.mkdir()
+    config = tmp_path / "hammerfs.toml"
+    config.write_text(f"""\
+[[mount]]
+name = "master"
+volume = "{master}"
+mountpoint = "{mm}"
+key_file = "{key}"
+
+[[mount]]
+name = "slave"
+volume = "{slave}"
+mountpoint = "{sm}"
+
+[[stream]]
+name = "backup"
+source = "{mm}"
+target = "{sm}/pfs/slave"
+reconnect_delay = 0.5
+""")
+    yield {"config": config, "key": key, "master": master, "slave": slave, "mm": mm,
+           "sm": sm, "slave_pfs": sm / "pfs" / "slave"}
+    for mp in (mm, sm):  # never leave a mount behind a failed test
+        if os.path.ismount(mp) or str(mp) in {m["mountpoint"] for m in registered_mounts()}:
+            run_hammer("umount", mp, check=False)
+            subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+
+
+class Notify:
+    """A stand-in for systemd's notify socket: collects what `hammer up` sends."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[str] = []
+
+    def wait(self, word: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(word in m for m in self.messages):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {word} from hammer up (got {self.messages})"
+            self.sock.settimeout(left)
+            with contextlib.suppress(TimeoutError):
+                self.messages.append(self.sock.recv(4096).decode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
+    mm, sm, slave_pfs = setup["mm"], setup["sm"], setup["slave_pfs"]
+    notify = Notify(tmp_path / "notify.sock")
+    with open(tmp_path / "up.out", "w") as out:
+        up = subprocess.Popen([sys.executable, "-m", "hammerfs", "up", "-f",
+                               "--config", str(setup["config"])],
+                              env=hammer_env({"NOTIFY_SOCKET": notify.path}),
+                              stdout=out, stderr=subprocess.STDOUT)
+    try:
+        notify.wait("READY=1", 60)  # as systemd's Type=notify sees it
+        assert os.path.ismount(mm) and os.path.ismount(sm)
+        # written on the master mount, it appears on the slave mount
+        (mm / "notes.txt").write_text("first")
+        wait_for(lambda: read_text(slave_pfs / "notes.txt") == "first", 15, "the stream")
+
+        # the stream process dies: the supervisor starts a new one
+        state = read_state(str(setup["config"]))
+        first = state["streams"][0]["pid"]
+        os.kill(first, signal.SIGKILL)
+        state = wait_for(lambda: (s := read_state(str(setup["config"])))
+                         and s["streams"][0]["restarts"] >= 1 and s["streams"][0]["pid"]
+                         and s, 15, "the stream restart")
+        assert state["streams"][0]["pid"] != first
+        (mm / "second.txt").write_text("second")
+        wait_for(lambda: read_text(slave_pfs / "second.txt") == "second", 15,
+                 "the restarted stream")
+
+        # the master's mount process dies: the dead FUSE mount is cleared and remounted
+        dead = owner_pid(mm)
+        os.kill(dead, signal.SIGKILL)
+        wait_for(lambda: owner_pid(mm) not in (None, dead), 30, "the remount")
+        (mm / "third.txt").write_text("third")
+        wait_for(lambda: read_text(slave_pfs / "third.txt") == "third", 20,
+                 "the stream after the remount")
+        status = run_hammer("service", "status", "--config", setup["config"]).stdout
+        assert "master" in status and "mounted" in status and "restarts=" in status
+
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        notify.wait("STOPPING=1", 1)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        notify.close()
+    log = read_text(tmp_path / "up.out")
+    assert "master: unlocking and mounting" in log
+    assert "stream backup exited (killed by SIGKILL); restarting in" in log
+    assert "mount process of" in log and "mounted again" in log
+    assert "down: everything unmounted" in log
+    assert not os.path.ismount(mm) and not os.path.ismount(sm)
+    assert read_state(str(setup["config"])) is None
+
+    # data intact after a remount, on both volumes
+    run_hammer("mount", "--key-file", setup["key"], setup["master"], mm)
+    try:
+        assert read_text(mm / "third.txt") == "third"
+    finally:
+        run_hammer("umount", mm)
+    run_hammer("mount", setup["slave"], sm)
+    try:
+        assert read_text(slave_pfs / "notes.txt") == "first"
+        assert read_text(slave_pfs / "third.txt") == "third"
+    finally:
+        run_hammer("umount", sm)
+
+
+def test_background_up_keeps_a_hand_made_mount_and_down_stops_it(setup):
+    mm, sm, config = setup["mm"], setup["sm"], setup["config"]
+    run_hammer("mount", "--key-file", setup["key"], setup["master"], mm)
+    hand_pid = owner_pid(mm)
+    up = run_hammer("up", "--config", config, timeout=120)
+    assert "already mounted on" in up.stdout and "keeping it" in up.stdout
+    assert "slave: mounting" in up.stdout
+    assert "running in the background" in up.stdout
+    assert owner_pid(mm) == hand_pid and os.path.ismount(sm)
+    again = run_hammer("up", "--config", config, check=False)
+    assert again.returncode != 0 and "already running" in again.stderr
+    (mm / "bg.txt").write_text("background")
+    wait_for(lambda: read_text(setup["slave_pfs"] / "bg.txt") == "background", 15,
+             "the stream")
+
+    down = run_hammer("down", "--config", config, timeout=120)
+    assert "everything unmounted" in down.stdout
+    assert not os.path.ismount(mm) and not os.path.ismount(sm)
+    assert "nothing mounted" in run_hammer("down", "--config", config).stdout
+
+    # what the daily timer runs: volumes not mounted are cleaned up directly (unlocked
+    # with the mount's key file)
+    cleaned = run_hammer("service", "cleanup", "--config", config)
+    assert cleaned.stdout.count("PFS #0") == 2, cleaned.stdout
+    assert not os.path.ismount(mm)
+
+
+def test_a_failing_mount_unmounts_the_others(setup, tmp_path):
+    """The second volume cannot be mounted (someone holds it): the first one is unmounted
+    again and the error says why."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl,sys,time; "
+                               f"f=open({str(setup['slave'])!r},'rb+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_hammer("up", "-f", "--config", setup["config"], check=False, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.returncode == 1
+    assert "slave: cannot mount" in res.stderr, res.stderr
+    assert not os.path.ismount(setup["mm"]) and not os.path.ismount(setup["sm"])
+
+
+def test_check_reports_every_problem_and_mounts_nothing(setup, tmp_path):
+    bad = tmp_path / "bad.toml"
+    key = setup["key"]
+    key.chmod(0o644)
+    bad.write_text(f"""\
+[[mount]]
+volume = "{setup['master']}"
+mountpoint = "{setup['mm']}"
+key_file = "{key}"
+optoins = ["ro"]
+
+[[mount]]
+volume = "{setup['slave']}"
+mountpoint = "{setup['mm']}"
+key_file = "{tmp_path}/missing.key"
+
+[[stream]]
+source = "{setup['mm']}"
+target = "{tmp_path}/nowhere"
+""")
+    for args in (("up", "--check"), ("up", "-f"), ("up",), ("service", "install",
+                                                            "--prefix", str(tmp_path))):
+        res = run_hammer(*args, "--config", bad, check=False)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        err = res.stderr
+        assert "unknown key 'optoins' (did you mean 'options'?)" in err
+        assert f"key_file {tmp_path}/missing.key: no such file" in err
+        assert f"mountpoint {setup['mm']} is used by both" in err
+        assert "target" in err and "neither inside a configured [[mount]]" in err
+        # the same warning `hammer luks` gives for a key file others can read
+        assert f"warning: key file {key} is accessible by group or others (mode 0644)" \
+            in err
+        assert not os.path.ismount(setup["mm"]) and not os.path.ismount(setup["sm"])
+    assert not (tmp_path / "hammerfs.service").exists()
+    ok = run_hammer("up", "--check", "--config", setup["config"])
+    assert "OK" in ok.stdout and "stream backup" in ok.stdout
+    assert not os.path.ismount(setup["mm"])
+
+
+def test_status_and_down_without_a_running_up(setup):
+    res = run_hammer("service", "status", "--config", setup["config"], check=False)
+    assert res.returncode == 3 and "not running" in res.stdout
+    # a mount left behind (e.g. hammer up was killed) is unmounted by `hammer down`
+    run_hammer("mount", setup["slave"], setup["sm"])
+    down = run_hammer("down", "--config", setup["config"])
+    assert "unmounting" in down.stdout
+    assert not os.path.ismount(setup["sm"])
