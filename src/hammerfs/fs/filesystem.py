@@ -429,8 +429,11 @@ class FileSystem:
         del self._open[obj]
         if self.readonly:
             return
-        rec = self.store.get(self._key(obj, REC_INODE))
-        if rec is not None and Inode.decode(obj, rec.data).nlink == 0:
+        try:
+            unlinked = self.getattr(obj).nlink == 0
+        except FsError:  # already gone (removed behind this view)
+            return
+        if unlinked:
             self._remove_object(obj)
             self.store.delete(self._key(ROOT_OBJ, REC_ORPHAN, obj))
 

@@ -156,12 +156,13 @@ class Namespace:
     def resolve(self, path: bytes) -> tuple[FileSystem, Inode]:
         """Walk an absolute path (relative to the mount root); symlinks are not followed."""
         fs = self.root_view()
-        cacheable = fs.asof is None and _canonical(path)
-        start = b""
-        if cacheable:
+        if fs.asof is None and path in self._paths:  # only canonical paths are cached
             hit = self._cached(fs, path)
             if hit is not None:
                 return fs, hit
+        cacheable = fs.asof is None and _canonical(path)
+        start = b""
+        if cacheable:
             head = path.rpartition(b"/")[0]
             parent = self._cached(fs, head) if head else None
             if parent is not None:  # walking a tree: the parent was just looked up
@@ -181,6 +182,12 @@ class Namespace:
         if cacheable and fs.pfs == self.pfs and fs.asof is None:
             self._remember(path, ino.obj_id)
         return fs, ino
+
+    def created(self, fs: FileSystem, path: bytes, obj: int) -> None:
+        """``path`` was just created as ``obj`` in view ``fs`` (the kernel's next requests
+        name it by path: write, setattr, getxattr)."""
+        if fs is self._live.get(self.pfs) and fs is self.root_view() and _canonical(path):
+            self._remember(path, obj)
 
     def _remember(self, path: bytes, obj: int) -> None:
         if len(self._paths) > 100_000:

@@ -129,6 +129,7 @@ class HammerOperations(mfusepy.Operations):
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._inos: dict[tuple[int, int | None, int], int] = {}
+        self._packed: dict[int, tuple[Inode, bytes]] = {}  # st_ino -> (inode, its stat)
         self._fh_lock = threading.Lock()
         self._fuse_ptr: ctypes.c_void_p | None = None
 
@@ -143,13 +144,27 @@ class HammerOperations(mfusepy.Operations):
         return ino
 
     def _stat(self, fs: FileSystem, ino: Inode) -> bytes:
-        """``struct stat`` of ``ino``, packed (the kernel ignores st_dev: FUSE reports the
-        mount's device for every file)."""
+        """``struct stat`` of ``ino``, packed, and kept while the view hands out the same
+        Inode object (views replace the object on every change)."""
+        st_ino = self._ino(fs, ino.obj_id)
+        cached = self._packed.get(st_ino)
+        if cached is not None and cached[0] is ino:
+            return cached[1]
+        if len(self._packed) > 65536:
+            self._packed.clear()
+        packed = self._pack_stat(st_ino, ino)
+        self._packed[st_ino] = (ino, packed)
+        return packed
+
+    @staticmethod
+    def _pack_stat(st_ino: int, ino: Inode) -> bytes:
+        """``struct stat`` of ``ino`` (st_dev stays 0: the kernel reports the mount's device
+        for every file of a FUSE mount, whatever we say)."""
         atime_s, atime_ns = divmod(ino.atime, 1_000_000_000)
         mtime_s, mtime_ns = divmod(ino.mtime, 1_000_000_000)
         ctime_s, ctime_ns = divmod(ino.ctime, 1_000_000_000)
         values = {
-            "st_dev": 0, "st_ino": self._ino(fs, ino.obj_id), "st_nlink": ino.nlink,
+            "st_dev": 0, "st_ino": st_ino, "st_nlink": ino.nlink,
             "st_mode": ino.mode, "st_uid": ino.uid, "st_gid": ino.gid, "st_rdev": ino.rdev,
             "st_size": ino.size, "st_blksize": BLOCK, "st_blocks": (ino.size + 511) // 512,
             "st_atime_tv_sec": atime_s, "st_atime_tv_nsec": atime_ns,
@@ -276,7 +291,8 @@ class HammerOperations(mfusepy.Operations):
     def mkdir(self, path, mode):
         fs, parent, name = self._parent(path)
         uid, gid = self._caller()
-        fs.mkdir(parent.obj_id, name, mode, uid, gid)
+        ino = fs.mkdir(parent.obj_id, name, mode, uid, gid)
+        self.ns.created(fs, _b(path), ino.obj_id)
         return 0
 
     @_op
@@ -326,6 +342,7 @@ class HammerOperations(mfusepy.Operations):
         fs, parent, name = self._parent(path)
         uid, gid = self._caller()
         ino = fs.create(parent.obj_id, name, mode, uid, gid)
+        self.ns.created(fs, _b(path), ino.obj_id)
         fs.open(ino.obj_id)
         return self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
 

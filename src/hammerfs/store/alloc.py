@@ -21,6 +21,7 @@ from hammerfs.store.format import BITS_PER_PAGE, BLOCK, BLOCKS_PER_BIGBLOCK, CSU
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
 _BB_BYTES = BLOCKS_PER_BIGBLOCK // 8
 META, DATA = 0, 1
+_SMALL_RUN = 64  # runs up to this many blocks are tested and set with int ops, not numpy
 
 
 class Allocator:
@@ -86,10 +87,16 @@ class Allocator:
         if count <= 0:
             return
         lo, hi = block // 8, (block + count - 1) // 8 + 1
-        bits = np.unpackbits(self.bits[lo:hi], bitorder="little")
         start = block - lo * 8
-        bits[start:start + count] = used
-        self.bits[lo:hi] = np.packbits(bits, bitorder="little")
+        if count <= _SMALL_RUN:  # one int op beats numpy's per-call cost (small files)
+            word = int.from_bytes(self._raw[lo:hi], "little")
+            mask = ((1 << count) - 1) << start
+            word = word | mask if used else word & ~mask
+            self._raw[lo:hi] = word.to_bytes(hi - lo, "little")
+        else:
+            bits = np.unpackbits(self.bits[lo:hi], bitorder="little")
+            bits[start:start + count] = used
+            self.bits[lo:hi] = np.packbits(bits, bitorder="little")
         for page in range(lo // BLOCK, (hi - 1) // BLOCK + 1):
             self.dirty_pages[0].add(page)
             self.dirty_pages[1].add(page)
@@ -184,8 +191,11 @@ class Allocator:
 
     def _range_free(self, block: int, count: int) -> bool:
         lo, hi = block // 8, (block + count - 1) // 8 + 1
-        bits = np.unpackbits(self.bits[lo:hi], bitorder="little")
         start = block - lo * 8
+        if count <= _SMALL_RUN:
+            word = int.from_bytes(self._raw[lo:hi], "little")
+            return not word >> start & ((1 << count) - 1)
+        bits = np.unpackbits(self.bits[lo:hi], bitorder="little")
         return not bits[start:start + count].any()
 
     def _run_end(self, block: int) -> int:
