@@ -171,8 +171,11 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
         status = run_hammer("service", "status", "--config", setup["config"]).stdout
         assert "master" in status and "mounted" in status and "restarts=" in status
 
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(60) == 0
+        # `hammer down` from another shell: SIGTERM, then waits until hammer up is gone
+        down = run_hammer("down", "--config", setup["config"], timeout=120)
+        assert f"stopping hammer up (pid {up.pid})" in down.stdout
+        assert "everything unmounted" in down.stdout
+        assert up.wait(5) == 0
         notify.wait("STOPPING=1", 1)
     finally:
         if up.poll() is None:
@@ -182,7 +185,7 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
     assert "master: unlocking and mounting" in log
     assert "stream backup exited (killed by SIGKILL); restarting in" in log
     assert "mount process of" in log and "mounted again" in log
-    assert "down: everything unmounted" in log
+    assert "SIGTERM: stopping" in log and "down: everything unmounted" in log
     assert not os.path.ismount(mm) and not os.path.ismount(sm)
     assert read_state(str(setup["config"])) is None
 
@@ -200,7 +203,7 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
         run_hammer("umount", sm)
 
 
-def test_background_up_keeps_a_hand_made_mount_and_down_stops_it(setup):
+def test_background_up_keeps_a_hand_made_mount_and_down_cleans_up_after_a_crash(setup):
     mm, sm, config = setup["mm"], setup["sm"], setup["config"]
     run_hammer("mount", "--key-file", setup["key"], setup["master"], mm)
     hand_pid = owner_pid(mm)
@@ -215,8 +218,17 @@ def test_background_up_keeps_a_hand_made_mount_and_down_stops_it(setup):
     wait_for(lambda: read_text(setup["slave_pfs"] / "bg.txt") == "background", 15,
              "the stream")
 
+    # `hammer up` dies without cleaning up: its stream goes with it, the mounts stay, and
+    # `hammer down` unmounts what it left
+    state = read_state(str(config))
+    stream_pid = state["streams"][0]["pid"]
+    os.kill(state["pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(stream_pid), 10, "the orphaned stream to exit")
+    assert os.path.ismount(mm) and os.path.ismount(sm)
+    res = run_hammer("service", "status", "--config", config, check=False)
+    assert res.returncode == 3 and "not running" in res.stdout
     down = run_hammer("down", "--config", config, timeout=120)
-    assert "everything unmounted" in down.stdout
+    assert "hammer up is not running" in down.stdout and "unmounting" in down.stdout
     assert not os.path.ismount(mm) and not os.path.ismount(sm)
     assert "nothing mounted" in run_hammer("down", "--config", config).stdout
 
@@ -282,13 +294,3 @@ target = "{tmp_path}/nowhere"
     ok = run_hammer("up", "--check", "--config", setup["config"])
     assert "OK" in ok.stdout and "stream backup" in ok.stdout
     assert not os.path.ismount(setup["mm"])
-
-
-def test_status_and_down_without_a_running_up(setup):
-    res = run_hammer("service", "status", "--config", setup["config"], check=False)
-    assert res.returncode == 3 and "not running" in res.stdout
-    # a mount left behind (e.g. hammer up was killed) is unmounted by `hammer down`
-    run_hammer("mount", setup["slave"], setup["sm"])
-    down = run_hammer("down", "--config", setup["config"])
-    assert "unmounting" in down.stdout
-    assert not os.path.ismount(setup["sm"])

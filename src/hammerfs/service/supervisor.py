@@ -190,7 +190,8 @@ class Child:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [*hammer_argv(), *self.spec.stream_argv()], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)
         self.started = time.monotonic()
         self.relay = threading.Thread(target=self._relay, args=(self.proc,), daemon=True,
                                       name=f"relay-{self.spec.name}")
@@ -222,6 +223,16 @@ class Child:
         if self.relay is not None:
             self.relay.join(2.0)
         self.proc = None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child: get SIGTERM when `hammer up` dies, even by SIGKILL, so a stream
+    never outlives its supervisor (a new `hammer up` would start a second one)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 # -- the supervisor ----------------------------------------------------------------------------
