@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -114,25 +113,26 @@ def _print_summary(config: ServiceConfig) -> None:
 
 
 def _run_in_background(config: ServiceConfig) -> int:
-    """Start `hammer up -f` detached and relay its progress until it says READY (the same
-    sd_notify message systemd gets), or show why it failed."""
-    from hammerfs.service.supervisor import hammer_argv, instance_paths
+    """Fork the supervisor (no threads exist yet, so forking is safe) and relay its progress
+    until it says READY (the same sd_notify message systemd gets), or show why it failed."""
+    from hammerfs.service.supervisor import instance_paths
     paths = instance_paths(config.path)
     notify_path = paths["base"] + ".notify"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(notify_path)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, \
-            open(paths["log"], "ab") as log:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(notify_path)
         sock.settimeout(0.2)
-        offset = log.tell()
+        with open(paths["log"], "ab") as log:
+            offset = log.tell()
         try:
-            proc = subprocess.Popen([*hammer_argv(), "up", "-f", "--config", config.path],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True,
-                                    env={**os.environ, "NOTIFY_SOCKET": notify_path})
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                _supervise_detached(config, paths["log"], notify_path)
             ready = False
-            while not ready and proc.poll() is None:
+            while not ready and _running(pid):
                 with contextlib.suppress(TimeoutError):
                     ready = b"READY=1" in sock.recv(4096)
                 offset = _relay_log(paths["log"], offset)
@@ -141,9 +141,40 @@ def _run_in_background(config: ServiceConfig) -> int:
             os.unlink(notify_path)
     if not ready:
         raise HammerError(f"hammer up failed (log: {paths['log']})")
-    print(f"hammer up: running in the background (pid {proc.pid}, log {paths['log']}); "
+    print(f"hammer up: running in the background (pid {pid}, log {paths['log']}); "
           "'hammer down' stops it")
     return 0
+
+
+def _supervise_detached(config: ServiceConfig, log_path: str, notify_path: str) -> None:
+    """The forked child: a session of its own, output to the log, then `hammer up -f`."""
+    from hammerfs.service.supervisor import Supervisor
+    code = 1
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+        for fd, target in ((0, null), (1, log), (2, log)):
+            os.dup2(target, fd)
+        os.close(null)
+        os.close(log)
+        os.environ["NOTIFY_SOCKET"] = notify_path
+        code = Supervisor(config).run()
+    except HammerError as exc:
+        print(f"hammer: {exc}", file=sys.stderr, flush=True)
+    except BaseException:  # never a traceback on the user's terminal: it goes to the log
+        import traceback
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _running(pid: int) -> bool:
+    """True while the forked child runs (reaps it once it has exited)."""
+    done, _status = os.waitpid(pid, os.WNOHANG)
+    return done == 0
 
 
 def _relay_log(path: str, offset: int) -> int:

@@ -35,7 +35,8 @@ from hammerfs.service.config import MountSpec, ServiceConfig, StreamSpec
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 60.0  # a child that ran this long gets its backoff reset
-POLL = 0.2
+POLL = 0.25  # how often stream processes are checked (a cheap waitpid each)
+MOUNT_POLL = 2.0  # how often mount owners are checked (reads the mount registrations)
 STREAM_STOP_TIMEOUT = 10.0
 BUSY_TIMEOUT = 30.0
 
@@ -245,6 +246,7 @@ class Supervisor:
         self.mounted: list[MountSpec] = []  # ours to unmount on the way down
         self.remount_at: dict[str, float] = {}
         self.remount_backoff: dict[str, float] = {}
+        self.next_mount_check = 0.0
         self.children = [Child(s, self._stream_log(s)) for s in config.streams]
         self._lock_fd: int | None = None
 
@@ -330,8 +332,11 @@ class Supervisor:
         now = time.monotonic()
         for child in self.children:
             changed |= self._poll_child(child, now)
-        for m in self.mounted:
-            changed |= self._poll_mount(m, now)
+        if now >= self.next_mount_check or any(
+                self.mount_state[m.name] != "mounted" for m in self.mounted):
+            self.next_mount_check = now + MOUNT_POLL
+            for m in self.mounted:
+                changed |= self._poll_mount(m, now)
         return changed
 
     def _poll_child(self, child: Child, now: float) -> bool:
