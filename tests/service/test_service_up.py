@@ -18,7 +18,7 @@ import pytest
 
 from conftest import hammer_env, run_hammer
 from hammerfs.control.client import registered_mounts
-from hammerfs.service.supervisor import pid_alive, read_state
+from hammerfs.service.supervisor import pid_alive, read_state, rotate_log
 
 FAST_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
 
@@ -170,6 +170,7 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
                  "the stream after the remount")
         status = run_hammer("service", "status", "--config", setup["config"]).stdout
         assert "master" in status and "mounted" in status and "restarts=" in status
+        assert "last message:" in status  # what the stream said when its source vanished
 
         # `hammer down` from another shell: SIGTERM, then waits until hammer up is gone
         down = run_hammer("down", "--config", setup["config"], timeout=120)
@@ -294,3 +295,13 @@ target = "{tmp_path}/nowhere"
     ok = run_hammer("up", "--check", "--config", setup["config"])
     assert "OK" in ok.stdout and "stream backup" in ok.stdout
     assert not os.path.ismount(setup["mm"])
+
+
+def test_logs_in_the_runtime_dir_stay_bounded(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_bytes(b"a" * 100)
+    rotate_log(str(log), limit=200)
+    assert log.exists()
+    log.write_bytes(b"b" * 300)
+    rotate_log(str(log), limit=200)
+    assert not log.exists() and (tmp_path / "x.log.1").read_bytes() == b"b" * 300

@@ -115,8 +115,9 @@ def _print_summary(config: ServiceConfig) -> None:
 def _run_in_background(config: ServiceConfig) -> int:
     """Fork the supervisor (no threads exist yet, so forking is safe) and relay its progress
     until it says READY (the same sd_notify message systemd gets), or show why it failed."""
-    from hammerfs.service.supervisor import instance_paths
+    from hammerfs.service.supervisor import instance_paths, rotate_log
     paths = instance_paths(config.path)
+    rotate_log(paths["log"])
     notify_path = paths["base"] + ".notify"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(notify_path)
@@ -312,4 +313,6 @@ def cmd_service_status(args: argparse.Namespace) -> int:
         run = f"pid {s['pid']}" if s["pid"] else "waiting to restart"
         print(f"  stream {s['name']:<16} {run:<18} restarts={s['restarts']} "
               f"{s['source']} -> {s['target']}")
+        if s.get("last"):
+            print(f"         last message: {s['last']}")
     return 0

@@ -103,6 +103,16 @@ def sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+LOG_LIMIT = 4 << 20
+
+
+def rotate_log(path: str, limit: int = LOG_LIMIT) -> None:
+    """Keep a log in the runtime dir (RAM) bounded: past ``limit`` it becomes ``path.1``."""
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) > limit:
+            os.replace(path, path + ".1")
+
+
 def say(text: str) -> None:
     print(f"hammer up: {text}", flush=True)
 
@@ -148,8 +158,11 @@ def check_mountpoint(m: MountSpec) -> str:
 
 def mount_one(m: MountSpec) -> None:
     """`hammer mount` (unlocks with the key file, returns once the mount serves)."""
+    # A session of its own: a Ctrl-C meant for `hammer up` must not kill a mount half-way
+    # (hammer up finishes it, then unmounts everything in order).
     proc = subprocess.run([*hammer_argv(), *m.mount_argv()], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          start_new_session=True)
     if proc.returncode != 0:
         lines = [ln.removeprefix("hammer: ") for ln in proc.stderr.strip().splitlines()
                  if "warning:" not in ln]
@@ -186,6 +199,7 @@ class Child:
     restarts: int = 0
     backoff: float = MIN_BACKOFF
     next_start: float = 0.0
+    last_line: str = ""  # the stream's latest message, shown by `hammer service status`
     relay: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -200,9 +214,11 @@ class Child:
 
     def _relay(self, proc: subprocess.Popen) -> None:
         """Copy the stream's output to its log file and to our stderr, line by line."""
+        rotate_log(self.log_path)
         with open(self.log_path, "a", encoding="utf-8", errors="replace") as log:
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip().removeprefix("hammer: ")
+                self.last_line = line
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 log.write(f"{stamp} [{proc.pid}] {line}\n")
                 log.flush()
@@ -429,7 +445,7 @@ class Supervisor:
             "streams": [{"name": c.spec.name, "source": c.spec.source,
                          "target": c.spec.target, "restarts": c.restarts,
                          "pid": c.proc.pid if c.proc is not None else None,
-                         "log": c.log_path} for c in self.children],
+                         "last": c.last_line, "log": c.log_path} for c in self.children],
         }
         tmp = self.paths["state"] + ".tmp"
         with open(tmp, "w") as f:
