@@ -200,3 +200,27 @@ def test_service_install_writes_units_that_systemd_accepts(env):
     verify = subprocess.run([analyze, "verify", *(str(units / n) for n in names)],
                             capture_output=True, text=True)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+
+def _example_errors(text: str) -> str:
+    import tomllib
+    try:
+        parse_config(tomllib.loads(text))
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def test_the_documented_examples_use_only_known_keys():
+    """`hammer up --help` and the README show configs: they must stay valid TOML whose only
+    problems here are paths that do not exist on this machine."""
+    from pathlib import Path
+
+    from hammerfs.cli.service_cmds import CONFIG_EXAMPLE
+    help_toml = "\n".join(line[2:] for line in CONFIG_EXAMPLE.splitlines()[1:])
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme_toml = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    for text in (help_toml, readme_toml):
+        errors = _example_errors(text)
+        assert "unknown key" not in errors and "must be" not in errors, errors
+        assert "no such file" in errors  # /dev/sdb and friends are not here

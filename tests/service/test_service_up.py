@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -172,7 +173,10 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
         assert "master" in status and "mounted" in status and "restarts=" in status
         assert "last message:" in status  # what the stream said when its source vanished
 
-        # `hammer down` from another shell: SIGTERM, then waits until hammer up is gone
+        # `hammer down` from another shell: SIGTERM, then waits until hammer up is gone; a
+        # file still open on the master makes its unmount wait until it is closed
+        busy = open(mm / "notes.txt")  # noqa: SIM115 (closed by the timer)
+        threading.Timer(3.0, busy.close).start()
         down = run_hammer("down", "--config", setup["config"], timeout=120)
         assert f"stopping hammer up (pid {up.pid})" in down.stdout
         assert "everything unmounted" in down.stdout
@@ -186,6 +190,7 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
     assert "master: unlocking and mounting" in log
     assert "stream backup exited (killed by SIGKILL); restarting in" in log
     assert "mount process of" in log and "mounted again" in log
+    assert "is busy; retrying" in log
     assert "SIGTERM: stopping" in log and "down: everything unmounted" in log
     assert not os.path.ismount(mm) and not os.path.ismount(sm)
     assert read_state(str(setup["config"])) is None
