@@ -19,7 +19,7 @@ import pytest
 
 from conftest import hammer_env, run_hammer
 from hammerfs.control.client import registered_mounts
-from hammerfs.service.supervisor import pid_alive, read_state, rotate_log
+from hammerfs.service.supervisor import instance_paths, pid_alive, read_state, rotate_log
 
 FAST_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
 
@@ -223,6 +223,30 @@ def test_background_up_keeps_a_hand_made_mount_and_down_cleans_up_after_a_crash(
     (mm / "bg.txt").write_text("background")
     wait_for(lambda: read_text(setup["slave_pfs"] / "bg.txt") == "background", 15,
              "the stream")
+
+    # reload: an edited config is applied, touching only what changed
+    original = config.read_text()
+    master_only = original.split("[[mount]]\nname = \"slave\"")[0]
+    config.write_text(master_only)
+    run_hammer("service", "reload", "--config", config)
+    wait_for(lambda: not os.path.ismount(sm), 20, "the slave to be unmounted")
+    state = wait_for(lambda: (s := read_state(str(config))) and not s["streams"] and s, 10,
+                     "the stream to stop")
+    assert [m["name"] for m in state["mounts"]] == ["master"]
+    assert owner_pid(mm) == hand_pid
+    config.write_text(master_only + "[[mount]]\nvolume = 5\n")
+    bad = run_hammer("service", "reload", "--config", config, check=False)
+    assert bad.returncode == 1 and "'volume' must be a string" in bad.stderr
+    os.kill(state["pid"], signal.SIGHUP)  # behind the command's back: refused in the log
+    log = instance_paths(str(config))["log"]
+    wait_for(lambda: "reload refused, nothing changed" in read_text(log), 10, "the refusal")
+    config.write_text(original)
+    run_hammer("service", "reload", "--config", config)
+    wait_for(lambda: os.path.ismount(sm) and read_state(str(config))["streams"], 20,
+             "the slave and its stream to come back")
+    (mm / "reloaded.txt").write_text("reloaded")
+    wait_for(lambda: read_text(setup["slave_pfs"] / "reloaded.txt") == "reloaded", 15,
+             "the stream after the reload")
 
     # `hammer up` dies without cleaning up: its stream goes with it, the mounts stay, and
     # `hammer down` unmounts what it left

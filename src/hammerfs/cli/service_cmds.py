@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=textwrap.fill(
             "Mount every [[mount]] of the config (keeping ones hammerfs already has mounted "
             "there), then start every [[stream]] and restart it with backoff whenever it "
-            "exits.  SIGTERM, SIGINT or 'hammer down' stop the streams and unmount cleanly.  "
+            "exits.  SIGTERM, SIGINT or 'hammer down' stop the streams and unmount cleanly; "
+            "SIGHUP ('hammer service reload', 'systemctl reload hammerfs') applies an edited "
+            "config, touching only what changed.  "
             "Under systemd or with -f it stays in the foreground; otherwise it returns once "
             "everything is up and keeps running in the background.", 92)
         + "\n\n" + CONFIG_EXAMPLE)
@@ -80,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "(what the timer runs)")
     _config_arg(q)
     q.set_defaults(func=cmd_service_cleanup)
+    q = ssub.add_parser("reload", help="make a running 'hammer up' apply the edited config "
+                                       "(SIGHUP; as systemctl reload hammerfs)")
+    _config_arg(q)
+    q.set_defaults(func=cmd_service_reload)
     q = ssub.add_parser("status", help="what 'hammer up' runs: mounts, streams, restarts")
     _config_arg(q)
     q.set_defaults(func=cmd_service_status)
@@ -297,6 +303,19 @@ def cmd_service_cleanup(args: argparse.Namespace) -> int:
         sub = parser.parse_args(argv)
         status |= int(sub.func(sub) or 0)
     return status
+
+
+def cmd_service_reload(args: argparse.Namespace) -> int:
+    """Validate first (a broken config is refused here, not just in the log), then SIGHUP."""
+    from hammerfs.service.supervisor import read_state
+    config = load_config(args.config)
+    state = read_state(config.path)
+    if state is None:
+        raise HammerError(f"hammer up is not running for {config.path}")
+    os.kill(int(state["pid"]), signal.SIGHUP)
+    print(f"hammer service reload: asked hammer up (pid {state['pid']}) to apply "
+          f"{config.path}; 'hammer service status' shows the result")
+    return 0
 
 
 def cmd_service_status(args: argparse.Namespace) -> int:

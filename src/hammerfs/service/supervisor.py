@@ -39,6 +39,7 @@ POLL = 0.25  # how often stream processes are checked (a cheap waitpid each)
 MOUNT_POLL = 2.0  # how often mount owners are checked (reads the mount registrations)
 STREAM_STOP_TIMEOUT = 10.0
 BUSY_TIMEOUT = 30.0
+MOUNT_TIMEOUT = 600.0  # generous: a slow KDF on a small CPU, a big volume's first open
 
 
 def hammer_argv() -> list[str]:
@@ -160,9 +161,13 @@ def mount_one(m: MountSpec) -> None:
     """`hammer mount` (unlocks with the key file, returns once the mount serves)."""
     # A session of its own: a Ctrl-C meant for `hammer up` must not kill a mount half-way
     # (hammer up finishes it, then unmounts everything in order).
-    proc = subprocess.run([*hammer_argv(), *m.mount_argv()], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=600,
-                          start_new_session=True)
+    try:
+        proc = subprocess.run([*hammer_argv(), *m.mount_argv()], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise HammerError(f"{m.name}: mounting {m.volume}:{m.pfs} took more than "
+                          f"{MOUNT_TIMEOUT:g}s") from None
     if proc.returncode != 0:
         lines = [ln.removeprefix("hammer: ") for ln in proc.stderr.strip().splitlines()
                  if "warning:" not in ln]
@@ -258,6 +263,7 @@ class Supervisor:
         self.config = config
         self.paths = instance_paths(config.path)
         self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
         self.mount_state: dict[str, str] = {m.name: "down" for m in config.mounts}
         self.mounted: list[MountSpec] = []  # ours to unmount on the way down
         self.remount_at: dict[str, float] = {}
@@ -290,6 +296,9 @@ class Supervisor:
             sd_notify(f"READY=1\nSTATUS={len(self.mounted)} mounts, "
                       f"{len(self.children)} streams")
             while not self.stopping.wait(POLL):
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
                 if self.poll():
                     self._write_state()
             return self.shutdown()
@@ -313,8 +322,15 @@ class Supervisor:
             if not self.stopping.is_set():
                 say(f"{signal.Signals(signum).name}: stopping")
             self.stopping.set()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        def hangup(signum, frame) -> None:
+            if attached:  # the terminal went away: stop, as any foreground command
+                stop(signum, frame)
+            else:  # a daemon's SIGHUP (systemctl reload, hammer service reload)
+                self.reload_requested.set()
+        attached = sys.stdin is not None and sys.stdin.isatty()
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stop)
+        signal.signal(signal.SIGHUP, hangup)
 
     def mount_all(self) -> None:
         """Mount every entry in order; if one fails, unmount what this run mounted."""
@@ -392,7 +408,7 @@ class Supervisor:
             if is_stale_mount(m.mountpoint) or os.path.ismount(m.mountpoint):
                 clear_stale_mount(m.mountpoint)
             mount_one(m)
-        except (HammerError, subprocess.TimeoutExpired) as exc:
+        except HammerError as exc:
             delay = self.remount_backoff.get(m.name, MIN_BACKOFF)
             say(f"{exc}; retrying in {delay:g}s")
             self.remount_at[m.name] = now + delay
@@ -406,6 +422,57 @@ class Supervisor:
                 child.next_start = now
                 child.backoff = MIN_BACKOFF
         return True
+
+    def reload(self) -> None:
+        """Apply an edited config: stop the streams and unmount the mounts that are gone or
+        changed, then mount and start the new ones; unchanged ones are not touched.  A
+        config that does not validate changes nothing."""
+        from hammerfs.service.config import load_config
+        say(f"SIGHUP: reloading {self.config.path}")
+        sd_notify("RELOADING=1")
+        try:
+            new = load_config(self.config.path)
+        except HammerError as exc:
+            say(f"reload refused, nothing changed: {exc}")
+            sd_notify("READY=1")
+            return
+        for child in [c for c in self.children if c.spec not in new.streams]:
+            say(f"stopping stream {child.spec.name} (not in the config any more)")
+            child.stop()
+            self.children.remove(child)
+        for m in [m for m in reversed(self.mounted) if m not in new.mounts]:
+            say(f"{m.name}: unmounting {m.mountpoint} (not in the config any more)")
+            try:
+                unmount_one(m)
+            except HammerError as exc:
+                say(f"{exc}; it stays mounted")
+                continue
+            self.mounted.remove(m)
+            self.mount_state.pop(m.name, None)
+        old_mounts, old_streams = set(self.mounted), {c.spec for c in self.children}
+        self.config = new
+        for m in new.mounts:
+            if m not in old_mounts:
+                self._bring_up_later_on_failure(m)
+        for spec in new.streams:
+            if spec not in old_streams:
+                child = Child(spec, self._stream_log(spec))
+                say(f"starting stream {spec.name}: {spec.source} -> {spec.target}")
+                child.start()
+                self.children.append(child)
+        self._write_state()
+        say(f"reloaded: {len(self.mounted)} mount(s), {len(self.children)} stream(s)")
+        sd_notify("READY=1")
+
+    def _bring_up_later_on_failure(self, m: MountSpec) -> None:
+        """Mount a new entry; if that fails the mount is retried like a lost one."""
+        try:
+            self._bring_up(m)
+        except HammerError as exc:
+            say(f"{exc}; retrying")
+            self.mount_state[m.name] = "lost"
+            self.remount_at[m.name] = time.monotonic() + MIN_BACKOFF
+            self.mounted.append(m)
 
     def shutdown(self) -> int:
         """Stop the streams, then unmount (each mount commits); 0 when all went clean."""

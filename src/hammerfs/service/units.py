@@ -3,6 +3,7 @@
 hammerfs.service runs `hammer up -f` as Type=notify (ready once every volume is mounted and
 the streams run).  KillMode=mixed sends SIGTERM to `hammer up` alone, which stops the streams
 and unmounts (the mounts commit) before it exits; only leftovers are killed afterwards.
+ExecReload sends SIGHUP: `hammer up` applies an edited config (`systemctl reload hammerfs`).
 hammerfs-cleanup.timer fires daily with Persistent=true, so a machine that was off at the
 time runs the cleanup at its next boot; `hammer service cleanup` reads the config when it
 runs, so editing the config needs no reinstall.
@@ -34,6 +35,7 @@ After=local-fs.target network-online.target
 Type=notify
 NotifyAccess=main
 ExecStart={_cmd(hammer, "up", "-f", "--config", config_path)}
+ExecReload=/bin/kill -HUP $MAINPID
 KillMode=mixed
 TimeoutStartSec=600
 TimeoutStopSec=300
