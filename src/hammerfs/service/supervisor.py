@@ -322,11 +322,13 @@ class Supervisor:
             if not self.stopping.is_set():
                 say(f"{signal.Signals(signum).name}: stopping")
             self.stopping.set()
+
         def hangup(signum, frame) -> None:
             if attached:  # the terminal went away: stop, as any foreground command
                 stop(signum, frame)
             else:  # a daemon's SIGHUP (systemctl reload, hammer service reload)
                 self.reload_requested.set()
+
         attached = sys.stdin is not None and sys.stdin.isatty()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stop)
@@ -378,7 +380,8 @@ class Supervisor:
                 if now - child.started > STABLE_AFTER:
                     child.backoff = MIN_BACKOFF
                 return False
-            child.relay and child.relay.join(1.0)
+            if child.relay is not None:
+                child.relay.join(1.0)  # its last words are logged before we speak
             child.proc = None
             child.next_start = now + child.backoff
             say(f"stream {child.spec.name} exited ({_status(code)}); restarting in "
@@ -404,8 +407,9 @@ class Supervisor:
         if now < self.remount_at.get(m.name, 0.0):
             return False
         try:
-            # Its owner is gone, so whatever is still mounted there is the dead FUSE mount.
-            if is_stale_mount(m.mountpoint) or os.path.ismount(m.mountpoint):
+            if state == "pending":  # never mounted by us: someone else may be there
+                check_mountpoint(m)
+            elif is_stale_mount(m.mountpoint):  # ours, its process died
                 clear_stale_mount(m.mountpoint)
             mount_one(m)
         except HammerError as exc:
@@ -470,7 +474,7 @@ class Supervisor:
             self._bring_up(m)
         except HammerError as exc:
             say(f"{exc}; retrying")
-            self.mount_state[m.name] = "lost"
+            self.mount_state[m.name] = "pending"
             self.remount_at[m.name] = time.monotonic() + MIN_BACKOFF
             self.mounted.append(m)
 
