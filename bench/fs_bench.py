@@ -136,6 +136,7 @@ def main() -> int:
         print("run as root (drops the page cache)", file=sys.stderr)
         return 2
     work = tempfile.mkdtemp(prefix="fs-bench-", dir=args.dir)
+    load_before = os.getloadavg()[0]
     try:
         tar = make_tarball(work, args.files)
         volume_mb = max(512, args.size_mb * 2 + 512)
@@ -147,6 +148,8 @@ def main() -> int:
                     results[s.name].setdefault(k, []).append(v)
             print(f"round {rep + 1}/{args.repeat} done", file=sys.stderr)
         report(results, args.size_mb, args.files)
+        print(f"load average (1 min): {load_before:.2f} at the start, "
+              f"{os.getloadavg()[0]:.2f} at the end")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
