@@ -269,21 +269,48 @@ def test_background_up_keeps_a_hand_made_mount_and_down_cleans_up_after_a_crash(
     assert not os.path.ismount(mm)
 
 
-def test_a_failing_mount_unmounts_the_others(setup, tmp_path):
-    """The second volume cannot be mounted (someone holds it): the first one is unmounted
-    again and the error says why."""
+def test_a_failing_mount_unmounts_the_others_unless_it_is_optional(setup, tmp_path):
+    """The slave volume cannot be mounted (someone holds it): the master is unmounted again
+    and the error says why.  Marked optional, the slave is retried in the background while
+    the master serves, and mounted once it is free."""
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl,sys,time; "
                                f"f=open({str(setup['slave'])!r},'rb+'); "
                                "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+                               "sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    up = None
     try:
         assert holder.stdout.readline().strip() == "held"
         res = run_hammer("up", "-f", "--config", setup["config"], check=False, timeout=120)
+        assert res.returncode == 1
+        assert "slave: cannot mount" in res.stderr, res.stderr
+        assert not os.path.ismount(setup["mm"]) and not os.path.ismount(setup["sm"])
+
+        config = setup["config"]
+        config.write_text(config.read_text().replace('name = "slave"\n',
+                                                     'name = "slave"\noptional = true\n'))
+        up = subprocess.Popen([sys.executable, "-m", "hammerfs", "up", "-f", "--config",
+                               str(config)], env=hammer_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        state = wait_for(lambda: (s := read_state(str(config))) and s["streams"][0]["pid"]
+                         and s, 30, "hammer up to start its stream")
+        assert {m["name"]: m["state"] for m in state["mounts"]} == {
+            "master": "mounted", "slave": "pending"}
+        assert os.path.ismount(setup["mm"]) and not os.path.ismount(setup["sm"])
     finally:
-        holder.kill()
+        holder.stdin.close()  # the slave volume is free from now on
         holder.wait()
-    assert res.returncode == 1
-    assert "slave: cannot mount" in res.stderr, res.stderr
+    try:
+        (setup["mm"] / "late.txt").write_text("late")
+        wait_for(lambda: read_text(setup["slave_pfs"] / "late.txt") == "late", 40,
+                 "the slave mounted by a retry, and the stream into it")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    out = up.stdout.read()
+    assert "retrying" in out and "slave: mounted again" in out, out
     assert not os.path.ismount(setup["mm"]) and not os.path.ismount(setup["sm"])
 
 

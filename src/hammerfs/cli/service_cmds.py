@@ -28,6 +28,8 @@ config (TOML):
   mountpoint = "/fort_knox"
   key_file = "/etc/hammerfs/master.key"   # encrypted volumes (chmod 600)
   options = ["ro"]                 # optional, as `hammer mount -o`
+  optional = true                  # a failure is retried in the background instead of
+                                   # stopping 'hammer up' (default false)
   # also: name, header, keyfile_offset, keyfile_size
 
   [[stream]]                       # kept running: hammer mirror-stream SOURCE TARGET

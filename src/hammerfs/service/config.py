@@ -7,6 +7,7 @@ to keep running, which PFSs the daily cleanup covers.
     mountpoint = "/fort_knox"
     key_file = "/etc/hammerfs/master.key"   # optional: encrypted volumes
     options = ["ro"]                   # optional: `hammer mount -o` options
+    optional = true                    # optional: if it fails, retry in the background
 
     [[stream]]                         # `hammer mirror-stream SOURCE TARGET`, supervised
     source = "/fort_knox"
@@ -34,7 +35,7 @@ from hammerfs.store.records import MAX_PFS
 DEFAULT_CONFIG = "/etc/hammerfs/hammerfs.toml"
 
 MOUNT_KEYS = {"name", "volume", "pfs", "mountpoint", "key_file", "keyfile_offset",
-              "keyfile_size", "header", "options"}
+              "keyfile_size", "header", "options", "optional"}
 STREAM_KEYS = {"name", "source", "target", "bwlimit", "chunk_size", "reconnect_delay", "port",
                "source_key_file", "target_key_file", "verbose"}
 CLEANUP_KEYS = {"paths", "schedule"}
@@ -57,6 +58,7 @@ class MountSpec:
     keyfile_size: int = 0
     header: str | None = None
     options: tuple[str, ...] = ()
+    optional: bool = False  # a failure to mount is retried in the background, not fatal
 
     @property
     def readonly(self) -> bool:
@@ -195,10 +197,11 @@ class _Validator:
         if (offset or size) and not key_file:
             self.error(f"{where}: keyfile_offset/keyfile_size need a key_file")
         options = self._mount_options(t, where)
+        optional = bool(self.typed(t, "optional", bool, where))
         if volume is None or mountpoint is None:
             return None
         return MountSpec(name, volume, pfs, mountpoint, key_file, offset, size, header,
-                         options)
+                         options, optional)
 
     def _volume_and_pfs(self, t: dict, volume: str, where: str) -> tuple[str | None, int]:
         from hammerfs.cli.target import parse_volume_spec

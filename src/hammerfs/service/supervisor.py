@@ -291,10 +291,8 @@ class Supervisor:
                     f"{child.spec.target} (log {child.log_path})")
                 child.start()
             self._write_state()
-            say(f"up: {len(self.mounted)} mount(s), {len(self.children)} stream(s); "
-                "stop with Ctrl-C, SIGTERM or 'hammer down'")
-            sd_notify(f"READY=1\nSTATUS={len(self.mounted)} mounts, "
-                      f"{len(self.children)} streams")
+            say(f"up: {self._summary()}; stop with Ctrl-C, SIGTERM or 'hammer down'")
+            sd_notify(f"READY=1\nSTATUS={self._summary()}")
             while not self.stopping.wait(POLL):
                 if self.reload_requested.is_set():
                     self.reload_requested.clear()
@@ -305,6 +303,12 @@ class Supervisor:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(self.paths["state"])
+
+    def _summary(self) -> str:
+        up = sum(self.mount_state.get(m.name) == "mounted" for m in self.mounted)
+        waiting = len(self.mounted) - up
+        return (f"{up} mount(s)" + (f" ({waiting} still being retried)" if waiting else "")
+                + f", {len(self.children)} stream(s)")
 
     def _take_lock(self) -> None:
         fd = os.open(self.paths["lock"], os.O_RDWR | os.O_CREAT, 0o600)
@@ -335,16 +339,20 @@ class Supervisor:
         signal.signal(signal.SIGHUP, hangup)
 
     def mount_all(self) -> None:
-        """Mount every entry in order; if one fails, unmount what this run mounted."""
+        """Mount every entry in order; if one fails, unmount what this run mounted (an
+        ``optional`` entry is retried in the background instead)."""
         for m in self.config.mounts:
             if self.stopping.is_set():
                 return
-            try:
-                self._bring_up(m)
-            except HammerError:
-                self.mount_state[m.name] = "failed"
-                self._unmount_all(quiet=True)
-                raise
+            if m.optional:
+                self._bring_up_later_on_failure(m)
+            else:
+                try:
+                    self._bring_up(m)
+                except HammerError:
+                    self.mount_state[m.name] = "failed"
+                    self._unmount_all(quiet=True)
+                    raise
             self._write_state()
 
     def _bring_up(self, m: MountSpec) -> None:
@@ -408,10 +416,13 @@ class Supervisor:
             return False
         try:
             if state == "pending":  # never mounted by us: someone else may be there
-                check_mountpoint(m)
-            elif is_stale_mount(m.mountpoint):  # ours, its process died
-                clear_stale_mount(m.mountpoint)
-            mount_one(m)
+                adopt = check_mountpoint(m) == "ours"
+            else:
+                adopt = False
+                if is_stale_mount(m.mountpoint):  # ours, its process died
+                    clear_stale_mount(m.mountpoint)
+            if not adopt:
+                mount_one(m)
         except HammerError as exc:
             delay = self.remount_backoff.get(m.name, MIN_BACKOFF)
             say(f"{exc}; retrying in {delay:g}s")
@@ -465,11 +476,11 @@ class Supervisor:
                 child.start()
                 self.children.append(child)
         self._write_state()
-        say(f"reloaded: {len(self.mounted)} mount(s), {len(self.children)} stream(s)")
-        sd_notify("READY=1")
+        say(f"reloaded: {self._summary()}")
+        sd_notify(f"READY=1\nSTATUS={self._summary()}")
 
     def _bring_up_later_on_failure(self, m: MountSpec) -> None:
-        """Mount a new entry; if that fails the mount is retried like a lost one."""
+        """Mount an entry; if that fails it is retried in the background with backoff."""
         try:
             self._bring_up(m)
         except HammerError as exc:
