@@ -17,10 +17,10 @@ import sys
 import time
 from collections.abc import Iterator
 
-from hammerfs.cli.target import parse_volume_spec
 from hammerfs.cli.volume import add_volume_args, open_volume_device
 from hammerfs.errors import HammerError
 from hammerfs.fs.namespace import format_tid, parse_tid
+from hammerfs.store.pfs import parse_volume_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:

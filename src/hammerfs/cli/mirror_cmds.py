@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hammerfs.cli.target import parse_volume_spec
 from hammerfs.cli.volume import add_volume_args, open_volume_device
 from hammerfs.errors import HammerError
 from hammerfs.mirror import pfs_ops
@@ -38,6 +37,7 @@ from hammerfs.mirror.transport import (
     relay,
     ssh_argv,
 )
+from hammerfs.store.pfs import parse_volume_spec
 
 # -- targets ---------------------------------------------------------------------------------
 

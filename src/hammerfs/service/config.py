@@ -204,7 +204,7 @@ class _Validator:
                          options, optional)
 
     def _volume_and_pfs(self, t: dict, volume: str, where: str) -> tuple[str | None, int]:
-        from hammerfs.cli.target import parse_volume_spec
+        from hammerfs.store.pfs import parse_volume_spec
         try:
             vol, pfs = parse_volume_spec(volume)
         except HammerError as exc:
@@ -324,8 +324,8 @@ class _Validator:
         return StreamSpec(name, source, target, tuple(flags)) if ok else None
 
     def _endpoint(self, spec: str, key: str, where: str, mounts: list[MountSpec]) -> bool:
-        from hammerfs.cli.target import parse_volume_spec
         from hammerfs.mirror.transport import parse_remote
+        from hammerfs.store.pfs import parse_volume_spec
         if parse_remote(spec) is not None:
             return True
         if not os.path.isabs(spec):

@@ -7,6 +7,7 @@ mirror wire), documented field by field in docs/format.md.
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
@@ -108,3 +109,18 @@ class PfsTable:
     def list_pfs(self) -> list[tuple[int, PfsData]]:
         lo, hi = (0, ROOT_OBJ, REC_PFS, 0), (0, ROOT_OBJ, REC_PFS, MAX_PFS)
         return [(r.key, PfsData.decode(r.data)) for r in self.scan(lo, hi)]
+
+
+def parse_volume_spec(spec: str) -> tuple[str, int]:
+    """Split ``VOLUME[:PFS]`` into (volume path, pfs id); the PFS defaults to 0 (the root).
+
+    The suffix counts as a PFS id only if it is a decimal number and what precedes it exists,
+    so volume paths that contain colons still work.
+    """
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit() and os.path.exists(head):
+        pfs = int(tail)
+        if pfs > MAX_PFS:
+            raise HammerError(f"PFS id {pfs} is out of range (0-{MAX_PFS})")
+        return head, pfs
+    return spec, 0

@@ -1,7 +1,7 @@
 import pytest
 
-from hammerfs.cli.target import parse_volume_spec
 from hammerfs.errors import HammerError
+from hammerfs.store.pfs import parse_volume_spec
 
 
 def test_volume_spec(tmp_path):
