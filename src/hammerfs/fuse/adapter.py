@@ -38,10 +38,8 @@ log = logging.getLogger("hammerfs.fuse")
 
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
-SYNTHETIC_INO = 1 << 56
-MAX_REQUEST = 1 << 20  # largest read/write request the kernel may send  # inode numbers of history/other-PFS views start here
-
-
+SYNTHETIC_INO = 1 << 56  # inode numbers of history/other-PFS views start here
+MAX_REQUEST = 1 << 20  # largest read/write request the kernel may send
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asked for READDIRPLUS
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
 ENTRY_TTL = 60.0  # seconds the kernel keeps a name of a tree that changes only through it
@@ -52,7 +50,7 @@ READDIR_BATCH = 256  # entries produced per readdir call at most (a request hold
 def _stat_layout() -> tuple[struct.Struct, tuple[str, ...]]:
     """A struct that writes a whole ``struct stat`` in one call (laid out from the binding's
     c_stat, so it follows the platform), and the value names in the order it takes them."""
-    parts: list[tuple[int, str, str]] = []
+    parts: list[tuple[int, str, type]] = []
     for name, ctype, *_ in mfusepy.c_stat._fields_:
         offset = getattr(mfusepy.c_stat, name).offset
         if name.endswith("timespec"):
