@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import queue
 import stat
 import struct
 import threading
@@ -38,6 +39,7 @@ log = logging.getLogger("hammerfs.fuse")
 
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+RENAME_EXCHANGE = 2
 SYNTHETIC_INO = 1 << 56  # inode numbers of history/other-PFS views start here
 MAX_REQUEST = 1 << 20  # largest read/write request the kernel may send
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asked for READDIRPLUS
@@ -45,6 +47,8 @@ FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
 ENTRY_TTL = 60.0  # seconds the kernel keeps a name of a tree that changes only through it
 ATTR_TTL = 1.0  # seconds it keeps attributes that may change behind it (see run())
 READDIR_BATCH = 256  # entries produced per readdir call at most (a request holds fewer)
+INVALIDATE_WAIT = 0.2  # seconds a link/unlink/rename waits for its names' invalidation
+MAX_LINKED_NAMES = 65536  # names of multi-linked files remembered for invalidation
 
 
 def _stat_layout() -> tuple[struct.Struct, tuple[str, ...]]:
@@ -130,6 +134,9 @@ class HammerOperations(mfusepy.Operations):
         self._packed: dict[int, tuple[Inode, bytes]] = {}  # st_ino -> (inode, its stat)
         self._fh_lock = threading.Lock()
         self._fuse_ptr: ctypes.c_void_p | None = None
+        self._links = LinkNames()
+        self._pending: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = \
+            queue.SimpleQueue()
 
     # -- helpers -------------------------------------------------------------------------------
     def _ino(self, fs: FileSystem, obj: int) -> int:
@@ -209,6 +216,8 @@ class HammerOperations(mfusepy.Operations):
     def init(self, path):
         if hasattr(mfusepy._libfuse, "fuse_invalidate_path"):
             self._fuse_ptr = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
+            threading.Thread(target=self._invalidate_loop, name="hammerfs-invalidate",
+                             daemon=True).start()
         if self._on_ready:
             self._on_ready()
 
@@ -219,6 +228,31 @@ class HammerOperations(mfusepy.Operations):
         if self._fuse_ptr is not None:
             mfusepy._libfuse.fuse_invalidate_path(self._fuse_ptr, _b("/" + path.strip("/")))
 
+    def _invalidate_loop(self) -> None:
+        """Invalidate the names queued by requests, outside the request thread: the kernel
+        may wait for page locks held by requests queued behind the one being served."""
+        while (item := self._pending.get()) is not None:
+            paths, done = item
+            for path in paths:
+                if self._fuse_ptr is not None:
+                    mfusepy._libfuse.fuse_invalidate_path(self._fuse_ptr, path)
+            done.set()
+
+    def _invalidate_later(self, paths: list[bytes]) -> None:
+        """Have the other names of a file whose link count changed re-read their attributes.
+
+        libfuse's high-level API gives each name its own kernel inode, so the kernel does not
+        know that ``a`` changed when ``b`` was linked or removed.  The invalidation runs in
+        the background thread; the request waits for it a short while, so in the normal case
+        the change is visible when the syscall returns (``ln a b && cp -a a b dst`` keeps the
+        link), and when the kernel holds it up the request returns anyway (no deadlock) and
+        the invalidation lands right after."""
+        if not paths or self._fuse_ptr is None:
+            return
+        done = threading.Event()
+        self._pending.put((paths, done))
+        done.wait(INVALIDATE_WAIT)
+
     def init_with_config(self, conn, config):
         if conn is not None:
             # libfuse3 insists that the session's max_read matches the mount option
@@ -228,6 +262,8 @@ class HammerOperations(mfusepy.Operations):
         self.init("/")
 
     def destroy(self, path):
+        self._fuse_ptr = None
+        self._pending.put(None)
         if self._on_destroy:
             self._on_destroy()
 
@@ -300,21 +336,32 @@ class HammerOperations(mfusepy.Operations):
         fs.symlink(parent.obj_id, name, _b(source), uid, gid)
         return 0
 
-    @_op
     def link(self, target, source):
+        """link, then the other names' invalidation (outside the namespace lock: requests
+        queued behind this one may need it before the kernel lets the invalidation finish)."""
+        self._invalidate_later(self._link(target, source))
+        return 0
+
+    @_op
+    def _link(self, target, source) -> list[bytes]:
         src_fs, src = self._resolve(source)
         fs, parent, name = self._parent(target)
         if fs is not src_fs:
             raise FsError(errno.EXDEV, "cannot link across views")
         fs.link(src.obj_id, parent.obj_id, name)
+        return self._links.linked((fs.pfs, src.obj_id), _b(source), _b(target))
+
+    def unlink(self, path):
+        self._invalidate_later(self._unlink(path))
         return 0
 
     @_op
-    def unlink(self, path):
+    def _unlink(self, path) -> list[bytes]:
         fs, parent, name = self._parent(path)
         fs.unlink(parent.obj_id, name)
         self.ns.forget_path(_b(path))
-        return 0
+        return self._links.removed(_b(path))
+
 
     @_op
     def rmdir(self, path):
@@ -323,8 +370,12 @@ class HammerOperations(mfusepy.Operations):
         self.ns.forget_path(_b(path), subtree=True)
         return 0
 
-    @_op
     def rename(self, old, new, flags=0):
+        self._invalidate_later(self._rename(old, new, flags))
+        return 0
+
+    @_op
+    def _rename(self, old, new, flags=0) -> list[bytes]:
         ofs, oparent, oname = self._parent(old)
         nfs, nparent, nname = self._parent(new)
         if ofs is not nfs:
@@ -332,7 +383,7 @@ class HammerOperations(mfusepy.Operations):
         ofs.rename(oparent.obj_id, oname, nparent.obj_id, nname, flags)
         self.ns.forget_path(_b(old), subtree=True)
         self.ns.forget_path(_b(new), subtree=True)
-        return 0
+        return self._links.renamed(_b(old), _b(new), exchange=bool(flags & RENAME_EXCHANGE))
 
     # -- files -------------------------------------------------------------------------------------
     @_op
@@ -488,6 +539,70 @@ class HammerOperations(mfusepy.Operations):
     chmod = chown = setattr_at
     utimens = utimens_at
     getxattr = getxattr_into
+
+
+class LinkNames:
+    """The names of multi-linked files that this mount created links for, so that a link,
+    unlink or rename through one name can invalidate the kernel's attributes of the others.
+    Names linked before the mount (or forgotten when the table is full) are not known: their
+    link count lags by ATTR_TTL at most, as before.  Every method returns the names to
+    invalidate."""
+
+    def __init__(self) -> None:
+        self._obj: dict[bytes, tuple[int, int]] = {}  # name -> (pfs, obj_id)
+        self._names: dict[tuple[int, int], set[bytes]] = {}
+
+    def linked(self, key: tuple[int, int], source: bytes, target: bytes) -> list[bytes]:
+        if len(self._obj) > MAX_LINKED_NAMES:
+            self._obj.clear()
+            self._names.clear()
+        self.removed(target)  # a stale entry (the name was replaced behind us)
+        old = self._obj.get(source)
+        if old is not None and old != key:
+            self.removed(source)
+        names = self._names.setdefault(key, set())
+        names.update((source, target))
+        self._obj[source] = self._obj[target] = key
+        return sorted(names - {target})
+
+    def removed(self, name: bytes) -> list[bytes]:
+        key = self._obj.pop(name, None)
+        if key is None:
+            return []
+        names = self._names[key]
+        names.discard(name)
+        if len(names) <= 1:  # a single name left: its own inode is the only one
+            del self._names[key]
+            for left in names:
+                self._obj.pop(left, None)
+        return sorted(names)
+
+    def renamed(self, old: bytes, new: bytes, exchange: bool = False) -> list[bytes]:
+        """A rename moves a name (keeping the link count) and removes the replaced one."""
+        key_old, key_new = self._obj.get(old), self._obj.get(new)
+        if key_old is not None and key_old == key_new:
+            return []  # two names of one file: rename does nothing
+        if exchange:
+            for name, key in ((new, key_old), (old, key_new)):
+                self._forget_name(name)
+                if key is not None:
+                    self._add_name(key, name)
+            return []
+        stale = [] if key_new is None or key_new == key_old else self.removed(new)
+        if key_old is not None:
+            self._forget_name(old)
+            self._forget_name(new)
+            self._add_name(key_old, new)
+        return stale
+
+    def _forget_name(self, name: bytes) -> None:
+        key = self._obj.pop(name, None)
+        if key is not None:
+            self._names[key].discard(name)
+
+    def _add_name(self, key: tuple[int, int], name: bytes) -> None:
+        self._obj[name] = key
+        self._names.setdefault(key, set()).add(name)
 
 
 def _time_arg(value: tuple[int, int] | None, now: int) -> int | None:
