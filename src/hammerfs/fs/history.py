@@ -363,6 +363,7 @@ def prune_everything(store: RecordStore, pfs: int) -> int:
     store.commit()  # frees the space first: on a full volume the descriptor update needs it
     store.put_pfs(pfs, pd.evolve(sync_beg_tid=store.current_tid, sync_beg_ts=time.time_ns()))
     store.commit()
+    store.thin_commit_log()  # old commit times go coarse, not away (store/commitlog.py)
     return len(doomed)
 
 
@@ -383,7 +384,8 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
     snapshot stays fine-grained (until the next snapshot), and so does history that ended
     less than the PFS's ``prune_min`` seconds ago.  The live state and the view as of every
     kept snapshot are unchanged; other TIDs before the newest snapshot become partial.
-    Without snapshots nothing is pruned (``prune_everything`` is for that).
+    Without snapshots nothing is pruned (``prune_everything`` is for that).  Either way the
+    store's commit log is thinned (``RecordStore.thin_commit_log``) as of ``now_ns``.
 
     Works in batches (destroy, commit: the space comes back as it goes) and stops after
     ``deadline`` (time.monotonic()); the rule is stateless, so the next run continues.  The
@@ -391,10 +393,11 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
     to before it would miss that deletion, and the mirror refuses such an increment."""
     pd = _prunable_pfs(store, pfs)
     store.commit()
+    now = time.time_ns() if now_ns is None else now_ns
+    store.thin_commit_log(now)  # the store's own history ages too (store/commitlog.py)
     keep = sorted(snap.tid for snap in _snapshots(store, pfs))
     if not keep:
         return PruneResult(0, True)
-    now = time.time_ns() if now_ns is None else now_ns
     fine_after_ts = now - pd.prune_min * 1_000_000_000 if pd.prune_min else None
     lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
     destroyed, last_deleted, complete = 0, 0, True

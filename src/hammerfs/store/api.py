@@ -59,6 +59,13 @@ class RecordStore(Protocol):
     def tid_time(self, tid: int) -> int:
         """Wall-clock ns of the commit that closed ``tid`` (or the nearest earlier one)."""
 
+    def thin_commit_log(self, now_ns: int | None = None) -> int:
+        """Drop old commit-log entries by the policy of ``store.commitlog`` (exact for a day,
+        one a minute for 30 days, one an hour after that), so ``tid_time`` becomes at most
+        that much earlier for old TIDs, never later, never 0.  The entries are destroyed
+        (their space comes back) and committed, in batches; never touches PFS records.
+        Returns how many entries were dropped."""
+
     def alloc_obj_id(self) -> int:
         """A fresh object id, never handed out before on this volume (persisted)."""
 

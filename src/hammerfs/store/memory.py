@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from hammerfs.errors import ReadOnly
 from hammerfs.store.api import SpaceInfo
+from hammerfs.store.commitlog import doomed_entries
 from hammerfs.store.pfs import PfsData, PfsTable
 from hammerfs.store.records import ROOT_OBJ, RecKey, Record
 
@@ -72,6 +73,18 @@ class MemoryStore(PfsTable):
     def tid_time(self, tid: int) -> int:
         i = bisect.bisect_right(self._commit_times, (tid, 1 << 64)) - 1
         return self._commit_times[i][1] if i >= 0 else 0
+
+    def thin_commit_log(self, now_ns: int | None = None) -> int:
+        with self._lock:
+            self._writable()
+            now = time.time_ns() if now_ns is None else now_ns
+            doomed = set(doomed_entries(self._commit_times, now))
+            if not doomed:
+                return 0
+            self._commit_times = [e for e in self._commit_times if e[0] not in doomed]
+            self._dirty = True
+            self.commit()
+            return len(doomed)
 
     def alloc_obj_id(self) -> int:
         with self._lock:

@@ -20,6 +20,7 @@ from hammerfs.errors import CorruptionError, HammerError, NoSpace, NotAVolume, R
 from hammerfs.store.alloc import DATA, Allocator
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.btree import BTree
+from hammerfs.store.commitlog import doomed_entries
 from hammerfs.store.format import (
     BIGBLOCK,
     BLOCK,
@@ -41,6 +42,8 @@ from hammerfs.store.records import MAX_DATA, MAX_PFS, MAX_U64, ROOT_OBJ, RecKey,
 MIN_VOLUME = 1 << 20
 SCAN_BATCH = 256
 SCAN_BATCH_DATA = 32
+COMMITLOG_KEY = (STORE_PFS, COMMITLOG_OBJ, 0)  # + (tid, tid): the commit log's entries
+COMMITLOG_BATCH = 16384
 
 
 class Store(PfsTable):
@@ -145,7 +148,7 @@ class Store(PfsTable):
                 raise NoSpace("no space left on volume for the commit")
             done = self._current
             ts = time.time_ns()
-            self._tree.upsert((STORE_PFS, COMMITLOG_OBJ, 0, done, done),
+            self._tree.upsert((*COMMITLOG_KEY, done, done),
                               (0, ts, 0, 8, 0, ZERO_CSUM, ts.to_bytes(8, "little")))
             self._max_tid_seen = max(self._max_tid_seen, done)
             try:
@@ -184,10 +187,36 @@ class Store(PfsTable):
 
     def tid_time(self, tid: int) -> int:
         with self._lock:
-            hit = self._tree.floor((STORE_PFS, COMMITLOG_OBJ, 0, tid, MAX_U64))
-        if hit is None or hit[0][:3] != (STORE_PFS, COMMITLOG_OBJ, 0):
+            hit = self._tree.floor((*COMMITLOG_KEY, tid, MAX_U64))
+        if hit is None or hit[0][:3] != COMMITLOG_KEY:
             return 0
         return int.from_bytes(hit[1][6], "little")
+
+    def thin_commit_log(self, now_ns: int | None = None) -> int:
+        now = time.time_ns() if now_ns is None else now_ns
+        cursor: FullKey = (*COMMITLOG_KEY, 0, 0)
+        end: FullKey = (*COMMITLOG_KEY, MAX_U64, MAX_U64 + 1)
+        prev: list[tuple[int, int]] = []  # the last entry of the previous batch
+        dropped = 0
+        while True:
+            # A batch per lock hold and per commit: a mount goes on between batches, and a
+            # crash leaves a partly thinned log, which is as valid as a fully thinned one.
+            with self._lock:
+                self._writable()
+                found = self._tree.collect(cursor, end, COMMITLOG_BATCH)
+                entries = prev + [(k[3], int.from_bytes(v[6], "little")) for k, v in found]
+                doomed = doomed_entries(entries, now)
+                for tid in doomed:
+                    self._need(0, privileged=True)
+                    self._tree.remove((*COMMITLOG_KEY, tid, tid))
+                    self._dirty = True
+                dropped += len(doomed)
+                if doomed:
+                    self.commit()
+            if len(found) < COMMITLOG_BATCH:
+                return dropped
+            prev = entries[-1:]
+            cursor = (*COMMITLOG_KEY, prev[0][0] + 1, 0)
 
     def alloc_obj_id(self) -> int:
         with self._lock:
