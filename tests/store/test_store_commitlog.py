@@ -203,3 +203,17 @@ def test_crash_at_any_point_of_a_batched_thinning(monkeypatch):
         check_bound(before, reopened.tid_time, queries, now)
         assert list(reopened.scan(*ALL, history=True)) == user
     assert len(seen) >= 4  # the crash points saw the log partly thinned, batch by batch
+
+
+def test_prune_and_prune_everything_thin_the_log():
+    from hammerfs.fs.history import prune, prune_everything
+
+    for run in (lambda s: prune(s, 0, now_ns=BASE_TS + 60 * DAY), lambda s: prune_everything(s, 0)):
+        store = new_store()
+        inject(store, [(1000 + i, BASE_TS + i * NS_PER_S) for i in range(5000)])  # 2023: old
+        run(store)
+        kept = [e for e in log_entries(store) if e[0] < 1 << 40]
+        assert 1 <= len(kept) <= 3  # 5000 s of commits, long ago: one an hour
+        assert store.tid_time(1000 + 4999) >= BASE_TS
+        assert store.get((1, 5, 0x10, 0)).data == b"user data v2"  # other PFS untouched
+        store.close()
