@@ -93,6 +93,9 @@ def test_sparse_truncate_append_and_open_unlinked(mnt):
         os.write(fd, b"line %d\n" % i)
     os.close(fd)
     assert slurp(f"{mp}/log") == b"".join(b"line %d\n" % i for i in range(5))
+    with open(f"{mp}/log", "wb") as f:  # O_TRUNC: the kernel leaves truncating to open
+        f.write(b"short")
+    assert os.stat(f"{mp}/log").st_size == 5 and slurp(f"{mp}/log") == b"short"
     fd = os.open(f"{mp}/tmp", os.O_CREAT | os.O_RDWR)
     os.write(fd, b"unlinked but open")
     os.unlink(f"{mp}/tmp")
@@ -210,6 +213,7 @@ class Differ:
             data = r.randbytes(r.choice([1, 100, 5000, 70000]))
             flags = os.O_WRONLY | (os.O_CREAT if op == "create" else 0)
             flags |= os.O_APPEND if op == "append" else 0
+            flags |= os.O_TRUNC if op == "create" and r.random() < 0.5 else 0
             res = self.both(_write, a, flags=flags, off=off, data=data)
         elif op == "truncate":
             res = self.both(os.truncate, a, length=r.randrange(150000))

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Mount VOLUME[:PFS] on MOUNTPOINT.  Returns once the mount "
                        "is ready unless -f is given.")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                   help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID)")
+                   help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID), "
+                   "nfs (exportable by an NFS server: file handles stay valid while mounted)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("volume", metavar="VOLUME[:PFS]")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -197,8 +198,9 @@ def _when(ns: int) -> str:
 
 
 # -- mount / umount -----------------------------------------------------------------------------
-def _mount_options(opts: list[str]) -> tuple[bool, int | None, bool]:
-    readonly, asof, debug = False, None, False
+def _mount_options(opts: list[str]) -> tuple[bool, int | None, bool, bool]:
+    """(readonly, asof, debug, nfs) from the -o options."""
+    readonly, asof, debug, nfs = False, None, False, False
     for item in ",".join(opts).split(","):
         item = item.strip()
         if not item or item == "rw":
@@ -210,14 +212,16 @@ def _mount_options(opts: list[str]) -> tuple[bool, int | None, bool]:
             readonly = True
         elif item == "debug":
             debug = True
+        elif item == "nfs":
+            nfs = True
         else:
-            raise HammerError(f"unknown mount option {item!r} (known: ro, asof=0x<tid>)")
-    return readonly, asof, debug
+            raise HammerError(f"unknown mount option {item!r} (known: ro, asof=0x<tid>, nfs)")
+    return readonly, asof, debug, nfs
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     volume, pfs = parse_volume_spec(args.volume)
-    readonly, asof, debug = _mount_options(args.options)
+    readonly, asof, debug, nfs = _mount_options(args.options)
     mountpoint = os.path.realpath(args.mountpoint)
     if not os.path.isdir(mountpoint):
         raise HammerError(f"{args.mountpoint}: mount point is not a directory")
@@ -227,7 +231,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise HammerError(f"{volume}: no such volume")
     dev = open_volume_device(volume, args, readonly=readonly)
     kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=asof,
-              readonly=readonly, debug=debug)
+              readonly=readonly, debug=debug, nfs=nfs)
     if args.foreground:
         logging.basicConfig(level=logging.INFO, format="hammer mount: %(message)s")
         _serve(dev, **kw)

@@ -47,6 +47,7 @@ FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
 ENTRY_TTL = 60.0  # seconds the kernel keeps a name of a tree that changes only through it
 ATTR_TTL = 1.0  # seconds it keeps attributes that may change behind it (see run())
 READDIR_BATCH = 256  # entries produced per readdir call at most (a request holds fewer)
+FUSE_CAP_EXPORT_SUPPORT = 1 << 4  # libfuse3: the kernel may LOOKUP "." and ".." by node id
 INVALIDATE_WAIT = 0.2  # seconds a link/unlink/rename waits for its names' invalidation
 MAX_LINKED_NAMES = 65536  # names of multi-linked files remembered for invalidation
 
@@ -134,6 +135,7 @@ class HammerOperations(mfusepy.Operations):
         self._packed: dict[int, tuple[Inode, bytes]] = {}  # st_ino -> (inode, its stat)
         self._fh_lock = threading.Lock()
         self._fuse_ptr: ctypes.c_void_p | None = None
+        self.export_support = False  # set by run(nfs=True)
         self._links = LinkNames()
         self._pending: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = \
             queue.SimpleQueue()
@@ -259,6 +261,12 @@ class HammerOperations(mfusepy.Operations):
             if hasattr(conn, "max_read"):
                 conn.max_read = MAX_REQUEST
             conn.max_readahead = MAX_REQUEST
+            if self.export_support:
+                if conn.capable & FUSE_CAP_EXPORT_SUPPORT:
+                    conn.want |= FUSE_CAP_EXPORT_SUPPORT
+                else:
+                    log.error("-o nfs: this kernel cannot export a FUSE mount (no export "
+                              "support); NFS clients will see stale file handles")
         self.init("/")
 
     def destroy(self, path):
@@ -402,6 +410,8 @@ class HammerOperations(mfusepy.Operations):
             raise FsError(errno.EROFS, "read-only")
         if ino.is_dir:
             raise FsError(errno.EISDIR, "is a directory")
+        if flags & os.O_TRUNC and ino.size:  # libfuse3 asks the kernel for atomic O_TRUNC:
+            fs.truncate(ino.obj_id, 0)       # no separate truncate request comes
         fs.open(ino.obj_id)
         return self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
 
@@ -681,8 +691,16 @@ def kernel_cache_timeouts(ns: Namespace) -> dict[str, float]:
 
 
 def run(ops: HammerOperations, mountpoint: str, *, fsname: str, readonly: bool,
-        foreground: bool = True, debug: bool = False) -> None:
-    """Mount and serve until unmounted (or SIGINT/SIGTERM)."""
+        foreground: bool = True, debug: bool = False, nfs: bool = False) -> None:
+    """Mount and serve until unmounted (or SIGINT/SIGTERM).
+
+    ``nfs``: an NFS server hands out file handles holding the kernel's FUSE node id and
+    later opens them by handle (open_by_handle_at), possibly after the kernel dropped the
+    inode.  That needs export support (the kernel then asks libfuse to LOOKUP "." in the
+    node id) and node ids that stay valid as long as the mount lives (``noforget``: libfuse
+    keeps a node, about 100 bytes, for every name ever looked up, which is why it is not the
+    default).  Node ids are handed out afresh by every mount: handles do not survive a
+    remount (the NFS server must be restarted and its clients remount)."""
     with ops.ns.lock:
         timeouts = kernel_cache_timeouts(ops.ns)
     options = {
@@ -694,6 +712,9 @@ def run(ops: HammerOperations, mountpoint: str, *, fsname: str, readonly: bool,
         options["allow_other"] = True
     if readonly:
         options["ro"] = True
+    if nfs:
+        options["noforget"] = True
+        ops.export_support = True
     # One request at a time: every request takes the coarse lock anyway, and with several
     # libfuse threads the GIL and that lock convoy (measured: metadata ops 1.5-2.5x slower,
     # no gain for sequential I/O).  Nothing served here may wait for this mount's own

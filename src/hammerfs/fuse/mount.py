@@ -78,8 +78,9 @@ def prepare(store, pfs: int, asof: int | None, readonly: bool) -> Namespace:
 
 def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = None,
           readonly: bool = False, on_ready: Callable[[], None] | None = None,
-          debug: bool = False) -> None:
-    """Mount and serve until unmounted; then commit and close the store."""
+          debug: bool = False, nfs: bool = False) -> None:
+    """Mount and serve until unmounted; then commit and close the store.  ``nfs`` makes
+    the mount exportable by an NFS server (see ``fuse.adapter.run``)."""
     from hammerfs.fuse.adapter import HammerOperations, run
 
     mountpoint = os.path.realpath(mountpoint)
@@ -103,7 +104,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
         if not ns.readonly:
             committer.start()
         run(ops, mountpoint, fsname=volume,
-            readonly=ns.readonly, debug=debug)
+            readonly=ns.readonly, debug=debug, nfs=nfs)
     finally:
         committer.stopping.set()
         server.stop()

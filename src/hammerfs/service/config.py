@@ -40,7 +40,7 @@ STREAM_KEYS = {"name", "source", "target", "bwlimit", "chunk_size", "reconnect_d
                "source_key_file", "target_key_file", "verbose"}
 CLEANUP_KEYS = {"paths", "schedule"}
 TOP_KEYS = {"mount", "stream", "cleanup"}
-MOUNT_OPTIONS = ("rw", "ro", "debug")  # plus asof=0x<tid>
+MOUNT_OPTIONS = ("rw", "ro", "debug", "nfs")  # plus asof=0x<tid>
 
 
 class ConfigError(HammerError):
@@ -277,7 +277,7 @@ class _Validator:
         for opt in options:
             if opt not in MOUNT_OPTIONS and not _valid_asof(opt):
                 self.error(f"{where}: unknown mount option {opt!r} (known: ro, rw, "
-                           "asof=0x<tid>)")
+                           "asof=0x<tid>, nfs)")
         return options
 
     def mount_conflicts(self, mounts: list[MountSpec]) -> None:
