@@ -698,7 +698,7 @@ def run(ops: HammerOperations, mountpoint: str, *, fsname: str, readonly: bool,
     later opens them by handle (open_by_handle_at), possibly after the kernel dropped the
     inode.  That needs export support (the kernel then asks libfuse to LOOKUP "." in the
     node id) and node ids that stay valid as long as the mount lives (``noforget``: libfuse
-    keeps a node, about 100 bytes, for every name ever looked up, which is why it is not the
+    keeps a node, about 160 bytes, for every name ever looked up, which is why it is not the
     default).  Node ids are handed out afresh by every mount: handles do not survive a
     remount (the NFS server must be restarted and its clients remount)."""
     with ops.ns.lock:
