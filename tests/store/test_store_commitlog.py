@@ -217,3 +217,20 @@ def test_prune_and_prune_everything_thin_the_log():
         assert store.tid_time(1000 + 4999) >= BASE_TS
         assert store.get((1, 5, 0x10, 0)).data == b"user data v2"  # other PFS untouched
         store.close()
+
+
+def test_cleanup_thins_the_log_on_a_slave_and_with_prune_disabled():
+    from hammerfs.fs import FileSystem, init_pfs_root
+    from hammerfs.fs.cleanup import cleanup, save_config
+    from hammerfs.store.pfs import PFS_SLAVE, PfsData
+
+    store = new_store()
+    init_pfs_root(store, 0)
+    store.put_pfs(3, PfsData(mirror_flags=PFS_SLAVE))
+    save_config(store, 0, "snapshots 1d 60d\nprune 0 0\n")  # prune off: the log still ages
+    store.commit()
+    for pfs in (3, 0):
+        inject(store, [(1000 + i, BASE_TS + i * NS_PER_S) for i in range(5000)])
+        cleanup(FileSystem(store, pfs), now_ns=BASE_TS + 60 * DAY)
+        assert 1 <= len([e for e in log_entries(store) if e[0] < 1 << 40]) <= 3, pfs
+    store.close()

@@ -200,12 +200,13 @@ def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
     """Run the due directives of ``fs``'s PFS (a live, writable view of a master)."""
     store, pfs = fs.store, fs.pfs
     report = CleanupReport(pfs)
+    now = time.time_ns() if now_ns is None else now_ns
     if _require_pfs(store, pfs).is_slave:  # nothing to do, and nothing may be written
         for name in DIRECTIVES:
             report.say(name, "skip (a slave: its snapshots and history come from its master)")
+        _thin_commit_log(store, now)
         return report
     fs.check_writable()
-    now = time.time_ns() if now_ns is None else now_ns
     config = load_config(store, pfs)
     if config is None:
         config = save_config(store, pfs, DEFAULT_CONFIG)
@@ -222,8 +223,16 @@ def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
             report.say(name, f"not applicable ({NOT_APPLICABLE[name]})")
     save_state(store, pfs, state)
     store.commit()
+    _thin_commit_log(store, now)
     report.freed_bytes = max(0, store.space().free_bytes - before)
     return report
+
+
+def _thin_commit_log(store: RecordStore, now: int) -> None:
+    """The store's commit log is no PFS's history: it ages on every run, whatever the
+    directives, and on a volume of slaves too (a backup disk commits as often as its master)."""
+    if not store.readonly:
+        store.thin_commit_log(now)
 
 
 def _run_snapshots(fs: FileSystem, d: Directive | None, state: dict[str, int], now: int,
