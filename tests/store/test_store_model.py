@@ -60,6 +60,15 @@ class StoreVsModel(RuleBasedStateMachine):
     def tick(self, dt):
         self.clock.now += dt
 
+    @rule(minutes=st.integers(1, 180))
+    def tick_far(self, minutes):  # commits minutes or hours apart: the thinning has work
+        self.clock.now += minutes * 60 * 10**9
+
+    @rule(days=st.integers(0, 45))
+    def thin_commit_log(self, days):
+        now = self.clock.now + days * 86_400 * 10**9
+        assert self.store.thin_commit_log(now) == self.model.thin_commit_log(now)
+
     @rule(k=reckeys, data=payloads)
     def put(self, k, data):
         a, b = self.store.put(k, data), self.model.put(k, data)
