@@ -38,6 +38,15 @@ def test_other_names_show_link_count_and_cp_keeps_links(tmp_path):
             (d / "x").write_bytes(b"other")
             os.rename(d / "x", d / "c")  # replaces one name of the linked file
             assert os.stat(d / "b").st_nlink == 1
+            os.stat(d / "c")
+            with open(d / "b", "ab") as f:  # written through one name, seen through the other
+                f.write(b"more")
+            os.link(d / "b", d / "w")
+            os.stat(d / "w")
+            with open(d / "b", "ab") as f:
+                f.write(b"again")
+            assert os.stat(d / "w").st_size == os.stat(d / "b").st_size
+            os.unlink(d / "w")
             os.link(d / "b", d / "y")
             os.rename(d / "y", d / "z")  # a moved name stays known
             os.unlink(d / "b")

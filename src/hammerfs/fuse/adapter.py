@@ -119,6 +119,7 @@ class Handle:
     fs: FileSystem
     obj_id: int
     append: bool = False
+    written: bool = False  # since the last flush: other names' attributes are stale
 
 
 class HammerOperations(mfusepy.Operations):
@@ -425,11 +426,23 @@ class HammerOperations(mfusepy.Operations):
         h = self._handle(fh)
         if h.append:  # O_APPEND: always at the current end, whatever the kernel thinks
             offset = h.fs.getattr(h.obj_id).size
+        h.written = True
         return h.fs.write(h.obj_id, offset, data)
 
-    @_op
     def flush(self, path, fh):
+        """close(): a file written through one name has its other known names' size and
+        mtime invalidated (here, not at release, which the kernel sends after close returned)."""
+        self._invalidate_later(self._written_names(path, fh))
         return 0
+
+    @_op
+    def _written_names(self, path, fh) -> list[bytes]:
+        h = self._handles.get(fh)
+        if h is None or not h.written:
+            return []
+        h.written = False
+        this = None if path is None else _b(path)
+        return [n for n in self._links.names_of((h.fs.pfs, h.obj_id)) if n != this]
 
     @_op
     def release(self, path, fh):
@@ -574,6 +587,9 @@ class LinkNames:
         names.update((source, target))
         self._obj[source] = self._obj[target] = key
         return sorted(names - {target})
+
+    def names_of(self, key: tuple[int, int]) -> list[bytes]:
+        return sorted(self._names.get(key, ()))
 
     def removed(self, name: bytes) -> list[bytes]:
         key = self._obj.pop(name, None)
