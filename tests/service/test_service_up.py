@@ -18,8 +18,8 @@ import time
 import pytest
 
 from conftest import hammer_env, run_hammer
-from hammerfs.control.client import registered_mounts
-from hammerfs.service.supervisor import instance_paths, pid_alive, read_state, rotate_log
+from hammerfs.control.client import pid_alive, registered_mounts
+from hammerfs.service.supervisor import instance_paths, read_state, rotate_log
 
 FAST_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
 

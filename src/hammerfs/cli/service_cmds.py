@@ -197,7 +197,8 @@ def _relay_log(path: str, offset: int) -> int:
 
 # -- down --------------------------------------------------------------------------------------
 def cmd_down(args: argparse.Namespace) -> int:
-    from hammerfs.service.supervisor import pid_alive, read_state
+    from hammerfs.control.client import pid_alive
+    from hammerfs.service.supervisor import read_state
     config = load_config(args.config)
     state = read_state(config.path)
     if state is None:

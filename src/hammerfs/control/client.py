@@ -27,14 +27,25 @@ class MountInfo:
     pid: int = 0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A running process; an exited one its parent has not reaped yet counts as gone."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def registered_mounts() -> list[dict]:
@@ -44,7 +55,7 @@ def registered_mounts() -> list[dict]:
         with contextlib.suppress(OSError, ValueError):
             with open(path) as f:
                 info = json.load(f)
-            if _alive(int(info.get("pid", 0))):
+            if pid_alive(int(info.get("pid", 0))):
                 mounts.append(info)
     return mounts
 

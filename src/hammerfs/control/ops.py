@@ -121,18 +121,7 @@ def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
 
 def op_prune_everything(ctx: ControlContext, args: dict, conn) -> dict:
     """Destroy all history of the PFS that ``relpath`` is in; report the space it freed."""
-    relpath = args.get("relpath", "")
-    with ctx.lock:
-        fs = _pfs_view(ctx, relpath)
-        if ctx.ns.readonly:
-            raise ReadOnly("the volume is mounted or opened read-only")
-        before = ctx.store.space().free_bytes
-        destroyed = history.prune_everything(ctx.store, fs.pfs)
-        after = ctx.store.space().free_bytes
-        ctx.ns.forget()  # cached views may hold versions that no longer exist
-    ctx.invalidate(relpath)
-    return {"pfs": fs.pfs, "destroyed": destroyed, "freed_bytes": max(0, after - before),
-            "free_bytes": after}
+    return _prune_pfs(ctx, args, history.prune_everything)
 
 
 def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
@@ -172,18 +161,23 @@ def op_config(ctx: ControlContext, args: dict, conn) -> dict:
 
 def op_prune(ctx: ControlContext, args: dict, conn) -> dict:
     """Snapshot-driven prune of the PFS that ``relpath`` is in (fs.history.prune)."""
+    return _prune_pfs(ctx, args, lambda store, pfs: history.prune(store, pfs).destroyed)
+
+
+def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
+    """Run ``prune(store, pfs) -> versions destroyed`` and report the space it freed."""
     relpath = args.get("relpath", "")
     with ctx.lock:
         fs = _pfs_view(ctx, relpath)
         if ctx.ns.readonly:
             raise ReadOnly("the volume is mounted or opened read-only")
         before = ctx.store.space().free_bytes
-        result = history.prune(ctx.store, fs.pfs)
+        destroyed = prune(ctx.store, fs.pfs)
         after = ctx.store.space().free_bytes
-        ctx.ns.forget()
+        ctx.ns.forget()  # cached views may hold versions that no longer exist
     ctx.invalidate(relpath)
-    return {"pfs": fs.pfs, "destroyed": result.destroyed,
-            "freed_bytes": max(0, after - before), "free_bytes": after}
+    return {"pfs": fs.pfs, "destroyed": destroyed, "freed_bytes": max(0, after - before),
+            "free_bytes": after}
 
 
 OPS = {

@@ -181,13 +181,7 @@ class FileSystem:
         """The first unused key for ``name`` among its hash collisions (dirents, xattrs)."""
         h = name_hash(name)
         lo, hi = self._key(obj, rec_type, h), self._key(obj, rec_type, h | COLLISION_MASK)
-        used = {rec.key for rec in self.store.scan(lo, hi, with_data=False)}
-        key = h
-        while key in used:
-            key += 1
-        if key > (h | COLLISION_MASK):
-            raise FsError(errno.ENOSPC, "too many name hash collisions")
-        return key
+        return _first_unused_key(h, {rec.key for rec in self.store.scan(lo, hi, with_data=False)})
 
     def lookup(self, dir_obj: int, name: bytes) -> Inode:
         self._dir(dir_obj)
@@ -216,12 +210,7 @@ class FileSystem:
             if decode_dirent(rec.key, rec.data).name == name:
                 raise FsError(errno.EEXIST, f"{name.decode(errors='replace')}: exists")
             used.add(rec.key)
-        key = h
-        while key in used:
-            key += 1
-        if key > (h | COLLISION_MASK):
-            raise FsError(errno.ENOSPC, "too many name hash collisions")
-        return key
+        return _first_unused_key(h, used)
 
     def _add_entry(self, dir_obj: int, name: bytes, child: Inode, key: int | None = None) -> None:
         if key is None:
@@ -601,3 +590,13 @@ def _dense(blocks: list[tuple[int, bytes]], first: int, end: int) -> bool:
         if len(data) != BLOCK and expect < end:
             return False
     return expect >= end
+
+
+def _first_unused_key(name_hash_key: int, used: set[int]) -> int:
+    """The first key of a name's collision range not in ``used``; ENOSPC when all are taken."""
+    key = name_hash_key
+    while key in used:
+        key += 1
+    if key > (name_hash_key | COLLISION_MASK):
+        raise FsError(errno.ENOSPC, "too many name hash collisions")
+    return key

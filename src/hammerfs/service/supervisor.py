@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from hammerfs.control.client import pid_alive
 from hammerfs.errors import HammerError
 from hammerfs.service.config import MountSpec, ServiceConfig, StreamSpec
 
@@ -69,27 +70,6 @@ def read_state(config_path: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return state if pid_alive(int(state.get("pid", 0))) else None
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """An exited process its parent has not reaped yet (init may take its time)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def sd_notify(message: str) -> None:
