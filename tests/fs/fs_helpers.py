@@ -23,6 +23,28 @@ def disk_store(tmp_path, size=256 << 20):
     return Store.create(dev, label="test")
 
 
+@contextlib.contextmanager
+def rooted_store(kind, tmp_path):
+    """A store made by ``kind`` with PFS #0's root directory committed; closed on exit."""
+    from hammerfs.fs import init_pfs_root
+    s = kind(tmp_path)
+    init_pfs_root(s, 0)
+    s.commit()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@contextlib.contextmanager
+def memory_mount(tmp_path):
+    """A FUSE mount of a fresh MemoryStore at ``tmp_path/mnt``, served by a forked process."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with ForkedMount(lambda: memory_store(tmp_path), mp) as m:
+        yield m
+
+
 def store_kinds():
     """Every RecordStore implementation on this checkout (the on-disk one once it exists)."""
     import hammerfs.store as store_pkg

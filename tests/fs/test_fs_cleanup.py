@@ -10,7 +10,7 @@ import errno
 import time
 
 import pytest
-from fs_helpers import disk_store, store_kinds
+from fs_helpers import disk_store, rooted_store, store_kinds
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -43,11 +43,8 @@ def history_of(store, pfs) -> list:
 
 @pytest.fixture(params=store_kinds())
 def store(request, tmp_path):
-    s = request.param(tmp_path)
-    init_pfs_root(s, 0)
-    s.commit()
-    yield s
-    s.close()
+    with rooted_store(request.param, tmp_path) as s:
+        yield s
 
 
 # -- config -----------------------------------------------------------------------------------------

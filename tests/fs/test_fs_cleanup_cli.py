@@ -12,7 +12,7 @@ import tempfile
 import time
 
 import pytest
-from fs_helpers import ForkedMount, memory_store, slurp
+from fs_helpers import memory_mount, slurp
 
 from conftest import run_hammer
 
@@ -21,9 +21,7 @@ TID = re.compile(r"0x[0-9a-f]{16}")
 
 @pytest.fixture
 def mnt(tmp_path):
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    with ForkedMount(lambda: memory_store(tmp_path), mp) as m:
+    with memory_mount(tmp_path) as m:
         yield m
 
 

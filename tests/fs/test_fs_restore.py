@@ -9,7 +9,7 @@ import errno
 import stat
 
 import pytest
-from fs_helpers import store_kinds
+from fs_helpers import rooted_store, store_kinds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,11 +69,8 @@ def subtree(fs: FileSystem, path: bytes) -> int:
 
 @pytest.fixture(params=store_kinds())
 def store(request, tmp_path):
-    s = request.param(tmp_path)
-    init_pfs_root(s, 0)
-    s.commit()
-    yield s
-    s.close()
+    with rooted_store(request.param, tmp_path) as s:
+        yield s
 
 
 def build_tree(fs: FileSystem) -> None:

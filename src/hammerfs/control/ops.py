@@ -95,6 +95,12 @@ def _require_writable(fs) -> None:
         raise ReadOnly(f"PFS {fs.pfs} is read-only here (slave, as-of or read-only mount)")
 
 
+def _require_writable_volume(ctx: ControlContext) -> None:
+    """Maintenance (prune, cleanup) also works on a slave PFS, but not on a read-only volume."""
+    if ctx.ns.readonly:
+        raise ReadOnly("the volume is mounted or opened read-only")
+
+
 def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""))
@@ -129,8 +135,7 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
     relpath = args.get("relpath", "")
     with ctx.lock:
         fs = _pfs_view(ctx, relpath)
-        if ctx.ns.readonly:
-            raise ReadOnly("the volume is mounted or opened read-only")
+        _require_writable_volume(ctx)
         report = cleanup.cleanup(fs, force=bool(args.get("force")))
         ctx.ns.forget()  # pruned versions may be cached in views
         pd = ctx.store.get_pfs(fs.pfs)
@@ -169,8 +174,7 @@ def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
     relpath = args.get("relpath", "")
     with ctx.lock:
         fs = _pfs_view(ctx, relpath)
-        if ctx.ns.readonly:
-            raise ReadOnly("the volume is mounted or opened read-only")
+        _require_writable_volume(ctx)
         before = ctx.store.space().free_bytes
         destroyed = prune(ctx.store, fs.pfs)
         after = ctx.store.space().free_bytes
