@@ -171,6 +171,9 @@ class FrameReader:
         if want != check:
             raise StreamError(f"mirror stream is corrupt: checksum mismatch in frame {seq} "
                               f"at byte {self.bytes}")
+        if flags != 0:
+            raise StreamError(f"mirror stream is corrupt: unknown flags {flags:#x} in frame "
+                              f"{seq}")
         if seq != self.seq:
             raise StreamError(f"mirror stream is out of order: frame {seq} where frame "
                               f"{self.seq} was expected")
