@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hammerfs.errors import HammerError
+from hammerfs.errors import ErrnoError, HammerError
 
 log = logging.getLogger("hammerfs.control")
 
@@ -73,6 +74,26 @@ def read_line(conn: socket.socket) -> bytes:
     if buf:
         raise HammerError("control connection closed in the middle of a header")
     return b""
+
+
+def parse_request(line: bytes) -> tuple[str, dict, bool]:
+    """``(op, args, stream)`` of one request line (the client is untrusted): a JSON object
+    with a string ``op``, an object ``args`` and a boolean ``stream``.  Anything else
+    (not UTF-8, not JSON, nested too deeply, other types) is an EINVAL ErrnoError."""
+    try:
+        request = json.loads((line or b"{}").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ErrnoError(errno.EINVAL, f"malformed control request: {exc}") from None
+    if not isinstance(request, dict):
+        raise ErrnoError(errno.EINVAL, "malformed control request: not a JSON object")
+    op, args, stream = request.get("op"), request.get("args") or {}, request.get("stream")
+    if not isinstance(op, str):
+        raise ErrnoError(errno.EINVAL, f"unknown control op {op!r}")
+    if not isinstance(args, dict):
+        raise ErrnoError(errno.EINVAL, f"control op {op!r}: args must be a JSON object")
+    if stream is not None and not isinstance(stream, bool):
+        raise ErrnoError(errno.EINVAL, f"control op {op!r}: stream must be true or false")
+    return op, args, bool(stream)
 
 
 def send_json(conn: socket.socket, obj: dict) -> None:
@@ -159,16 +180,14 @@ class ControlServer:
                 if not self._peer_allowed(conn):
                     send_json(conn, {"ok": False, "error": "permission denied", "errno": 1})
                     return
-                request = json.loads(line or b"{}")
-                op = request.get("op")
+                op, args, stream = parse_request(line)
                 handler = self.ops.get(op)
                 if handler is None:
                     send_json(conn, {"ok": False, "error": f"unknown control op {op!r}",
                                      "errno": 22})
                     return
-                args = request.get("args") or {}
                 try:
-                    if request.get("stream"):
+                    if stream:
                         send_json(conn, {"ok": True, "stream": True})
                         handler(self.ctx, args, conn)
                         return
