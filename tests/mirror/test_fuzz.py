@@ -218,3 +218,71 @@ def test_unmutated_stream_is_accepted(template, tmp_path):
         assert res.sync_end_tid == MASTER.last_committed_tid
 
 
+
+
+# -- the mirror/PFS control ops with untrusted arguments ----------------------------------------
+
+def _json_values():
+    return st.recursive(
+        st.none() | st.booleans() | st.integers(-3, 1 << 70) | st.text(max_size=12),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+            st.sampled_from(["label", "prune-min", "sync-end-tid", "x"]), inner, max_size=3),
+        max_leaves=8)
+
+
+@pytest.fixture(scope="module")
+def pfs_server():
+    import os
+    import tempfile
+
+    from hammerfs.control import ControlServer
+    from hammerfs.control.ops import local_context
+    from hammerfs.fs import init_pfs_root
+    from hammerfs.mirror.control_ops import OPS
+
+    base = tempfile.mkdtemp(prefix="hammerfs-fuzz-")
+    old = os.environ.get("HAMMERFS_RUNTIME_DIR")
+    os.environ["HAMMERFS_RUNTIME_DIR"] = os.path.join(base, "run")
+    store = MemoryStore()
+    init_pfs_root(store, 0)
+    pfs_ops.create_master(store, 1)
+    pfs_ops.create_slave(store, 2, store.get_pfs(1).shared_uuid)
+    ctx = local_context(store, 0, "vol")
+    ctx.mountpoint = os.path.join(base, "mnt")
+    srv = ControlServer(ctx, OPS)
+    srv.start()
+    yield srv, store
+    srv.stop()
+    if old is None:
+        del os.environ["HAMMERFS_RUNTIME_DIR"]
+    else:
+        os.environ["HAMMERFS_RUNTIME_DIR"] = old
+    shutil.rmtree(base)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(["pfs-status", "pfs-create", "pfs-upgrade", "pfs-downgrade",
+                           "pfs-destroy", "pfs-update", "mirror-read", "mirror-write"]),
+       args=st.dictionaries(st.sampled_from(["pfs", "label", "slave", "shared_uuid",
+                                             "options", "two_way", "begin_tid",
+                                             "chunk_bytes", "stream"]), _json_values(),
+                            max_size=4))
+def test_pfs_and_mirror_ops_refuse_wrongly_typed_arguments_cleanly(pfs_server, op, args):
+    import json
+    import socket
+
+    srv, store = pfs_server
+    # a well-typed request may change the volume (that is its job); a refused one may not
+    before = (store.last_committed_tid, store.list_pfs())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(srv.socket_path)
+        sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    answer = json.loads(reply)
+    if not answer["ok"]:
+        assert "internal error" not in answer["error"], (op, args, answer)
+        assert (store.last_committed_tid, store.list_pfs()) == before, (op, args)
