@@ -264,3 +264,13 @@ def test_old_protocol_peer_gets_a_clear_protocol_version_error(slave_vol):
     assert got[2].type == s.ERROR
     err = s.decode_error(got[2], "target")
     assert err.fatal and "protocol version" in str(err)
+
+
+def test_rollback_can_always_clear_a_delete_tid(tmp_path):
+    """Clearing a delete TID (how rollback and pfs-upgrade repair a slave) is never refused."""
+    with Store.create(FileDevice(str(tmp_path / "v.img"), create_size=8 << 20), "v") as st:
+        st.insert_raw(_rec(ctid=1000, dtid=2000, dts=5))
+        assert st.set_delete_tid((1, 100, RT, 0), 1000, 0, 0)
+        assert st.get((1, 100, RT, 0)).delete_tid == 0
+        with pytest.raises(HammerError):
+            st.set_delete_tid((1, 100, RT, 0), 1000, 1000, 1)

@@ -16,7 +16,13 @@ from hammerfs.errors import ReadOnly
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.commitlog import doomed_entries
 from hammerfs.store.pfs import PfsData, PfsTable
-from hammerfs.store.records import ROOT_OBJ, RecKey, Record, check_raw_version
+from hammerfs.store.records import (
+    ROOT_OBJ,
+    RecKey,
+    Record,
+    check_delete_tid,
+    check_raw_version,
+)
 
 FullKey = tuple[int, int, int, int, int]
 
@@ -163,7 +169,7 @@ class MemoryStore(PfsTable):
 
     def set_delete_tid(self, reckey: RecKey, create_tid: int, delete_tid: int,
                        delete_ts: int) -> bool:
-        check_raw_version(reckey[1], create_tid, delete_tid, delete_ts if delete_tid else 0)
+        check_delete_tid(create_tid, delete_tid)
         with self._lock:
             self._writable()
             old = self._records.get((*reckey, create_tid))

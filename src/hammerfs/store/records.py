@@ -73,3 +73,11 @@ def check_raw_version(obj_id: int, create_tid: int, delete_tid: int, delete_ts: 
                           f"({create_tid + 1:#x}..{MAX_TID:#x})")
     if not 0 <= delete_ts <= MAX_U64 or (delete_ts and not delete_tid):
         raise HammerError(f"delete timestamp {delete_ts:#x} of a live version")
+
+
+def check_delete_tid(create_tid: int, delete_tid: int) -> None:
+    """Refuse ending a version at a TID a volume could not commit after (set_delete_tid).
+    Clearing (0) is always allowed: it is how a rollback repairs a volume."""
+    if delete_tid and not create_tid < delete_tid <= MAX_TID:
+        raise HammerError(f"delete TID {delete_tid:#x} is out of range "
+                          f"({create_tid + 1:#x}..{MAX_TID:#x})")

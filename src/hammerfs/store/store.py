@@ -44,6 +44,7 @@ from hammerfs.store.records import (
     ROOT_OBJ,
     RecKey,
     Record,
+    check_delete_tid,
     check_raw_version,
 )
 
@@ -374,7 +375,7 @@ class Store(PfsTable):
     def set_delete_tid(self, reckey: RecKey, create_tid: int, delete_tid: int,
                        delete_ts: int) -> bool:
         _check_key(reckey)
-        check_raw_version(reckey[1], create_tid, delete_tid, delete_ts if delete_tid else 0)
+        check_delete_tid(create_tid, delete_tid)
         with self._lock:
             self._writable()
             fk = (*reckey, create_tid)
