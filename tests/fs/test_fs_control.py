@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from hammerfs.control import ControlClient, ControlServer, find_mount
-from hammerfs.control.client import RemoteError
+from hammerfs.control.client import ForgedMount, RemoteError
 from hammerfs.control.ops import local_context
 from hammerfs.fs import FsError, init_pfs_root
 from hammerfs.store.memory import MemoryStore
@@ -54,10 +54,12 @@ def server(tmp_path, monkeypatch):
 def test_requests_streams_errors_and_discovery(server):
     srv, mp = server
     assert oct(os.stat(srv.socket_path).st_mode & 0o777) == "0o600"
-    info = find_mount(str(mp / "sub" / "file"))
-    assert info.mountpoint == str(mp) and info.relpath == "sub/file" and info.pfs == 0
+    # mp is a plain directory: its registration is refused, never trusted (discovery of a
+    # real FUSE mount is tested in test_fs_fuse.py and test_runtime_security.py)
+    with pytest.raises(ForgedMount, match="nothing is mounted on"):
+        find_mount(str(mp / "sub" / "file"))
     assert find_mount("/") is None
-    client = ControlClient(info.socket_path)
+    client = ControlClient(srv.socket_path)
     assert client.call("echo", a=1, b="x") == {"echo": {"a": 1, "b": "x"}, "pfs": 0}
     with pytest.raises(RemoteError) as err:
         client.call("fail")

@@ -133,7 +133,7 @@ class MountTarget(Target):
         self.info = info
         self.relpath = info.relpath
         self.mountpoint = info.mountpoint
-        self.client = ControlClient(info.socket_path)
+        self.client = ControlClient.for_mount(info)
 
     def call(self, op: str, **args) -> dict:
         return self.client.call(op, **args)
@@ -150,10 +150,12 @@ class VolumeTarget(Target):
         from hammerfs.control.ops import OPS, local_context
         from hammerfs.store import Store
         volume, pfs = parse_volume_spec(spec)
+        from hammerfs.control.client import not_mounted_hint
         if not os.path.exists(volume):
             raise HammerError(f"{spec}: no such file, directory or volume")
         if os.path.isdir(volume):
-            raise HammerError(f"{spec}: not inside a mounted hammerfs (and not a volume)")
+            raise HammerError(f"{spec}: not inside a mounted hammerfs (and not a volume); "
+                              f"{not_mounted_hint()}")
         self.mountpoint = None
         self.relpath = getattr(args, "inner", "") or ""
         dev = open_volume_device(volume, args, readonly=not write)
@@ -251,8 +253,14 @@ def _serve(dev, *, on_ready=None, **kw) -> None:
 
 
 def _daemonize(dev, kw: dict) -> int:
-    """Fork the owner process; return once it reports the mount ready (or its error)."""
-    from hammerfs.control.server import mount_key, runtime_dir
+    """Fork the owner process; return once it reports the mount ready (or its error).
+
+    Its output goes to ``<runtime dir>/<key>.log``.  A clean unmount deletes that log
+    unless something worth reading (a warning or an error) was logged; a mount that fails or
+    dies leaves it, and the next mount on the same mount point keeps it as ``<key>.log.1``."""
+    from hammerfs.control.runtime import ensure_runtime_dir, remove_files
+    from hammerfs.control.server import runtime_files
+    files = runtime_files(kw["mountpoint"], ensure_runtime_dir())  # refused here, not in the child
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -260,18 +268,19 @@ def _daemonize(dev, kw: dict) -> int:
         code = 1
         try:
             os.setsid()
-            logdir = runtime_dir()
-            os.makedirs(logdir, mode=0o700, exist_ok=True)
-            logfile = os.path.join(logdir, mount_key(kw["mountpoint"]) + ".log")
-            _detach_stdio(logfile)
-            logging.basicConfig(filename=logfile, level=logging.INFO,
+            _detach_stdio(files["log"], files["oldlog"])
+            logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                                 format="%(asctime)s %(name)s %(levelname)s %(message)s")
+            worth_keeping = _Noticed()
+            logging.getLogger().addHandler(worth_keeping)
 
             def ready() -> None:
                 os.write(w, b"ok")
 
             _serve(dev, on_ready=ready, **kw)
             code = 0
+            if not worth_keeping.seen:
+                remove_files(files["log"], files["oldlog"])
         except BaseException as exc:  # the user sees a message, never a traceback
             logging.getLogger("hammerfs.mount").exception("mount failed")
             with contextlib.suppress(OSError):
@@ -291,9 +300,25 @@ def _daemonize(dev, kw: dict) -> int:
     raise HammerError(f"mount failed: {msg.decode(errors='replace') or 'the mount process died'}")
 
 
-def _detach_stdio(logfile: str) -> None:
+class _Noticed(logging.Handler):
+    """Remembers whether anything at WARNING or above was logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+
+def _detach_stdio(logfile: str, oldlog: str) -> None:
+    """stdin from /dev/null, stdout and stderr to a new ``logfile`` (the previous one, a
+    failed mount's, becomes ``oldlog``); never through a symlink or into another's file."""
+    from hammerfs.control.runtime import create_private
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(logfile, oldlog)
+    log = create_private(logfile)
     null = os.open(os.devnull, os.O_RDWR)
-    log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)

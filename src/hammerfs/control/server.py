@@ -14,27 +14,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hammerfs.control.runtime import ensure_runtime_dir, remove_files, runtime_dir, write_json
 from hammerfs.errors import HammerError
+
+__all__ = ["ControlContext", "ControlServer", "mount_key", "runtime_dir"]
 
 log = logging.getLogger("hammerfs.control")
 
 Handler = Callable[["ControlContext", dict, "socket.socket | None"], dict]
 MAX_HEADER = 1 << 20
-
-
-def runtime_dir() -> str:
-    """Where mounts register their sockets: /run/hammerfs for root, else a per-user dir."""
-    override = os.environ.get("HAMMERFS_RUNTIME_DIR")
-    if override:
-        return override
-    if os.geteuid() == 0:
-        return "/run/hammerfs"
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return os.path.join(base, f"hammerfs-{os.geteuid()}")
+# The FUSE subtype of every hammerfs mount: /proc/self/mountinfo shows it as fuse.hammerfs,
+# which is how a client tells a real mount from a forged registration.
+SUBTYPE = "hammerfs"
+FSTYPE = f"fuse.{SUBTYPE}"
 
 
 def mount_key(mountpoint: str) -> str:
-    return hashlib.sha256(mountpoint.encode()).hexdigest()[:20]
+    """The name of a mount's files in the runtime directory (``<key>.sock`` ...)."""
+    return hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:20]
+
+
+def runtime_files(mountpoint: str, directory: str | None = None) -> dict[str, str]:
+    """The runtime files of the mount on ``mountpoint`` (a realpath)."""
+    base = os.path.join(directory or runtime_dir(), mount_key(mountpoint))
+    return {"socket": base + ".sock", "info": base + ".json", "log": base + ".log",
+            "oldlog": base + ".log.1"}
 
 
 @dataclass
@@ -87,18 +91,17 @@ class ControlServer:
         self.ctx = ctx
         self.ops = dict(ops)
         self.directory = runtime_dir()
-        key = mount_key(ctx.mountpoint)  # ctx.mountpoint must already be a realpath
-        self.socket_path = os.path.join(self.directory, key + ".sock")
-        self.info_path = os.path.join(self.directory, key + ".json")
+        files = runtime_files(ctx.mountpoint, self.directory)  # mountpoint: a realpath
+        self.socket_path = files["socket"]
+        self.info_path = files["info"]
         self._info = dict(info or {})
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
     def start(self) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        self.directory = ensure_runtime_dir()
+        remove_files(self.socket_path)  # a dead mount's, in our own 0700 directory
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -112,19 +115,16 @@ class ControlServer:
         info = {"mountpoint": self.ctx.mountpoint, "socket": self.socket_path,
                 "pfs": self.ctx.pfs, "volume": self.ctx.volume, "pid": os.getpid(),
                 **self._info}
-        tmp = self.info_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, self.info_path)
+        write_json(self.info_path, info)
         self._thread = threading.Thread(target=self._serve, name="hammerfs-control",
                                         daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping = True
-        for path in (self.info_path, self.socket_path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        if self._sock is None:
+            return  # never started: the files are not ours (maybe an earlier mount's)
+        remove_files(self.info_path, self.socket_path)
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 
 from hammerfs.control import ops as fs_ops
-from hammerfs.control.client import registered_mounts
-from hammerfs.control.server import ControlContext, ControlServer
+from hammerfs.control.client import pid_alive, registered_mounts
+from hammerfs.control.runtime import ensure_runtime_dir, read_json, remove_files
+from hammerfs.control.server import ControlContext, ControlServer, runtime_files
 from hammerfs.errors import HammerError
 from hammerfs.fs.filesystem import FsError, init_pfs_root
 from hammerfs.fs.namespace import Namespace
@@ -84,6 +85,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
     from hammerfs.fuse.adapter import HammerOperations, run
 
     mountpoint = os.path.realpath(mountpoint)
+    ensure_runtime_dir()  # refuse a squatted one now, not in the middle of FUSE init
     ns = prepare(store, pfs, asof, readonly)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
@@ -124,6 +126,7 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
         raise HammerError(f"cannot unmount {mountpoint}: {msg.removeprefix('fusermount3: ')}")
     if owner is None:
+        forget_dead_registration(real)
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -135,3 +138,16 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
             os.waitpid(int(owner["pid"]), os.WNOHANG)
         time.sleep(0.05)
     raise HammerError(f"the mount process of {mountpoint} did not exit in {timeout:.0f}s")
+
+
+def forget_dead_registration(mountpoint: str) -> None:
+    """Remove the socket and registration a mount process that died left behind (its log
+    stays: it tells why it died)."""
+    files = runtime_files(mountpoint)
+    try:
+        info = read_json(files["info"])
+        pid = int(info.get("pid", 0))
+    except (OSError, TypeError, ValueError, HammerError):
+        return
+    if info.get("mountpoint") == mountpoint and not pid_alive(pid):
+        remove_files(files["info"], files["socket"])

@@ -49,10 +49,8 @@ def hammer_argv() -> list[str]:
 
 
 def service_dir() -> str:
-    from hammerfs.control.server import runtime_dir
-    path = os.path.join(runtime_dir(), "service")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    from hammerfs.control.runtime import ensure_private_dir, ensure_runtime_dir
+    return ensure_private_dir(os.path.join(ensure_runtime_dir(), "service"))
 
 
 def instance_paths(config_path: str) -> dict[str, str]:
