@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.cli.volume import add_volume_args, forget_passphrase, open_volume_device
 from hammerfs.errors import HammerError
 from hammerfs.fs.namespace import format_tid, parse_tid
 from hammerfs.store.pfs import parse_volume_spec
@@ -232,6 +232,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not os.path.exists(volume):
         raise HammerError(f"{volume}: no such volume")
     dev = open_volume_device(volume, args, readonly=readonly)
+    forget_passphrase(args)
     kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=asof,
               readonly=readonly, debug=debug, nfs=nfs)
     if args.foreground:

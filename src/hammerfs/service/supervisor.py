@@ -257,6 +257,8 @@ class Supervisor:
     # lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         """Everything `hammer up -f` does; returns the exit status."""
+        from hammerfs.luks.secmem import make_undumpable
+        make_undumpable()  # it reads key files (config checks); its children inherit this
         self._take_lock()
         self._install_signals()
         try:
