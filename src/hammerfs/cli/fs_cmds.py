@@ -22,12 +22,26 @@ from hammerfs.errors import HammerError
 from hammerfs.fs.namespace import format_tid, parse_tid
 from hammerfs.store.pfs import parse_volume_spec
 
+RUNTIME_DIR_HELP = (
+    "Runtime files: the mount process registers its control socket (<key>.sock, "
+    "<key>.json) in the runtime directory, and a mount without -f logs to <key>.log there.  "
+    "The runtime directory is $HAMMERFS_RUNTIME_DIR if set, else /run/hammerfs for root, "
+    "else $XDG_RUNTIME_DIR/hammerfs or /tmp/hammerfs-<uid>.  It must be a directory of "
+    "yours with mode 0700: one made by another user, opened to others or a symlink is "
+    "refused.  Commands given a path inside the mount find it there, so they must run as "
+    "the same user with the same HAMMERFS_RUNTIME_DIR (also the remote end of ssh).  "
+    "Unmounting removes the socket and registration, and the log unless a warning or "
+    "error was logged; a mount that fails or dies keeps its log (the next mount on that "
+    "mount point keeps it as <key>.log.1), and 'hammer umount' of a dead mount removes "
+    "the rest.")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
     p = sub.add_parser("mount", help="mount a volume (or one PFS) through FUSE",
                        description="Mount VOLUME[:PFS] on MOUNTPOINT.  Returns once the mount "
-                       "is ready unless -f is given.")
+                       "is ready unless -f is given.",
+                       epilog=RUNTIME_DIR_HELP)
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID), "
                    "nfs (exportable by an NFS server: file handles stay valid while mounted)")

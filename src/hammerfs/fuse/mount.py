@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from hammerfs.control import ops as fs_ops
-from hammerfs.control.client import pid_alive, registered_mounts
+from hammerfs.control.client import kernel_mount, pid_alive, registered_mounts
 from hammerfs.control.runtime import ensure_runtime_dir, read_json, remove_files
 from hammerfs.control.server import ControlContext, ControlServer, runtime_files
 from hammerfs.errors import HammerError
@@ -119,7 +119,8 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
     """Unmount and wait until the owner has committed and released the volume."""
     real = os.path.realpath(mountpoint)
     owner = next((m for m in registered_mounts() if m["mountpoint"] == real), None)
-    if owner is None and not os.path.ismount(real):
+    # mountinfo, not ismount(): the dead mount of a killed process fails every stat()
+    if owner is None and kernel_mount(real) is None:
         raise HammerError(f"{mountpoint} is not a mounted hammerfs")
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
     if proc.returncode != 0:
