@@ -136,6 +136,11 @@ def open_private(path: str) -> int:
     return fd
 
 
+def nofollow_opener(path: str, flags: int) -> int:
+    """``open(..., opener=nofollow_opener)``: never through a symlink; new files 0600."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
 def write_json(path: str, obj: dict) -> None:
     """Replace ``path`` atomically with ``obj`` (through a fresh ``path.tmp``)."""
     tmp = path + ".tmp"
