@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 
-from hammerfs.control.server import ControlContext
+from hammerfs.control.server import ControlContext, takes
 from hammerfs.errors import ReadOnly
 from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
@@ -20,6 +20,7 @@ def local_context(store, pfs: int, volume: str, *, readonly: bool = False) -> Co
                           volume=volume, lock=ns.lock)
 
 
+@takes()
 def op_info(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         return {"mountpoint": ctx.mountpoint, "pfs": ctx.pfs, "volume": ctx.volume,
@@ -27,12 +28,14 @@ def op_info(ctx: ControlContext, args: dict, conn) -> dict:
                 "last_committed_tid": ctx.store.last_committed_tid}
 
 
+@takes()
 def op_synctid(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         return {"tid": ctx.store.commit() if not ctx.store.readonly
                 else ctx.store.last_committed_tid}
 
 
+@takes(relpath="str", tid="tid?")
 def op_history(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
@@ -41,6 +44,7 @@ def op_history(ctx: ControlContext, args: dict, conn) -> dict:
                 "versions": [[v.tid, v.ts, v.size, v.deleted_tid] for v in vers]}
 
 
+@takes(relpath="str", tid="tid?")
 def op_stat_version(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
@@ -62,6 +66,7 @@ def read_version(ctx: ControlContext, relpath: str, tid: int | None):
         yield chunk
 
 
+@takes(relpath="str", tid="tid?")
 def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
     """Streaming: sends the raw bytes of the version, then closes."""
     for chunk in read_version(ctx, args.get("relpath", ""), args.get("tid")):
@@ -72,6 +77,7 @@ def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None)
 MAX_INVALIDATIONS = 1000  # past this many changed names, dropping the top one is cheaper
 
 
+@takes(relpath="str", tid="tid", required=("relpath", "tid"))
 def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
     """undo -r: a file or a whole directory tree as of a TID (fs.history.restore)."""
     relpath = args["relpath"]
@@ -101,6 +107,7 @@ def _require_writable_volume(ctx: ControlContext) -> None:
         raise ReadOnly("the volume is mounted or opened read-only")
 
 
+@takes(relpath="str", note="str?")
 def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""))
@@ -111,6 +118,7 @@ def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
                 "snapshots_dir": pd.snapshots if pd else ""}
 
 
+@takes(relpath="str")
 def op_snapls(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""))
@@ -118,6 +126,7 @@ def op_snapls(ctx: ControlContext, args: dict, conn) -> dict:
                                              for s in history.list_snapshots(fs)]}
 
 
+@takes(relpath="str", tid="tid", required=("tid",))
 def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""))
@@ -125,11 +134,13 @@ def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
         return {"removed": history.remove_snapshot(fs, int(args["tid"]))}
 
 
+@takes(relpath="str")
 def op_prune_everything(ctx: ControlContext, args: dict, conn) -> dict:
     """Destroy all history of the PFS that ``relpath`` is in; report the space it freed."""
     return _prune_pfs(ctx, args, history.prune_everything)
 
 
+@takes(relpath="str", force="bool")
 def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
     """hammer cleanup of the PFS that ``relpath`` is in (fs.cleanup)."""
     relpath = args.get("relpath", "")
@@ -149,6 +160,7 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
             "snapshots_dir": pd.snapshots if pd else ""}
 
 
+@takes(relpath="str", text="str?")
 def op_config(ctx: ControlContext, args: dict, conn) -> dict:
     """Show (no ``text``) or set the cleanup config of the PFS that ``relpath`` is in."""
     with ctx.lock:
@@ -164,6 +176,7 @@ def op_config(ctx: ControlContext, args: dict, conn) -> dict:
                 "stored": stored is not None, "last_run": state}
 
 
+@takes(relpath="str")
 def op_prune(ctx: ControlContext, args: dict, conn) -> dict:
     """Snapshot-driven prune of the PFS that ``relpath`` is in (fs.history.prune)."""
     return _prune_pfs(ctx, args, lambda store, pfs: history.prune(store, pfs).destroyed)

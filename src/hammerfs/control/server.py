@@ -79,6 +79,66 @@ def read_line(conn: socket.socket) -> bytes:
     return b""
 
 
+class BadRequest(HammerError):
+    """A control request that is not ``{"op": str, "args": {...}, "stream": bool}``."""
+
+    errno = 22
+
+
+def parse_request(line: bytes) -> tuple[str, dict, bool]:
+    """(op, args, stream) of one request line; BadRequest for anything else."""
+    try:
+        request = json.loads(line or b"{}")
+    except (ValueError, RecursionError):
+        raise BadRequest("control request is not JSON") from None
+    if not isinstance(request, dict):
+        raise BadRequest("control request is not a JSON object")
+    op, args, stream = request.get("op"), request.get("args"), request.get("stream", False)
+    if not isinstance(op, str):
+        raise BadRequest("control request names no op")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict) or not isinstance(stream, bool):
+        raise BadRequest("control request: args must be an object, stream a boolean")
+    return op, args, stream
+
+
+_KINDS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "str?": lambda v: v is None or isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "tid": lambda v: type(v) is int and 0 <= v < 1 << 64,
+    "tid?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 64),
+}
+_KIND_NAMES = {"str": "a string", "str?": "a string or null", "bool": "a boolean",
+               "tid": "a TID (0 to 2^64-1)", "tid?": "a TID (0 to 2^64-1) or null"}
+
+
+def takes(*, required: tuple[str, ...] = (), **kinds: str) -> Callable[[Handler], Handler]:
+    """Declare an op's arguments (name=kind, kinds: str, str?, bool, tid, tid?): the
+    server refuses a request whose arguments do not fit before the op runs."""
+    def mark(handler: Handler) -> Handler:
+        handler.arg_kinds = kinds  # type: ignore[attr-defined]
+        handler.required_args = required  # type: ignore[attr-defined]
+        return handler
+    return mark
+
+
+def check_args(op: str, handler: Handler, args: dict) -> None:
+    """BadRequest unless ``args`` fit what ``handler`` declared with ``takes`` (arguments
+    it does not declare are ignored, as the ops always did)."""
+    kinds = getattr(handler, "arg_kinds", None)
+    if kinds is None:
+        return
+    for name in getattr(handler, "required_args", ()):
+        if name not in args:
+            raise BadRequest(f"control op {op}: argument {name!r} is missing")
+    for name, value in args.items():
+        kind = kinds.get(name)
+        if kind is not None and not _KINDS[kind](value):
+            raise BadRequest(f"control op {op}: argument {name!r} must be {_KIND_NAMES[kind]}")
+
+
 def send_json(conn: socket.socket, obj: dict) -> None:
     conn.sendall(json.dumps(obj).encode() + b"\n")
 
@@ -159,16 +219,15 @@ class ControlServer:
                 if not self._peer_allowed(conn):
                     send_json(conn, {"ok": False, "error": "permission denied", "errno": 1})
                     return
-                request = json.loads(line or b"{}")
-                op = request.get("op")
+                op, args, stream = parse_request(line)
                 handler = self.ops.get(op)
                 if handler is None:
                     send_json(conn, {"ok": False, "error": f"unknown control op {op!r}",
                                      "errno": 22})
                     return
-                args = request.get("args") or {}
+                check_args(op, handler, args)
                 try:
-                    if request.get("stream"):
+                    if stream:
                         send_json(conn, {"ok": True, "stream": True})
                         handler(self.ctx, args, conn)
                         return
