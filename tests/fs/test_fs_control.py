@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hammerfs.control import ControlClient, ControlServer, find_mount
-from hammerfs.control.client import ForgedMount, RemoteError
+from hammerfs.control.client import ForgedMount, RemoteError, registered_mounts
 from hammerfs.control.ops import OPS, local_context
 from hammerfs.control.server import read_line
 from hammerfs.fs import FsError, init_pfs_root
@@ -169,3 +169,31 @@ def test_fuzzed_requests_get_an_answer_and_no_traceback(tmp_path, monkeypatch):
     finally:
         logging.getLogger("hammerfs.control").removeHandler(crashes)
         srv.stop()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300) | st.builds(lambda v: json.dumps(v).encode(), st.dictionaries(
+    st.sampled_from(["mountpoint", "socket", "pid", "pfs", "volume"]),
+    st.none() | st.integers(-5, 1 << 40) | st.just(os.getpid()) | st.text(max_size=12)
+    | st.just("/") | st.just("/tmp"),
+    max_size=5)))
+def test_garbage_registrations_are_never_trusted(data):
+    base = tempfile.mkdtemp(prefix="hammerfs-reg-")
+    try:
+        run = os.path.join(base, "run")
+        os.mkdir(run, 0o700)
+        with open(os.path.join(run, "0123.json"), "wb") as f:
+            f.write(data)
+        env = {"HAMMERFS_RUNTIME_DIR": run}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            assert registered_mounts() == []
+            for path in ("/", base, "/tmp"):
+                try:
+                    info = find_mount(path)
+                except ForgedMount:
+                    continue
+                assert info is None
+    finally:
+        shutil.rmtree(base)

@@ -106,3 +106,25 @@ def test_locked_buffer_is_locked_and_zeroed_on_close():
     assert bytes(view) == bytes(64)
     assert locked_kib() == before
     view.release()
+
+
+def _in_child(fn) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_reading_a_key_file_makes_the_process_undumpable(tmp_path):
+    from hammerfs.luks.passphrase import read_key_file
+    from hammerfs.luks.secmem import is_dumpable
+    key = tmp_path / "k"
+    key.write_bytes(b"secret")
+    key.chmod(0o600)
+    assert _in_child(lambda: 0 if is_dumpable() else 1) == 0  # a fresh process is dumpable
+    assert _in_child(lambda: 0 if read_key_file(str(key)) == b"secret"
+                     and not is_dumpable() else 1) == 0

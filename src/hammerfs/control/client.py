@@ -32,7 +32,7 @@ class MountInfo:
 
 def pid_alive(pid: int) -> bool:
     """A running process; an exited one its parent has not reaped yet counts as gone."""
-    if pid <= 0:
+    if not 0 < pid < 1 << 22:  # the kernel's PID_MAX_LIMIT
         return False
     try:
         os.kill(pid, 0)
@@ -120,10 +120,18 @@ def _live_registrations() -> list[dict]:
     for path in glob.glob(os.path.join(glob.escape(directory), "*.json")):
         with contextlib.suppress(OSError, ValueError, HammerError):
             info = read_json(path)
-            if pid_alive(int(info.get("pid", 0))) and isinstance(info.get("mountpoint"), str):
+            if _well_formed(info) and pid_alive(info["pid"]):
                 info["registration"] = path
                 mounts.append(info)
     return mounts
+
+
+def _well_formed(info: dict) -> bool:
+    """The fields a registration must have, with their types (anything else is ignored)."""
+    return (type(info.get("pid")) is int and type(info.get("pfs", 0)) is int
+            and isinstance(info.get("mountpoint"), str)
+            and os.path.isabs(info["mountpoint"]) and isinstance(info.get("socket"), str)
+            and isinstance(info.get("volume", ""), str))
 
 
 def not_mounted_hint() -> str:
