@@ -393,9 +393,9 @@ def test_fake_mount_in_squatted_dir_gets_no_plaintext(world):
     w.squat()
     _register(w, backup, sock, 1, own_dir=False)
     res = hammer_as(w.victim, "mirror-copy", f"{vol}:1", backup)
+    assert w.received() == b""
     assert res.rc != 0, res
     assert "unsafe runtime directory" in res.err and "Traceback" not in res.err
-    assert w.received() == b""
 
 
 def test_registration_of_a_directory_that_is_not_mounted_is_refused(world):
@@ -404,10 +404,10 @@ def test_registration_of_a_directory_that_is_not_mounted_is_refused(world):
     sock = w.listen()
     _register(w, backup, sock, os.getpid(), own_dir=True)
     res = hammer_as(w.victim, "mirror-copy", f"{vol}:1", backup)
+    assert w.received() == b""
     assert res.rc != 0, res
     assert "refusing the mount registration" in res.err
     assert f"nothing is mounted on {backup}" in res.err
-    assert w.received() == b""
 
 
 def test_socket_served_by_another_user_is_refused(world):
@@ -423,9 +423,9 @@ def test_socket_served_by_another_user_is_refused(world):
     sock = w.listen()
     _register(w, mp, sock, info["pid"], own_dir=True)
     res = hammer_as(w.victim, "mirror-copy", f"{vol}:1", mp)
+    assert w.received() == b""
     assert res.rc != 0, res
     assert f"refusing the control socket {sock}" in res.err
     assert f"served by uid {w.attacker.uid}" in res.err
-    assert w.received() == b""
     _register(w, mp, info["socket"], info["pid"], own_dir=True)
     assert hammer_as(w.victim, "umount", mp).rc == 0

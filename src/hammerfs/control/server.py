@@ -163,12 +163,11 @@ class ControlServer:
         self.directory = ensure_runtime_dir()
         remove_files(self.socket_path)  # a dead mount's, in our own 0700 directory
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
+        old = os.umask(0o177)  # born 0600: no chmod by path afterwards (it would follow links)
         try:
-            sock.bind(self.socket_path)
+            sock.bind(self.socket_path)  # never follows a symlink: EADDRINUSE instead
         finally:
             os.umask(old)
-        os.chmod(self.socket_path, 0o600)
         sock.listen(16)
         self._sock = sock
         # no realpath() here: the mount may be waiting for us in FUSE init (deadlock)
