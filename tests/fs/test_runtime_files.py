@@ -80,3 +80,15 @@ def test_mount_help_documents_the_runtime_dir():
     for text in ("HAMMERFS_RUNTIME_DIR", "/run/hammerfs", "/tmp/hammerfs-<uid>",
                  "$XDG_RUNTIME_DIR/hammerfs", "mode 0700", "<key>.log"):
         assert text in out, text
+
+
+def test_umount_never_touches_another_filesystem(tmp_path):
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(other)], check=True)
+    try:
+        out = run_hammer("umount", other, check=False)
+        assert out.returncode != 0 and "is not a mounted hammerfs" in out.stderr
+        assert os.path.ismount(other)
+    finally:
+        subprocess.run(["umount", str(other)], capture_output=True)

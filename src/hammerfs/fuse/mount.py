@@ -18,7 +18,7 @@ from collections.abc import Callable
 from hammerfs.control import ops as fs_ops
 from hammerfs.control.client import kernel_mount, pid_alive, registered_mounts
 from hammerfs.control.runtime import ensure_runtime_dir, read_json, remove_files
-from hammerfs.control.server import ControlContext, ControlServer, runtime_files
+from hammerfs.control.server import FSTYPE, ControlContext, ControlServer, runtime_files
 from hammerfs.errors import HammerError
 from hammerfs.fs.filesystem import FsError, init_pfs_root
 from hammerfs.fs.namespace import Namespace
@@ -119,8 +119,10 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
     """Unmount and wait until the owner has committed and released the volume."""
     real = os.path.realpath(mountpoint)
     owner = next((m for m in registered_mounts() if m["mountpoint"] == real), None)
-    # mountinfo, not ismount(): the dead mount of a killed process fails every stat()
-    if owner is None and kernel_mount(real) is None:
+    # mountinfo, not ismount(): the dead mount of a killed process fails every stat(); and
+    # never another filesystem (fusermount3 run by root would unmount that too)
+    km = kernel_mount(real)
+    if owner is None and (km is None or km.fstype != FSTYPE):
         raise HammerError(f"{mountpoint} is not a mounted hammerfs")
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
     if proc.returncode != 0:

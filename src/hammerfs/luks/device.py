@@ -33,7 +33,11 @@ class LuksDevice:
         # The one long-lived copy of the key: locked, zeroed on close; the AES contexts
         # keep views of it, not copies.
         self._key = LockedBuffer(volume_key)
-        self._cipher = XtsCipher(self._key.view())
+        try:
+            self._cipher = XtsCipher(self._key.view())
+        except BaseException:
+            self._key.close()
+            raise
         # Reused between requests: fresh MiB-sized buffers cost page faults on every call.
         self._lock = threading.Lock()
         self._buffer = bytearray(0)
