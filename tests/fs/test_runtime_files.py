@@ -66,11 +66,16 @@ def test_not_inside_a_mount_names_the_runtime_dir_searched(setup, tmp_path):
     vol, mp, run, env = setup
     run_hammer("mount", vol, mp, env=env)
     elsewhere = {"HAMMERFS_RUNTIME_DIR": str(tmp_path / "other")}
-    for argv in (("synctid", mp), ("mirror-copy", f"{vol}:0", mp)):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for argv in (("synctid", mp), ("mirror-copy", f"{vol}:0", mp), ("synctid", plain),
+                 ("mirror-copy", f"{vol}:0", plain)):
         out = run_hammer(*argv, check=False, env=elsewhere)
         assert out.returncode != 0
         assert f"runtime directory {tmp_path / 'other'}" in out.stderr, out.stderr
         assert "HAMMERFS_RUNTIME_DIR" in out.stderr and "Traceback" not in out.stderr
+        # a path inside a mount registered elsewhere is called what it is
+        assert (f"{mp} is a hammerfs mount" in out.stderr) == (argv[-1] == mp), out.stderr
     assert run_hammer("synctid", mp, env=env).stdout.startswith("0x")
     run_hammer("umount", mp, env=env)
 

@@ -169,7 +169,7 @@ class VolumeTarget(Target):
             raise HammerError(f"{spec}: no such file, directory or volume")
         if os.path.isdir(volume):
             raise HammerError(f"{spec}: not inside a mounted hammerfs (and not a volume); "
-                              f"{not_mounted_hint()}")
+                              f"{not_mounted_hint(spec)}")
         self.mountpoint = None
         self.relpath = getattr(args, "inner", "") or ""
         dev = open_volume_device(volume, args, readonly=not write)

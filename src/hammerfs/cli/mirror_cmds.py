@@ -83,9 +83,9 @@ def _find_mount(path: str):
     return info
 
 
-def _not_mounted_hint() -> str:
+def _not_mounted_hint(path: str) -> str:
     from hammerfs.control.client import not_mounted_hint
-    return not_mounted_hint()
+    return not_mounted_hint(path)
 
 
 def pfs_of_link(path: str) -> int | None:
@@ -112,10 +112,10 @@ def resolve(spec: str, *, creating: bool = False, remote_ok: bool = False) -> Ta
     volume, pfs = parse_volume_spec(spec)
     if not os.path.exists(volume):
         raise HammerError(f"{spec}: no such volume, and not inside a hammerfs mount "
-                          f"({_not_mounted_hint()})")
+                          f"({_not_mounted_hint(spec)})")
     if os.path.isdir(volume):
         raise HammerError(f"{spec}: a directory that is not inside a hammerfs mount "
-                          f"({_not_mounted_hint()})")
+                          f"({_not_mounted_hint(spec)})")
     if volume == spec and not creating:
         pfs = 0
     elif volume == spec:

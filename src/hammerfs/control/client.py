@@ -71,23 +71,31 @@ class KernelMount:
     options: dict[str, str]
 
 
-def kernel_mount(mountpoint: str) -> KernelMount | None:
-    """The topmost mount on ``mountpoint`` in this process's mount namespace, if any."""
-    found = None
+def kernel_mounts() -> list[KernelMount]:
+    """Every mount of this process's mount namespace, in mount order."""
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             lines = f.read().splitlines()
     except OSError:
-        return None
+        return []
+    mounts = []
     for line in lines:
         left, sep, right = line.partition(b" - ")
         fields, rest = left.split(), right.split()
         if not sep or len(fields) < 5 or len(rest) < 3:
             continue
-        if _unescape(fields[4]) != mountpoint:
-            continue
         opts = dict(o.partition("=")[::2] for o in _unescape(rest[2]).split(","))
-        found = KernelMount(mountpoint, _unescape(rest[0]), _unescape(rest[1]), opts)
+        mounts.append(KernelMount(_unescape(fields[4]), _unescape(rest[0]),
+                                  _unescape(rest[1]), opts))
+    return mounts
+
+
+def kernel_mount(mountpoint: str) -> KernelMount | None:
+    """The topmost mount on ``mountpoint`` in this process's mount namespace, if any."""
+    found = None
+    for km in kernel_mounts():
+        if km.mountpoint == mountpoint:
+            found = km
     return found
 
 
@@ -134,10 +142,21 @@ def _well_formed(info: dict) -> bool:
             and isinstance(info.get("volume", ""), str))
 
 
-def not_mounted_hint() -> str:
-    """What a "not inside a hammerfs mount" error adds: where mounts were looked for."""
-    return (f"mounts were looked up in the runtime directory {runtime_dir()}; a mount made "
-            "by another user or with a different HAMMERFS_RUNTIME_DIR is not seen")
+def not_mounted_hint(path: str | None = None) -> str:
+    """What a "not inside a hammerfs mount" error adds: where mounts were looked for, and
+    whether ``path`` is in fact inside a hammerfs mount that is registered elsewhere."""
+    where = f"mounts were looked up in the runtime directory {runtime_dir()}"
+    if path is not None:
+        real = os.path.realpath(os.path.abspath(path))
+        inside = [km for km in kernel_mounts() if km.fstype == FSTYPE and (
+            real == km.mountpoint or real.startswith(km.mountpoint.rstrip("/") + "/"))]
+        if inside:
+            km = max(inside, key=lambda m: len(m.mountpoint))
+            return (f"{km.mountpoint} is a hammerfs mount (of uid {km.options.get('user_id')}), "
+                    f"but {where} and it is not registered there: it was mounted by "
+                    "another user or with another HAMMERFS_RUNTIME_DIR")
+    return f"{where}; a mount made by another user or with a different " \
+        "HAMMERFS_RUNTIME_DIR is not seen"
 
 
 def find_mount(path: str) -> MountInfo | None:
