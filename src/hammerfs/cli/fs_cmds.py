@@ -256,7 +256,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return _daemonize(dev, kw)
 
 
-def _serve(dev, *, on_ready=None, **kw) -> None:
+def _serve(dev, *, on_ready=None, on_warning=None, **kw) -> None:
     from hammerfs.fuse.mount import serve
     from hammerfs.store import Store
     try:
@@ -264,7 +264,14 @@ def _serve(dev, *, on_ready=None, **kw) -> None:
     except BaseException:
         dev.close()
         raise
+    if store.header_damage is not None:  # a rollback must never pass silently
+        logging.getLogger("hammerfs.mount").warning("WARNING: %s", store.header_damage.message)
+        if on_warning:
+            on_warning(store.header_damage.message)
     serve(store, on_ready=on_ready, **kw)
+
+
+_WARN = b"\x01warning "  # a line the mount process sends before "ok" or its error
 
 
 def _daemonize(dev, kw: dict) -> int:
@@ -292,7 +299,10 @@ def _daemonize(dev, kw: dict) -> int:
             def ready() -> None:
                 os.write(w, b"ok")
 
-            _serve(dev, on_ready=ready, **kw)
+            def warning(message: str) -> None:  # the parent prints it on its stderr
+                os.write(w, _WARN + message.encode() + b"\n")
+
+            _serve(dev, on_ready=ready, on_warning=warning, **kw)
             code = 0
             if not worth_keeping.seen:
                 remove_files(files["log"], files["oldlog"])
@@ -306,6 +316,9 @@ def _daemonize(dev, kw: dict) -> int:
     msg = b""
     while chunk := os.read(r, 4096):
         msg += chunk
+        while msg.startswith(_WARN) and b"\n" in msg:
+            line, msg = msg[len(_WARN):].split(b"\n", 1)
+            print(f"hammer: WARNING: {line.decode(errors='replace')}", file=sys.stderr)
         if msg == b"ok":
             break
     os.close(r)
