@@ -85,8 +85,15 @@ def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
             "removed": done.removed, "updated": done.updated}
 
 
-def _pfs_view(ctx: ControlContext, relpath: str):
+def _pfs_view(ctx: ControlContext, relpath: str, *, changes: bool = False):
+    """The view of the PFS ``relpath`` is in.  ``changes``: the op changes that PFS
+    (snapshot, snaprm, prune, prune-everything, cleanup, config): a path that names a history
+    view (``@@0x<tid>``, a snapshot softlink, an ``-o asof`` mount) is refused, since it
+    names a read-only past state and the op would change the live PFS and its history."""
     fs, _ino = ctx.ns.resolve(history.split_path(relpath))
+    if changes and fs.is_history:
+        raise ReadOnly(f"{relpath or '/'}: a history view as of 0x{fs.asof:016x} is "
+                       "read-only; name a live path of the PFS instead")
     return ctx.ns.live(fs.pfs) if fs.asof is None or ctx.ns.readonly else fs
 
 
@@ -103,7 +110,7 @@ def _require_writable_volume(ctx: ControlContext) -> None:
 
 def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
-        fs = _pfs_view(ctx, args.get("relpath", ""))
+        fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
         _require_writable(fs)
         snap = history.take_snapshot(fs, args.get("note", ""))
         pd = ctx.store.get_pfs(fs.pfs)
@@ -120,7 +127,7 @@ def op_snapls(ctx: ControlContext, args: dict, conn) -> dict:
 
 def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
-        fs = _pfs_view(ctx, args.get("relpath", ""))
+        fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
         _require_writable(fs)
         return {"removed": history.remove_snapshot(fs, int(args["tid"]))}
 
@@ -134,7 +141,7 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
     """hammer cleanup of the PFS that ``relpath`` is in (fs.cleanup)."""
     relpath = args.get("relpath", "")
     with ctx.lock:
-        fs = _pfs_view(ctx, relpath)
+        fs = _pfs_view(ctx, relpath, changes=True)
         _require_writable_volume(ctx)
         report = cleanup.cleanup(fs, force=bool(args.get("force")))
         ctx.ns.forget()  # pruned versions may be cached in views
@@ -152,8 +159,8 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
 def op_config(ctx: ControlContext, args: dict, conn) -> dict:
     """Show (no ``text``) or set the cleanup config of the PFS that ``relpath`` is in."""
     with ctx.lock:
-        fs = _pfs_view(ctx, args.get("relpath", ""))
         text = args.get("text")
+        fs = _pfs_view(ctx, args.get("relpath", ""), changes=text is not None)
         if text is not None:
             _require_writable(fs)
             cleanup.save_config(ctx.store, fs.pfs, text)
@@ -173,7 +180,7 @@ def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
     """Run ``prune(store, pfs) -> versions destroyed`` and report the space it freed."""
     relpath = args.get("relpath", "")
     with ctx.lock:
-        fs = _pfs_view(ctx, relpath)
+        fs = _pfs_view(ctx, relpath, changes=True)
         _require_writable_volume(ctx)
         before = ctx.store.space().free_bytes
         destroyed = prune(ctx.store, fs.pfs)

@@ -16,8 +16,11 @@ from hammerfs.fs.layout import Inode
 from hammerfs.store.api import RecordStore
 
 
-def locks_times(store: RecordStore, pfs: int, asof: int | None) -> bool:
-    """True if a view of ``pfs`` as of ``asof`` presents atime/mtime locked to ctime."""
+def is_history_view(store: RecordStore, pfs: int, asof: int | None) -> bool:
+    """True if a view of ``pfs`` as of ``asof`` shows a past state of a master (``@@0x<tid>``
+    names, snapshot links, ``-o asof``), not a live tree or a slave's replicated state.
+    Such a view presents atime/mtime locked to ctime, and nothing may change the PFS through
+    a path into it (control/ops.py refuses snapshot, prune, cleanup there)."""
     if asof is None:
         return False
     pd = store.get_pfs(pfs)

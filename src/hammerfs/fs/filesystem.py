@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from hammerfs.errors import ErrnoError, ReadOnly
-from hammerfs.fs.asof import as_of_attributes, locks_times
+from hammerfs.fs.asof import as_of_attributes, is_history_view
 from hammerfs.fs.layout import (
     BLOCK,
     COLLISION_MASK,
@@ -79,7 +79,7 @@ class FileSystem:
         self.pfs = pfs
         self.asof = asof
         self.readonly = readonly or asof is not None or store.readonly
-        self.lock_times = locks_times(store, pfs, asof)  # HAMMER's as-of rule (fs/asof.py)
+        self.is_history = is_history_view(store, pfs, asof)  # fs/asof.py
         self._open: Counter[int] = Counter()
         # Decoded inodes of the live view, written through by every change made here.
         # Whoever changes this PFS's records behind the view calls forget().
@@ -135,7 +135,7 @@ class FileSystem:
         if rec is None:
             raise FsError(errno.ENOENT, f"no object {obj:#x}")
         ino = Inode.decode(obj, rec.data)
-        if self.lock_times:
+        if self.is_history:  # HAMMER's as-of rule (fs/asof.py)
             ino = as_of_attributes(ino)
         if len(self._inodes) > 65536:
             self._inodes.clear()
