@@ -139,10 +139,7 @@ class MountTarget(Target):
         return self.client.call(op, **args)
 
     def read_version(self, relpath: str, tid: int | None) -> Iterator[bytes]:
-        sock = self.client.open_stream("read_version", relpath=relpath, tid=tid)
-        with sock:
-            while chunk := sock.recv(1 << 20):
-                yield chunk
+        return self.client.read_stream("read_version", relpath=relpath, tid=tid)
 
 
 class VolumeTarget(Target):
@@ -372,10 +369,29 @@ def cmd_undo(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
         else:
-            with open(out, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
+            _write_file(out, chunks)
     return 0
+
+
+def _write_file(path: str, chunks: Iterator[bytes]) -> None:
+    """Write ``chunks`` to ``path`` via a temporary file: a failed read leaves no file
+    (and an existing one as it was)."""
+    tmp = f"{path}.hammer-tmp"
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, HammerError):
+            raise
+        raise HammerError(f"{path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _diff(t: Target, old_tid: int, new_tid: int | None, label: str) -> int:

@@ -5,10 +5,13 @@ control socket, or the command itself on an unmounted volume (``local_context``)
 
 from __future__ import annotations
 
+import errno
 import socket
+import threading
 
+from hammerfs.control import chunks as framing
 from hammerfs.control.server import ControlContext
-from hammerfs.errors import ReadOnly
+from hammerfs.errors import HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
 
@@ -63,9 +66,9 @@ def read_version(ctx: ControlContext, relpath: str, tid: int | None):
 
 
 def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
-    """Streaming: sends the raw bytes of the version, then closes."""
-    for chunk in read_version(ctx, args.get("relpath", ""), args.get("tid")):
-        conn.sendall(chunk)
+    """Streaming: sends the bytes of the version framed (``control.chunks``: a failure is
+    told apart from data), then closes."""
+    framing.send_chunks(conn, read_version(ctx, args.get("relpath", ""), args.get("tid")))
     return {}
 
 
@@ -191,8 +194,59 @@ def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
             "free_bytes": after}
 
 
+class FinalCommit:
+    """The outcome of a mount's last commit (after the kernel unmounted it), for the
+    ``hammer umount`` waiting on the control channel: it must not exit 0 when that commit
+    failed.  The mount process reports it, then lingers until its waiters have their answer
+    (at most ``linger`` seconds), and only then stops the control server and exits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._done = False
+        self._error: str | None = None
+        self._waiters = 0
+
+    def report(self, error: BaseException | None, linger: float = 5.0) -> None:
+        with self._cond:
+            self._done = True
+            self._error = None if error is None else (
+                f"the final commit failed: {error}; changes since the last commit are lost")
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._waiters == 0, timeout=linger)
+
+    def serve_waiter(self, conn: socket.socket) -> None:
+        """Tell the waiter it is registered (one data frame), then answer with the end
+        marker (success) or an error line, sent here, before the process may exit."""
+        with self._cond:
+            self._waiters += 1
+        try:
+            framing.send_frame(conn, b"registered")
+            with self._cond:
+                self._cond.wait_for(lambda: self._done)
+                error = self._error
+            if error is None:
+                framing.send_end(conn)
+            else:
+                framing.send_error(conn, error, errno.EIO)
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                self._cond.notify_all()
+
+
+def op_await_unmount(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
+    """Streaming (``hammer umount``): registers, then blocks until the mount has made its
+    final commit and answers with its outcome (``FinalCommit``)."""
+    final = ctx.extra.get("final_commit")
+    if not isinstance(final, FinalCommit):
+        raise HammerError("this mount reports no final commit")
+    final.serve_waiter(conn)
+    return {}
+
+
 OPS = {
     "info": op_info,
+    "await-unmount": op_await_unmount,
     "synctid": op_synctid,
     "history": op_history,
     "stat_version": op_stat_version,

@@ -13,12 +13,12 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 from hammerfs.control import ops as fs_ops
 from hammerfs.control.client import registered_mounts
 from hammerfs.control.server import ControlContext, ControlServer
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, UnmountCommitFailed
 from hammerfs.fs.filesystem import FsError, init_pfs_root
 from hammerfs.fs.namespace import Namespace
 
@@ -100,6 +100,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
             if on_ready:
                 on_ready()
 
+    final = ctx.extra["final_commit"] = fs_ops.FinalCommit()
     try:
         if not ns.readonly:
             committer.start()
@@ -107,24 +108,67 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
             readonly=ns.readonly, debug=debug, nfs=nfs)
     finally:
         committer.stopping.set()
+        error = _final_commit(ns)
+        final.report(error)  # `hammer umount` waits for this on the control channel
         server.stop()
-        with ns.lock:
-            store.close()
+        if error is not None:
+            log.error("unmounted %s: %s", mountpoint, error)
+            raise error
         log.info("unmounted %s", mountpoint)
 
 
+def _final_commit(ns: Namespace) -> BaseException | None:
+    """Commit and close the store; the failure, if any.  A store whose periodic commit
+    failed half-way refuses the commit (its pending changes are lost), and says so."""
+    with ns.lock:
+        try:
+            try:
+                if not ns.store.readonly:
+                    ns.store.commit()
+            finally:
+                ns.store.close()
+        except Exception as exc:
+            return exc
+    return None
+
+
+def _watch_final_commit(owner: dict, timeout: float) -> Generator[bytes, None, None] | None:
+    """Register with the mount process for the outcome of its final commit (before the
+    unmount: afterwards it may be gone).  None if it cannot be asked (then only the exit of
+    the process is awaited, as before)."""
+    from hammerfs.control.client import ControlClient
+    stream = ControlClient(str(owner.get("socket", "")), timeout=timeout).read_stream(
+        "await-unmount")
+    try:
+        next(stream)  # registered: the answer comes after the final commit
+    except (HammerError, StopIteration):
+        stream.close()
+        return None
+    return stream
+
+
 def unmount(mountpoint: str, timeout: float = 120.0) -> None:
-    """Unmount and wait until the owner has committed and released the volume."""
+    """Unmount and wait until the owner has committed and released the volume; a failed
+    final commit raises HammerError."""
     real = os.path.realpath(mountpoint)
     owner = next((m for m in registered_mounts() if m["mountpoint"] == real), None)
     if owner is None and not os.path.ismount(real):
         raise HammerError(f"{mountpoint} is not a mounted hammerfs")
+    final = _watch_final_commit(owner, timeout) if owner is not None else None
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
     if proc.returncode != 0:
+        if final is not None:
+            final.close()
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
         raise HammerError(f"cannot unmount {mountpoint}: {msg.removeprefix('fusermount3: ')}")
     if owner is None:
         return
+    if final is not None:
+        try:
+            for _ in final:  # the end marker, or the mount's failure as a HammerError
+                pass
+        except HammerError as exc:
+            raise UnmountCommitFailed(f"{mountpoint}: {exc}") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
