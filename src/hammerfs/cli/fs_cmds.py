@@ -30,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "is ready unless -f is given.")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID), "
-                   "nfs (exportable by an NFS server: file handles stay valid while mounted)")
+                   "nfs (exportable by an NFS server: file handles stay valid while mounted), "
+                   "history_perms=current|asof (default current: @@ history views grant only "
+                   "what the object's current permissions grant too; asof: HAMMER's rule, "
+                   "the permissions as of the TID alone)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("volume", metavar="VOLUME[:PFS]")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -195,30 +198,10 @@ def _when(ns: int) -> str:
 
 
 # -- mount / umount -----------------------------------------------------------------------------
-def _mount_options(opts: list[str]) -> tuple[bool, int | None, bool, bool]:
-    """(readonly, asof, debug, nfs) from the -o options."""
-    readonly, asof, debug, nfs = False, None, False, False
-    for item in ",".join(opts).split(","):
-        item = item.strip()
-        if not item or item == "rw":
-            continue
-        if item == "ro":
-            readonly = True
-        elif item.startswith("asof="):
-            asof = parse_tid(item[5:])
-            readonly = True
-        elif item == "debug":
-            debug = True
-        elif item == "nfs":
-            nfs = True
-        else:
-            raise HammerError(f"unknown mount option {item!r} (known: ro, asof=0x<tid>, nfs)")
-    return readonly, asof, debug, nfs
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
+    from hammerfs.fuse.mount import parse_mount_options
     volume, pfs = parse_volume_spec(args.volume)
-    readonly, asof, debug, nfs = _mount_options(args.options)
+    opts = parse_mount_options(",".join(args.options))
     mountpoint = os.path.realpath(args.mountpoint)
     if not os.path.isdir(mountpoint):
         raise HammerError(f"{args.mountpoint}: mount point is not a directory")
@@ -226,9 +209,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise HammerError(f"{args.mountpoint}: something is already mounted there")
     if not os.path.exists(volume):
         raise HammerError(f"{volume}: no such volume")
-    dev = open_volume_device(volume, args, readonly=readonly)
-    kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=asof,
-              readonly=readonly, debug=debug, nfs=nfs)
+    dev = open_volume_device(volume, args, readonly=opts.readonly)
+    kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=opts.asof,
+              readonly=opts.readonly, debug=opts.debug, nfs=opts.nfs,
+              history_perms=opts.history_perms)
     if args.foreground:
         logging.basicConfig(level=logging.INFO, format="hammer mount: %(message)s")
         _serve(dev, **kw)

@@ -14,13 +14,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
 from hammerfs.control import ops as fs_ops
 from hammerfs.control.client import registered_mounts
 from hammerfs.control.server import ControlContext, ControlServer
 from hammerfs.errors import HammerError, UnmountCommitFailed
+from hammerfs.fs.asof import HISTORY_PERMS
 from hammerfs.fs.filesystem import FsError, init_pfs_root
-from hammerfs.fs.namespace import Namespace
+from hammerfs.fs.namespace import Namespace, parse_tid
 
 log = logging.getLogger("hammerfs.mount")
 COMMIT_INTERVAL = 1.0
@@ -57,9 +59,46 @@ class Committer(threading.Thread):
                 log.exception("periodic commit failed")
 
 
-def prepare(store, pfs: int, asof: int | None, readonly: bool) -> Namespace:
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    readonly: bool = False
+    asof: int | None = None
+    debug: bool = False
+    nfs: bool = False
+    history_perms: str = "current"  # fs/asof.py
+
+
+MOUNT_OPTIONS_HELP = "ro, rw, asof=0x<tid>, nfs, history_perms=current|asof, debug"
+
+
+def parse_mount_options(text: str) -> MountOptions:
+    """``hammer mount -o`` options (comma-separated): the one parser, also used by the
+    service config.  Raises HammerError naming the bad option."""
+    opts: dict = {}
+    for item in text.split(","):
+        item = item.strip()
+        key, eq, value = item.partition("=")
+        if not item or item == "rw":
+            continue
+        if item in ("ro", "debug", "nfs"):
+            opts["readonly" if item == "ro" else item] = True
+        elif key == "asof" and eq:
+            try:
+                opts["asof"] = parse_tid(value)
+            except FsError as exc:
+                raise HammerError(f"mount option {item!r}: {exc}") from None
+            opts["readonly"] = True
+        elif key == "history_perms" and eq and value in HISTORY_PERMS:
+            opts["history_perms"] = value
+        else:
+            raise HammerError(f"unknown mount option {item!r} (known: {MOUNT_OPTIONS_HELP})")
+    return MountOptions(**opts)
+
+
+def prepare(store, pfs: int, asof: int | None, readonly: bool,
+            history_perms: str = "current") -> Namespace:
     """The namespace of a mount; creates a master PFS's root dir and reaps orphans."""
-    ns = Namespace(store, pfs, asof, readonly=readonly)
+    ns = Namespace(store, pfs, asof, readonly=readonly, history_perms=history_perms)
     pd = store.get_pfs(pfs)
     if pd is None or pd.is_deleted:
         raise HammerError(f"PFS {pfs} does not exist on this volume")
@@ -78,13 +117,14 @@ def prepare(store, pfs: int, asof: int | None, readonly: bool) -> Namespace:
 
 def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = None,
           readonly: bool = False, on_ready: Callable[[], None] | None = None,
-          debug: bool = False, nfs: bool = False) -> None:
+          debug: bool = False, nfs: bool = False, history_perms: str = "current") -> None:
     """Mount and serve until unmounted; then commit and close the store.  ``nfs`` makes
-    the mount exportable by an NFS server (see ``fuse.adapter.run``)."""
+    the mount exportable by an NFS server (see ``fuse.adapter.run``); ``history_perms``
+    see fs/asof.py."""
     from hammerfs.fuse.adapter import HammerOperations, run
 
     mountpoint = os.path.realpath(mountpoint)
-    ns = prepare(store, pfs, asof, readonly)
+    ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
     ops = HammerOperations(ns, on_ready=lambda: ready())
