@@ -23,7 +23,12 @@ For a streaming request (``ControlClient.open_stream``) the server answers
 ``{"ok": true, "stream": true}`` and then hands the connected socket to the handler; from then
 on both sides exchange raw bytes in a format the op defines, and the server closes the
 connection when the handler returns.  Header lines are read byte by byte so raw bytes that
-follow are never swallowed.
+follow are never swallowed.  A handler that fails after the stream began makes the server
+send its ``{"ok": false, ...}`` line on the stream; ops whose output is plain bytes
+(``read_version``) therefore frame them (``control.chunks``) so the client tells data from a
+failure, and every failure reaches the user as a HammerError (``hammer: <message>``, exit 1).
+``await-unmount`` (``hammer umount``) registers, then answers after the mount's final commit:
+a failed final commit makes ``hammer umount`` exit non-zero.
 
 Ops.  A handler is ``handler(ctx, args: dict, conn: socket | None) -> dict`` (``conn`` is the
 socket for streaming requests, None otherwise).  ``ctx`` is a ``ControlContext``: ``store``
