@@ -19,6 +19,9 @@ or root, the uid owning the FUSE mount) before it sends a byte (``ForgedMount`` 
 Protocol.  One request per connection.  The client sends one JSON line
 ``{"op": NAME, "args": {...}, "stream": bool}``.  The server answers one JSON line:
 ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": MESSAGE, "errno": N}``.
+A line that is not such an object (not UTF-8, not JSON, nested too deeply, ``op`` not a
+string, ``args`` not an object, ``stream`` not a boolean) is refused with EINVAL before any
+op runs (``server.parse_request``).
 For a streaming request (``ControlClient.open_stream``) the server answers
 ``{"ok": true, "stream": true}`` and then hands the connected socket to the handler; from then
 on both sides exchange raw bytes in a format the op defines, and the server closes the

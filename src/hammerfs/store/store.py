@@ -38,7 +38,15 @@ from hammerfs.store.format import (
     header_claims,
 )
 from hammerfs.store.pfs import PfsData, PfsTable
-from hammerfs.store.records import MAX_DATA, MAX_PFS, MAX_U64, ROOT_OBJ, RecKey, Record
+from hammerfs.store.records import (
+    MAX_DATA,
+    MAX_PFS,
+    MAX_U64,
+    ROOT_OBJ,
+    RecKey,
+    Record,
+    check_raw_version,
+)
 
 MIN_VOLUME = 1 << 20
 SCAN_BATCH = 256
@@ -347,6 +355,7 @@ class Store(PfsTable):
 
     def insert_raw(self, record: Record) -> bool:
         _check_key(record.reckey)
+        check_raw_version(record.obj_id, record.create_tid, record.delete_tid, record.delete_ts)
         data = record.data or b""
         _check_data(data)
         with self._lock:
@@ -368,6 +377,7 @@ class Store(PfsTable):
     def set_delete_tid(self, reckey: RecKey, create_tid: int, delete_tid: int,
                        delete_ts: int) -> bool:
         _check_key(reckey)
+        check_raw_version(reckey[1], create_tid, delete_tid, delete_ts if delete_tid else 0)
         with self._lock:
             self._writable()
             fk = (*reckey, create_tid)
