@@ -50,7 +50,7 @@ class Mounted:
 
     def client(self):
         from hammerfs.control import ControlClient
-        return ControlClient(self.mount.socket_path, timeout=None)
+        return ControlClient.for_mount(self.mount, timeout=None)
 
     def call(self, op: str, **args) -> dict:
         return self.client().call(op, **args)
@@ -83,6 +83,11 @@ def _find_mount(path: str):
     return info
 
 
+def _not_mounted_hint(path: str) -> str:
+    from hammerfs.control.client import not_mounted_hint
+    return not_mounted_hint(path)
+
+
 def pfs_of_link(path: str) -> int | None:
     """The PFS id a PFS softlink points at (``@@-1:00001``, ``@@0x...:00001``)."""
     from hammerfs.fs import parse_magic
@@ -106,9 +111,11 @@ def resolve(spec: str, *, creating: bool = False, remote_ok: bool = False) -> Ta
         return _mounted(spec, mount, creating)
     volume, pfs = parse_volume_spec(spec)
     if not os.path.exists(volume):
-        raise HammerError(f"{spec}: no such volume, and not inside a hammerfs mount")
+        raise HammerError(f"{spec}: no such volume, and not inside a hammerfs mount "
+                          f"({_not_mounted_hint(spec)})")
     if os.path.isdir(volume):
-        raise HammerError(f"{spec}: a directory that is not inside a hammerfs mount")
+        raise HammerError(f"{spec}: a directory that is not inside a hammerfs mount "
+                          f"({_not_mounted_hint(spec)})")
     if volume == spec and not creating:
         pfs = 0
     elif volume == spec:
