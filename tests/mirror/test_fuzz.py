@@ -286,3 +286,44 @@ def test_pfs_and_mirror_ops_refuse_wrongly_typed_arguments_cleanly(pfs_server, o
     if not answer["ok"]:
         assert "internal error" not in answer["error"], (op, args, answer)
         assert (store.last_committed_tid, store.list_pfs()) == before, (op, args)
+
+
+# -- ssh-remote's parser of $SSH_ORIGINAL_COMMAND (what the remote side sends) -------------------
+
+@pytest.fixture(scope="module")
+def confined_volume(tmp_path_factory):
+    d = tmp_path_factory.mktemp("confine")
+    vol = d / "s.img"
+    with Store.create(FileDevice(str(vol), create_size=2 << 20), "s") as st:
+        pfs_ops.create_master(st, 1)
+    return f"{vol}:1"
+
+
+words = st.sampled_from(["mirror-write", "mirror-read", "mirror-read-stream", "-2", "-q",
+                         "-v", "-vv", "--stream", "-S", "-b", "-p", "--key-file", "..", "'",
+                         '"', "\\", ";", "$(id)", "`id`", "|", "@@-1:00000", "/", ":0", "*"])
+commands = st.one_of(
+    st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=80),
+    st.lists(words | st.text(alphabet=st.characters(blacklist_characters="\x00"),
+                             max_size=10), max_size=8).map(" ".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(command=commands, verb=st.sampled_from(["mirror-read", "mirror-write"]),
+       with_dir=st.booleans())
+def test_ssh_remote_command_parser_allows_only_dir(confined_volume, command, verb, with_dir):
+    from hammerfs.cli.mirror_cmds import REMOTE_ALLOWED, _check_remote
+
+    if with_dir:
+        command = f"{command} {verb} {confined_volume}"
+    try:
+        argv = bounded(_check_remote, command, verb, confined_volume)
+    except HammerError:
+        return
+    assert argv[0] in REMOTE_ALLOWED[verb]
+    # the only path it will open is DIR itself; every other word is an allowed option
+    assert confined_volume in argv
+    assert all(w in ("-2", "-q", "-v", "-vv", "--stream", "-S", "-b", confined_volume)
+               or argv[i - 1] in ("-S", "-b") or (verb == "mirror-read" and i == len(argv) - 1)
+               for i, w in enumerate(argv) if i > 0)
