@@ -109,10 +109,14 @@ def test_locked_buffer_is_locked_and_zeroed_on_close():
 
 
 def _in_child(fn) -> int:
+    """Run ``fn`` in a forked child that starts dumpable: fork keeps the flag, and an earlier
+    test in this pytest process may have read a key (so made it undumpable)."""
+    from hammerfs.luks.secmem import PR_SET_DUMPABLE, _libc
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 99
         try:
+            _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
             code = fn()
         finally:
             os._exit(code)
