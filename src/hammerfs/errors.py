@@ -24,6 +24,10 @@ class NotAVolume(HammerError):
     """The device holds no hammerfs volume (or an unsupported format version)."""
 
 
+class UnmountCommitFailed(HammerError):
+    """A mount's final commit failed: it is unmounted, its last changes are lost."""
+
+
 class ErrnoError(HammerError, OSError):
     """A HammerError that also carries an errno, so the FUSE adapter can return it."""
 

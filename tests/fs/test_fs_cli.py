@@ -188,3 +188,50 @@ def test_undo_restores_a_directory_on_an_unmounted_volume(tmp_path):
         run_hammer("umount", mp)
     bad = run_hammer("undo", "-r", "-t", tid, str(vol), "--path", "nowhere/x", check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_changing_ops_refuse_a_path_that_names_a_history_view(mnt):
+    """prune-everything MNT/@@0x<tid> used to destroy the live PFS's history (issue 11.10):
+    every op that changes the PFS refuses history paths the way snapshot does."""
+    mp = mnt.mountpoint
+    os.mkdir(f"{mp}/snaps")
+    with open(f"{mp}/f", "w") as f:
+        f.write("old")
+    tid = run_hammer("synctid", mp).stdout.strip()
+    with open(f"{mp}/f", "w") as f:
+        f.write("new")
+    run_hammer("synctid", mp)
+    link = run_hammer("snapshot", mp, f"{mp}/snaps").stdout.split(" -> ")[0]
+    snaps = run_hammer("snapls", mp).stdout
+    for path in (f"{mp}/@@{tid}", f"{mp}/f@@{tid}", link, f"{link}/f"):
+        for cmd in (["prune-everything", path], ["prune", path], ["cleanup", "-F", path],
+                    ["snapshot", path], ["config", path, "/dev/null"]):
+            res = run_hammer(*cmd, check=False)
+            assert res.returncode == 1, (cmd, res.stdout)
+            assert "history view" in res.stderr and "Traceback" not in res.stderr, cmd
+    assert slurp(f"{mp}/f@@{tid}") == b"old"  # nothing was pruned
+    assert run_hammer("snapls", mp).stdout == snaps
+    assert run_hammer("snapls", f"{mp}/@@{tid}").returncode == 0  # reading is fine
+    run_hammer("prune-everything", mp)  # the live path still works
+    assert not os.path.exists(f"{mp}/f@@{tid}")
+
+
+def test_undo_through_a_mount_reports_errors_and_exits_non_zero(mnt, tmp_path):
+    """`hammer undo DIR` printed the control channel's raw JSON error and exited 0, and -u
+    saved that JSON as the undo file (issue 11.9)."""
+    mp = mnt.mountpoint
+    os.mkdir(f"{mp}/d")
+    with open(f"{mp}/d/f", "w") as f:
+        f.write("x")
+    tid = run_hammer("synctid", mp).stdout.strip()
+    with open(f"{mp}/d/g", "w") as f:
+        f.write("y")
+    run_hammer("synctid", mp)
+    for extra in ([], ["-u"], ["-o", str(tmp_path / "out")], ["-t", tid], ["-d", "-t", tid]):
+        res = run_hammer("undo", *extra, f"{mp}/d", check=False)
+        assert res.returncode == 1, (extra, res.stdout)
+        assert res.stderr == "hammer: only regular files and symlinks have contents\n", extra
+        assert "{" not in res.stdout, extra
+    assert not os.path.exists(tmp_path / "out")
+    assert [n for n in os.listdir(mp) if ".undo." in n] == []
+    assert run_hammer("undo", "-t", tid, f"{mp}/d/f").stdout == "x"  # data still flows

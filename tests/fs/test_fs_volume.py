@@ -227,3 +227,46 @@ def test_differential_operations_survive_remount(vol, tmp_path):
     settle_times(str(ref))
     assert snapshot_tree(mp) == snapshot_tree(str(ref))
     run_hammer("umount", mp)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/loop-control"),
+                    reason="a loop device needs root")
+@pytest.mark.parametrize("periodic", [False, True], ids=["final", "periodic-then-final"])
+def test_umount_fails_when_the_final_commit_fails(tmp_path, periodic):
+    """The device turns read-only under the mount (blockdev --setro): the last changes can
+    not be committed, so `hammer umount` must say so and exit non-zero (issue 11.9), whether
+    only the final commit fails or a periodic one failed before it."""
+    image = tmp_path / "loop.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    dev = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        run_hammer("newfs", dev)
+        mount(dev, str(mp))
+        with open(mp / "kept", "w") as f:
+            f.write("committed")
+        run_hammer("synctid", mp)
+        subprocess.run(["blockdev", "--setro", dev], check=True)
+        with open(mp / "lost", "w") as f:
+            f.write("never committed")
+        if periodic:
+            time.sleep(2.5)  # the mount's 1 s commit fails first
+        res = run_hammer("umount", mp, check=False)
+        assert res.returncode == 1, res.stderr
+        assert "commit failed" in res.stderr and "Traceback" not in res.stderr
+        assert not os.path.ismount(mp)
+        subprocess.run(["blockdev", "--setrw", dev], check=True)
+        mount(dev, str(mp))  # the volume is intact as of its last commit
+        assert slurp(mp / "kept") == b"committed" and not os.path.exists(mp / "lost")
+        assert run_hammer("umount", mp, check=False).returncode == 0
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+        subprocess.run(["blockdev", "--setrw", dev], capture_output=True)
+        for _ in range(50):  # the mount process may still hold the device for a moment
+            if subprocess.run(["losetup", "-d", dev], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)

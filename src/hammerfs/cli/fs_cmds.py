@@ -44,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=RUNTIME_DIR_HELP)
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID), "
-                   "nfs (exportable by an NFS server: file handles stay valid while mounted)")
+                   "nfs (exportable by an NFS server: file handles stay valid while mounted), "
+                   "history_perms=current|asof (default current: @@ history views grant only "
+                   "what the object's current permissions grant too; asof: HAMMER's rule, "
+                   "the permissions as of the TID alone)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("volume", metavar="VOLUME[:PFS]")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -153,10 +156,7 @@ class MountTarget(Target):
         return self.client.call(op, **args)
 
     def read_version(self, relpath: str, tid: int | None) -> Iterator[bytes]:
-        sock = self.client.open_stream("read_version", relpath=relpath, tid=tid)
-        with sock:
-            while chunk := sock.recv(1 << 20):
-                yield chunk
+        return self.client.read_stream("read_version", relpath=relpath, tid=tid)
 
 
 class VolumeTarget(Target):
@@ -214,30 +214,10 @@ def _when(ns: int) -> str:
 
 
 # -- mount / umount -----------------------------------------------------------------------------
-def _mount_options(opts: list[str]) -> tuple[bool, int | None, bool, bool]:
-    """(readonly, asof, debug, nfs) from the -o options."""
-    readonly, asof, debug, nfs = False, None, False, False
-    for item in ",".join(opts).split(","):
-        item = item.strip()
-        if not item or item == "rw":
-            continue
-        if item == "ro":
-            readonly = True
-        elif item.startswith("asof="):
-            asof = parse_tid(item[5:])
-            readonly = True
-        elif item == "debug":
-            debug = True
-        elif item == "nfs":
-            nfs = True
-        else:
-            raise HammerError(f"unknown mount option {item!r} (known: ro, asof=0x<tid>, nfs)")
-    return readonly, asof, debug, nfs
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
+    from hammerfs.fuse.mount import parse_mount_options
     volume, pfs = parse_volume_spec(args.volume)
-    readonly, asof, debug, nfs = _mount_options(args.options)
+    opts = parse_mount_options(",".join(args.options))
     mountpoint = os.path.realpath(args.mountpoint)
     if not os.path.isdir(mountpoint):
         raise HammerError(f"{args.mountpoint}: mount point is not a directory")
@@ -245,10 +225,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise HammerError(f"{args.mountpoint}: something is already mounted there")
     if not os.path.exists(volume):
         raise HammerError(f"{volume}: no such volume")
-    dev = open_volume_device(volume, args, readonly=readonly)
+    dev = open_volume_device(volume, args, readonly=opts.readonly)
     forget_passphrase(args)
-    kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=asof,
-              readonly=readonly, debug=debug, nfs=nfs)
+    kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=opts.asof,
+              readonly=opts.readonly, debug=opts.debug, nfs=opts.nfs,
+              history_perms=opts.history_perms)
     if args.foreground:
         logging.basicConfig(level=logging.INFO, format="hammer mount: %(message)s")
         _serve(dev, **kw)
@@ -256,7 +237,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return _daemonize(dev, kw)
 
 
-def _serve(dev, *, on_ready=None, **kw) -> None:
+def _serve(dev, *, on_ready=None, on_warning=None, **kw) -> None:
     from hammerfs.fuse.mount import serve
     from hammerfs.store import Store
     try:
@@ -264,7 +245,14 @@ def _serve(dev, *, on_ready=None, **kw) -> None:
     except BaseException:
         dev.close()
         raise
+    if store.header_damage is not None:  # a rollback must never pass silently
+        logging.getLogger("hammerfs.mount").warning("WARNING: %s", store.header_damage.message)
+        if on_warning:
+            on_warning(store.header_damage.message)
     serve(store, on_ready=on_ready, **kw)
+
+
+_WARN = b"\x01warning "  # a line the mount process sends before "ok" or its error
 
 
 def _daemonize(dev, kw: dict) -> int:
@@ -292,7 +280,10 @@ def _daemonize(dev, kw: dict) -> int:
             def ready() -> None:
                 os.write(w, b"ok")
 
-            _serve(dev, on_ready=ready, **kw)
+            def warning(message: str) -> None:  # the parent prints it on its stderr
+                os.write(w, _WARN + message.encode() + b"\n")
+
+            _serve(dev, on_ready=ready, on_warning=warning, **kw)
             code = 0
             if not worth_keeping.seen:
                 remove_files(files["log"], files["oldlog"])
@@ -306,6 +297,9 @@ def _daemonize(dev, kw: dict) -> int:
     msg = b""
     while chunk := os.read(r, 4096):
         msg += chunk
+        while msg.startswith(_WARN) and b"\n" in msg:
+            line, msg = msg[len(_WARN):].split(b"\n", 1)
+            print(f"hammer: WARNING: {line.decode(errors='replace')}", file=sys.stderr)
         if msg == b"ok":
             break
     os.close(r)
@@ -412,10 +406,29 @@ def cmd_undo(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
         else:
-            with open(out, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
+            _write_file(out, chunks)
     return 0
+
+
+def _write_file(path: str, chunks: Iterator[bytes]) -> None:
+    """Write ``chunks`` to ``path`` via a temporary file: a failed read leaves no file
+    (and an existing one as it was)."""
+    tmp = f"{path}.hammer-tmp"
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, HammerError):
+            raise
+        raise HammerError(f"{path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _diff(t: Target, old_tid: int, new_tid: int | None, label: str) -> int:

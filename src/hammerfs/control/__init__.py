@@ -19,11 +19,19 @@ or root, the uid owning the FUSE mount) before it sends a byte (``ForgedMount`` 
 Protocol.  One request per connection.  The client sends one JSON line
 ``{"op": NAME, "args": {...}, "stream": bool}``.  The server answers one JSON line:
 ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": MESSAGE, "errno": N}``.
+A line that is not such an object (not UTF-8, not JSON, nested too deeply, ``op`` not a
+string, ``args`` not an object, ``stream`` not a boolean) is refused with EINVAL before any
+op runs (``server.parse_request``).
 For a streaming request (``ControlClient.open_stream``) the server answers
 ``{"ok": true, "stream": true}`` and then hands the connected socket to the handler; from then
 on both sides exchange raw bytes in a format the op defines, and the server closes the
 connection when the handler returns.  Header lines are read byte by byte so raw bytes that
-follow are never swallowed.
+follow are never swallowed.  A handler that fails after the stream began makes the server
+send its ``{"ok": false, ...}`` line on the stream; ops whose output is plain bytes
+(``read_version``) therefore frame them (``control.chunks``) so the client tells data from a
+failure, and every failure reaches the user as a HammerError (``hammer: <message>``, exit 1).
+``await-unmount`` (``hammer umount``) registers, then answers after the mount's final commit:
+a failed final commit makes ``hammer umount`` exit non-zero.
 
 Ops.  A handler is ``handler(ctx, args: dict, conn: socket | None) -> dict`` (``conn`` is the
 socket for streaming requests, None otherwise), declaring its arguments with

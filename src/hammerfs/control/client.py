@@ -9,15 +9,15 @@ import os
 import re
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hammerfs.control.chunks import RemoteError, recv_chunks, remote_error
 from hammerfs.control.runtime import existing_runtime_dir, read_json, runtime_dir
 from hammerfs.control.server import FSTYPE, read_line
-from hammerfs.errors import ErrnoError, HammerError
+from hammerfs.errors import HammerError
 
-
-class RemoteError(ErrnoError):
-    """An op failed inside the mount process; carries its errno when it had one."""
+__all__ = ["ControlClient", "MountInfo", "RemoteError", "find_mount", "registered_mounts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,21 +249,43 @@ class ControlClient:
             if not line:
                 raise HammerError(f"mount process closed the connection during {op!r}")
             reply = json.loads(line)
+            if not isinstance(reply, dict) or not reply.get("ok"):
+                raise remote_error(reply, op)
+        except ValueError:
+            sock.close()
+            raise HammerError(f"mount process sent a malformed reply to {op!r}") from None
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, HammerError):
+                raise
+            raise HammerError(f"control op {op!r} failed: {exc.strerror or exc}") from None
         except BaseException:
             sock.close()
             raise
-        if not reply.get("ok"):
-            sock.close()
-            raise RemoteError(reply.get("errno"), reply.get("error") or "control op failed")
         return sock, reply
 
     def call(self, op: str, **args) -> dict:
         """Run ``op`` in the mount process and return its result dict."""
         sock, reply = self._request(op, args, False)
         sock.close()
-        return reply.get("result") or {}
+        result = reply.get("result") or {}
+        if not isinstance(result, dict):
+            raise HammerError(f"mount process sent a malformed reply to {op!r}")
+        return result
 
     def open_stream(self, op: str, **args) -> socket.socket:
         """Start a streaming op; the returned socket then carries the op's raw bytes."""
         sock, _ = self._request(op, args, True)
         return sock
+
+    def read_stream(self, op: str, **args) -> Iterator[bytes]:
+        """The bytes of a streaming op that frames its output (``control.chunks``); a
+        failure in the mount process, even after some bytes, raises its HammerError."""
+        sock, _ = self._request(op, args, True)
+        with sock:
+            try:
+                yield from recv_chunks(sock, op)
+            except OSError as exc:
+                if isinstance(exc, HammerError):
+                    raise
+                raise HammerError(f"control op {op!r} failed: {exc.strerror or exc}") from None

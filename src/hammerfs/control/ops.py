@@ -5,10 +5,13 @@ control socket, or the command itself on an unmounted volume (``local_context``)
 
 from __future__ import annotations
 
+import errno
 import socket
+import threading
 
+from hammerfs.control import chunks as framing
 from hammerfs.control.server import ControlContext, takes
-from hammerfs.errors import ReadOnly
+from hammerfs.errors import HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
 
@@ -68,9 +71,9 @@ def read_version(ctx: ControlContext, relpath: str, tid: int | None):
 
 @takes(relpath="str", tid="tid?")
 def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
-    """Streaming: sends the raw bytes of the version, then closes."""
-    for chunk in read_version(ctx, args.get("relpath", ""), args.get("tid")):
-        conn.sendall(chunk)
+    """Streaming: sends the bytes of the version framed (``control.chunks``: a failure is
+    told apart from data), then closes."""
+    framing.send_chunks(conn, read_version(ctx, args.get("relpath", ""), args.get("tid")))
     return {}
 
 
@@ -91,8 +94,15 @@ def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
             "removed": done.removed, "updated": done.updated}
 
 
-def _pfs_view(ctx: ControlContext, relpath: str):
+def _pfs_view(ctx: ControlContext, relpath: str, *, changes: bool = False):
+    """The view of the PFS ``relpath`` is in.  ``changes``: the op changes that PFS
+    (snapshot, snaprm, prune, prune-everything, cleanup, config): a path that names a history
+    view (``@@0x<tid>``, a snapshot softlink, an ``-o asof`` mount) is refused, since it
+    names a read-only past state and the op would change the live PFS and its history."""
     fs, _ino = ctx.ns.resolve(history.split_path(relpath))
+    if changes and fs.is_history:
+        raise ReadOnly(f"{relpath or '/'}: a history view as of 0x{fs.asof:016x} is "
+                       "read-only; name a live path of the PFS instead")
     return ctx.ns.live(fs.pfs) if fs.asof is None or ctx.ns.readonly else fs
 
 
@@ -110,7 +120,7 @@ def _require_writable_volume(ctx: ControlContext) -> None:
 @takes(relpath="str", note="str?")
 def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
-        fs = _pfs_view(ctx, args.get("relpath", ""))
+        fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
         _require_writable(fs)
         snap = history.take_snapshot(fs, args.get("note", ""))
         pd = ctx.store.get_pfs(fs.pfs)
@@ -129,7 +139,7 @@ def op_snapls(ctx: ControlContext, args: dict, conn) -> dict:
 @takes(relpath="str", tid="tid", required=("tid",))
 def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
-        fs = _pfs_view(ctx, args.get("relpath", ""))
+        fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
         _require_writable(fs)
         return {"removed": history.remove_snapshot(fs, int(args["tid"]))}
 
@@ -145,7 +155,7 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
     """hammer cleanup of the PFS that ``relpath`` is in (fs.cleanup)."""
     relpath = args.get("relpath", "")
     with ctx.lock:
-        fs = _pfs_view(ctx, relpath)
+        fs = _pfs_view(ctx, relpath, changes=True)
         _require_writable_volume(ctx)
         report = cleanup.cleanup(fs, force=bool(args.get("force")))
         ctx.ns.forget()  # pruned versions may be cached in views
@@ -164,8 +174,8 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
 def op_config(ctx: ControlContext, args: dict, conn) -> dict:
     """Show (no ``text``) or set the cleanup config of the PFS that ``relpath`` is in."""
     with ctx.lock:
-        fs = _pfs_view(ctx, args.get("relpath", ""))
         text = args.get("text")
+        fs = _pfs_view(ctx, args.get("relpath", ""), changes=text is not None)
         if text is not None:
             _require_writable(fs)
             cleanup.save_config(ctx.store, fs.pfs, text)
@@ -186,7 +196,7 @@ def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
     """Run ``prune(store, pfs) -> versions destroyed`` and report the space it freed."""
     relpath = args.get("relpath", "")
     with ctx.lock:
-        fs = _pfs_view(ctx, relpath)
+        fs = _pfs_view(ctx, relpath, changes=True)
         _require_writable_volume(ctx)
         before = ctx.store.space().free_bytes
         destroyed = prune(ctx.store, fs.pfs)
@@ -197,8 +207,59 @@ def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
             "free_bytes": after}
 
 
+class FinalCommit:
+    """The outcome of a mount's last commit (after the kernel unmounted it), for the
+    ``hammer umount`` waiting on the control channel: it must not exit 0 when that commit
+    failed.  The mount process reports it, then lingers until its waiters have their answer
+    (at most ``linger`` seconds), and only then stops the control server and exits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._done = False
+        self._error: str | None = None
+        self._waiters = 0
+
+    def report(self, error: BaseException | None, linger: float = 5.0) -> None:
+        with self._cond:
+            self._done = True
+            self._error = None if error is None else (
+                f"the final commit failed: {error}; changes since the last commit are lost")
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._waiters == 0, timeout=linger)
+
+    def serve_waiter(self, conn: socket.socket) -> None:
+        """Tell the waiter it is registered (one data frame), then answer with the end
+        marker (success) or an error line, sent here, before the process may exit."""
+        with self._cond:
+            self._waiters += 1
+        try:
+            framing.send_frame(conn, b"registered")
+            with self._cond:
+                self._cond.wait_for(lambda: self._done)
+                error = self._error
+            if error is None:
+                framing.send_end(conn)
+            else:
+                framing.send_error(conn, error, errno.EIO)
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                self._cond.notify_all()
+
+
+def op_await_unmount(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
+    """Streaming (``hammer umount``): registers, then blocks until the mount has made its
+    final commit and answers with its outcome (``FinalCommit``)."""
+    final = ctx.extra.get("final_commit")
+    if not isinstance(final, FinalCommit):
+        raise HammerError("this mount reports no final commit")
+    final.serve_waiter(conn)
+    return {}
+
+
 OPS = {
     "info": op_info,
+    "await-unmount": op_await_unmount,
     "synctid": op_synctid,
     "history": op_history,
     "stat_version": op_stat_version,

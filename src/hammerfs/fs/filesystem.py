@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from hammerfs.errors import ErrnoError, ReadOnly
-from hammerfs.fs.asof import as_of_attributes, locks_times
+from hammerfs.fs.asof import as_of_attributes, is_history_view, restrict_to_live
 from hammerfs.fs.layout import (
     BLOCK,
     COLLISION_MASK,
@@ -74,12 +74,15 @@ def init_pfs_root(store: RecordStore, pfs: int, *, mode: int = 0o755, uid: int =
 
 class FileSystem:
     def __init__(self, store: RecordStore, pfs: int = 0, asof: int | None = None, *,
-                 readonly: bool = False):
+                 readonly: bool = False, live_perms: bool = True):
+        """``live_perms``: a history view presents permission bits restricted by the live
+        object's (fs/asof.py, mount option history_perms)."""
         self.store = store
         self.pfs = pfs
         self.asof = asof
         self.readonly = readonly or asof is not None or store.readonly
-        self.lock_times = locks_times(store, pfs, asof)  # HAMMER's as-of rule (fs/asof.py)
+        self.is_history = is_history_view(store, pfs, asof)  # fs/asof.py
+        self.live_perms = live_perms and self.is_history
         self._open: Counter[int] = Counter()
         # Decoded inodes of the live view, written through by every change made here.
         # Whoever changes this PFS's records behind the view calls forget().
@@ -135,8 +138,12 @@ class FileSystem:
         if rec is None:
             raise FsError(errno.ENOENT, f"no object {obj:#x}")
         ino = Inode.decode(obj, rec.data)
-        if self.lock_times:
+        if self.is_history:  # HAMMER's as-of rule (fs/asof.py)
             ino = as_of_attributes(ino)
+        if self.live_perms:
+            live = self.store.get(self._key(obj, REC_INODE))
+            if live is not None:
+                ino = restrict_to_live(ino, Inode.decode(obj, live.data))
         if len(self._inodes) > 65536:
             self._inodes.clear()
         self._inodes[obj] = ino

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from hammerfs.fs.asof import HISTORY_PERMS
 from hammerfs.fs.filesystem import FileSystem, FsError
 from hammerfs.fs.layout import Inode
 from hammerfs.store.api import RecordStore
@@ -71,10 +72,15 @@ class Namespace:
     ``lock`` is the coarse lock the mount holds around each operation."""
 
     def __init__(self, store: RecordStore, pfs: int = 0, asof: int | None = None, *,
-                 readonly: bool = False):
+                 readonly: bool = False, history_perms: str = "current"):
+        if history_perms not in HISTORY_PERMS:
+            raise FsError(errno.EINVAL, f"history_perms must be one of "
+                          f"{', '.join(HISTORY_PERMS)}, not {history_perms!r}")
         self.store = store
         self.pfs = pfs
         self.asof = asof
+        # history views check the live object's permissions too (fs/asof.py)
+        self.live_perms = history_perms == "current"
         self.readonly = readonly or store.readonly or asof is not None
         self.lock = threading.RLock()
         self._live: dict[int, FileSystem] = {}
@@ -99,10 +105,10 @@ class Namespace:
         if pd.is_slave:
             end = pd.sync_end_tid
             return FileSystem(self.store, pfs, end if asof is None else min(asof, end),
-                              readonly=True)
+                              readonly=True, live_perms=self.live_perms)
         if asof is None:
             return self.live(pfs)
-        return FileSystem(self.store, pfs, asof, readonly=True)
+        return FileSystem(self.store, pfs, asof, readonly=True, live_perms=self.live_perms)
 
     def root_view(self) -> FileSystem:
         """The view the mount shows at its root.  The PFS descriptor it depends on (slave or

@@ -13,15 +13,17 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
 from hammerfs.control import ops as fs_ops
 from hammerfs.control.client import kernel_mount, pid_alive, registered_mounts
 from hammerfs.control.runtime import ensure_runtime_dir, read_json, remove_files
 from hammerfs.control.server import FSTYPE, ControlContext, ControlServer, runtime_files
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, UnmountCommitFailed
+from hammerfs.fs.asof import HISTORY_PERMS
 from hammerfs.fs.filesystem import FsError, init_pfs_root
-from hammerfs.fs.namespace import Namespace
+from hammerfs.fs.namespace import Namespace, parse_tid
 
 log = logging.getLogger("hammerfs.mount")
 COMMIT_INTERVAL = 1.0
@@ -58,9 +60,46 @@ class Committer(threading.Thread):
                 log.exception("periodic commit failed")
 
 
-def prepare(store, pfs: int, asof: int | None, readonly: bool) -> Namespace:
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    readonly: bool = False
+    asof: int | None = None
+    debug: bool = False
+    nfs: bool = False
+    history_perms: str = "current"  # fs/asof.py
+
+
+MOUNT_OPTIONS_HELP = "ro, rw, asof=0x<tid>, nfs, history_perms=current|asof, debug"
+
+
+def parse_mount_options(text: str) -> MountOptions:
+    """``hammer mount -o`` options (comma-separated): the one parser, also used by the
+    service config.  Raises HammerError naming the bad option."""
+    opts: dict = {}
+    for item in text.split(","):
+        item = item.strip()
+        key, eq, value = item.partition("=")
+        if not item or item == "rw":
+            continue
+        if item in ("ro", "debug", "nfs"):
+            opts["readonly" if item == "ro" else item] = True
+        elif key == "asof" and eq:
+            try:
+                opts["asof"] = parse_tid(value)
+            except FsError as exc:
+                raise HammerError(f"mount option {item!r}: {exc}") from None
+            opts["readonly"] = True
+        elif key == "history_perms" and eq and value in HISTORY_PERMS:
+            opts["history_perms"] = value
+        else:
+            raise HammerError(f"unknown mount option {item!r} (known: {MOUNT_OPTIONS_HELP})")
+    return MountOptions(**opts)
+
+
+def prepare(store, pfs: int, asof: int | None, readonly: bool,
+            history_perms: str = "current") -> Namespace:
     """The namespace of a mount; creates a master PFS's root dir and reaps orphans."""
-    ns = Namespace(store, pfs, asof, readonly=readonly)
+    ns = Namespace(store, pfs, asof, readonly=readonly, history_perms=history_perms)
     pd = store.get_pfs(pfs)
     if pd is None or pd.is_deleted:
         raise HammerError(f"PFS {pfs} does not exist on this volume")
@@ -79,14 +118,15 @@ def prepare(store, pfs: int, asof: int | None, readonly: bool) -> Namespace:
 
 def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = None,
           readonly: bool = False, on_ready: Callable[[], None] | None = None,
-          debug: bool = False, nfs: bool = False) -> None:
+          debug: bool = False, nfs: bool = False, history_perms: str = "current") -> None:
     """Mount and serve until unmounted; then commit and close the store.  ``nfs`` makes
-    the mount exportable by an NFS server (see ``fuse.adapter.run``)."""
+    the mount exportable by an NFS server (see ``fuse.adapter.run``); ``history_perms``
+    see fs/asof.py."""
     from hammerfs.fuse.adapter import HammerOperations, run
 
     mountpoint = os.path.realpath(mountpoint)
     ensure_runtime_dir()  # refuse a squatted one now, not in the middle of FUSE init
-    ns = prepare(store, pfs, asof, readonly)
+    ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
     ops = HammerOperations(ns, on_ready=lambda: ready())
@@ -102,6 +142,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
             if on_ready:
                 on_ready()
 
+    final = ctx.extra["final_commit"] = fs_ops.FinalCommit()
     try:
         if not ns.readonly:
             committer.start()
@@ -109,14 +150,48 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
             readonly=ns.readonly, debug=debug, nfs=nfs)
     finally:
         committer.stopping.set()
+        error = _final_commit(ns)
+        final.report(error)  # `hammer umount` waits for this on the control channel
         server.stop()
-        with ns.lock:
-            store.close()
+        if error is not None:
+            log.error("unmounted %s: %s", mountpoint, error)
+            raise error
         log.info("unmounted %s", mountpoint)
 
 
+def _final_commit(ns: Namespace) -> BaseException | None:
+    """Commit and close the store; the failure, if any.  A store whose periodic commit
+    failed half-way refuses the commit (its pending changes are lost), and says so."""
+    with ns.lock:
+        try:
+            try:
+                if not ns.store.readonly:
+                    ns.store.commit()
+            finally:
+                ns.store.close()
+        except Exception as exc:
+            return exc
+    return None
+
+
+def _watch_final_commit(owner: dict, timeout: float) -> Generator[bytes, None, None] | None:
+    """Register with the mount process for the outcome of its final commit (before the
+    unmount: afterwards it may be gone).  None if it cannot be asked (then only the exit of
+    the process is awaited, as before)."""
+    from hammerfs.control.client import ControlClient
+    stream = ControlClient(str(owner.get("socket", "")), timeout=timeout).read_stream(
+        "await-unmount")
+    try:
+        next(stream)  # registered: the answer comes after the final commit
+    except (HammerError, StopIteration):
+        stream.close()
+        return None
+    return stream
+
+
 def unmount(mountpoint: str, timeout: float = 120.0) -> None:
-    """Unmount and wait until the owner has committed and released the volume."""
+    """Unmount and wait until the owner has committed and released the volume; a failed
+    final commit raises HammerError."""
     real = os.path.realpath(mountpoint)
     owner = next((m for m in registered_mounts() if m["mountpoint"] == real), None)
     # mountinfo, not ismount(): the dead mount of a killed process fails every stat(); and
@@ -124,13 +199,22 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
     km = kernel_mount(real)
     if owner is None and (km is None or km.fstype != FSTYPE):
         raise HammerError(f"{mountpoint} is not a mounted hammerfs")
+    final = _watch_final_commit(owner, timeout) if owner is not None else None
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
     if proc.returncode != 0:
+        if final is not None:
+            final.close()
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
         raise HammerError(f"cannot unmount {mountpoint}: {msg.removeprefix('fusermount3: ')}")
     if owner is None:
         forget_dead_registration(real)
         return
+    if final is not None:
+        try:
+            for _ in final:  # the end marker, or the mount's failure as a HammerError
+                pass
+        except HammerError as exc:
+            raise UnmountCommitFailed(f"{mountpoint}: {exc}") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from hammerfs.control.client import pid_alive
 from hammerfs.control.runtime import create_private, nofollow_opener
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, UnmountCommitFailed
 from hammerfs.service.config import MountSpec, ServiceConfig, StreamSpec
 
 MIN_BACKOFF = 1.0
@@ -162,6 +162,8 @@ def unmount_one(m: MountSpec, busy_timeout: float = BUSY_TIMEOUT) -> None:
         try:
             unmount(m.mountpoint)
             return
+        except UnmountCommitFailed:
+            raise  # unmounted, but its last changes are lost: never "gone meanwhile"
         except HammerError as exc:
             if mount_owner(m.mountpoint) is None and not os.path.ismount(m.mountpoint):
                 return  # gone meanwhile
