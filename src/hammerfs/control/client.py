@@ -174,8 +174,9 @@ def find_mount(path: str) -> MountInfo | None:
     problem = registration_problem(best)
     if problem is not None:
         raise ForgedMount(f"refusing the mount registration {best['registration']} for "
-                          f"{best['mountpoint']}: {problem} (a stale or forged registration; "
-                          "remove the file if its process is not a hammerfs mount)")
+                          f"{best['mountpoint']}: {problem} (a mount being unmounted, or a "
+                          f"stale or forged registration: remove the file if process "
+                          f"{best['pid']} is not a hammerfs mount)")
     mp = best["mountpoint"]
     rel = os.path.relpath(real, mp) if real != mp else ""
     return mount_info(best, "" if rel == "." else rel)
