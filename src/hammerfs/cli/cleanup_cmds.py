@@ -85,11 +85,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cleanup_targets(paths: list[str]) -> list[str]:
     if paths:
         return paths
-    from hammerfs.control.client import registered_mounts
+    from hammerfs.control.client import not_mounted_hint, registered_mounts
     mounts = sorted(m["mountpoint"] for m in registered_mounts()
                     if not m.get("readonly") and m.get("asof") is None)
     if not mounts:
-        raise HammerError("no writable hammerfs mount found: name a PATH or VOLUME[:PFS]")
+        raise HammerError("no writable hammerfs mount found: name a PATH or VOLUME[:PFS] "
+                          f"({not_mounted_hint()})")
     return mounts
 
 

@@ -34,7 +34,9 @@ failure, and every failure reaches the user as a HammerError (``hammer: <message
 a failed final commit makes ``hammer umount`` exit non-zero.
 
 Ops.  A handler is ``handler(ctx, args: dict, conn: socket | None) -> dict`` (``conn`` is the
-socket for streaming requests, None otherwise).  ``ctx`` is a ``ControlContext``: ``store``
+socket for streaming requests, None otherwise), declaring its arguments with
+``@takes(name=kind)`` from ``control.server`` (the server refuses a request whose arguments
+do not fit before the handler runs; an undeclared handler gets ``args`` unchecked).  ``ctx`` is a ``ControlContext``: ``store``
 (the open RecordStore), ``ns`` (the mount's Namespace), ``fs`` (the live FileSystem of the
 mounted PFS, or the view of an as-of/slave mount), ``pfs``, ``mountpoint``, ``volume`` and
 ``lock`` (the coarse fs lock: hold it while touching store or fs).  Handlers raise

@@ -174,12 +174,19 @@ def find_mount(path: str) -> MountInfo | None:
     problem = registration_problem(best)
     if problem is not None:
         raise ForgedMount(f"refusing the mount registration {best['registration']} for "
-                          f"{best['mountpoint']}: {problem} (a stale or forged registration; "
-                          "remove the file if its process is not a hammerfs mount)")
+                          f"{best['mountpoint']}: {problem} (a mount being unmounted, or a "
+                          f"stale or forged registration: remove the file if process "
+                          f"{best['pid']} is not a hammerfs mount)")
     mp = best["mountpoint"]
     rel = os.path.relpath(real, mp) if real != mp else ""
-    return MountInfo(mp, best["socket"], int(best.get("pfs", 0)), "" if rel == "." else rel,
-                     best.get("volume", ""), int(best.get("pid", 0)))
+    return mount_info(best, "" if rel == "." else rel)
+
+
+def mount_info(registration: dict, relpath: str = "") -> MountInfo:
+    """The MountInfo of a registration (one from ``registered_mounts``)."""
+    return MountInfo(registration["mountpoint"], registration["socket"],
+                     int(registration.get("pfs", 0)), relpath,
+                     registration.get("volume", ""), int(registration.get("pid", 0)))
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

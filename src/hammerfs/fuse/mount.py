@@ -178,8 +178,8 @@ def _watch_final_commit(owner: dict, timeout: float) -> Generator[bytes, None, N
     """Register with the mount process for the outcome of its final commit (before the
     unmount: afterwards it may be gone).  None if it cannot be asked (then only the exit of
     the process is awaited, as before)."""
-    from hammerfs.control.client import ControlClient
-    stream = ControlClient(str(owner.get("socket", "")), timeout=timeout).read_stream(
+    from hammerfs.control.client import ControlClient, mount_info
+    stream = ControlClient.for_mount(mount_info(owner), timeout=timeout).read_stream(
         "await-unmount")
     try:
         next(stream)  # registered: the answer comes after the final commit
