@@ -28,3 +28,24 @@ def assert_replica(master: RecordStore, mpfs: int, slave: RecordStore, spfs: int
     assert history(slave, spfs, end) == history(master, mpfs, end)
     assert visible(slave, spfs, end) == visible(master, mpfs, end)
     return end
+
+
+def craft_stream(source_desc, batches, *, version_ok: bool = True) -> bytes:
+    """A checksum-valid one-way stream, as a hostile or buggy source could send it.
+
+    ``batches``: a list of (beg, end, items, sync) where items are ("rec", Record) or
+    ("pass", Record) and sync is (end, end_ts, count) or None for the honest one."""
+    from hammerfs.mirror import stream as s
+
+    frames = [(s.HELLO, s.hello_payload(s.ROLE_SOURCE)),
+              (s.PFSD, s.pfsd_payload(1, source_desc))]
+    for beg, end, items, sync in batches:
+        frames.append((s.BATCH, s.batch_payload(beg, end)))
+        for kind, rec in items:
+            if kind == "rec":
+                frames.append((s.REC, s.rec_payload(rec, rec.delete_tid, rec.delete_ts)))
+            else:
+                frames.append((s.PASS, s.pass_payload(rec)))
+        frames.append((s.SYNC, s.sync_payload(*(sync or (end, 0, len(items))))))
+    frames.append((s.TERM, b""))
+    return b"".join(s.encode_frame(t, p, i) for i, (t, p) in enumerate(frames))

@@ -116,3 +116,119 @@ def test_ssh_remote_forced_command_allows_only_its_path(sshd, vols, tmp_path):
     out = run_hammer("mirror-read", "-p", str(port), f"127.0.0.1:{s}:1", env=env,
                      check=False)
     assert out.returncode != 0 and "only mirror-write is allowed" in out.stderr
+
+
+# -- confinement is decided on the PFS actually opened (issue 11, point 2) ---------------------
+
+@pytest.fixture
+def mounted(tmp_path):
+    """A master volume and a slave volume, each mounted (PFS #0 at the mount root)."""
+    m, s = tmp_path / "m.img", tmp_path / "s.img"
+    mm, sm = tmp_path / "mm", tmp_path / "sm"
+    mm.mkdir()
+    sm.mkdir()
+    run_hammer("newfs", "--size", "256M", m)
+    run_hammer("newfs", "--size", "256M", s)
+    run_hammer("mount", m, mm)
+    try:
+        run_hammer("mount", s, sm)
+        try:
+            yield m, s, mm, sm
+        finally:
+            run_hammer("umount", sm, check=False)
+    finally:
+        run_hammer("umount", mm, check=False)
+
+
+def test_ssh_remote_read_is_confined_to_the_pfs_dir_designates(sshd, mounted, tmp_path):
+    d, port = sshd
+    _m, _s, mm, _sm = mounted
+    run_hammer("pfs-master", mm / "tenantA")
+    run_hammer("pfs-master", mm / "tenantB")
+    (mm / "root-secret").write_bytes(b"PFS0-SECRET-" * 10)
+    (mm / "tenantB" / "b-secret").write_bytes(b"TENANTB-SECRET-" * 10)
+    (mm / "tenantA" / "a-file").write_bytes(b"tenant A's own data")
+    # Tenant A (who may write in its own PFS) plants softlinks to PFS #0 and to tenant B.
+    os.symlink("@@-1:00000", mm / "tenantA" / "evil")
+    os.symlink("@@-1:00002", mm / "tenantA" / "other")
+    os.symlink("../tenantB", mm / "tenantA" / "updir")
+    run_hammer("synctid", mm)
+    forced = f"{REMOTE_HAMMER} ssh-remote mirror-read {mm / 'tenantA'}"
+    _authorize(d, [f'command="{forced}",no-pty,no-port-forwarding '
+                   + (d / "limited.pub").read_text().strip()])
+    env = {"HAMMER_RSH": _ssh_opts(d / "limited") + f" -p {port}",
+           "HAMMER_REMOTE_CMD": "hammer"}
+    ok = subprocess.run([sys.executable, "-m", "hammerfs", "mirror-read", "-q",
+                         f"127.0.0.1:{mm / 'tenantA'}"], capture_output=True,
+                        env=_env(env), timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert b"tenant A's own data" in ok.stdout
+    for name in ("evil", "other", "updir"):
+        out = subprocess.run([sys.executable, "-m", "hammerfs", "mirror-read", "-q",
+                              f"127.0.0.1:{mm / 'tenantA' / name}"], capture_output=True,
+                             env=_env(env), timeout=120)
+        err = out.stderr.decode()
+        assert out.returncode != 0, name
+        assert b"SECRET" not in out.stdout, name
+        assert "ssh-remote" in err and "Traceback" not in err, err
+    # DIR a plain directory of PFS softlinks: only its own entries, never PFS #0
+    (mm / "tenants").mkdir()
+    os.symlink("@@-1:00001", mm / "tenants" / "a")
+    os.symlink("@@-1:00000", mm / "tenants" / "root")
+    forced = f"{REMOTE_HAMMER} ssh-remote mirror-read {mm / 'tenants'}"
+    _authorize(d, [f'command="{forced}",no-pty,no-port-forwarding '
+                   + (d / "limited.pub").read_text().strip()])
+    for name, allowed in (("a", True), ("root", False), ("a/evil", False)):
+        out = subprocess.run([sys.executable, "-m", "hammerfs", "mirror-read", "-q",
+                              f"127.0.0.1:{mm / 'tenants' / name}"], capture_output=True,
+                             env=_env(env), timeout=120)
+        assert (out.returncode == 0) == allowed, (name, out.stderr)
+        assert b"SECRET" not in out.stdout, name
+
+
+def test_ssh_remote_write_cannot_feed_another_slave_through_a_mirrored_softlink(
+        sshd, mounted, tmp_path):
+    d, port = sshd
+    _m, _s, mm, sm = mounted
+    run_hammer("pfs-master", mm / "tenantA")
+    run_hammer("pfs-master", mm / "tenantB")
+    run_hammer("pfs-slave", sm / "backupA", f"shared-uuid={_shared(mm / 'tenantA')}")
+    run_hammer("pfs-slave", sm / "backupB", f"shared-uuid={_shared(mm / 'tenantB')}")
+    (mm / "tenantB" / "b-file").write_bytes(b"tenant B's data")
+    # Tenant A's data holds a softlink to the slave volume's PFS #2 (tenant B's backup).
+    os.symlink("@@-1:00002", mm / "tenantA" / "evil")
+    run_hammer("synctid", mm)
+    forced = f"{REMOTE_HAMMER} ssh-remote mirror-write {sm / 'backupA'}"
+    _authorize(d, [f'command="{forced}",no-pty,no-port-forwarding '
+                   + (d / "limited.pub").read_text().strip()])
+    env = {"HAMMER_RSH": _ssh_opts(d / "limited"), "HAMMER_REMOTE_CMD": "hammer"}
+    run_hammer("mirror-copy", "-p", str(port), mm / "tenantA", f"127.0.0.1:{sm / 'backupA'}",
+               env=env)
+    run_hammer("mirror-copy", mm / "tenantB", sm / "backupB")
+    assert os.readlink(sm / "backupA" / "evil").endswith(":00002")
+    before = _sync_end(sm / "backupB")
+    # Tenant A forges a master with tenant B's shared-uuid and feeds it through the link.
+    forged = tmp_path / "forged.img"
+    run_hammer("newfs", "--size", "64M", forged)
+    run_hammer("pfs-master", f"{forged}:1")
+    run_hammer("pfs-update", f"{forged}:1", f"shared-uuid={_shared(mm / 'tenantB')}")
+    fill(forged, 1, files=3)
+    out = run_hammer("mirror-copy", "-p", str(port), f"{forged}:1",
+                     f"127.0.0.1:{sm / 'backupA' / 'evil'}", env=env, check=False)
+    assert out.returncode != 0 and "ssh-remote" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert _sync_end(sm / "backupB") == before
+    assert (sm / "backupB" / "b-file").read_bytes() == b"tenant B's data"
+
+
+def _shared(path) -> str:
+    return run_hammer("pfs-status", path).stdout.split("shared-uuid=")[1].split()[0]
+
+
+def _sync_end(path) -> str:
+    return run_hammer("pfs-status", path).stdout.split("sync-end-tid=")[1].split()[0]
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    from conftest import hammer_env
+    return hammer_env(extra)

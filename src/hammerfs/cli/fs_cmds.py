@@ -17,17 +17,31 @@ import sys
 import time
 from collections.abc import Iterator
 
-from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.cli.volume import add_volume_args, forget_passphrase, open_volume_device
 from hammerfs.errors import HammerError
 from hammerfs.fs.namespace import format_tid, parse_tid
 from hammerfs.store.pfs import parse_volume_spec
+
+RUNTIME_DIR_HELP = (
+    "Runtime files: the mount process registers its control socket (<key>.sock, "
+    "<key>.json) in the runtime directory, and a mount without -f logs to <key>.log there.  "
+    "The runtime directory is $HAMMERFS_RUNTIME_DIR if set, else /run/hammerfs for root, "
+    "else $XDG_RUNTIME_DIR/hammerfs or /tmp/hammerfs-<uid>.  It must be a directory of "
+    "yours with mode 0700: one made by another user, opened to others or a symlink is "
+    "refused.  Commands given a path inside the mount find it there, so they must run as "
+    "the same user with the same HAMMERFS_RUNTIME_DIR (also the remote end of ssh).  "
+    "Unmounting removes the socket and registration, and the log unless a warning or "
+    "error was logged; a mount that fails or dies keeps its log (the next mount on that "
+    "mount point keeps it as <key>.log.1), and 'hammer umount' of a dead mount removes "
+    "the rest.")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
     p = sub.add_parser("mount", help="mount a volume (or one PFS) through FUSE",
                        description="Mount VOLUME[:PFS] on MOUNTPOINT.  Returns once the mount "
-                       "is ready unless -f is given.")
+                       "is ready unless -f is given.",
+                       epilog=RUNTIME_DIR_HELP)
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID), "
                    "nfs (exportable by an NFS server: file handles stay valid while mounted), "
@@ -136,7 +150,7 @@ class MountTarget(Target):
         self.info = info
         self.relpath = info.relpath
         self.mountpoint = info.mountpoint
-        self.client = ControlClient(info.socket_path)
+        self.client = ControlClient.for_mount(info)
 
     def call(self, op: str, **args) -> dict:
         return self.client.call(op, **args)
@@ -150,10 +164,12 @@ class VolumeTarget(Target):
         from hammerfs.control.ops import OPS, local_context
         from hammerfs.store import Store
         volume, pfs = parse_volume_spec(spec)
+        from hammerfs.control.client import not_mounted_hint
         if not os.path.exists(volume):
             raise HammerError(f"{spec}: no such file, directory or volume")
         if os.path.isdir(volume):
-            raise HammerError(f"{spec}: not inside a mounted hammerfs (and not a volume)")
+            raise HammerError(f"{spec}: not inside a mounted hammerfs (and not a volume); "
+                              f"{not_mounted_hint(spec)}")
         self.mountpoint = None
         self.relpath = getattr(args, "inner", "") or ""
         dev = open_volume_device(volume, args, readonly=not write)
@@ -210,6 +226,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not os.path.exists(volume):
         raise HammerError(f"{volume}: no such volume")
     dev = open_volume_device(volume, args, readonly=opts.readonly)
+    forget_passphrase(args)
     kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=opts.asof,
               readonly=opts.readonly, debug=opts.debug, nfs=opts.nfs,
               history_perms=opts.history_perms)
@@ -220,7 +237,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return _daemonize(dev, kw)
 
 
-def _serve(dev, *, on_ready=None, **kw) -> None:
+def _serve(dev, *, on_ready=None, on_warning=None, **kw) -> None:
     from hammerfs.fuse.mount import serve
     from hammerfs.store import Store
     try:
@@ -228,12 +245,25 @@ def _serve(dev, *, on_ready=None, **kw) -> None:
     except BaseException:
         dev.close()
         raise
+    if store.header_damage is not None:  # a rollback must never pass silently
+        logging.getLogger("hammerfs.mount").warning("WARNING: %s", store.header_damage.message)
+        if on_warning:
+            on_warning(store.header_damage.message)
     serve(store, on_ready=on_ready, **kw)
 
 
+_WARN = b"\x01warning "  # a line the mount process sends before "ok" or its error
+
+
 def _daemonize(dev, kw: dict) -> int:
-    """Fork the owner process; return once it reports the mount ready (or its error)."""
-    from hammerfs.control.server import mount_key, runtime_dir
+    """Fork the owner process; return once it reports the mount ready (or its error).
+
+    Its output goes to ``<runtime dir>/<key>.log``.  A clean unmount deletes that log
+    unless something worth reading (a warning or an error) was logged; a mount that fails or
+    dies leaves it, and the next mount on the same mount point keeps it as ``<key>.log.1``."""
+    from hammerfs.control.runtime import ensure_runtime_dir, remove_files
+    from hammerfs.control.server import runtime_files
+    files = runtime_files(kw["mountpoint"], ensure_runtime_dir())  # refused here, not in the child
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -241,18 +271,22 @@ def _daemonize(dev, kw: dict) -> int:
         code = 1
         try:
             os.setsid()
-            logdir = runtime_dir()
-            os.makedirs(logdir, mode=0o700, exist_ok=True)
-            logfile = os.path.join(logdir, mount_key(kw["mountpoint"]) + ".log")
-            _detach_stdio(logfile)
-            logging.basicConfig(filename=logfile, level=logging.INFO,
+            _detach_stdio(files["log"], files["oldlog"])
+            logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                                 format="%(asctime)s %(name)s %(levelname)s %(message)s")
+            worth_keeping = _Noticed()
+            logging.getLogger().addHandler(worth_keeping)
 
             def ready() -> None:
                 os.write(w, b"ok")
 
-            _serve(dev, on_ready=ready, **kw)
+            def warning(message: str) -> None:  # the parent prints it on its stderr
+                os.write(w, _WARN + message.encode() + b"\n")
+
+            _serve(dev, on_ready=ready, on_warning=warning, **kw)
             code = 0
+            if not worth_keeping.seen:
+                remove_files(files["log"], files["oldlog"])
         except BaseException as exc:  # the user sees a message, never a traceback
             logging.getLogger("hammerfs.mount").exception("mount failed")
             with contextlib.suppress(OSError):
@@ -263,6 +297,9 @@ def _daemonize(dev, kw: dict) -> int:
     msg = b""
     while chunk := os.read(r, 4096):
         msg += chunk
+        while msg.startswith(_WARN) and b"\n" in msg:
+            line, msg = msg[len(_WARN):].split(b"\n", 1)
+            print(f"hammer: WARNING: {line.decode(errors='replace')}", file=sys.stderr)
         if msg == b"ok":
             break
     os.close(r)
@@ -272,9 +309,25 @@ def _daemonize(dev, kw: dict) -> int:
     raise HammerError(f"mount failed: {msg.decode(errors='replace') or 'the mount process died'}")
 
 
-def _detach_stdio(logfile: str) -> None:
+class _Noticed(logging.Handler):
+    """Remembers whether anything at WARNING or above was logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+
+def _detach_stdio(logfile: str, oldlog: str) -> None:
+    """stdin from /dev/null, stdout and stderr to a new ``logfile`` (the previous one, a
+    failed mount's, becomes ``oldlog``); never through a symlink or into another's file."""
+    from hammerfs.control.runtime import create_private
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(logfile, oldlog)
+    log = create_private(logfile)
     null = os.open(os.devnull, os.O_RDWR)
-    log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)

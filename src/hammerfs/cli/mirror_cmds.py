@@ -51,7 +51,7 @@ class Mounted:
 
     def client(self):
         from hammerfs.control import ControlClient
-        return ControlClient(self.mount.socket_path, timeout=None)
+        return ControlClient.for_mount(self.mount, timeout=None)
 
     def call(self, op: str, **args) -> dict:
         return self.client().call(op, **args)
@@ -84,6 +84,11 @@ def _find_mount(path: str):
     return info
 
 
+def _not_mounted_hint(path: str) -> str:
+    from hammerfs.control.client import not_mounted_hint
+    return not_mounted_hint(path)
+
+
 def pfs_of_link(path: str) -> int | None:
     """The PFS id a PFS softlink points at (``@@-1:00001``, ``@@0x...:00001``)."""
     from hammerfs.fs import parse_magic
@@ -107,9 +112,11 @@ def resolve(spec: str, *, creating: bool = False, remote_ok: bool = False) -> Ta
         return _mounted(spec, mount, creating)
     volume, pfs = parse_volume_spec(spec)
     if not os.path.exists(volume):
-        raise HammerError(f"{spec}: no such volume, and not inside a hammerfs mount")
+        raise HammerError(f"{spec}: no such volume, and not inside a hammerfs mount "
+                          f"({_not_mounted_hint(spec)})")
     if os.path.isdir(volume):
-        raise HammerError(f"{spec}: a directory that is not inside a hammerfs mount")
+        raise HammerError(f"{spec}: a directory that is not inside a hammerfs mount "
+                          f"({_not_mounted_hint(spec)})")
     if volume == spec and not creating:
         pfs = 0
     elif volume == spec:
@@ -482,7 +489,8 @@ _REMOTE_FLAGS = {"-2", "-q", "-v", "-vv", "--stream"}
 
 
 def cmd_ssh_remote(args: argparse.Namespace) -> int:
-    """authorized_keys forced command: allow only ``COMMAND`` on ``DIR`` (or below it)."""
+    """authorized_keys forced command: allow only ``COMMAND`` on the PFS ``DIR`` designates
+    (or on a PFS softlink directly inside ``DIR`` when ``DIR`` is a plain directory)."""
     from hammerfs.cli.main import main
 
     if args.command_name not in REMOTE_ALLOWED:
@@ -493,6 +501,8 @@ def cmd_ssh_remote(args: argparse.Namespace) -> int:
 
 
 def _check_remote(original: str, allowed: str, directory: str) -> list[str]:
+    """The command line to run for ``$SSH_ORIGINAL_COMMAND``: only the allowed verb and
+    options, and the path replaced by the endpoint confinement decided on (``_confine``)."""
     try:
         words = shlex.split(original)
     except ValueError:
@@ -503,24 +513,85 @@ def _check_remote(original: str, allowed: str, directory: str) -> list[str]:
     argv = words[verbs[0]:]
     if argv[0] not in REMOTE_ALLOWED[allowed]:
         raise HammerError(f"ssh-remote: only {allowed} is allowed, not {argv[0]}")
-    rest = argv[1:]
-    paths, i = [], 0
-    while i < len(rest):
-        w = rest[i]
+    paths, i = [], 1
+    while i < len(argv):
+        w = argv[i]
         if w in _REMOTE_FLAGS:
             i += 1
-        elif w in ("-S", "-b") and i + 1 < len(rest):
+        elif w in ("-S", "-b") and i + 1 < len(argv):
             i += 2
         elif w.startswith("-"):
             raise HammerError(f"ssh-remote: option {w} not allowed")
         else:
-            paths.append(w)
+            paths.append(i)
             i += 1
-    if not paths or not _within(paths[0], directory) or len(paths) > (
-            2 if argv[0] == "mirror-read" else 1):
-        raise HammerError(f"ssh-remote: path not allowed: {' '.join(paths) or '(none)'} "
-                          f"(only {directory})")
+    if not paths or len(paths) > (2 if argv[0] == "mirror-read" else 1):
+        raise HammerError(f"ssh-remote: path not allowed: "
+                          f"{' '.join(argv[j] for j in paths) or '(none)'} (only {directory})")
+    argv[paths[0]] = _confine(argv[paths[0]], directory)
     return argv
+
+
+def _confine(path: str, directory: str) -> str:
+    """The endpoint the remote may open for ``path``.
+
+    Decided on the PFS ``path`` resolves to (every symlink followed, PFS softlinks included),
+    never on its spelling: a softlink below ``DIR`` may point anywhere (``@@-1:00000``, another
+    tenant's PFS), and a slave's softlinks are whatever its writer mirrored into it.
+    ``DIR`` (the administrator's word) either designates one PFS (a mount root, a PFS
+    softlink, ``VOLUME[:PFS]``): then only that PFS, and ``DIR`` itself is what is opened,
+    so nothing the remote named is resolved again; or it is a plain directory inside a
+    mount: then only the PFS softlinks that are entries of ``DIR`` itself (never one
+    reached through another PFS's contents), other than PFS #0."""
+    refused = f"ssh-remote: path not allowed: {path} (only {directory})"
+    if not _within(path, directory):
+        raise HammerError(refused)
+    want = _designated(directory)
+    try:
+        got = resolve(path)
+    except HammerError as exc:
+        raise HammerError(f"{refused}: {exc}") from None
+    if want is not None:
+        if _pfs_identity(got) != _pfs_identity(want):
+            raise HammerError(f"{refused}: it resolves to PFS #{got.pfs}{_where(got)}, not "
+                              f"the PFS #{want.pfs}{_where(want)} that {directory} designates")
+        return directory
+    # DIR is a plain directory in a mount: one of its own entries, a PFS softlink.
+    rel = os.path.relpath(os.path.normpath(path), os.path.normpath(directory))
+    entry = os.path.join(directory, rel)
+    pfs = pfs_of_link(entry) if "/" not in rel and rel != "." else None
+    if pfs is None or pfs == 0 or not isinstance(got, Mounted) or got.pfs != pfs:
+        raise HammerError(f"{refused}: {directory} is a directory, and only the PFS "
+                          f"softlinks directly inside it (not PFS #0) may be mirrored")
+    return entry
+
+
+def _designated(directory: str) -> Target | None:
+    """The PFS ``DIR`` designates, or None when it is a plain directory inside a mount."""
+    try:
+        return resolve(directory)
+    except HammerError as exc:
+        if os.path.isdir(directory) and not os.path.islink(directory) \
+                and _find_mount(directory) is not None:
+            return None
+        raise HammerError(f"ssh-remote: {directory} (DIR) designates no PFS: {exc}") from None
+
+
+def _pfs_identity(tgt: Target) -> tuple:
+    """(volume, PFS number) of an endpoint, the volume by its file identity (the same
+    volume reached as a mount or as VOLUME[:PFS] compares equal)."""
+    volume = tgt.volume if isinstance(tgt, Unmounted) else getattr(tgt.mount, "volume", "")
+    try:
+        st = os.stat(volume)
+        vol: tuple = ("volume", st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        vol = ("mount", getattr(getattr(tgt, "mount", None), "mountpoint", volume))
+    return vol, tgt.pfs
+
+
+def _where(tgt: Target) -> str:
+    volume = tgt.volume if isinstance(tgt, Unmounted) else getattr(tgt.mount, "volume", "")
+    return f" of {volume}" if volume else ""
 
 
 def _within(path: str, directory: str) -> bool:

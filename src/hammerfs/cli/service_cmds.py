@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 
+from hammerfs.control.runtime import nofollow_opener
 from hammerfs.errors import HammerError
 from hammerfs.service.config import DEFAULT_CONFIG, ServiceConfig, check_keys, load_config
 
@@ -133,7 +134,7 @@ def _run_in_background(config: ServiceConfig) -> int:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(notify_path)
         sock.settimeout(0.2)
-        with open(paths["log"], "ab") as log:
+        with open(paths["log"], "ab", opener=nofollow_opener) as log:
             offset = log.tell()
         try:
             sys.stdout.flush()
@@ -163,7 +164,7 @@ def _supervise_detached(config: ServiceConfig, log_path: str, notify_path: str) 
     try:
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
-        log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+        log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
         for fd, target in ((0, null), (1, log), (2, log)):
             os.dup2(target, fd)
         os.close(null)

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import re
+import sys
 
 from hammerfs.cli.volume import add_volume_args, open_volume_device
 from hammerfs.errors import HammerError, NotAVolume
@@ -145,7 +146,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("Commit seq", str(store.header.seq)),
             ("Last commit TID", _tid(store.last_committed_tid)),
             ("Next TID", _tid(store.current_tid)),
+            ("Header copies", "2 valid" if store.header_damage is None else
+             f"DAMAGED: slot {store.header_damage.slot} (see the warning)"),
         ]
+        if store.header_damage is not None:
+            print(f"hammer: WARNING: {store.header_damage.message}", file=sys.stderr)
         width = max(len(k) for k, _ in lines)
         for key, value in lines:
             print(f"{key + ':':<{width + 1}} {value}")

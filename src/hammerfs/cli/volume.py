@@ -60,6 +60,14 @@ def _passphrase(args: argparse.Namespace | None, *, confirm: bool) -> bytes:
     return passphrase
 
 
+def forget_passphrase(args: argparse.Namespace) -> None:
+    """Drop the cached passphrase once the volume is open (a long-lived process such as a
+    mount has no further use for it).  The bytes are released, not zeroed: Python gives no
+    way to wipe them (the process is non-dumpable, see hammerfs.luks.secmem)."""
+    if hasattr(args, "_luks_passphrase"):
+        del args._luks_passphrase
+
+
 def _unlock(dev: BlockDevice, args: argparse.Namespace | None, readonly: bool) -> BlockDevice:
     from hammerfs.luks import open_payload
     from hammerfs.luks.container import is_luks

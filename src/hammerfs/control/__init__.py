@@ -8,12 +8,20 @@ where ``key`` is derived from the mountpoint.  ``find_mount(path)`` maps any pat
 hammerfs mount to ``MountInfo(mountpoint, socket_path, pfs, relpath)``; ``relpath`` is the
 path below the mount root (it may contain ``@@`` history and PFS names).
 
-Security.  The socket is mode 0600 in a 0700 directory and the server checks the peer's uid
-with SO_PEERCRED: only the owner of the mount (or root) is served.
+Security.  The runtime directory must be the user's own, mode 0700, not a symlink, and every
+file in it is opened O_NOFOLLOW / created O_EXCL (``control.runtime``).  The socket is mode
+0600 and the server checks the peer's uid with SO_PEERCRED: only the owner of the mount (or
+root) is served.  The other way round, ``find_mount`` trusts a registration only if
+/proc/self/mountinfo shows a ``fuse.hammerfs`` mount of our uid (or root's) on its mount
+point, and ``ControlClient.for_mount`` checks the socket's peer (the registered pid, our uid
+or root, the uid owning the FUSE mount) before it sends a byte (``ForgedMount`` otherwise).
 
 Protocol.  One request per connection.  The client sends one JSON line
 ``{"op": NAME, "args": {...}, "stream": bool}``.  The server answers one JSON line:
 ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": MESSAGE, "errno": N}``.
+A line that is not such an object (not UTF-8, not JSON, nested too deeply, ``op`` not a
+string, ``args`` not an object, ``stream`` not a boolean) is refused with EINVAL before any
+op runs (``server.parse_request``).
 For a streaming request (``ControlClient.open_stream``) the server answers
 ``{"ok": true, "stream": true}`` and then hands the connected socket to the handler; from then
 on both sides exchange raw bytes in a format the op defines, and the server closes the

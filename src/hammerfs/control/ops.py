@@ -10,7 +10,7 @@ import socket
 import threading
 
 from hammerfs.control import chunks as framing
-from hammerfs.control.server import ControlContext
+from hammerfs.control.server import ControlContext, takes
 from hammerfs.errors import HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
@@ -23,6 +23,7 @@ def local_context(store, pfs: int, volume: str, *, readonly: bool = False) -> Co
                           volume=volume, lock=ns.lock)
 
 
+@takes()
 def op_info(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         return {"mountpoint": ctx.mountpoint, "pfs": ctx.pfs, "volume": ctx.volume,
@@ -30,12 +31,14 @@ def op_info(ctx: ControlContext, args: dict, conn) -> dict:
                 "last_committed_tid": ctx.store.last_committed_tid}
 
 
+@takes()
 def op_synctid(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         return {"tid": ctx.store.commit() if not ctx.store.readonly
                 else ctx.store.last_committed_tid}
 
 
+@takes(relpath="str", tid="tid?")
 def op_history(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
@@ -44,6 +47,7 @@ def op_history(ctx: ControlContext, args: dict, conn) -> dict:
                 "versions": [[v.tid, v.ts, v.size, v.deleted_tid] for v in vers]}
 
 
+@takes(relpath="str", tid="tid?")
 def op_stat_version(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
@@ -65,6 +69,7 @@ def read_version(ctx: ControlContext, relpath: str, tid: int | None):
         yield chunk
 
 
+@takes(relpath="str", tid="tid?")
 def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
     """Streaming: sends the bytes of the version framed (``control.chunks``: a failure is
     told apart from data), then closes."""
@@ -75,6 +80,7 @@ def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None)
 MAX_INVALIDATIONS = 1000  # past this many changed names, dropping the top one is cheaper
 
 
+@takes(relpath="str", tid="tid", required=("relpath", "tid"))
 def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
     """undo -r: a file or a whole directory tree as of a TID (fs.history.restore)."""
     relpath = args["relpath"]
@@ -111,6 +117,7 @@ def _require_writable_volume(ctx: ControlContext) -> None:
         raise ReadOnly("the volume is mounted or opened read-only")
 
 
+@takes(relpath="str", note="str?")
 def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
@@ -121,6 +128,7 @@ def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
                 "snapshots_dir": pd.snapshots if pd else ""}
 
 
+@takes(relpath="str")
 def op_snapls(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""))
@@ -128,6 +136,7 @@ def op_snapls(ctx: ControlContext, args: dict, conn) -> dict:
                                              for s in history.list_snapshots(fs)]}
 
 
+@takes(relpath="str", tid="tid", required=("tid",))
 def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
@@ -135,11 +144,13 @@ def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
         return {"removed": history.remove_snapshot(fs, int(args["tid"]))}
 
 
+@takes(relpath="str")
 def op_prune_everything(ctx: ControlContext, args: dict, conn) -> dict:
     """Destroy all history of the PFS that ``relpath`` is in; report the space it freed."""
     return _prune_pfs(ctx, args, history.prune_everything)
 
 
+@takes(relpath="str", force="bool")
 def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
     """hammer cleanup of the PFS that ``relpath`` is in (fs.cleanup)."""
     relpath = args.get("relpath", "")
@@ -159,6 +170,7 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
             "snapshots_dir": pd.snapshots if pd else ""}
 
 
+@takes(relpath="str", text="str?")
 def op_config(ctx: ControlContext, args: dict, conn) -> dict:
     """Show (no ``text``) or set the cleanup config of the PFS that ``relpath`` is in."""
     with ctx.lock:
@@ -174,6 +186,7 @@ def op_config(ctx: ControlContext, args: dict, conn) -> dict:
                 "stored": stored is not None, "last_run": state}
 
 
+@takes(relpath="str")
 def op_prune(ctx: ControlContext, args: dict, conn) -> dict:
     """Snapshot-driven prune of the PFS that ``relpath`` is in (fs.history.prune)."""
     return _prune_pfs(ctx, args, lambda store, pfs: history.prune(store, pfs).destroyed)

@@ -14,27 +14,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hammerfs.control.runtime import ensure_runtime_dir, remove_files, runtime_dir, write_json
 from hammerfs.errors import HammerError
+
+__all__ = ["ControlContext", "ControlServer", "mount_key", "runtime_dir"]
 
 log = logging.getLogger("hammerfs.control")
 
 Handler = Callable[["ControlContext", dict, "socket.socket | None"], dict]
 MAX_HEADER = 1 << 20
-
-
-def runtime_dir() -> str:
-    """Where mounts register their sockets: /run/hammerfs for root, else a per-user dir."""
-    override = os.environ.get("HAMMERFS_RUNTIME_DIR")
-    if override:
-        return override
-    if os.geteuid() == 0:
-        return "/run/hammerfs"
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return os.path.join(base, f"hammerfs-{os.geteuid()}")
+# The FUSE subtype of every hammerfs mount: /proc/self/mountinfo shows it as fuse.hammerfs,
+# which is how a client tells a real mount from a forged registration.
+SUBTYPE = "hammerfs"
+FSTYPE = f"fuse.{SUBTYPE}"
 
 
 def mount_key(mountpoint: str) -> str:
-    return hashlib.sha256(mountpoint.encode()).hexdigest()[:20]
+    """The name of a mount's files in the runtime directory (``<key>.sock`` ...)."""
+    return hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:20]
+
+
+def runtime_files(mountpoint: str, directory: str | None = None) -> dict[str, str]:
+    """The runtime files of the mount on ``mountpoint`` (a realpath)."""
+    base = os.path.join(directory or runtime_dir(), mount_key(mountpoint))
+    return {"socket": base + ".sock", "info": base + ".json", "log": base + ".log",
+            "oldlog": base + ".log.1"}
 
 
 @dataclass
@@ -75,6 +79,66 @@ def read_line(conn: socket.socket) -> bytes:
     return b""
 
 
+class BadRequest(HammerError):
+    """A control request that is not ``{"op": str, "args": {...}, "stream": bool}``."""
+
+    errno = 22
+
+
+def parse_request(line: bytes) -> tuple[str, dict, bool]:
+    """(op, args, stream) of one request line; BadRequest for anything else."""
+    try:
+        request = json.loads(line or b"{}")
+    except (ValueError, RecursionError):
+        raise BadRequest("control request is not JSON") from None
+    if not isinstance(request, dict):
+        raise BadRequest("control request is not a JSON object")
+    op, args, stream = request.get("op"), request.get("args"), request.get("stream", False)
+    if not isinstance(op, str):
+        raise BadRequest("control request names no op")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict) or not isinstance(stream, bool):
+        raise BadRequest("control request: args must be an object, stream a boolean")
+    return op, args, stream
+
+
+_KINDS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "str?": lambda v: v is None or isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "tid": lambda v: type(v) is int and 0 <= v < 1 << 64,
+    "tid?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 64),
+}
+_KIND_NAMES = {"str": "a string", "str?": "a string or null", "bool": "a boolean",
+               "tid": "a TID (0 to 2^64-1)", "tid?": "a TID (0 to 2^64-1) or null"}
+
+
+def takes(*, required: tuple[str, ...] = (), **kinds: str) -> Callable[[Handler], Handler]:
+    """Declare an op's arguments (name=kind, kinds: str, str?, bool, tid, tid?): the
+    server refuses a request whose arguments do not fit before the op runs."""
+    def mark(handler: Handler) -> Handler:
+        handler.arg_kinds = kinds  # type: ignore[attr-defined]
+        handler.required_args = required  # type: ignore[attr-defined]
+        return handler
+    return mark
+
+
+def check_args(op: str, handler: Handler, args: dict) -> None:
+    """BadRequest unless ``args`` fit what ``handler`` declared with ``takes`` (arguments
+    it does not declare are ignored, as the ops always did)."""
+    kinds = getattr(handler, "arg_kinds", None)
+    if kinds is None:
+        return
+    for name in getattr(handler, "required_args", ()):
+        if name not in args:
+            raise BadRequest(f"control op {op}: argument {name!r} is missing")
+    for name, value in args.items():
+        kind = kinds.get(name)
+        if kind is not None and not _KINDS[kind](value):
+            raise BadRequest(f"control op {op}: argument {name!r} must be {_KIND_NAMES[kind]}")
+
+
 def send_json(conn: socket.socket, obj: dict) -> None:
     conn.sendall(json.dumps(obj).encode() + b"\n")
 
@@ -87,44 +151,39 @@ class ControlServer:
         self.ctx = ctx
         self.ops = dict(ops)
         self.directory = runtime_dir()
-        key = mount_key(ctx.mountpoint)  # ctx.mountpoint must already be a realpath
-        self.socket_path = os.path.join(self.directory, key + ".sock")
-        self.info_path = os.path.join(self.directory, key + ".json")
+        files = runtime_files(ctx.mountpoint, self.directory)  # mountpoint: a realpath
+        self.socket_path = files["socket"]
+        self.info_path = files["info"]
         self._info = dict(info or {})
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
     def start(self) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        self.directory = ensure_runtime_dir()
+        remove_files(self.socket_path)  # a dead mount's, in our own 0700 directory
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
+        old = os.umask(0o177)  # born 0600: no chmod by path afterwards (it would follow links)
         try:
-            sock.bind(self.socket_path)
+            sock.bind(self.socket_path)  # never follows a symlink: EADDRINUSE instead
         finally:
             os.umask(old)
-        os.chmod(self.socket_path, 0o600)
         sock.listen(16)
         self._sock = sock
         # no realpath() here: the mount may be waiting for us in FUSE init (deadlock)
         info = {"mountpoint": self.ctx.mountpoint, "socket": self.socket_path,
                 "pfs": self.ctx.pfs, "volume": self.ctx.volume, "pid": os.getpid(),
                 **self._info}
-        tmp = self.info_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, self.info_path)
+        write_json(self.info_path, info)
         self._thread = threading.Thread(target=self._serve, name="hammerfs-control",
                                         daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping = True
-        for path in (self.info_path, self.socket_path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        if self._sock is None:
+            return  # never started: the files are not ours (maybe an earlier mount's)
+        remove_files(self.info_path, self.socket_path)
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -159,16 +218,15 @@ class ControlServer:
                 if not self._peer_allowed(conn):
                     send_json(conn, {"ok": False, "error": "permission denied", "errno": 1})
                     return
-                request = json.loads(line or b"{}")
-                op = request.get("op")
+                op, args, stream = parse_request(line)
                 handler = self.ops.get(op)
                 if handler is None:
                     send_json(conn, {"ok": False, "error": f"unknown control op {op!r}",
                                      "errno": 22})
                     return
-                args = request.get("args") or {}
+                check_args(op, handler, args)
                 try:
-                    if request.get("stream"):
+                    if stream:
                         send_json(conn, {"ok": True, "stream": True})
                         handler(self.ctx, args, conn)
                         return

@@ -17,8 +17,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from hammerfs.control import ops as fs_ops
-from hammerfs.control.client import registered_mounts
-from hammerfs.control.server import ControlContext, ControlServer
+from hammerfs.control.client import kernel_mount, pid_alive, registered_mounts
+from hammerfs.control.runtime import ensure_runtime_dir, read_json, remove_files
+from hammerfs.control.server import FSTYPE, ControlContext, ControlServer, runtime_files
 from hammerfs.errors import HammerError, UnmountCommitFailed
 from hammerfs.fs.asof import HISTORY_PERMS
 from hammerfs.fs.filesystem import FsError, init_pfs_root
@@ -124,6 +125,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
     from hammerfs.fuse.adapter import HammerOperations, run
 
     mountpoint = os.path.realpath(mountpoint)
+    ensure_runtime_dir()  # refuse a squatted one now, not in the middle of FUSE init
     ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
@@ -192,7 +194,10 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
     final commit raises HammerError."""
     real = os.path.realpath(mountpoint)
     owner = next((m for m in registered_mounts() if m["mountpoint"] == real), None)
-    if owner is None and not os.path.ismount(real):
+    # mountinfo, not ismount(): the dead mount of a killed process fails every stat(); and
+    # never another filesystem (fusermount3 run by root would unmount that too)
+    km = kernel_mount(real)
+    if owner is None and (km is None or km.fstype != FSTYPE):
         raise HammerError(f"{mountpoint} is not a mounted hammerfs")
     final = _watch_final_commit(owner, timeout) if owner is not None else None
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
@@ -202,6 +207,7 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
         raise HammerError(f"cannot unmount {mountpoint}: {msg.removeprefix('fusermount3: ')}")
     if owner is None:
+        forget_dead_registration(real)
         return
     if final is not None:
         try:
@@ -219,3 +225,16 @@ def unmount(mountpoint: str, timeout: float = 120.0) -> None:
             os.waitpid(int(owner["pid"]), os.WNOHANG)
         time.sleep(0.05)
     raise HammerError(f"the mount process of {mountpoint} did not exit in {timeout:.0f}s")
+
+
+def forget_dead_registration(mountpoint: str) -> None:
+    """Remove the socket and registration a mount process that died left behind (its log
+    stays: it tells why it died)."""
+    files = runtime_files(mountpoint)
+    try:
+        info = read_json(files["info"])
+        pid = int(info.get("pid", 0))
+    except (OSError, TypeError, ValueError, HammerError):
+        return
+    if info.get("mountpoint") == mountpoint and not pid_alive(pid):
+        remove_files(files["info"], files["socket"])

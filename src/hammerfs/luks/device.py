@@ -8,6 +8,7 @@ import threading
 
 from hammerfs.blockdev.base import BLOCK, BlockDevice
 from hammerfs.errors import HammerError, ReadOnly
+from hammerfs.luks.secmem import LockedBuffer, make_undumpable
 from hammerfs.luks.xts import XtsCipher
 
 IV_UNIT = 512
@@ -28,7 +29,15 @@ class LuksDevice:
         self.iv_tweak = iv_tweak
         self.size = data_size - data_size % BLOCK
         self.readonly = container.readonly if readonly is None else readonly
-        self._cipher = XtsCipher(volume_key)
+        make_undumpable()
+        # The one long-lived copy of the key: locked, zeroed on close; the AES contexts
+        # keep views of it, not copies.
+        self._key = LockedBuffer(volume_key)
+        try:
+            self._cipher = XtsCipher(self._key.view())
+        except BaseException:
+            self._key.close()
+            raise
         # Reused between requests: fresh MiB-sized buffers cost page faults on every call.
         self._lock = threading.Lock()
         self._buffer = bytearray(0)
@@ -96,5 +105,6 @@ class LuksDevice:
 
     def close(self) -> None:
         self._cipher = None  # type: ignore[assignment]  # drop the key schedule
+        self._key.close()
         self._buffer = bytearray(0)   # plaintext of the last request
         self.container.close()

@@ -10,6 +10,7 @@ import stat
 import sys
 
 from hammerfs.errors import HammerError
+from hammerfs.luks.secmem import make_undumpable
 
 MAX_KEY_FILE = 8 * 1024 * 1024   # cryptsetup's default --keyfile-size limit
 MAX_PASSPHRASE = 512
@@ -23,6 +24,7 @@ def read_key_file(path: str, offset: int = 0, size: int = 0) -> bytes:
     """The key file as the passphrase ('-' reads stdin): ``size`` bytes from ``offset``, or
     with ``size`` 0 everything from ``offset`` to the end (cryptsetup's --keyfile-offset and
     --keyfile-size; a file too short for them is an error, as there)."""
+    make_undumpable()  # before the key is in memory: no core dump will ever hold it
     if offset < 0 or size < 0:
         raise HammerError("--keyfile-offset and --keyfile-size cannot be negative")
     # An explicit size may exceed the default limit, as in cryptsetup.
@@ -78,6 +80,7 @@ def prompt(text: str, *, confirm: bool = False) -> bytes:
     if not interactive():
         raise HammerError("no terminal to ask for a passphrase: use --key-file "
                           "(or --key-file - to read it from stdin)")
+    make_undumpable()
     try:
         first = getpass.getpass(text)
         if confirm and getpass.getpass("Verify passphrase: ") != first:

@@ -114,7 +114,8 @@ class XtsCipher:
     built).  Thread-safe either way.
     """
 
-    def __init__(self, key: bytes, threads: int | None = None, *, backend: str | None = None):
+    def __init__(self, key: bytes | memoryview, threads: int | None = None, *,
+                 backend: str | None = None):
         if len(key) not in (32, 64):
             raise HammerError(f"aes-xts needs a 256- or 512-bit key, not {len(key) * 8} bits")
         half = len(key) // 2

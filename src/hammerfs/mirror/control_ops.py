@@ -18,6 +18,7 @@ from hammerfs.mirror import pfs_ops
 from hammerfs.mirror.local import channel
 from hammerfs.mirror.reader import Source, SourceOptions, changes
 from hammerfs.mirror.writer import Target
+from hammerfs.store.records import MAX_PFS
 
 
 class LockedStore:
@@ -67,9 +68,26 @@ def _store(ctx) -> LockedStore:
 
 def _pfs(args: dict[str, Any]) -> int:
     pfs = args.get("pfs")
-    if not isinstance(pfs, int):
+    if not isinstance(pfs, int) or isinstance(pfs, bool) or not 0 <= pfs <= MAX_PFS:
         raise HammerError("request names no PFS")
     return pfs
+
+
+def _arg(args: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """One argument of the request (the client is untrusted: check its JSON type)."""
+    value = args.get(name, default)
+    if value is default:
+        return value
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise HammerError(f"control request: {name} must be {kind.__name__}, not "
+                          f"{type(value).__name__}")
+    return value
+
+
+def _stream(conn: socket.socket | None, op: str) -> socket.socket:
+    if conn is None:
+        raise HammerError(f"{op} is a streaming control op")
+    return conn
 
 
 def _slaves(ctx) -> dict[tuple[int, str], dict[str, Any]]:
@@ -108,10 +126,10 @@ def pfs_status(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[st
 
 def pfs_create(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
     store = _store(ctx)
-    pfs = args.get("pfs") or pfs_ops.free_pfs_id(store)
-    label = args.get("label", "")
-    if args.get("slave"):
-        desc = pfs_ops.create_slave(store, pfs, args["shared_uuid"], label)
+    pfs = _pfs(args) if args.get("pfs") is not None else pfs_ops.free_pfs_id(store)
+    label = _arg(args, "label", str, "")
+    if _arg(args, "slave", bool, False):
+        desc = pfs_ops.create_slave(store, pfs, _arg(args, "shared_uuid", str, ""), label)
     else:
         desc = pfs_ops.create_master(store, pfs, label)
     return {"pfs": pfs, "shared_uuid": desc.shared_uuid}
@@ -132,15 +150,22 @@ def pfs_destroy(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[s
 
 
 def pfs_update(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
-    pfs_ops.update(_store(ctx), _pfs(args), dict(args.get("options", {})))
+    options = _arg(args, "options", dict, {})
+    if not all(isinstance(v, str) for v in options.values()):
+        raise HammerError("control request: PFS option values must be strings")
+    pfs_ops.update(_store(ctx), _pfs(args), pfs_ops.parse_options(
+        [f"{k}={v}" if k != "snapshots-clear" else k for k, v in options.items()]))
     return {"pfs": _pfs(args)}
 
 
 def mirror_read(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
-    opts = SourceOptions(two_way=bool(args.get("two_way")),
-                         begin_tid=int(args.get("begin_tid", 1)),
-                         stream=bool(args.get("stream")),
-                         chunk_bytes=int(args.get("chunk_bytes", 64 << 20)))
+    conn = _stream(conn, "mirror-read")
+    opts = SourceOptions(two_way=_arg(args, "two_way", bool, False),
+                         begin_tid=_arg(args, "begin_tid", int, 1),
+                         stream=_arg(args, "stream", bool, False),
+                         chunk_bytes=_arg(args, "chunk_bytes", int, 64 << 20))
+    if opts.chunk_bytes <= 0:
+        raise HammerError("control request: chunk_bytes must be positive")
     slaves, pfs = _slaves(ctx), _pfs(args)
 
     def ack(target, tid: int) -> None:
@@ -154,7 +179,7 @@ def mirror_read(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any
 
 def mirror_write(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
     # Always answer on the socket: in one-way mode the caller only reads ERROR frames.
-    with channel(conn) as (inp, out):
+    with channel(_stream(conn, "mirror-write")) as (inp, out):
         res = Target(_store(ctx), _pfs(args), inp, out).run()
     return {"batches": res.batches, "sync_end_tid": res.sync_end_tid}
 

@@ -35,7 +35,7 @@ from hammerfs.store.api import RecordStore
 from hammerfs.store.pfs import PfsData
 from hammerfs.store.records import Record
 
-REC_OVERHEAD = s.HEADER_SIZE + 50  # frame header + REC header: used to size chunks
+REC_OVERHEAD = s.HEADER_SIZE + 66  # frame header + REC header: used to size chunks
 
 
 @dataclass

@@ -8,6 +8,10 @@ followed by its payload::
 ``seq`` counts frames from 0 in each direction (a lost, duplicated or reordered frame is
 caught at once); ``check`` is xxh3-64 over the first 16 header bytes and the payload.  The
 first frame each side sends is HELLO, which carries the protocol version.
+
+The frame check only covers the hop: a REC also carries the end-to-end checksum of its data
+(``record_checksum``), taken at the source and verified by every parser of the frame, so
+data damaged anywhere on the way (a relay, a buggy peer that re-frames) is refused.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from typing import BinaryIO
 import xxhash
 
 from hammerfs.errors import HammerError
+from hammerfs.store.format import BLOCK
 from hammerfs.store.pfs import PfsData
 from hammerfs.store.records import MAX_DATA, Record
 
 FRAME_MAGIC = 0x314D4D48  # "HMM1" read as little-endian bytes
-PROTOCOL_VERSION = 1
+# 2: REC frames carry the end-to-end checksum of their data.  Versions are not negotiated:
+# both sides must speak the same one.
+PROTOCOL_VERSION = 2
 HELLO_TAG = b"HAMMERMR"
 
 # Frame types.
@@ -54,7 +61,7 @@ MAX_PAYLOAD = MAX_DATA + 4096
 _HELLO = struct.Struct("<8sHH")
 _PFSD = struct.Struct("<H")
 _BATCH = struct.Struct("<QQI")
-_REC = struct.Struct("<QHQQQQQ")
+_REC = struct.Struct("<QHQQQQQ16s")
 _PASS = struct.Struct("<QHQQQQ")
 _SYNC = struct.Struct("<QQQ")
 _TID = struct.Struct("<Q")
@@ -67,6 +74,10 @@ class StreamError(HammerError):
 
 class StreamClosed(StreamError):
     """The peer closed the stream (EOF) where a frame was expected."""
+
+
+class ProtocolVersionError(HammerError):
+    """The peer speaks another protocol version (a refusal: retrying cannot help)."""
 
 
 class PeerError(HammerError):
@@ -171,6 +182,9 @@ class FrameReader:
         if want != check:
             raise StreamError(f"mirror stream is corrupt: checksum mismatch in frame {seq} "
                               f"at byte {self.bytes}")
+        if flags != 0:
+            raise StreamError(f"mirror stream is corrupt: unknown flags {flags:#x} in frame "
+                              f"{seq}")
         if seq != self.seq:
             raise StreamError(f"mirror stream is out of order: frame {seq} where frame "
                               f"{self.seq} was expected")
@@ -200,8 +214,10 @@ def decode_hello(frame: Frame) -> int:
     if tag != HELLO_TAG:
         raise StreamError("not a hammerfs mirror stream (bad HELLO tag)")
     if version != PROTOCOL_VERSION:
-        raise StreamError(f"mirror protocol version {version} is not supported "
-                          f"(this hammer speaks {PROTOCOL_VERSION})")
+        raise ProtocolVersionError(
+            f"mirror protocol version {version} is not supported: this hammer speaks "
+            f"protocol version {PROTOCOL_VERSION} (since version 2 records carry end-to-end "
+            f"checksums); run the same hammer version on both sides")
     return role
 
 
@@ -224,15 +240,36 @@ def decode_batch(frame: Frame) -> tuple[int, int, int]:
     return _unpack(_BATCH, frame)
 
 
-def rec_payload(rec: Record, delete_tid: int, delete_ts: int) -> bytes:
+def record_checksum(data: bytes) -> bytes:
+    """The end-to-end checksum of a record's data: xxh3-128 of the data zero-padded to whole
+    4 KiB blocks.  For data the master keeps in an extent this is exactly the checksum its
+    B-tree leaf holds for that extent (``store.format.checksum`` over the extent's blocks),
+    against which the master's store has just verified the data it read."""
+    h = xxhash.xxh3_128()
+    h.update(data)
+    pad = -len(data) % BLOCK
+    if pad:
+        h.update(bytes(pad))
+    return h.digest()
+
+
+def rec_payload(rec: Record, delete_tid: int, delete_ts: int, csum: bytes | None = None,
+                ) -> bytes:
+    data = rec.data or b""
     head = _REC.pack(rec.obj_id, rec.rec_type, rec.key, rec.create_tid, delete_tid,
-                     rec.create_ts, delete_ts)
-    return head + (rec.data or b"")
+                     rec.create_ts, delete_ts, record_checksum(data) if csum is None else csum)
+    return head + data
 
 
 def decode_rec(frame: Frame, pfs: int) -> Record:
-    obj_id, rec_type, key, ctid, dtid, cts, dts = _unpack(_REC, frame, exact=False)
-    return Record(pfs, obj_id, rec_type, key, ctid, dtid, cts, dts, frame.payload[_REC.size:])
+    """The record of a REC frame, its data verified against the end-to-end checksum."""
+    obj_id, rec_type, key, ctid, dtid, cts, dts, csum = _unpack(_REC, frame, exact=False)
+    data = frame.payload[_REC.size:]
+    if record_checksum(data) != csum:
+        raise StreamError(f"mirror stream is corrupt: the data of record obj=0x{obj_id:x} "
+                          f"type=0x{rec_type:02x} key=0x{key:x} create=0x{ctid:016x} "
+                          f"({len(data)} bytes) does not match its end-to-end checksum")
+    return Record(pfs, obj_id, rec_type, key, ctid, dtid, cts, dts, data)
 
 
 def pass_payload(rec: Record) -> bytes:

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from hammerfs.control.client import pid_alive
+from hammerfs.control.runtime import create_private, nofollow_opener
 from hammerfs.errors import HammerError, UnmountCommitFailed
 from hammerfs.service.config import MountSpec, ServiceConfig, StreamSpec
 
@@ -49,10 +50,8 @@ def hammer_argv() -> list[str]:
 
 
 def service_dir() -> str:
-    from hammerfs.control.server import runtime_dir
-    path = os.path.join(runtime_dir(), "service")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    from hammerfs.control.runtime import ensure_private_dir, ensure_runtime_dir
+    return ensure_private_dir(os.path.join(ensure_runtime_dir(), "service"))
 
 
 def instance_paths(config_path: str) -> dict[str, str]:
@@ -65,7 +64,7 @@ def instance_paths(config_path: str) -> dict[str, str]:
 def read_state(config_path: str) -> dict | None:
     """The state a live `hammer up` of this config wrote, or None."""
     try:
-        with open(instance_paths(config_path)["state"]) as f:
+        with open(instance_paths(config_path)["state"], opener=nofollow_opener) as f:
             state = json.load(f)
     except (OSError, ValueError):
         return None
@@ -202,7 +201,8 @@ class Child:
     def _relay(self, proc: subprocess.Popen) -> None:
         """Copy the stream's output to its log file and to our stderr, line by line."""
         rotate_log(self.log_path)
-        with open(self.log_path, "a", encoding="utf-8", errors="replace") as log:
+        with open(self.log_path, "a", encoding="utf-8", errors="replace",
+                  opener=nofollow_opener) as log:
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip().removeprefix("hammer: ")
                 self.last_line = line
@@ -261,6 +261,8 @@ class Supervisor:
     # lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         """Everything `hammer up -f` does; returns the exit status."""
+        from hammerfs.luks.secmem import make_undumpable
+        make_undumpable()  # it reads key files (config checks); its children inherit this
         self._take_lock()
         self._install_signals()
         try:
@@ -293,7 +295,7 @@ class Supervisor:
                 + f", {len(self.children)} stream(s)")
 
     def _take_lock(self) -> None:
-        fd = os.open(self.paths["lock"], os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.paths["lock"], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -512,7 +514,7 @@ class Supervisor:
                          "last": c.last_line, "log": c.log_path} for c in self.children],
         }
         tmp = self.paths["state"] + ".tmp"
-        with open(tmp, "w") as f:
+        with os.fdopen(create_private(tmp), "w") as f:
             json.dump(state, f, indent=1)
         os.replace(tmp, self.paths["state"])
 

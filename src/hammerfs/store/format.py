@@ -113,6 +113,20 @@ def decode_header(raw: bytes, where: str) -> Header:
                   fm_csum, max_tid, next_obj, last_tid, last_ts)
 
 
+def header_claims(raw: bytes) -> Header | None:
+    """What a header slot that FAILED verification claims, field by field, or None when the
+    slot was never written (all zeros).  Nothing here may be trusted alone: it only helps
+    judge whether a damaged copy was newer than the valid one (store.read_headers)."""
+    if len(raw) < HEADER_SIZE or not any(raw):
+        return None
+    (_, _, _, seq, uid, label, vbytes, _, _, root_off, root_csum, root_level, fm_pages,
+     fm_tblocks, fm0, fm1, fm_csum, max_tid, next_obj, last_tid,
+     last_ts) = _HEADER.unpack(raw[:_HEADER.size])
+    return Header(seq, str(uuidlib.UUID(bytes=uid)), label.rstrip(b"\0").decode("utf-8", "replace"),
+                  vbytes, root_off, root_csum, root_level, fm_pages, fm_tblocks, fm0, fm1,
+                  fm_csum, max_tid, next_obj, last_tid, last_ts)
+
+
 # -- B-tree nodes ----------------------------------------------------------------------------
 
 _NODE_HDR = struct.Struct("<4sBBHIQ12x")  # magic, level, flags, count, heap bytes, max tid

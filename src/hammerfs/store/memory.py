@@ -16,7 +16,13 @@ from hammerfs.errors import ReadOnly
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.commitlog import doomed_entries
 from hammerfs.store.pfs import PfsData, PfsTable
-from hammerfs.store.records import ROOT_OBJ, RecKey, Record
+from hammerfs.store.records import (
+    ROOT_OBJ,
+    RecKey,
+    Record,
+    check_delete_tid,
+    check_raw_version,
+)
 
 FullKey = tuple[int, int, int, int, int]
 
@@ -149,6 +155,7 @@ class MemoryStore(PfsTable):
             return len(live)
 
     def insert_raw(self, record: Record) -> bool:
+        check_raw_version(record.obj_id, record.create_tid, record.delete_tid, record.delete_ts)
         with self._lock:
             self._writable()
             old = self._records.get(record.fullkey)
@@ -162,6 +169,7 @@ class MemoryStore(PfsTable):
 
     def set_delete_tid(self, reckey: RecKey, create_tid: int, delete_tid: int,
                        delete_ts: int) -> bool:
+        check_delete_tid(create_tid, delete_tid)
         with self._lock:
             self._writable()
             old = self._records.get((*reckey, create_tid))

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hammerfs.errors import HammerError
+
 MAX_U64 = (1 << 64) - 1
 MAX_PFS = (1 << 16) - 1
 MAX_DATA = 1 << 20  # largest payload of one record (file data is cut into smaller extents)
+# Highest TID and object id a version inserted with given TIDs (insert_raw, mirroring) may
+# carry.  A volume hands out TIDs and object ids above the highest it has stored, so a
+# version at 2^64-1 would leave it unable to commit or create anything ever after; at most
+# 2^63-1 leaves 2^63 of each for its own commits.
+MAX_TID = (1 << 63) - 1
+MAX_OBJ_ID = (1 << 63) - 1
 
 # Record types the store itself owns.  Layers above define their own (see hammerfs.fs.layout);
-# values 0x01-0x14 and 0x18-0x7f are reserved for them.
+# values 0x01-0x14 and 0x18-0x7f (MAX_REC_TYPE) are reserved for them.
+MAX_REC_TYPE = 0x7F
 REC_PFS = 0x15  # on (pfs 0, ROOT_OBJ, key = pfs id): a PfsData
 REC_SNAPSHOT = 0x16  # on (pfs, ROOT_OBJ, key = tid): snapshot metadata (mirrored)
 REC_CONFIG = 0x17  # on (pfs, ROOT_OBJ, key 0): cleanup config text (not mirrored)
@@ -50,3 +59,25 @@ class Record:
 
     def visible_at(self, tid: int) -> bool:
         return self.create_tid <= tid and (self.delete_tid == 0 or tid < self.delete_tid)
+
+
+def check_raw_version(obj_id: int, create_tid: int, delete_tid: int, delete_ts: int) -> None:
+    """Refuse a version given from outside (insert_raw, set_delete_tid, a mirror stream)
+    that a volume could not commit after, or that is inconsistent in itself."""
+    if not 0 <= obj_id <= MAX_OBJ_ID:
+        raise HammerError(f"object id {obj_id:#x} is out of range (at most {MAX_OBJ_ID:#x})")
+    if not 0 < create_tid <= MAX_TID:
+        raise HammerError(f"create TID {create_tid:#x} is out of range (1..{MAX_TID:#x})")
+    if delete_tid and not create_tid < delete_tid <= MAX_TID:
+        raise HammerError(f"delete TID {delete_tid:#x} is out of range "
+                          f"({create_tid + 1:#x}..{MAX_TID:#x})")
+    if not 0 <= delete_ts <= MAX_U64 or (delete_ts and not delete_tid):
+        raise HammerError(f"delete timestamp {delete_ts:#x} of a live version")
+
+
+def check_delete_tid(create_tid: int, delete_tid: int) -> None:
+    """Refuse ending a version at a TID a volume could not commit after (set_delete_tid).
+    Clearing (0) is always allowed: it is how a rollback repairs a volume."""
+    if delete_tid and not create_tid < delete_tid <= MAX_TID:
+        raise HammerError(f"delete TID {delete_tid:#x} is out of range "
+                          f"({create_tid + 1:#x}..{MAX_TID:#x})")

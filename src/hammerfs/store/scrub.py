@@ -40,6 +40,8 @@ def scrub(store: Store) -> ScrubReport:
     report = ScrubReport()
     tree = store.tree
     alloc = store.allocator
+    if store.header_damage is not None:  # the volume may have been rolled back
+        report.errors.append(store.header_damage.message)
     if store.freemap_damage is not None:
         report.damage(store.freemap_damage, store.freemap_damage.location)
         report.errors[-1] += " (rebuilt from the B-tree; the next commit rewrites it)"

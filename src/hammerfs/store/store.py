@@ -13,7 +13,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 
 from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import CorruptionError, HammerError, NoSpace, NotAVolume, ReadOnly
@@ -35,9 +35,19 @@ from hammerfs.store.format import (
     checksum,
     decode_header,
     freemap_geometry,
+    header_claims,
 )
 from hammerfs.store.pfs import PfsData, PfsTable
-from hammerfs.store.records import MAX_DATA, MAX_PFS, MAX_U64, ROOT_OBJ, RecKey, Record
+from hammerfs.store.records import (
+    MAX_DATA,
+    MAX_PFS,
+    MAX_U64,
+    ROOT_OBJ,
+    RecKey,
+    Record,
+    check_delete_tid,
+    check_raw_version,
+)
 
 MIN_VOLUME = 1 << 20
 SCAN_BATCH = 256
@@ -69,6 +79,7 @@ class Store(PfsTable):
         self._dirty = False
         self._closed = False
         self.freemap_damage: CorruptionError | None = None  # set if rebuilt at open
+        self.header_damage: HeaderDamage | None = None  # a header copy failed verification
         self._broken: BaseException | None = None  # a commit failed half-way
         self._where = getattr(device, "path", "device")
 
@@ -102,7 +113,7 @@ class Store(PfsTable):
     @classmethod
     def open(cls, device: BlockDevice, *, readonly: bool = False) -> Store:
         """Open the volume on ``device`` at its last committed state (writes nothing)."""
-        hdr = read_header(device)
+        hdr, header_damage = read_headers(device)
         nblocks = hdr.volume_bytes // BLOCK
         regions = (hdr.fm_region0, hdr.fm_region1)
         tree = BTree.load(device, None, hdr.root_off, hdr.root_csum)
@@ -120,6 +131,7 @@ class Store(PfsTable):
         tree.alloc = alloc
         store = cls(device, hdr, alloc, tree, readonly=readonly or device.readonly)
         store.freemap_damage = damage
+        store.header_damage = header_damage
         return store
 
     # -- transactions -------------------------------------------------------------------------------
@@ -344,6 +356,7 @@ class Store(PfsTable):
 
     def insert_raw(self, record: Record) -> bool:
         _check_key(record.reckey)
+        check_raw_version(record.obj_id, record.create_tid, record.delete_tid, record.delete_ts)
         data = record.data or b""
         _check_data(data)
         with self._lock:
@@ -365,6 +378,7 @@ class Store(PfsTable):
     def set_delete_tid(self, reckey: RecKey, create_tid: int, delete_tid: int,
                        delete_ts: int) -> bool:
         _check_key(reckey)
+        check_delete_tid(create_tid, delete_tid)
         with self._lock:
             self._writable()
             fk = (*reckey, create_tid)
@@ -491,30 +505,109 @@ def used_extents(tree: BTree) -> Iterator[tuple[int, int]]:
                     yield v[4] // BLOCK, _blocks(v[3])
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderDamage:
+    """A volume header copy that failed verification while the other copy is valid.
+
+    ``newer`` is the verdict on whether the damaged copy held a later commit than the copy in
+    use: True (the volume was rolled back: that commit is lost), False (it was the older copy:
+    nothing lost) or None (cannot tell).  ``message`` says all of it in one line."""
+
+    slot: int
+    reason: str
+    in_use_seq: int
+    claimed: Header | None  # the damaged copy's fields as they read (never trusted alone)
+    newer: bool | None
+    message: str
+
+
 def read_header(device: BlockDevice) -> Header:
     """The valid header with the highest seq; NotAVolume (nothing written) if there is none."""
+    return read_headers(device)[0]
+
+
+def read_headers(device: BlockDevice) -> tuple[Header, HeaderDamage | None]:
+    """The valid header with the highest seq, and what is wrong with the other copy (None
+    when both are valid or the other was never written).  NotAVolume if there is none."""
     where = getattr(device, "path", "device")
     if device.size < 2 * BLOCK:
         raise NotAVolume(f"{where}: too small to hold a hammerfs volume ({device.size} bytes)")
     raw = device.read(0, 2 * BLOCK)
-    found, errors = [], []
+    found, errors = {}, {}
     for slot in (0, 1):
         try:
-            found.append(decode_header(raw[slot * BLOCK:(slot + 1) * BLOCK], where))
+            found[slot] = decode_header(raw[slot * BLOCK:(slot + 1) * BLOCK], where)
         except (NotAVolume, CorruptionError) as exc:
-            errors.append(exc)
+            errors[slot] = exc
     if not found:
-        for exc in errors:
+        for exc in errors.values():
             if isinstance(exc, NotAVolume) and "version" in str(exc):
                 raise exc
-        if any(isinstance(e, CorruptionError) for e in errors):
+        if any(isinstance(e, CorruptionError) for e in errors.values()):
             raise NotAVolume(f"{where}: no valid volume header (checksum mismatch)")
         raise errors[0]
-    hdr = max(found, key=lambda h: h.seq)
+    hdr = max(found.values(), key=lambda h: h.seq)
     if hdr.volume_bytes > device.size:
         raise NotAVolume(f"{where}: volume is truncated: the header says {hdr.volume_bytes} "
                          f"bytes, the device has {device.size}")
-    return hdr
+    damage = None
+    if errors:
+        slot = next(iter(errors))
+        damage = _judge_damaged_copy(device, hdr, slot, raw[slot * BLOCK:(slot + 1) * BLOCK],
+                                     errors[slot])
+    return hdr, damage
+
+
+def _judge_damaged_copy(device: BlockDevice, valid: Header, slot: int, raw: bytes,
+                        exc: HammerError) -> HeaderDamage | None:
+    """Was the damaged copy newer than ``valid``?  A commit writes seq + 1, a higher commit
+    TID, max TID and commit time into the other slot, and one damaged byte can falsify at most
+    one of these four fields: so the majority of them decides (see docs/format.md)."""
+    claimed = header_claims(raw)
+    if claimed is None:
+        if valid.seq <= 1:  # the first commit writes slot 1 only: slot 0 was never written
+            return None
+        reason, newer = "blank (all zeros)", None
+    else:
+        reason = str(exc).split(": ", 1)[-1]
+        votes = [_cmp(claimed.seq, valid.seq, exact=True), _cmp(claimed.last_tid, valid.last_tid),
+                 _cmp(claimed.max_tid, valid.max_tid), _cmp(claimed.last_ts, valid.last_ts)]
+        up, down = votes.count(1), votes.count(-1)
+        newer = True if up >= 2 and up > down else False if down >= 2 and down > up else None
+    head = f"volume header copy in slot {slot} is damaged ({reason}); using slot {valid.slot} " \
+           f"(commit seq {valid.seq}, TID {valid.last_tid:#018x})"
+    if newer:
+        try:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(claimed.last_ts / 1e9))
+        except (OverflowError, OSError, ValueError):  # that field may be the damaged one
+            when = "an unreadable time"
+        intact = _root_verifies(device, valid, claimed)
+        message = (f"{head}: the damaged copy was the NEWEST (it claims seq {claimed.seq}, "
+                   f"TID {claimed.last_tid:#018x} of {when}): the volume is ROLLED BACK and "
+                   f"that last commit is lost"
+                   + ("; its B-tree root still verifies on disk until the next commit "
+                      "reuses its blocks" if intact else ""))
+    elif newer is False:
+        message = (f"{head}: the damaged copy was the older one (it claims seq {claimed.seq}), "
+                   f"no commit was lost; the next commit rewrites it")
+    else:
+        message = (f"{head}: cannot tell whether the damaged copy held a newer commit; the "
+                   f"last commit may be lost")
+    return HeaderDamage(slot, reason, valid.seq, claimed, newer, message)
+
+
+def _cmp(claimed: int, valid: int, *, exact: bool = False) -> int:
+    """+1 if ``claimed`` is what a later commit would hold, -1 if an earlier one, else 0."""
+    if exact:
+        return 1 if claimed == valid + 1 else -1 if claimed == valid - 1 else 0
+    return (claimed > valid) - (claimed < valid)
+
+
+def _root_verifies(device: BlockDevice, valid: Header, claimed: Header) -> bool:
+    off = claimed.root_off
+    if not off or off % BLOCK or off + BLOCK > valid.volume_bytes:
+        return False
+    return checksum(device.read(off, BLOCK)) == claimed.root_csum
 
 
 def _write_coalesced(device, writes: list[tuple[int, bytes]]) -> None:
