@@ -37,6 +37,7 @@ from hammerfs.mirror.transport import (
     relay,
     ssh_argv,
 )
+from hammerfs.quantity import QuantityError, parse_duration, parse_size
 from hammerfs.store.pfs import parse_volume_spec
 
 # -- targets ---------------------------------------------------------------------------------
@@ -603,13 +604,18 @@ def _within(path: str, directory: str) -> bool:
 # -- parser ---------------------------------------------------------------------------------
 
 def _size_arg(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    """-b/-S (and the service config's bwlimit/chunk_size): ``hammerfs.quantity``."""
     try:
-        if text and text[-1].lower() in units:
-            return int(float(text[:-1]) * units[text[-1].lower()])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 10m, 1g)") from None
+        return parse_size(text)
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        return parse_duration(text, what="delay")
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _tid_arg(text: str) -> int:
@@ -699,7 +705,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="passphrase file of an encrypted unmounted source volume")
         p.add_argument("--target-key-file", metavar="FILE",
                        help="passphrase file of an encrypted unmounted target volume")
-        p.add_argument("--reconnect-delay", type=float, default=5.0, metavar="SECS",
+        p.add_argument("--reconnect-delay", type=_seconds_arg, default=5.0, metavar="SECS",
                        help="mirror-stream: pause before reconnecting (default 5)")
         add_volume_args(p)
         p.set_defaults(func=fn)

@@ -19,7 +19,7 @@ import time
 
 from hammerfs.control.runtime import nofollow_opener
 from hammerfs.errors import HammerError
-from hammerfs.service.config import DEFAULT_CONFIG, ServiceConfig, load_config
+from hammerfs.service.config import DEFAULT_CONFIG, ServiceConfig, check_keys, load_config
 
 CONFIG_EXAMPLE = """\
 config (TOML):
@@ -99,6 +99,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from hammerfs.service.supervisor import Supervisor, read_state
     config = load_config(args.config)
     if args.check:
+        check_keys(config)  # the key slots are tried: slow (the KDF), so only here
         _print_summary(config)
         return 0
     state = read_state(config.path)

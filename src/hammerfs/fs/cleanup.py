@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import datetime
 import errno
-import re
 import time
 from dataclasses import dataclass, field
 
+from hammerfs import quantity
 from hammerfs.errors import HammerError
 from hammerfs.fs import history
 from hammerfs.fs.filesystem import FileSystem, FsError
@@ -56,8 +56,8 @@ NOT_APPLICABLE = {
     "reblock": "space of destroyed records is reused directly",
     "recopy": "space of destroyed records is reused directly",
 }
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}
-_DURATION = re.compile(r"^(\d+)([dhms]?)$")
+_UNITS = quantity.DURATION_UNITS
+MAX_PERIOD = 100 * 365 * 86400  # periods and retentions: up to a century
 
 
 class ConfigError(HammerError):
@@ -82,10 +82,11 @@ class Config:
 
 
 def parse_duration(text: str) -> int:
-    m = _DURATION.match(text.strip().lower())
-    if m is None:
-        raise ConfigError(f"bad time {text!r} (expected a number with d, h, m or s)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    """Whole seconds (the project's one duration parser, ``hammerfs.quantity``)."""
+    try:
+        return int(quantity.parse_duration(text, integer=True, maximum=MAX_PERIOD))
+    except quantity.QuantityError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def format_duration(seconds: int) -> str:

@@ -26,9 +26,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import shutil
+import stat
+import subprocess
 import tomllib
 from dataclasses import dataclass
 
+from hammerfs import quantity
 from hammerfs.errors import HammerError
 from hammerfs.store.records import MAX_PFS
 
@@ -40,7 +45,14 @@ STREAM_KEYS = {"name", "source", "target", "bwlimit", "chunk_size", "reconnect_d
                "source_key_file", "target_key_file", "verbose"}
 CLEANUP_KEYS = {"paths", "schedule"}
 TOP_KEYS = {"mount", "stream", "cleanup"}
-MOUNT_OPTIONS = ("rw", "ro", "debug", "nfs")  # plus asof=0x<tid>
+MAX_CONFIG_BYTES = 1 << 20
+MAX_KEYFILE_OFFSET = 1 << 40
+# Control characters (C0, DEL, C1): a newline in a value written into a unit file adds a
+# directive (schedule = "daily\nUnit=reboot.target"); NUL breaks every path call.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What an OnCalendar= expression is made of (weekdays, dates, times, ranges, lists,
+# repetitions, "~" last days, time zone names); systemd-analyze then checks its grammar.
+_CALENDAR = re.compile(r"[A-Za-z0-9_ *:,./~+-]{1,200}")
 
 
 class ConfigError(HammerError):
@@ -101,18 +113,56 @@ class ServiceConfig:
 
 
 def load_config(path: str) -> ServiceConfig:
-    """Read and validate ``path``; raises ConfigError listing every problem."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+    """Read and validate ``path``; raises ConfigError listing every problem.  Whatever the
+    file holds (binary, not UTF-8, nesting deeper than the TOML parser goes), the result is
+    a ConfigError naming the file, never a traceback."""
+    return parse_config_bytes(_read_config(path), os.path.abspath(path))
+
+
+def parse_config_bytes(raw: bytes, path: str = "<config>") -> ServiceConfig:
+    """Decode, parse and validate the bytes of a config file (ConfigError, never another
+    exception, whatever they are)."""
+    return parse_config(_parse_toml(path, raw), path)
+
+
+def _read_config(path: str) -> bytes:
+    try:  # O_NONBLOCK: a FIFO must not hang `hammer up`; only regular files are read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"config {path}: no such file (see 'hammer up --help' for the "
                           "format)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config {path!r}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"config {path}: not a regular file")
+        raw = os.read(fd, MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"config {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    return raw
+
+
+def _parse_toml(path: str, raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config {path}: line {line}: not UTF-8 text (byte "
+                          f"0x{raw[exc.start]:02x})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
-    return parse_config(data, os.path.abspath(path))
+    except RecursionError:
+        raise ConfigError(f"config {path}: not usable TOML: arrays or tables nested too "
+                          "deeply") from None
+    except ValueError as exc:  # e.g. a number tomllib cannot convert
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
 
 
 def parse_config(data: dict, path: str = "<config>") -> ServiceConfig:
@@ -170,7 +220,27 @@ class _Validator:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             names = kind.__name__ if isinstance(kind, type) else \
                 " or ".join(k.__name__ for k in kind)
-            self.error(f"{where}: {key!r} must be a {_toml_type(names)}, not {value!r}")
+            self.error(f"{where}: {key!r} must be a {_toml_type(names)}, not "
+                       f"{_short(value)}")
+            return None
+        if isinstance(value, str) and not self.clean_text(value, where, key):
+            return None
+        return value
+
+    def clean_text(self, value: str, where: str, key: str) -> bool:
+        """Strings end up in paths, argv and unit files: no control characters."""
+        if _CONTROL.search(value):
+            self.error(f"{where}: {key!r} contains a control character: {_short(value)}")
+            return False
+        if not value.strip():
+            self.error(f"{where}: {key!r} is empty")
+            return False
+        return True
+
+    def number(self, table: dict, key: str, where: str, lo: int, hi: int) -> int | None:
+        value = self.typed(table, key, int, where)
+        if value is not None and not lo <= value <= hi:
+            self.error(f"{where}: {key} {value} is out of range ({lo}-{hi})")
             return None
         return value
 
@@ -260,11 +330,7 @@ class _Validator:
         return path
 
     def _size(self, t: dict, key: str, where: str) -> int:
-        value = self.typed(t, key, int, where)
-        if value is not None and value < 0:
-            self.error(f"{where}: {key} cannot be negative")
-            return 0
-        return value or 0
+        return self.number(t, key, where, 0, MAX_KEYFILE_OFFSET) or 0
 
     def _mount_options(self, t: dict, where: str) -> tuple[str, ...]:
         raw = t.get("options", [])
@@ -273,11 +339,15 @@ class _Validator:
         if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
             self.error(f"{where}: 'options' must be a list of strings like [\"ro\"]")
             return ()
+        from hammerfs.fuse.mount import parse_mount_options
+        if not all(self.clean_text(o, where, "options") for o in raw if o.strip()):
+            return ()
         options = tuple(o.strip() for o in raw if o.strip())
         for opt in options:
-            if opt not in MOUNT_OPTIONS and not _valid_asof(opt):
-                self.error(f"{where}: unknown mount option {opt!r} (known: ro, rw, "
-                           "asof=0x<tid>, nfs)")
+            try:
+                parse_mount_options(opt)  # `hammer mount -o`'s own parser
+            except HammerError as exc:
+                self.error(f"{where}: {exc}")
         return options
 
     def mount_conflicts(self, mounts: list[MountSpec]) -> None:
@@ -356,14 +426,14 @@ class _Validator:
         flags: list[str] = []
         for key, flag in (("bwlimit", "-b"), ("chunk_size", "-S")):
             value = self.typed(t, key, (str, int), where)
-            if value is not None:
-                flags += [flag, str(value)]
-        delay = self.typed(t, "reconnect_delay", (int, float), where)
+            if value is not None and self.quantity(quantity.parse_size, value, where, key):
+                flags += [flag, str(value).strip()]  # mirror-stream parses it the same way
+        delay = self.typed(t, "reconnect_delay", (int, float, str), where)
         if delay is not None:
-            if delay < 0:
-                self.error(f"{where}: reconnect_delay cannot be negative")
-            flags += ["--reconnect-delay", str(delay)]
-        port = self.typed(t, "port", int, where)
+            seconds = self.quantity(quantity.parse_duration, delay, where, "reconnect_delay")
+            if seconds is not None:
+                flags += ["--reconnect-delay", f"{seconds:g}"]
+        port = self.number(t, "port", where, 1, 65535)
         if port is not None:
             flags += ["-p", str(port)]
         for key in ("source_key_file", "target_key_file"):
@@ -373,6 +443,14 @@ class _Validator:
         if self.typed(t, "verbose", bool, where):
             flags.append("-v")
         return flags
+
+    def quantity(self, parse, value, where: str, key: str):
+        """``value`` through the project's one parser of its kind (hammerfs.quantity)."""
+        try:
+            return parse(value, what=key)
+        except quantity.QuantityError as exc:
+            self.error(f"{where}: {exc}")
+            return None
 
     def stream_conflicts(self, streams: list[StreamSpec]) -> None:
         names: set[str] = set()
@@ -392,27 +470,149 @@ class _Validator:
             self.error("cleanup: expected a [cleanup] table")
             return [], "daily"
         self.unknown_keys(t, CLEANUP_KEYS, "[cleanup]")
-        schedule = self.typed(t, "schedule", str, "[cleanup]") or "daily"
+        schedule = self.typed(t, "schedule", str, "[cleanup]")
+        schedule = "daily" if schedule is None else self.schedule(schedule.strip())
         paths = t.get("paths")
         if paths is None:
             return [m.mountpoint for m in mounts if not m.readonly], schedule
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             self.error("[cleanup]: 'paths' must be a list of strings")
             return [], schedule
+        paths = [p for p in paths if self.clean_text(p, "[cleanup]", "paths")]
         for p in paths:
             if not os.path.isabs(p):
                 self.error(f"[cleanup]: path {p!r} must be absolute")
         return list(paths), schedule
 
+    def schedule(self, text: str) -> str:
+        """An OnCalendar= expression: its characters from a whitelist (nothing can add a
+        line or a %specifier to the timer unit), its grammar checked by `systemd-analyze
+        calendar` where systemd is installed (not needed to run hammerfs without it)."""
+        if not _CALENDAR.fullmatch(text):
+            self.error(f"[cleanup]: schedule {_short(text)} is not a systemd calendar "
+                       "expression (e.g. daily, weekly, Sun 03:00, *-*-* 04:00:00)")
+            return "daily"
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            return text
+        try:
+            res = subprocess.run([analyze, "calendar", "--", text], capture_output=True,
+                                 text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return text  # the whitelist above still holds
+        if res.returncode != 0:
+            why = (res.stderr.strip().splitlines() or ["invalid"])[-1]
+            self.error(f"[cleanup]: schedule {text!r}: systemd-analyze calendar: {why}")
+            return "daily"
+        return text
 
-def _valid_asof(opt: str) -> bool:
-    if not opt.startswith("asof="):
-        return False
+
+def _short(value: object) -> str:
+    """A value quoted for an error message, cut short (a config may hold megabytes)."""
     try:
-        int(opt[5:], 16)
-    except ValueError:
-        return False
-    return True
+        text = repr(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- `hammer up --check`: do the key files open their volumes? -------------------------------
+class _HeaderReader:
+    """Read-only access to the start of a volume (or a detached header file) to check a key
+    against its LUKS header, without the volume lock: the volume may be mounted right now,
+    and nothing here writes or reads the payload."""
+
+    readonly = True
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            self.size = os.lseek(self._fd, 0, os.SEEK_END) // 4096 * 4096
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise HammerError(f"{self.path}: read beyond the end ({offset}+{length})")
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise HammerError(f"{self.path}: short read at {offset}")
+        return data
+
+    def write(self, offset: int, data) -> None:
+        raise HammerError("read-only")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def check_key(volume: str, key_file: str, *, offset: int = 0, size: int = 0,
+              header: str | None = None) -> str | None:
+    """Why ``key_file`` does not open ``volume`` (None if it does): its LUKS header (or the
+    detached ``header``) is read and one key slot unlocked with the key; the volume key is
+    dropped at once and the payload is never touched."""
+    from hammerfs.luks.container import WrongPassphrase, is_luks, open_container
+    from hammerfs.luks.passphrase import read_key_file
+    where = header or volume
+    try:
+        dev = _HeaderReader(where)
+    except OSError as exc:
+        return f"cannot read {where}: {exc.strerror}"
+    try:
+        if not is_luks(dev):
+            return (f"{header} is not a LUKS header" if header else
+                    f"key_file {key_file} is given but volume {volume} is not encrypted "
+                    "(no LUKS header)")
+        container = open_container(dev, validate_device=header is None)
+        passphrase = read_key_file(key_file, offset, size)
+        try:
+            container.unlock(passphrase)
+        except WrongPassphrase:
+            return f"key_file {key_file} does not open {volume} (no key slot accepts it)"
+        finally:
+            del passphrase
+        return None
+    except (HammerError, OSError, ValueError) as exc:
+        return f"{volume}: cannot check key_file {key_file}: {exc}"
+    finally:
+        dev.close()
+
+
+def check_keys(config: ServiceConfig) -> None:
+    """``hammer up --check``: every [[mount]]'s key file must open its volume, and every
+    stream's source/target key file the unmounted volume it names.  ConfigError lists
+    every one that does not."""
+    from hammerfs.store.pfs import parse_volume_spec
+    problems = []
+    for m in config.mounts:
+        if m.key_file:
+            why = check_key(m.volume, m.key_file, offset=m.keyfile_offset,
+                            size=m.keyfile_size, header=m.header)
+            if why:
+                problems.append(f"[[mount]] ({m.name}): {why}")
+    mounted = [m.mountpoint for m in config.mounts]
+    for s in config.streams:
+        for spec, flag in ((s.source, "--source-key-file"), (s.target, "--target-key-file")):
+            if flag not in s.flags or any(spec == mp or spec.startswith(mp.rstrip("/") + "/")
+                                          for mp in mounted):
+                continue
+            key_file = s.flags[s.flags.index(flag) + 1]
+            try:
+                volume, _pfs = parse_volume_spec(spec)
+            except HammerError:
+                continue  # a remote or mounted endpoint: the key is not for it
+            if os.path.isfile(volume) or (os.path.exists(volume)
+                                          and stat.S_ISBLK(os.stat(volume).st_mode)):
+                why = check_key(volume, key_file)
+                if why:
+                    problems.append(f"[[stream]] ({s.name}): {why}")
+    if problems:
+        raise ConfigError(f"config {config.path}:\n  " + "\n  ".join(problems))
 
 
 def _toml_type(names: str) -> str:

@@ -11,20 +11,45 @@ runs, so editing the config needs no reinstall.
 
 from __future__ import annotations
 
-import shlex
+import re
+
+from hammerfs.errors import HammerError
 
 SERVICE = "hammerfs.service"
 CLEANUP_SERVICE = "hammerfs-cleanup.service"
 CLEANUP_TIMER = "hammerfs-cleanup.timer"
 
+# Characters that unit-file parsing would turn into something else (a new line, a quote or
+# escape, systemd's own escapes) and that no sane path or schedule needs: refused.
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\'\\]')
+_SIMPLE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
+
+
+def _value(text: str, what: str) -> str:
+    """A value written into a unit file: one line, nothing systemd would reinterpret.  The
+    config validation refuses such values first; this is the last line of defence."""
+    if not text or _UNSAFE.search(text):
+        raise HammerError(f"{what} {text!r} cannot be written into a systemd unit (control "
+                          "characters, quotes and backslashes are refused)")
+    return text
+
+
+def _arg(text: str, what: str) -> str:
+    """One ExecStart= word: %specifiers and $variables escaped, quoted if it has spaces."""
+    text = _value(text, what).replace("%", "%%").replace("$", "$$")
+    return text if _SIMPLE.fullmatch(text) else f'"{text}"'
+
 
 def _cmd(hammer: list[str], *args: str) -> str:
-    return " ".join(shlex.quote(a) for a in [*hammer, *args])
+    return " ".join(_arg(a, "command word") for a in [*hammer, *args])
 
 
 def render_units(hammer: list[str], config_path: str, schedule: str = "daily"
                  ) -> dict[str, str]:
-    """Unit file name -> content.  ``hammer`` is the absolute command line of `hammer`."""
+    """Unit file name -> content.  ``hammer`` is the absolute command line of `hammer`.
+    Raises HammerError for a value that cannot be written safely (see ``_value``)."""
+    schedule = _value(schedule, "schedule").replace("%", "%%")
+    _value(config_path, "config path")
     service = f"""\
 [Unit]
 Description=hammerfs: unlock and mount volumes, run mirror streams (hammer up)
