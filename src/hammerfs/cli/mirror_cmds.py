@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hammerfs.cli.sizes import parse_size
 from hammerfs.cli.volume import add_volume_args, open_volume_device
 from hammerfs.errors import HammerError
 from hammerfs.mirror import pfs_ops
@@ -531,14 +532,7 @@ def _within(path: str, directory: str) -> bool:
 
 # -- parser ---------------------------------------------------------------------------------
 
-def _size_arg(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    try:
-        if text and text[-1].lower() in units:
-            return int(float(text[:-1]) * units[text[-1].lower()])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 10m, 1g)") from None
+_size_arg = parse_size  # the project's one size parser
 
 
 def _tid_arg(text: str) -> int:
