@@ -251,8 +251,15 @@ def _serve(dev, *, on_ready=None, **kw) -> None:
 
 
 def _daemonize(dev, kw: dict) -> int:
-    """Fork the owner process; return once it reports the mount ready (or its error)."""
+    """Fork the owner process; return once it reports the mount ready (or its error).  On
+    failure the error names the log and shows what this attempt wrote to it."""
     from hammerfs.control.server import mount_key, runtime_dir
+    logdir = runtime_dir()
+    logfile = os.path.join(logdir, mount_key(kw["mountpoint"]) + ".log")
+    try:
+        log_start = os.path.getsize(logfile)
+    except OSError:
+        log_start = 0
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -260,9 +267,7 @@ def _daemonize(dev, kw: dict) -> int:
         code = 1
         try:
             os.setsid()
-            logdir = runtime_dir()
             os.makedirs(logdir, mode=0o700, exist_ok=True)
-            logfile = os.path.join(logdir, mount_key(kw["mountpoint"]) + ".log")
             _detach_stdio(logfile)
             logging.basicConfig(filename=logfile, level=logging.INFO,
                                 format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -273,7 +278,11 @@ def _daemonize(dev, kw: dict) -> int:
             _serve(dev, on_ready=ready, **kw)
             code = 0
         except BaseException as exc:  # the user sees a message, never a traceback
-            logging.getLogger("hammerfs.mount").exception("mount failed")
+            mlog = logging.getLogger("hammerfs.mount")
+            if isinstance(exc, HammerError):
+                mlog.error("mount failed: %s", exc)
+            else:
+                mlog.exception("mount failed")
             with contextlib.suppress(OSError):
                 os.write(w, str(exc).encode() or type(exc).__name__.encode())
         finally:
@@ -288,7 +297,22 @@ def _daemonize(dev, kw: dict) -> int:
     if msg == b"ok":
         return 0
     os.waitpid(pid, 0)
-    raise HammerError(f"mount failed: {msg.decode(errors='replace') or 'the mount process died'}")
+    reason = msg.decode(errors="replace") or "the mount process died"
+    tail = _log_tail(logfile, log_start)
+    shown = "\n".join(f"  {line}" for line in tail)
+    raise HammerError(f"mount failed: {reason}\nlog: {logfile}"
+                      + (f"; its last lines:\n{shown}" if tail else ""))
+
+
+def _log_tail(path: str, start: int, lines: int = 15) -> list[str]:
+    """The last ``lines`` lines written to the log from offset ``start`` on."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 def _detach_stdio(logfile: str) -> None:
