@@ -254,9 +254,43 @@ def _open_device(path: str, readonly: bool):
     return FileDevice(path, readonly=readonly)
 
 
+def _header_through_mount(path: str):
+    """The LUKS header area of a volume that is mounted (``path`` the image or device, or a
+    directory inside the mount), read through the mount process, which holds the volume's
+    lock; None when nothing mounted serves ``path``."""
+    from hammerfs.cli.volume import serving_mount
+    from hammerfs.control import ControlClient
+    from hammerfs.luks.memdev import BytesDevice
+
+    mount = serving_mount(path)
+    if mount is None:
+        return None
+    client = ControlClient(mount.socket_path)
+    info = client.call("luks-info")
+    if not info.get("luks"):
+        if info.get("detached"):
+            raise HammerError(f"{path}: the mounted volume's LUKS header is detached: give "
+                              "--header FILE")
+        raise HammerError(f"{path}: the mounted volume is not encrypted (no LUKS header)")
+    data = bytearray()
+    with client.open_stream("luks-header") as sock:
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    if len(data) != info["header_size"]:
+        raise HammerError(f"{path}: the mount process sent {len(data)} of "
+                          f"{info['header_size']} header bytes")
+    dev = BytesDevice(bytes(data))
+    dev.through_mount = True
+    return dev
+
+
+def _from_mount(dev) -> bool:
+    return bool(getattr(dev, "through_mount", False))
+
+
 class _Opened:
     """Context manager: the container on VOLUME (or in its --header file), its device closed
-    on exit."""
+    on exit.  Read-only commands on a mounted volume read its header through the mount."""
 
     def __init__(self, args: argparse.Namespace, readonly: bool = False):
         self.path, self.readonly = detached_header(args) or args.volume, readonly
@@ -265,9 +299,11 @@ class _Opened:
         from hammerfs.luks.container import open_container
         from hammerfs.luks.passphrase import warn
 
-        self.dev = _open_device(self.path, self.readonly)
+        self.dev = _header_through_mount(self.path) if self.readonly else None
+        if self.dev is None:
+            self.dev = _open_device(self.path, self.readonly)
         try:
-            container = open_container(self.dev)
+            container = open_container(self.dev, validate_device=not _from_mount(self.dev))
         except BaseException:
             self.dev.close()
             raise

@@ -8,10 +8,10 @@ import os
 
 from hammerfs.cli.sizes import human as _human
 from hammerfs.cli.sizes import parse_size
-from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.cli.volume import add_volume_args, open_volume_device, serving_mount
 from hammerfs.errors import HammerError, NotAVolume
 from hammerfs.fs.filesystem import init_pfs_root
-from hammerfs.store.format import FORMAT_VERSION, STORE_PFS
+from hammerfs.store.format import FORMAT_VERSION
 from hammerfs.store.records import MAX_U64
 from hammerfs.store.scrub import scrub
 from hammerfs.store.store import Store, read_header
@@ -190,64 +190,82 @@ def _warn_if_larger_than_free_space(volume: str, size: int) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    store = _open(args, readonly=True)
-    try:
-        space = store.space()
-        fill = store.bigblock_fill()
-        per_bb = space.bigblock_size // space.block_size
-        full = sum(1 for f in fill if f >= per_bb)
-        pfs = store.list_pfs()
-        lines = [
-            ("Volume", args.volume),
-            ("Label", store.label),
-            ("UUID", store.uuid),
-            ("Format version", str(FORMAT_VERSION)),
-            ("Size", _human(space.total_bytes)),
-            ("Used", f"{_human(space.used_bytes)} ({space.used_bytes * 100 // space.total_bytes}%)"),
-            ("Free", _human(space.free_bytes)),
-            ("Big-blocks", f"{space.bigblocks_total} of {_human(space.bigblock_size)}: "
-                           f"{space.bigblocks_free} empty, "
-                           f"{space.bigblocks_total - space.bigblocks_free - full} partly used, "
-                           f"{full} full"),
-            ("Big-block fill", _fill_histogram(fill, per_bb)),
-            ("PFS count", str(len(pfs))),
-            ("Commit seq", str(store.header.seq)),
-            ("Last commit TID", _tid(store.last_committed_tid)),
-            ("Next TID", _tid(store.current_tid)),
-        ]
-        width = max(len(k) for k, _ in lines)
-        for key, value in lines:
-            print(f"{key + ':':<{width + 1}} {value}")
-    finally:
-        store.close()
+    from hammerfs.control import ControlClient
+    from hammerfs.control.ops import volume_info
+
+    mount = serving_mount(args.volume)
+    if mount is not None:
+        info = ControlClient(mount.socket_path).call("volume-info")
+        volume = mount.volume or args.volume
+    else:
+        store = _open(args, readonly=True)
+        try:
+            info = volume_info(store)
+        finally:
+            store.close()
+        volume = args.volume
+    _print_info(info, volume, mount.mountpoint if mount else None)
     return 0
 
 
+def _print_info(info: dict, volume: str, mountpoint: str | None) -> None:
+    total, used = info["total_bytes"], info["used_bytes"]
+    fill, per_bb = info["fill"], info["bigblock_size"] // info["block_size"]
+    full = sum(1 for f in fill if f >= per_bb)
+    lines = [
+        ("Volume", volume),
+        *([("Mounted on", mountpoint)] if mountpoint else []),
+        ("Label", info["label"]),
+        ("UUID", info["uuid"]),
+        ("Format version", str(FORMAT_VERSION)),
+        ("Size", _human(total)),
+        ("Used", f"{_human(used)} ({used * 100 // total}%)"),
+        ("Free", _human(info["free_bytes"])),
+        ("Big-blocks", f"{info['bigblocks_total']} of {_human(info['bigblock_size'])}: "
+                       f"{info['bigblocks_free']} empty, "
+                       f"{info['bigblocks_total'] - info['bigblocks_free'] - full} partly "
+                       f"used, {full} full"),
+        ("Big-block fill", _fill_histogram(fill, per_bb)),
+        ("PFS count", str(info["pfs_count"])),
+        ("Commit seq", str(info["seq"])),
+        ("Last commit TID", _tid(info["last_committed_tid"])),
+        ("Next TID", _tid(info["current_tid"])),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 1}} {value}")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    import sys
+
+    from hammerfs.control import ControlClient
+    from hammerfs.control.ops import SHOW_ERROR, show_lines
+
     prefix = _parse_prefix(args.prefix) if args.prefix else ()
-    store = _open(args, readonly=True)
-    try:
-        hdr = store.header
-        print(f"HEADER slot {hdr.slot} seq {hdr.seq} root {hdr.root_off:#x} level "
-              f"{hdr.root_level} last-commit {_tid(hdr.last_tid)} next-obj {hdr.next_obj:#x}")
-        lo = (*prefix, *(0,) * (5 - len(prefix)))
-        hi = (*prefix, *(MAX_U64 + 1,) * (5 - len(prefix))) if prefix else None
-        for depth, node in store.tree.walk_nodes(lo=lo, hi=hi):
-            indent = "  " * depth
-            kind = f"INTERNAL level {node.level}" if node.level else "LEAF"
-            print(f"{indent}NODE {node.off:#x} {kind} {len(node.keys)} elements")
-            if node.level:
-                continue
-            for k, v in zip(node.keys, node.vals, strict=True):
-                if k[:len(prefix)] != prefix:
-                    continue
-                where = f"data@{v[4]:#x}" if v[4] else "inline"
-                store.data_of(k, v)  # verifies the data checksum
-                name = "store" if k[0] == STORE_PFS else f"{k[0]}"
-                print(f"{indent}  ELM {name}:{k[1]:#x}:{k[2]:#x}:{k[3]:#x} "
-                      f"create {_tid(k[4])} delete {_tid(v[0])} len {v[3]} {where}")
-    finally:
-        store.close()
+    mount = serving_mount(args.volume)
+    if mount is None:
+        store = _open(args, readonly=True)
+        try:
+            for line in show_lines(store, prefix):
+                print(line)
+        finally:
+            store.close()
+        return 0
+    sock = ControlClient(mount.socket_path).open_stream("show", prefix=list(prefix))
+    pending = b""
+    with sock:
+        while chunk := sock.recv(1 << 16):
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line.startswith(SHOW_ERROR):
+                    sys.stdout.flush()
+                    raise HammerError(line[len(SHOW_ERROR):].decode(errors="replace"))
+                sys.stdout.write(line.decode(errors="replace") + "\n")
+    if pending:
+        raise HammerError("the mount process ended the show output early")
     return 0
 
 

@@ -16,6 +16,7 @@ existing file, not read-only) then formats a LUKS2 container first when --encryp
 from __future__ import annotations
 
 import argparse
+import os
 
 from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import HammerError
@@ -150,3 +151,41 @@ def open_volume_device(path: str, args: argparse.Namespace | None = None, *,
     except BaseException:
         dev.close()
         raise
+
+
+def serving_mount(path: str):
+    """The hammerfs mount that serves ``path``: the mount a directory is inside of, or the
+    mount of the volume a device or image ``path`` is (the mount holds its lock, so commands
+    that only read go through it).  None when nothing mounted serves it.  Tells the user
+    when an image is read through its mount."""
+    import sys
+
+    from hammerfs.control import find_mount
+    from hammerfs.control.client import MountInfo, registered_mounts
+
+    if os.path.isdir(path):
+        info = find_mount(path)
+        if info is None:
+            raise HammerError(f"{path}: a directory, but not inside a mounted hammerfs "
+                              "(give the volume itself, or a path inside its mount)")
+        return info
+    for mount in registered_mounts():
+        if _same_file(path, mount.get("volume", "")):
+            print(f"hammer: {path} is mounted on {mount['mountpoint']}: reading it through "
+                  "the mount", file=sys.stderr)
+            return MountInfo(mount["mountpoint"], mount["socket"], int(mount.get("pfs", 0)),
+                             "", mount.get("volume", ""), int(mount.get("pid", 0)))
+    return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    """The same image file or the same block device (by-id links, /dev/sdX, ...)."""
+    import stat
+
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    if stat.S_ISBLK(sa.st_mode) and stat.S_ISBLK(sb.st_mode):
+        return sa.st_rdev == sb.st_rdev
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
