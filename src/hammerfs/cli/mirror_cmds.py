@@ -447,9 +447,12 @@ def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
 
 
 def cmd_mirror_stream(args: argparse.Namespace) -> int:
-    """mirror-copy that follows every commit, and reconnects when the link drops."""
+    """mirror-copy that follows every commit, and reconnects when the link drops.  It ends
+    when both ends are gone for good: local paths that are neither mounted nor a volume for
+    ``--give-up`` seconds (both mounts unmounted: nothing is left to mirror)."""
     delay = args.reconnect_delay
     started = False  # once a session ran, a vanished mount or volume is waited for too
+    both_gone_since: float | None = None
     while True:
         t0 = time.monotonic()
         try:
@@ -464,9 +467,35 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
         except HammerError as exc:
             if not started:
                 raise
+            both_gone_since = _both_gone(args, both_gone_since)
+            if both_gone_since is not None and args.give_up and \
+                    time.monotonic() - both_gone_since >= args.give_up:
+                raise HammerError(
+                    f"mirror-stream: source {args.source} and target {args.target} are both "
+                    f"gone (neither mounted nor a volume) for {args.give_up:g}s: stopping. "
+                    "Run the same command again when they are back: it resumes where it "
+                    "stopped") from None
             _note(args, f"mirror-stream: {exc}; retrying in {delay:g}s")
         started = started or time.monotonic() - t0 > delay
         time.sleep(delay)
+
+
+def _both_gone(args: argparse.Namespace, since: float | None) -> float | None:
+    """When both ends were first seen gone (None while either is there or remote: a remote
+    end cannot be looked at from here)."""
+    if not (_gone(args.source) and _gone(args.target)):
+        return None
+    return since if since is not None else time.monotonic()
+
+
+def _gone(spec: str) -> bool:
+    if parse_remote(spec) is not None:
+        return False
+    try:
+        resolve(spec)
+    except HammerError:
+        return True
+    return False
 
 
 def _note(args: argparse.Namespace, text: str) -> None:
@@ -624,6 +653,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="passphrase file of an encrypted unmounted target volume")
         p.add_argument("--reconnect-delay", type=float, default=5.0, metavar="SECS",
                        help="mirror-stream: pause before reconnecting (default 5)")
+        p.add_argument("--give-up", type=float, default=60.0, metavar="SECS",
+                       help="mirror-stream: stop when both ends are local and gone (neither "
+                       "mounted nor a volume) for SECS (default 60; 0: never)")
         add_volume_args(p)
         p.set_defaults(func=fn)
 
