@@ -32,13 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID), "
                    "nfs (exportable by an NFS server: file handles stay valid while mounted)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("volume", metavar="VOLUME[:PFS]")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("volume", metavar="VOLUME[:PFS]",
+                   help="image file or block device; :PFS mounts that PFS (default 0)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     add_volume_args(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount (commits and releases the volume)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the volume is mounted")
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("synctid", help="commit and print the TID of the current state")
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_synctid)
 
     p = sub.add_parser("history", help="list the versions (TID and time) of files")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files or directories inside a mount (with --path: VOLUME[:PFS])")
     _volume_args(p)
     p.set_defaults(func=cmd_history)
 
@@ -69,13 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "whole tree: entries it had are restored the same way (recreated if "
                    "deleted), entries created since are removed with everything below them; "
                    "ctime becomes now.  Refused if PATH now is another kind of object")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="the file or directory (inside a mount, or "
+                   "VOLUME[:PFS] with --path)")
     _volume_args(p)
     p.set_defaults(func=cmd_undo)
 
     p = sub.add_parser("snapshot", help="take a snapshot: a snap-YYYYMMDD-HHMM softlink "
                        "to the @@0x<tid> path plus a snapshot record")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="a path in the PFS to snapshot (or an "
+                   "unmounted VOLUME[:PFS])")
     p.add_argument("dir", nargs="?", metavar="DIR", help="where the softlink goes")
     p.add_argument("note", nargs="?", default="", help="a note kept with the snapshot")
     _volume_args(p)
@@ -86,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_snapls)
 
     p = sub.add_parser("snaprm", help="remove snapshots: by softlink, by TID, or PATH TID...")
-    p.add_argument("items", nargs="+", metavar="LINK|TID|PATH")
+    p.add_argument("items", nargs="+", metavar="LINK|TID|PATH",
+                   help="snapshot softlinks, TIDs (0x...), or a PATH followed by its TIDs")
     _volume_args(p)
     p.set_defaults(func=cmd_snaprm)
 
@@ -108,7 +113,9 @@ def _volume_args(p: argparse.ArgumentParser) -> None:
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]",
+                   help="a path inside a mount (default: the current directory) or an "
+                   "unmounted VOLUME[:PFS]")
     _volume_args(p)
 
 

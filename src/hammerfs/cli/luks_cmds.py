@@ -47,11 +47,17 @@ def add_format_args(parser, *, for_newfs: bool = False) -> None:
 
 def add_kdf_args(parser: argparse.ArgumentParser) -> None:
     """The KDF options for a new key slot (add-key, change-key)."""
-    parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"))
-    parser.add_argument("--pbkdf-memory", type=int, metavar="KiB")
-    parser.add_argument("--pbkdf-parallel", type=int, metavar="N")
-    parser.add_argument("--pbkdf-force-iterations", type=int, metavar="N")
-    parser.add_argument("--iter-time", type=int, metavar="MS")
+    parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
+                        help="key derivation function of the new slot (default: the "
+                        "container's kind, argon2id for LUKS2)")
+    parser.add_argument("--pbkdf-memory", type=int, metavar="KiB",
+                        help="argon2 memory cost in KiB (default: benchmarked)")
+    parser.add_argument("--pbkdf-parallel", type=int, metavar="N",
+                        help="argon2 threads (default: CPUs, at most 4)")
+    parser.add_argument("--pbkdf-force-iterations", type=int, metavar="N",
+                        help="fixed iteration/time cost instead of a benchmark")
+    parser.add_argument("--iter-time", type=int, metavar="MS",
+                        help="target unlock time in milliseconds (default 2000)")
     parser.add_argument("--hash", default="sha256", help=argparse.SUPPRESS)
 
 
@@ -220,7 +226,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "restore the header from a backup file")):
         p = cmds.add_parser(name, help=text)
         _common(p, key_file=False, key_slot=False)
-        p.add_argument("--header-backup-file", required=True, metavar="FILE")
+        p.add_argument("--header-backup-file", required=True, metavar="FILE",
+                       help="the backup file (header-backup creates it; it must not exist)")
         p.set_defaults(func=func)
 
     p = cmds.add_parser("convert", help="convert the header between LUKS1 and LUKS2 in place "

@@ -577,17 +577,19 @@ def _mirror_opts(p: argparse.ArgumentParser, *, remote: bool = True) -> None:
     p.add_argument("-q", dest="verbosity", action="store_const", const=-1,
                    help="no progress output")
     p.add_argument("-b", dest="bwlimit", type=_size_arg, metavar="BW",
-                   help="bandwidth cap in bytes per second (k, m, g suffixes)")
+                   help="bandwidth cap in bytes per second (K, M, G suffixes: 10m, 1.5M)")
     p.add_argument("-S", dest="chunk_size", type=_size_arg, default=64 << 20, metavar="SIZE",
                    help="cut the initial bulk copy into batches of about SIZE (default 64m)")
     if remote:
-        p.add_argument("-p", dest="port", type=int, help="ssh port of a remote side")
+        p.add_argument("-p", dest="port", type=int, metavar="PORT",
+                       help="ssh port of a remote [user@]host:PATH side (ssh -p)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
     p = sub.add_parser("pfs-status", help="show the PFS descriptor of mounts/PFS softlinks")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="mount roots, PFS softlinks or unmounted VOLUME[:PFS]s")
     add_volume_args(p)
     p.set_defaults(func=cmd_pfs_status)
 
@@ -596,14 +598,19 @@ def register(sub: argparse._SubParsersAction) -> None:
             ("pfs-slave", cmd_pfs_slave,
              "create a slave PFS: pfs-slave PATH shared-uuid=UUID [label=...]")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("path", metavar="PATH")
-        p.add_argument("options", nargs="*", metavar="NAME=VALUE")
+        p.add_argument("path", metavar="PATH",
+                       help="the new PFS softlink inside a mount (e.g. MNT/pfs/NAME), or "
+                       "VOLUME[:PFS] of an unmounted volume")
+        p.add_argument("options", nargs="*", metavar="NAME=VALUE",
+                       help="label=TEXT, shared-uuid=UUID (slaves), prune-min=, snapshots=")
         add_volume_args(p)
         p.set_defaults(func=fn)
 
     p = sub.add_parser("pfs-update", help="change PFS fields (label=, prune-min=, ...)")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("options", nargs="+", metavar="NAME=VALUE")
+    p.add_argument("path", metavar="PATH",
+                   help="a mount root, PFS softlink or unmounted VOLUME[:PFS]")
+    p.add_argument("options", nargs="+", metavar="NAME=VALUE",
+                   help="label=TEXT, prune-min=DURATION, snapshots=DIR")
     add_volume_args(p)
     p.set_defaults(func=cmd_pfs_update)
 
@@ -613,15 +620,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             ("pfs-downgrade", cmd_pfs_downgrade, "make a master a slave"),
             ("pfs-destroy", cmd_pfs_destroy, "remove a PFS and all its records")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("path", metavar="PATH")
+        p.add_argument("path", metavar="PATH",
+                       help="a mount root, PFS softlink or unmounted VOLUME[:PFS]")
         add_volume_args(p)
         p.set_defaults(func=fn, options=[])
 
     for name, fn in (("mirror-read", cmd_mirror_read),
                      ("mirror-read-stream", cmd_mirror_read_stream)):
         p = sub.add_parser(name, help="write a mirror stream of PATH to stdout")
-        p.add_argument("path", metavar="PATH")
-        p.add_argument("begin_tid", nargs="?", type=_tid_arg, default=1, metavar="BEGIN-TID")
+        p.add_argument("path", metavar="PATH",
+                       help="the master: a mount root, PFS softlink or VOLUME[:PFS]")
+        p.add_argument("begin_tid", nargs="?", type=_tid_arg, default=1, metavar="BEGIN-TID",
+                       help="send only changes after this TID (default: everything)")
         p.add_argument("-2", dest="two_way", action="store_true",
                        help="two-way protocol: start after the target's sync point")
         p.add_argument("--stream", action="store_true", help="keep following commits")
@@ -630,7 +640,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=fn)
 
     p = sub.add_parser("mirror-write", help="apply a mirror stream from stdin to a slave")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH",
+                   help="the slave: a PFS softlink inside a mount or VOLUME:PFS")
     p.add_argument("-2", dest="two_way", action="store_true", help="two-way protocol")
     _mirror_opts(p)
     add_volume_args(p)
@@ -644,23 +655,33 @@ def register(sub: argparse._SubParsersAction) -> None:
             ("mirror-stream", cmd_mirror_stream,
              "keep a slave following its master continuously")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("source", metavar="SRC")
-        p.add_argument("target", metavar="DST")
+        p.add_argument("source", metavar="SRC",
+                       help="the master: mount root, PFS softlink, VOLUME[:PFS] or "
+                       "[user@]host:PATH")
+        p.add_argument("target", metavar="DST",
+                       help="the slave: PFS softlink, VOLUME:PFS or [user@]host:PATH")
         _mirror_opts(p)
         p.add_argument("--source-key-file", metavar="FILE",
-                       help="passphrase file of an encrypted unmounted source volume")
+                       help="passphrase file of SRC when it is an unmounted encrypted volume "
+                       "(overrides --key-file for SRC)")
         p.add_argument("--target-key-file", metavar="FILE",
-                       help="passphrase file of an encrypted unmounted target volume")
-        p.add_argument("--reconnect-delay", type=float, default=5.0, metavar="SECS",
-                       help="mirror-stream: pause before reconnecting (default 5)")
-        p.add_argument("--give-up", type=float, default=60.0, metavar="SECS",
-                       help="mirror-stream: stop when both ends are local and gone (neither "
-                       "mounted nor a volume) for SECS (default 60; 0: never)")
-        add_volume_args(p)
+                       help="passphrase file of DST when it is an unmounted encrypted volume "
+                       "(overrides --key-file for DST)")
+        if name == "mirror-stream":
+            p.add_argument("--reconnect-delay", type=float, default=5.0, metavar="SECS",
+                           help="pause before reconnecting after the link or an end dropped "
+                           "(default 5)")
+            p.add_argument("--give-up", type=float, default=60.0, metavar="SECS",
+                           help="stop when both ends are local and gone (neither mounted nor "
+                           "a volume) for SECS (default 60; 0: never)")
+        add_volume_args(p, key_file_help="passphrase file of every unmounted encrypted "
+                        "volume the command opens (SRC and DST alike; '-' reads stdin); "
+                        "mounted or remote sides need none")
         p.set_defaults(func=fn)
 
     p = sub.add_parser("ssh-remote", help="authorized_keys forced command restricting a key "
                                           "to mirroring one path")
-    p.add_argument("command_name", metavar="COMMAND", choices=sorted(REMOTE_ALLOWED))
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("command_name", metavar="COMMAND", choices=sorted(REMOTE_ALLOWED),
+                   help="the one command the key may run: mirror-read or mirror-write")
+    p.add_argument("dir", metavar="DIR", help="the paths it may name: DIR and below")
     p.set_defaults(func=cmd_ssh_remote)

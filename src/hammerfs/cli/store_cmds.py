@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checksum of every node and data block read on the way.  KEY-PREFIX limits the "
         "records shown: PFS[:OBJ[:TYPE[:KEY]]], numbers in decimal or 0x-hex.")
     p.add_argument("volume", metavar="VOLUME", help="image file or block device")
-    p.add_argument("prefix", metavar="KEY-PREFIX", nargs="?", help="PFS[:OBJ[:TYPE[:KEY]]]")
+    p.add_argument("prefix", metavar="KEY-PREFIX", nargs="?",
+                   help="show only records under PFS[:OBJ[:TYPE[:KEY]]]")
     add_volume_args(p)
     p.set_defaults(func=cmd_show)
 

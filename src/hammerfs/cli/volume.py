@@ -22,12 +22,14 @@ from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import HammerError
 
 
-def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False) -> None:
+def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False,
+                    key_file_help: str | None = None) -> None:
     """Add the options that say how to open (or, for newfs, create) a volume."""
     from hammerfs.cli.luks_cmds import add_header_arg, add_keyfile_slice_args
 
     parser.add_argument("--key-file", metavar="FILE",
-                        help="passphrase file for an encrypted volume ('-' reads stdin)")
+                        help=key_file_help or "passphrase file of an encrypted volume ('-' "
+                        "reads stdin; without it you are asked on the terminal)")
     add_keyfile_slice_args(parser)
     add_header_arg(parser)
     if creating:
