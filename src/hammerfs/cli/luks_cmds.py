@@ -352,9 +352,17 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
 
 def _unlock(container, args: argparse.Namespace, text: str | None = None,
             key_file: str | None = None) -> tuple[int, bytes]:
+    """(slot, volume key): the passphrase from the key file, or typed (three tries, as
+    cryptsetup) at a prompt naming the volume."""
+    from hammerfs.luks.passphrase import unlock_with_tries
+
     prompt = text or f"Enter passphrase for {args.volume}: "
-    passphrase = _passphrase(key_file if key_file is not None else args.key_file, prompt, args)
-    return container.unlock(passphrase, getattr(args, "key_slot", None))
+    slot_key, _ = unlock_with_tries(
+        lambda pw: container.unlock(pw, getattr(args, "key_slot", None)),
+        key_file if key_file is not None else args.key_file, prompt,
+        offset=getattr(args, "keyfile_offset", None) or 0,
+        size=getattr(args, "keyfile_size", None) or 0)
+    return slot_key
 
 
 def _new_passphrase(args: argparse.Namespace) -> bytes:
@@ -465,7 +473,7 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     with _Opened(args) as container:
         new_slot = args.key_slot
         args.key_slot = None      # --key-slot names the new slot, any slot may unlock
-        _, key = _unlock(container, args, "Enter any existing passphrase: ")
+        _, key = _unlock(container, args, f"Enter any existing passphrase for {args.volume}: ")
         passphrase = _new_passphrase(args)
         slot = container.add_slot(key, passphrase, kdf_spec(args), new_slot)
     print(f"Key slot {slot} created.")
@@ -475,7 +483,7 @@ def cmd_add_key(args: argparse.Namespace) -> int:
 def cmd_remove_key(args: argparse.Namespace) -> int:
     with _Opened(args) as container:
         source = args.key_file_pos or args.key_file
-        slot, _ = _unlock(container, args, "Enter passphrase to be deleted: ", source)
+        slot, _ = _unlock(container, args, f"Enter passphrase to be deleted from {args.volume}: ", source)
         if len(container.active_slots()) == 1:
             _confirm(args, f"This is the last key slot. {args.volume} will become unusable "
                      "after purging this key.")
@@ -517,7 +525,7 @@ def _opens_any(container, passphrase: bytes, slots: list[int]) -> bool:
 
 def cmd_change_key(args: argparse.Namespace) -> int:
     with _Opened(args) as container:
-        slot, key = _unlock(container, args, "Enter passphrase to be changed: ")
+        slot, key = _unlock(container, args, f"Enter passphrase to be changed in {args.volume}: ")
         passphrase = _new_passphrase(args)
         new_slot = container.change_slot(slot, key, passphrase, kdf_spec(args))
     print(f"Key slot {slot} changed" + (f" (now key slot {new_slot})." if new_slot != slot

@@ -41,18 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except HammerError as exc:
         print(f"hammer: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("hammer: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # anywhere, also in a prompt: a message, never a traceback
+        print("\nhammer: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 141

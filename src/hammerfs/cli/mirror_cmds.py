@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from hammerfs.cli.sizes import parse_size
 from hammerfs.cli.volume import add_volume_args, open_volume_device
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, Interrupted
 from hammerfs.mirror import pfs_ops
 from hammerfs.mirror import stream as s
 from hammerfs.mirror.local import serve_source, serve_target
@@ -440,7 +440,10 @@ def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
     except BaseException:
         source.abort()
         raise
-    res = relay(source, target, verbosity=args.verbosity, bwlimit=args.bwlimit)
+    try:
+        res = relay(source, target, verbosity=args.verbosity, bwlimit=args.bwlimit)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted (resumable: run the same command again)") from None
     if args.verbosity > 0:
         print(f"Mirror-copy: synced to 0x{res.back.synced_tid:016x}", file=sys.stderr)
     return 0
@@ -464,6 +467,8 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
             _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
         except s.StreamError as exc:
             _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
+        except Interrupted:
+            raise
         except HammerError as exc:
             if not started:
                 raise
@@ -477,7 +482,11 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
                     "stopped") from None
             _note(args, f"mirror-stream: {exc}; retrying in {delay:g}s")
         started = started or time.monotonic() - t0 > delay
-        time.sleep(delay)
+        try:
+            time.sleep(delay)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted (resumable: run the same command again)") \
+                from None
 
 
 def _both_gone(args: argparse.Namespace, since: float | None) -> float | None:

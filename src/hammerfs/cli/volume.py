@@ -63,13 +63,27 @@ def _passphrase(args: argparse.Namespace | None, *, confirm: bool) -> bytes:
     return passphrase
 
 
-def _unlock(dev: BlockDevice, args: argparse.Namespace | None, readonly: bool) -> BlockDevice:
+def _unlock(dev: BlockDevice, args: argparse.Namespace | None, readonly: bool,
+            data_device: BlockDevice | None = None, path: str | None = None) -> BlockDevice:
+    """The payload of the container on ``dev``: the passphrase from --key-file, or typed at
+    a prompt naming the volume (three tries); kept in ``args`` for a second open."""
     from hammerfs.luks import open_payload
     from hammerfs.luks.container import is_luks
+    from hammerfs.luks.passphrase import unlock_with_tries
 
     if not is_luks(dev):
         return dev
-    return open_payload(dev, _passphrase(args, confirm=False), readonly=readonly)
+    cached = getattr(args, "_luks_passphrase", None)
+    if cached is not None:
+        return open_payload(dev, cached, readonly=readonly, data_device=data_device)
+    payload, passphrase = unlock_with_tries(
+        lambda pw: open_payload(dev, pw, readonly=readonly, data_device=data_device),
+        getattr(args, "key_file", None), f"Enter passphrase for {path or dev.path}: ",
+        offset=getattr(args, "keyfile_offset", None) or 0,
+        size=getattr(args, "keyfile_size", None) or 0)
+    if args is not None:
+        args._luks_passphrase = passphrase
+    return payload
 
 
 def _format_encrypted(dev: BlockDevice, args: argparse.Namespace) -> BlockDevice:
@@ -91,7 +105,7 @@ def _open_detached(data: BlockDevice, header: str, args: argparse.Namespace,
         format_device,
         open_header_for_format,
     )
-    from hammerfs.luks import open_payload, payload_device
+    from hammerfs.luks import payload_device
     from hammerfs.luks.container import is_luks
 
     if getattr(args, "encrypt", False) and not readonly:
@@ -107,8 +121,7 @@ def _open_detached(data: BlockDevice, header: str, args: argparse.Namespace,
     try:
         if not is_luks(hdr):
             raise HammerError(f"{header} is not a LUKS header")
-        return open_payload(hdr, _passphrase(args, confirm=False), readonly=readonly,
-                            data_device=data)
+        return _unlock(hdr, args, readonly, data_device=data, path=data.path)
     finally:
         hdr.close()
 
