@@ -16,6 +16,12 @@ class HammerError(Exception):
     exit_code = 1
 
 
+class Interrupted(HammerError):
+    """The user interrupted the command (Ctrl-C); the message says what that left behind."""
+
+    exit_code = 130  # as a shell reports SIGINT
+
+
 class VolumeLocked(HammerError):
     """Another process holds the volume's exclusive lock."""
 

@@ -35,9 +35,11 @@ def parse_size(value: str | int, *, what: str = "size", minimum: int = 1,
         size = value
     else:
         m = _SIZE.fullmatch(value.strip().lower()) if len(value) <= 64 else None
-        if m is None:
-            raise QuantityError(f"bad {what} {value!r} (e.g. 10m, 1g)")
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+        if m is None or ("." in m.group(1) and not m.group(2)):  # no fractions of a byte
+            raise QuantityError(f"bad {what} {value!r} (e.g. 10m, 1.5g)")
+        whole, _, frac = m.group(1).partition(".")
+        unit = _SIZE_UNITS[m.group(2)]  # exact: 1.5g is 3 << 29, not a float's rounding
+        size = int(whole) * unit + (int(frac) * unit // 10 ** len(frac) if frac else 0)
     if not minimum <= size <= maximum:
         raise QuantityError(f"{what} {value!r} is out of range ({minimum} to {maximum} bytes)")
     return size

@@ -46,7 +46,9 @@ def converse(args: list[str], script: list[tuple[str, str]], timeout: float = 60
                 seen += chunk
             if pending and pending[0][0].encode() in seen:
                 prompt, answer = pending.pop(0)
-                seen = seen.replace(prompt.encode(), b"<" + prompt.encode() + b">", 1)
+                # marked answered without the prompt's text, so that the same prompt asked
+                # again (a retry) is waited for, not answered ahead
+                seen = seen.replace(prompt.encode(), b"<answered>", 1)
                 os.write(fd, answer.encode() + b"\n")
     finally:
         _, status = os.waitpid(pid, 0)
@@ -69,8 +71,13 @@ def test_format_and_unlock_on_a_terminal(tmp_path):
                            [("Enter passphrase for", "typed secret")])
     assert code == 0 and "Key slot 0 unlocked." in shown
     code, shown = converse(["luks", "test-passphrase", str(vol)],
-                           [("Enter passphrase for", "wrong")])
+                           [(f"Enter passphrase for {vol}", "wrong")] * 3)  # three tries
     assert code == 2 and "no key available" in shown
+    assert shown.count("No key available with this passphrase.") == 2
+    code, shown = converse(["luks", "test-passphrase", str(vol)],
+                           [(f"Enter passphrase for {vol}", "wrong"),
+                            (f"Enter passphrase for {vol}", "typed secret")])
+    assert code == 0 and "Key slot 0 unlocked." in shown
 
 
 def test_mismatched_confirmation_and_refused_yes(tmp_path):
@@ -96,5 +103,6 @@ def test_encrypted_newfs_and_info_prompt(tmp_path):
     ])
     assert code == 0, shown
     code, shown = converse(["info", str(vol)],
-                           [("Enter passphrase for the encrypted volume", "pw")])
+                           [(f"Enter passphrase for {vol}", "bad"),
+                            (f"Enter passphrase for {vol}", "pw")])  # names it, tries again
     assert code == 0 and "Format version" in shown, shown

@@ -44,15 +44,20 @@ since the last run, so a machine that was off catches up at its next run."""
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "cleanup", help="periodic maintenance: snapshots, expiry, prune (run it from cron)",
+        "cleanup", help="periodic maintenance: snapshots, expiry, prune (run daily by the systemd "
+        "timer of 'hammer service install')",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Run the due directives of each PFS's cleanup config (see 'hammer config'; a PFS "
             "without one gets the default, stored on first use).  Without a target, every "
             "writable hammerfs mount.  Slaves are skipped: their snapshots and history come "
-            "from their master.", 92) + "\n\n" + CONFIG_HELP)
+            "from their master.  Run it daily: `hammer service install` writes "
+            "hammerfs-cleanup.timer, a systemd timer that runs `hammer service cleanup` "
+            "(Persistent=, so a machine that was off catches up); cron works too.", 92) + "\n\n" + CONFIG_HELP)
     p.add_argument("-F", dest="force", action="store_true", help="ignore the periods")
-    p.add_argument("paths", nargs="*", metavar="PATH|VOLUME[:PFS]")
+    p.add_argument("paths", nargs="*", metavar="PATH|VOLUME[:PFS]",
+                   help="PFSs to clean: paths inside mounts or unmounted volumes (default: "
+                   "every writable hammerfs mount)")
     _volume_args(p)
     p.set_defaults(func=cmd_cleanup)
 
@@ -62,8 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "Without FILE print the config (the default if none is stored) "
                            "and when each directive last ran; with FILE ('-' = stdin) check "
                            "and store it.", 92) + "\n\n" + CONFIG_HELP)
-    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]")
-    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]",
+                   help="a path in the PFS (default: the current directory) or an unmounted "
+                   "VOLUME[:PFS]")
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="store the config in FILE ('-': stdin); without it, print the config")
     _volume_args(p)
     p.set_defaults(func=cmd_config)
 

@@ -49,13 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "what the object's current permissions grant too; asof: HAMMER's rule, "
                    "the permissions as of the TID alone)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("volume", metavar="VOLUME[:PFS]")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("volume", metavar="VOLUME[:PFS]",
+                   help="image file or block device; :PFS mounts that PFS (default 0)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     add_volume_args(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount (commits and releases the volume)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the volume is mounted")
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("synctid", help="commit and print the TID of the current state")
@@ -63,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_synctid)
 
     p = sub.add_parser("history", help="list the versions (TID and time) of files")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files or directories inside a mount (with --path: VOLUME[:PFS])")
     _volume_args(p)
     p.set_defaults(func=cmd_history)
 
@@ -86,13 +88,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "whole tree: entries it had are restored the same way (recreated if "
                    "deleted), entries created since are removed with everything below them; "
                    "ctime becomes now.  Refused if PATH now is another kind of object")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="the file or directory (inside a mount, or "
+                   "VOLUME[:PFS] with --path)")
     _volume_args(p)
     p.set_defaults(func=cmd_undo)
 
     p = sub.add_parser("snapshot", help="take a snapshot: a snap-YYYYMMDD-HHMM softlink "
                        "to the @@0x<tid> path plus a snapshot record")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="a path in the PFS to snapshot (or an "
+                   "unmounted VOLUME[:PFS])")
     p.add_argument("dir", nargs="?", metavar="DIR", help="where the softlink goes")
     p.add_argument("note", nargs="?", default="", help="a note kept with the snapshot")
     _volume_args(p)
@@ -103,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_snapls)
 
     p = sub.add_parser("snaprm", help="remove snapshots: by softlink, by TID, or PATH TID...")
-    p.add_argument("items", nargs="+", metavar="LINK|TID|PATH")
+    p.add_argument("items", nargs="+", metavar="LINK|TID|PATH",
+                   help="snapshot softlinks, TIDs (0x...), or a PATH followed by its TIDs")
     _volume_args(p)
     p.set_defaults(func=cmd_snaprm)
 
@@ -125,7 +130,9 @@ def _volume_args(p: argparse.ArgumentParser) -> None:
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]",
+                   help="a path inside a mount (default: the current directory) or an "
+                   "unmounted VOLUME[:PFS]")
     _volume_args(p)
 
 
@@ -256,7 +263,8 @@ _WARN = b"\x01warning "  # a line the mount process sends before "ok" or its err
 
 
 def _daemonize(dev, kw: dict) -> int:
-    """Fork the owner process; return once it reports the mount ready (or its error).
+    """Fork the owner process; return once it reports the mount ready (or its error; the
+    error names the log and shows what this attempt wrote to it).
 
     Its output goes to ``<runtime dir>/<key>.log``.  A clean unmount deletes that log
     unless something worth reading (a warning or an error) was logged; a mount that fails or
@@ -264,6 +272,7 @@ def _daemonize(dev, kw: dict) -> int:
     from hammerfs.control.runtime import ensure_runtime_dir, remove_files
     from hammerfs.control.server import runtime_files
     files = runtime_files(kw["mountpoint"], ensure_runtime_dir())  # refused here, not in the child
+    logfile = files["log"]  # a new file: what this attempt writes starts at 0
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -288,7 +297,11 @@ def _daemonize(dev, kw: dict) -> int:
             if not worth_keeping.seen:
                 remove_files(files["log"], files["oldlog"])
         except BaseException as exc:  # the user sees a message, never a traceback
-            logging.getLogger("hammerfs.mount").exception("mount failed")
+            mlog = logging.getLogger("hammerfs.mount")
+            if isinstance(exc, HammerError):
+                mlog.error("mount failed: %s", exc)
+            else:
+                mlog.exception("mount failed")
             with contextlib.suppress(OSError):
                 os.write(w, str(exc).encode() or type(exc).__name__.encode())
         finally:
@@ -306,7 +319,22 @@ def _daemonize(dev, kw: dict) -> int:
     if msg == b"ok":
         return 0
     os.waitpid(pid, 0)
-    raise HammerError(f"mount failed: {msg.decode(errors='replace') or 'the mount process died'}")
+    reason = msg.decode(errors="replace") or "the mount process died"
+    tail = _log_tail(logfile, 0)
+    shown = "\n".join(f"  {line}" for line in tail)
+    raise HammerError(f"mount failed: {reason}\nlog: {logfile}"
+                      + (f"; its last lines:\n{shown}" if tail else ""))
+
+
+def _log_tail(path: str, start: int, lines: int = 15) -> list[str]:
+    """The last ``lines`` lines written to the log from offset ``start`` on."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 class _Noticed(logging.Handler):

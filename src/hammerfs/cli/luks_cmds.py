@@ -47,11 +47,17 @@ def add_format_args(parser, *, for_newfs: bool = False) -> None:
 
 def add_kdf_args(parser: argparse.ArgumentParser) -> None:
     """The KDF options for a new key slot (add-key, change-key)."""
-    parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"))
-    parser.add_argument("--pbkdf-memory", type=int, metavar="KiB")
-    parser.add_argument("--pbkdf-parallel", type=int, metavar="N")
-    parser.add_argument("--pbkdf-force-iterations", type=int, metavar="N")
-    parser.add_argument("--iter-time", type=int, metavar="MS")
+    parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
+                        help="key derivation function of the new slot (default: the "
+                        "container's kind, argon2id for LUKS2)")
+    parser.add_argument("--pbkdf-memory", type=int, metavar="KiB",
+                        help="argon2 memory cost in KiB (default: benchmarked)")
+    parser.add_argument("--pbkdf-parallel", type=int, metavar="N",
+                        help="argon2 threads (default: CPUs, at most 4)")
+    parser.add_argument("--pbkdf-force-iterations", type=int, metavar="N",
+                        help="fixed iteration/time cost instead of a benchmark")
+    parser.add_argument("--iter-time", type=int, metavar="MS",
+                        help="target unlock time in milliseconds (default 2000)")
     parser.add_argument("--hash", default="sha256", help=argparse.SUPPRESS)
 
 
@@ -220,7 +226,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "restore the header from a backup file")):
         p = cmds.add_parser(name, help=text)
         _common(p, key_file=False, key_slot=False)
-        p.add_argument("--header-backup-file", required=True, metavar="FILE")
+        p.add_argument("--header-backup-file", required=True, metavar="FILE",
+                       help="the backup file (header-backup creates it; it must not exist)")
         p.set_defaults(func=func)
 
     p = cmds.add_parser("convert", help="convert the header between LUKS1 and LUKS2 in place "
@@ -254,9 +261,43 @@ def _open_device(path: str, readonly: bool):
     return FileDevice(path, readonly=readonly)
 
 
+def _header_through_mount(path: str):
+    """The LUKS header area of a volume that is mounted (``path`` the image or device, or a
+    directory inside the mount), read through the mount process, which holds the volume's
+    lock; None when nothing mounted serves ``path``."""
+    from hammerfs.cli.volume import serving_mount
+    from hammerfs.control import ControlClient
+    from hammerfs.luks.memdev import BytesDevice
+
+    mount = serving_mount(path)
+    if mount is None:
+        return None
+    client = ControlClient.for_mount(mount)
+    info = client.call("luks-info")
+    if not info.get("luks"):
+        if info.get("detached"):
+            raise HammerError(f"{path}: the mounted volume's LUKS header is detached: give "
+                              "--header FILE")
+        raise HammerError(f"{path}: the mounted volume is not encrypted (no LUKS header)")
+    data = bytearray()
+    with client.open_stream("luks-header") as sock:
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    if len(data) != info["header_size"]:
+        raise HammerError(f"{path}: the mount process sent {len(data)} of "
+                          f"{info['header_size']} header bytes")
+    dev = BytesDevice(bytes(data))
+    dev.through_mount = True
+    return dev
+
+
+def _from_mount(dev) -> bool:
+    return bool(getattr(dev, "through_mount", False))
+
+
 class _Opened:
     """Context manager: the container on VOLUME (or in its --header file), its device closed
-    on exit."""
+    on exit.  Read-only commands on a mounted volume read its header through the mount."""
 
     def __init__(self, args: argparse.Namespace, readonly: bool = False):
         self.path, self.readonly = detached_header(args) or args.volume, readonly
@@ -265,9 +306,11 @@ class _Opened:
         from hammerfs.luks.container import open_container
         from hammerfs.luks.passphrase import warn
 
-        self.dev = _open_device(self.path, self.readonly)
+        self.dev = _header_through_mount(self.path) if self.readonly else None
+        if self.dev is None:
+            self.dev = _open_device(self.path, self.readonly)
         try:
-            container = open_container(self.dev)
+            container = open_container(self.dev, validate_device=not _from_mount(self.dev))
         except BaseException:
             self.dev.close()
             raise
@@ -309,9 +352,17 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
 
 def _unlock(container, args: argparse.Namespace, text: str | None = None,
             key_file: str | None = None) -> tuple[int, bytes]:
+    """(slot, volume key): the passphrase from the key file, or typed (three tries, as
+    cryptsetup) at a prompt naming the volume."""
+    from hammerfs.luks.passphrase import unlock_with_tries
+
     prompt = text or f"Enter passphrase for {args.volume}: "
-    passphrase = _passphrase(key_file if key_file is not None else args.key_file, prompt, args)
-    return container.unlock(passphrase, getattr(args, "key_slot", None))
+    slot_key, _ = unlock_with_tries(
+        lambda pw: container.unlock(pw, getattr(args, "key_slot", None)),
+        key_file if key_file is not None else args.key_file, prompt,
+        offset=getattr(args, "keyfile_offset", None) or 0,
+        size=getattr(args, "keyfile_size", None) or 0)
+    return slot_key
 
 
 def _new_passphrase(args: argparse.Namespace) -> bytes:
@@ -422,7 +473,7 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     with _Opened(args) as container:
         new_slot = args.key_slot
         args.key_slot = None      # --key-slot names the new slot, any slot may unlock
-        _, key = _unlock(container, args, "Enter any existing passphrase: ")
+        _, key = _unlock(container, args, f"Enter any existing passphrase for {args.volume}: ")
         passphrase = _new_passphrase(args)
         slot = container.add_slot(key, passphrase, kdf_spec(args), new_slot)
     print(f"Key slot {slot} created.")
@@ -432,7 +483,7 @@ def cmd_add_key(args: argparse.Namespace) -> int:
 def cmd_remove_key(args: argparse.Namespace) -> int:
     with _Opened(args) as container:
         source = args.key_file_pos or args.key_file
-        slot, _ = _unlock(container, args, "Enter passphrase to be deleted: ", source)
+        slot, _ = _unlock(container, args, f"Enter passphrase to be deleted from {args.volume}: ", source)
         if len(container.active_slots()) == 1:
             _confirm(args, f"This is the last key slot. {args.volume} will become unusable "
                      "after purging this key.")
@@ -474,7 +525,7 @@ def _opens_any(container, passphrase: bytes, slots: list[int]) -> bool:
 
 def cmd_change_key(args: argparse.Namespace) -> int:
     with _Opened(args) as container:
-        slot, key = _unlock(container, args, "Enter passphrase to be changed: ")
+        slot, key = _unlock(container, args, f"Enter passphrase to be changed in {args.volume}: ")
         passphrase = _new_passphrase(args)
         new_slot = container.change_slot(slot, key, passphrase, kdf_spec(args))
     print(f"Key slot {slot} changed" + (f" (now key slot {new_slot})." if new_slot != slot

@@ -11,6 +11,7 @@ from hammerfs.cli import (
     cleanup_cmds,
     demo,
     fs_cmds,
+    helptext,
     luks_cmds,
     mirror_cmds,
     service_cmds,
@@ -25,8 +26,8 @@ COMMAND_MODULES = (store_cmds, luks_cmds, fs_cmds, cleanup_cmds, mirror_cmds, se
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hammer",
+    parser = helptext.Parser(
+        prog="hammer", formatter_class=helptext.Formatter,
         description="hammerfs: encrypted, versioned, self-checking storage with "
         "HAMMER-style master/slave replication.",
         epilog="Run 'hammer COMMAND --help' for the options of one command.",
@@ -35,22 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    helptext.apply(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except HammerError as exc:
         print(f"hammer: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("hammer: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # anywhere, also in a prompt: a message, never a traceback
+        print("\nhammer: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 141

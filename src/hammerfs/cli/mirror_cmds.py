@@ -20,8 +20,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hammerfs.cli.sizes import argtype
 from hammerfs.cli.volume import add_volume_args, open_volume_device
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, Interrupted
 from hammerfs.mirror import pfs_ops
 from hammerfs.mirror import stream as s
 from hammerfs.mirror.local import serve_source, serve_target
@@ -37,7 +38,7 @@ from hammerfs.mirror.transport import (
     relay,
     ssh_argv,
 )
-from hammerfs.quantity import QuantityError, parse_duration, parse_size
+from hammerfs.quantity import parse_duration, parse_size
 from hammerfs.store.pfs import parse_volume_spec
 
 # -- targets ---------------------------------------------------------------------------------
@@ -447,16 +448,22 @@ def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
     except BaseException:
         source.abort()
         raise
-    res = relay(source, target, verbosity=args.verbosity, bwlimit=args.bwlimit)
+    try:
+        res = relay(source, target, verbosity=args.verbosity, bwlimit=args.bwlimit)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted (resumable: run the same command again)") from None
     if args.verbosity > 0:
         print(f"Mirror-copy: synced to 0x{res.back.synced_tid:016x}", file=sys.stderr)
     return 0
 
 
 def cmd_mirror_stream(args: argparse.Namespace) -> int:
-    """mirror-copy that follows every commit, and reconnects when the link drops."""
+    """mirror-copy that follows every commit, and reconnects when the link drops.  It ends
+    when both ends are gone for good: local paths that are neither mounted nor a volume for
+    ``--give-up`` seconds (both mounts unmounted: nothing is left to mirror)."""
     delay = args.reconnect_delay
     started = False  # once a session ran, a vanished mount or volume is waited for too
+    both_gone_since: float | None = None
     while True:
         t0 = time.monotonic()
         try:
@@ -468,12 +475,44 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
             _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
         except s.StreamError as exc:
             _note(args, f"mirror-stream: {exc}; reconnecting in {delay:g}s")
+        except Interrupted:
+            raise
         except HammerError as exc:
             if not started:
                 raise
+            both_gone_since = _both_gone(args, both_gone_since)
+            if both_gone_since is not None and args.give_up and \
+                    time.monotonic() - both_gone_since >= args.give_up:
+                raise HammerError(
+                    f"mirror-stream: source {args.source} and target {args.target} are both "
+                    f"gone (neither mounted nor a volume) for {args.give_up:g}s: stopping. "
+                    "Run the same command again when they are back: it resumes where it "
+                    "stopped") from None
             _note(args, f"mirror-stream: {exc}; retrying in {delay:g}s")
         started = started or time.monotonic() - t0 > delay
-        time.sleep(delay)
+        try:
+            time.sleep(delay)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted (resumable: run the same command again)") \
+                from None
+
+
+def _both_gone(args: argparse.Namespace, since: float | None) -> float | None:
+    """When both ends were first seen gone (None while either is there or remote: a remote
+    end cannot be looked at from here)."""
+    if not (_gone(args.source) and _gone(args.target)):
+        return None
+    return since if since is not None else time.monotonic()
+
+
+def _gone(spec: str) -> bool:
+    if parse_remote(spec) is not None:
+        return False
+    try:
+        resolve(spec)
+    except HammerError:
+        return True
+    return False
 
 
 def _note(args: argparse.Namespace, text: str) -> None:
@@ -603,19 +642,8 @@ def _within(path: str, directory: str) -> bool:
 
 # -- parser ---------------------------------------------------------------------------------
 
-def _size_arg(text: str) -> int:
-    """-b/-S (and the service config's bwlimit/chunk_size): ``hammerfs.quantity``."""
-    try:
-        return parse_size(text)
-    except QuantityError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds_arg(text: str) -> float:
-    try:
-        return parse_duration(text, what="delay")
-    except QuantityError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+_size_arg = argtype(parse_size)  # -b/-S, and the service config's bwlimit/chunk_size
+_seconds_arg = argtype(parse_duration, what="delay")
 
 
 def _tid_arg(text: str) -> int:
@@ -631,17 +659,19 @@ def _mirror_opts(p: argparse.ArgumentParser, *, remote: bool = True) -> None:
     p.add_argument("-q", dest="verbosity", action="store_const", const=-1,
                    help="no progress output")
     p.add_argument("-b", dest="bwlimit", type=_size_arg, metavar="BW",
-                   help="bandwidth cap in bytes per second (k, m, g suffixes)")
+                   help="bandwidth cap in bytes per second (K, M, G suffixes: 10m, 1.5M)")
     p.add_argument("-S", dest="chunk_size", type=_size_arg, default=64 << 20, metavar="SIZE",
                    help="cut the initial bulk copy into batches of about SIZE (default 64m)")
     if remote:
-        p.add_argument("-p", dest="port", type=int, help="ssh port of a remote side")
+        p.add_argument("-p", dest="port", type=int, metavar="PORT",
+                       help="ssh port of a remote [user@]host:PATH side (ssh -p)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
     p = sub.add_parser("pfs-status", help="show the PFS descriptor of mounts/PFS softlinks")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="mount roots, PFS softlinks or unmounted VOLUME[:PFS]s")
     add_volume_args(p)
     p.set_defaults(func=cmd_pfs_status)
 
@@ -650,14 +680,19 @@ def register(sub: argparse._SubParsersAction) -> None:
             ("pfs-slave", cmd_pfs_slave,
              "create a slave PFS: pfs-slave PATH shared-uuid=UUID [label=...]")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("path", metavar="PATH")
-        p.add_argument("options", nargs="*", metavar="NAME=VALUE")
+        p.add_argument("path", metavar="PATH",
+                       help="the new PFS softlink inside a mount (e.g. MNT/pfs/NAME), or "
+                       "VOLUME[:PFS] of an unmounted volume")
+        p.add_argument("options", nargs="*", metavar="NAME=VALUE",
+                       help="label=TEXT, shared-uuid=UUID (slaves), prune-min=, snapshots=")
         add_volume_args(p)
         p.set_defaults(func=fn)
 
     p = sub.add_parser("pfs-update", help="change PFS fields (label=, prune-min=, ...)")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("options", nargs="+", metavar="NAME=VALUE")
+    p.add_argument("path", metavar="PATH",
+                   help="a mount root, PFS softlink or unmounted VOLUME[:PFS]")
+    p.add_argument("options", nargs="+", metavar="NAME=VALUE",
+                   help="label=TEXT, prune-min=DURATION, snapshots=DIR")
     add_volume_args(p)
     p.set_defaults(func=cmd_pfs_update)
 
@@ -667,15 +702,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             ("pfs-downgrade", cmd_pfs_downgrade, "make a master a slave"),
             ("pfs-destroy", cmd_pfs_destroy, "remove a PFS and all its records")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("path", metavar="PATH")
+        p.add_argument("path", metavar="PATH",
+                       help="a mount root, PFS softlink or unmounted VOLUME[:PFS]")
         add_volume_args(p)
         p.set_defaults(func=fn, options=[])
 
     for name, fn in (("mirror-read", cmd_mirror_read),
                      ("mirror-read-stream", cmd_mirror_read_stream)):
         p = sub.add_parser(name, help="write a mirror stream of PATH to stdout")
-        p.add_argument("path", metavar="PATH")
-        p.add_argument("begin_tid", nargs="?", type=_tid_arg, default=1, metavar="BEGIN-TID")
+        p.add_argument("path", metavar="PATH",
+                       help="the master: a mount root, PFS softlink or VOLUME[:PFS]")
+        p.add_argument("begin_tid", nargs="?", type=_tid_arg, default=1, metavar="BEGIN-TID",
+                       help="send only changes after this TID (default: everything)")
         p.add_argument("-2", dest="two_way", action="store_true",
                        help="two-way protocol: start after the target's sync point")
         p.add_argument("--stream", action="store_true", help="keep following commits")
@@ -684,7 +722,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=fn)
 
     p = sub.add_parser("mirror-write", help="apply a mirror stream from stdin to a slave")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH",
+                   help="the slave: a PFS softlink inside a mount or VOLUME:PFS")
     p.add_argument("-2", dest="two_way", action="store_true", help="two-way protocol")
     _mirror_opts(p)
     add_volume_args(p)
@@ -698,20 +737,33 @@ def register(sub: argparse._SubParsersAction) -> None:
             ("mirror-stream", cmd_mirror_stream,
              "keep a slave following its master continuously")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("source", metavar="SRC")
-        p.add_argument("target", metavar="DST")
+        p.add_argument("source", metavar="SRC",
+                       help="the master: mount root, PFS softlink, VOLUME[:PFS] or "
+                       "[user@]host:PATH")
+        p.add_argument("target", metavar="DST",
+                       help="the slave: PFS softlink, VOLUME:PFS or [user@]host:PATH")
         _mirror_opts(p)
         p.add_argument("--source-key-file", metavar="FILE",
-                       help="passphrase file of an encrypted unmounted source volume")
+                       help="passphrase file of SRC when it is an unmounted encrypted volume "
+                       "(overrides --key-file for SRC)")
         p.add_argument("--target-key-file", metavar="FILE",
-                       help="passphrase file of an encrypted unmounted target volume")
-        p.add_argument("--reconnect-delay", type=_seconds_arg, default=5.0, metavar="SECS",
-                       help="mirror-stream: pause before reconnecting (default 5)")
-        add_volume_args(p)
+                       help="passphrase file of DST when it is an unmounted encrypted volume "
+                       "(overrides --key-file for DST)")
+        if name == "mirror-stream":
+            p.add_argument("--reconnect-delay", type=_seconds_arg, default=5.0, metavar="SECS",
+                           help="pause before reconnecting after the link or an end dropped "
+                           "(default 5)")
+            p.add_argument("--give-up", type=_seconds_arg, default=60.0, metavar="SECS",
+                           help="stop when both ends are local and gone (neither mounted nor "
+                           "a volume) for SECS (default 60; 0: never)")
+        add_volume_args(p, key_file_help="passphrase file of every unmounted encrypted "
+                        "volume the command opens (SRC and DST alike; '-' reads stdin); "
+                        "mounted or remote sides need none")
         p.set_defaults(func=fn)
 
     p = sub.add_parser("ssh-remote", help="authorized_keys forced command restricting a key "
                                           "to mirroring one path")
-    p.add_argument("command_name", metavar="COMMAND", choices=sorted(REMOTE_ALLOWED))
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("command_name", metavar="COMMAND", choices=sorted(REMOTE_ALLOWED),
+                   help="the one command the key may run: mirror-read or mirror-write")
+    p.add_argument("dir", metavar="DIR", help="the paths it may name: DIR and below")
     p.set_defaults(func=cmd_ssh_remote)

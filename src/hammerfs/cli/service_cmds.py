@@ -63,8 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "everything is up and keeps running in the background.", 92)
         + "\n\n" + CONFIG_EXAMPLE)
     _config_arg(p)
-    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("--check", action="store_true", help="only validate the config")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground (always so under systemd)")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the config and list every problem; mounts nothing")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what 'hammer up' started: streams, then unmount")

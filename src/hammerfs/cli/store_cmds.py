@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 
-from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.cli.sizes import human as _human
+from hammerfs.cli.sizes import parse_size
+from hammerfs.cli.volume import add_volume_args, open_volume_device, serving_mount
 from hammerfs.errors import HammerError, NotAVolume
 from hammerfs.fs.filesystem import init_pfs_root
-from hammerfs.store.format import FORMAT_VERSION, STORE_PFS
+from hammerfs.store.format import FORMAT_VERSION
 from hammerfs.store.records import MAX_U64
 from hammerfs.store.scrub import scrub
 from hammerfs.store.store import Store, read_header
-
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-L", "--label", default="", help="volume label (up to 63 bytes)")
     p.add_argument("--size", metavar="N", type=parse_size,
                    help="create (or resize) a regular file of N bytes; K/M/G/T suffixes "
-                   "(powers of 1024), e.g. 512M")
+                   "(powers of 1024), fractions allowed: 512M, 1.5G")
     p.add_argument("-f", "--force", action="store_true",
-                   help="overwrite an existing hammerfs volume")
+                   help="overwrite whatever VOLUME holds: a hammerfs volume, another "
+                   "filesystem, a LUKS container (its old key is not needed), a partition "
+                   "table, swap, a RAID member, or data of no known type")
     p.add_argument("volume", metavar="VOLUME", help="image file or block device")
     add_volume_args(p, creating=True)
     p.set_defaults(func=cmd_newfs)
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checksum of every node and data block read on the way.  KEY-PREFIX limits the "
         "records shown: PFS[:OBJ[:TYPE[:KEY]]], numbers in decimal or 0x-hex.")
     p.add_argument("volume", metavar="VOLUME", help="image file or block device")
-    p.add_argument("prefix", metavar="KEY-PREFIX", nargs="?", help="PFS[:OBJ[:TYPE[:KEY]]]")
+    p.add_argument("prefix", metavar="KEY-PREFIX", nargs="?",
+                   help="show only records under PFS[:OBJ[:TYPE[:KEY]]]")
     add_volume_args(p)
     p.set_defaults(func=cmd_show)
 
@@ -61,16 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("volume", metavar="VOLUME", help="image file or block device")
     add_volume_args(p)
     p.set_defaults(func=cmd_scrub)
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 64M, 2G)")
-    size = int(m.group(1)) * _SUFFIX[m.group(2).upper()]
-    if size <= 0:
-        raise argparse.ArgumentTypeError("size must be positive")
-    return size // 4096 * 4096
 
 
 def _open(args: argparse.Namespace, readonly: bool) -> Store:
@@ -94,21 +86,16 @@ def cmd_newfs(args: argparse.Namespace) -> int:
 
 def _newfs(args: argparse.Namespace) -> int:
     if os.path.exists(args.volume):
-        dev = open_volume_device(args.volume, args, readonly=True)
-        try:
-            existing = None
-            with contextlib.suppress(NotAVolume, HammerError):
-                existing = read_header(dev)
-            if existing is not None and not args.force:
-                raise HammerError(f"{args.volume} already holds a hammerfs volume "
-                                  f"(label {existing.label!r}, uuid {existing.uuid}); "
-                                  f"use -f to overwrite it")
-        finally:
-            dev.close()
+        _refuse_to_overwrite(args)
     elif args.size is None:
         raise HammerError(f"{args.volume} does not exist; give --size to create an image file")
-    dev = open_volume_device(args.volume, args, create_size=args.size)
+    size = args.size // 4096 * 4096 if args.size is not None else None
+    if size is not None:
+        _warn_if_larger_than_free_space(args.volume, size)
+    dev = open_volume_device(args.volume, args, create_size=size)
     try:
+        if not args.force and not getattr(args, "encrypt", False):
+            _refuse_payload_in_use(args.volume, dev)
         store = Store.create(dev, args.label)
     except BaseException:
         dev.close()
@@ -121,69 +108,171 @@ def _newfs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    store = _open(args, readonly=True)
+def _refuse_to_overwrite(args: argparse.Namespace) -> None:
+    """Refuse (without -f) when VOLUME holds anything newfs would destroy: a hammerfs
+    volume, a signature util-linux or the built-in table knows, or (a regular file) data of
+    no known type.  Looks at the raw device only: a LUKS container is never unlocked here,
+    so -f works over one whose key is lost."""
+    from hammerfs.blockdev.file import FileDevice
+    from hammerfs.blockdev.signatures import find_signatures, holds_data
+    from hammerfs.luks.container import is_luks
+    from hammerfs.luks.passphrase import interactive
+
+    dev = FileDevice(args.volume, readonly=True)
     try:
-        space = store.space()
-        fill = store.bigblock_fill()
-        per_bb = space.bigblock_size // space.block_size
-        full = sum(1 for f in fill if f >= per_bb)
-        pfs = store.list_pfs()
-        lines = [
-            ("Volume", args.volume),
-            ("Label", store.label),
-            ("UUID", store.uuid),
-            ("Format version", str(FORMAT_VERSION)),
-            ("Size", _human(space.total_bytes)),
-            ("Used", f"{_human(space.used_bytes)} ({space.used_bytes * 100 // space.total_bytes}%)"),
-            ("Free", _human(space.free_bytes)),
-            ("Big-blocks", f"{space.bigblocks_total} of {_human(space.bigblock_size)}: "
-                           f"{space.bigblocks_free} empty, "
-                           f"{space.bigblocks_total - space.bigblocks_free - full} partly used, "
-                           f"{full} full"),
-            ("Big-block fill", _fill_histogram(fill, per_bb)),
-            ("PFS count", str(len(pfs))),
-            ("Commit seq", str(store.header.seq)),
-            ("Last commit TID", _tid(store.last_committed_tid)),
-            ("Next TID", _tid(store.current_tid)),
-            ("Header copies", "2 valid" if store.header_damage is None else
-             f"DAMAGED: slot {store.header_damage.slot} (see the warning)"),
-        ]
-        if store.header_damage is not None:
-            print(f"hammer: WARNING: {store.header_damage.message}", file=sys.stderr)
-        width = max(len(k) for k, _ in lines)
-        for key, value in lines:
-            print(f"{key + ':':<{width + 1}} {value}")
+        if not getattr(args, "encrypt", False) and _detached(args):
+            return  # VOLUME is the payload of a container: checked once unlocked
+        keep_luks = is_luks(dev) and not getattr(args, "encrypt", False)
+        if keep_luks and not args.key_file and not interactive():
+            raise HammerError(f"{args.volume} is a LUKS container: give its --key-file to "
+                              "build the volume inside it, or -f --encrypt to replace it "
+                              "(its old key is then not needed)")
+        found = None if args.force else _hammerfs_header(dev)
+        if found is None and not args.force:
+            sigs = [s.text for s in find_signatures(args.volume, dev.read, dev.size)
+                    if not (keep_luks and s.kind == "luks")]
+            if sigs:
+                found = " and ".join(sigs)
+            elif not keep_luks and os.path.isfile(args.volume) and \
+                    holds_data(dev.read, dev.size):
+                found = "data of no known type (it is not all zeros)"
     finally:
-        store.close()
+        dev.close()
+    if found is not None:
+        raise HammerError(f"{args.volume} already holds {found}; newfs would destroy it: "
+                          "use -f to overwrite it")
+
+
+def _detached(args: argparse.Namespace) -> bool:
+    from hammerfs.cli.luks_cmds import detached_header
+    return bool(detached_header(args))
+
+
+def _refuse_payload_in_use(volume: str, dev) -> None:
+    """newfs inside an existing LUKS container keeps the container: refuse (without -f)
+    when its payload already holds a hammerfs volume or another known signature."""
+    from hammerfs.blockdev.file import FileDevice
+    from hammerfs.blockdev.signatures import find_signatures
+
+    if isinstance(dev, FileDevice):  # a plain volume: checked before it was opened
+        return
+    found = _hammerfs_header(dev)
+    if found is None:
+        sigs = find_signatures("", dev.read, dev.size)  # in memory: built-in table only
+        found = " and ".join(s.text for s in sigs) if sigs else None
+    if found is not None:
+        raise HammerError(f"the encrypted payload of {volume} already holds {found}; "
+                          "newfs would destroy it: use -f to overwrite it")
+
+
+def _hammerfs_header(dev) -> str | None:
+    existing = None
+    with contextlib.suppress(NotAVolume, HammerError):
+        existing = read_header(dev)
+    if existing is None:
+        return None
+    return f"a hammerfs volume (label {existing.label!r}, uuid {existing.uuid})"
+
+
+def _warn_if_larger_than_free_space(volume: str, size: int) -> None:
+    """An image file larger than its host file system's free space is created sparse and
+    fails with ENOSPC once it fills: say so now."""
+    from hammerfs.luks.passphrase import warn
+
+    try:
+        have = os.path.getsize(volume) if os.path.isfile(volume) else 0
+        st = os.statvfs(os.path.dirname(os.path.abspath(volume)))
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if size - have > free:
+        warn(f"--size {_human(size)} is larger than the free space on the file system of "
+             f"{volume} ({_human(free)} free): the image is sparse and writes will fail "
+             "with 'no space left' once the host file system is full")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hammerfs.control import ControlClient
+    from hammerfs.control.ops import volume_info
+
+    mount = serving_mount(args.volume)
+    if mount is not None:
+        info = ControlClient.for_mount(mount).call("volume-info")
+        volume = mount.volume or args.volume
+    else:
+        store = _open(args, readonly=True)
+        try:
+            info = volume_info(store)
+        finally:
+            store.close()
+        volume = args.volume
+    _print_info(info, volume, mount.mountpoint if mount else None)
     return 0
 
 
+def _print_info(info: dict, volume: str, mountpoint: str | None) -> None:
+    total, used = info["total_bytes"], info["used_bytes"]
+    fill, per_bb = info["fill"], info["bigblock_size"] // info["block_size"]
+    full = sum(1 for f in fill if f >= per_bb)
+    damage = info.get("header_damage")
+    lines = [
+        ("Volume", volume),
+        *([("Mounted on", mountpoint)] if mountpoint else []),
+        ("Label", info["label"]),
+        ("UUID", info["uuid"]),
+        ("Format version", str(FORMAT_VERSION)),
+        ("Size", _human(total)),
+        ("Used", f"{_human(used)} ({used * 100 // total}%)"),
+        ("Free", _human(info["free_bytes"])),
+        ("Big-blocks", f"{info['bigblocks_total']} of {_human(info['bigblock_size'])}: "
+                       f"{info['bigblocks_free']} empty, "
+                       f"{info['bigblocks_total'] - info['bigblocks_free'] - full} partly "
+                       f"used, {full} full"),
+        ("Big-block fill", _fill_histogram(fill, per_bb)),
+        ("PFS count", str(info["pfs_count"])),
+        ("Commit seq", str(info["seq"])),
+        ("Last commit TID", _tid(info["last_committed_tid"])),
+        ("Next TID", _tid(info["current_tid"])),
+        ("Header copies", "2 valid" if damage is None else
+         f"DAMAGED: slot {damage['slot']} (see the warning)"),
+    ]
+    if damage is not None:  # a rollback must never pass silently
+        print(f"hammer: WARNING: {damage['message']}", file=sys.stderr)
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 1}} {value}")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    import sys
+
+    from hammerfs.control import ControlClient
+    from hammerfs.control.ops import SHOW_ERROR, show_lines
+
     prefix = _parse_prefix(args.prefix) if args.prefix else ()
-    store = _open(args, readonly=True)
-    try:
-        hdr = store.header
-        print(f"HEADER slot {hdr.slot} seq {hdr.seq} root {hdr.root_off:#x} level "
-              f"{hdr.root_level} last-commit {_tid(hdr.last_tid)} next-obj {hdr.next_obj:#x}")
-        lo = (*prefix, *(0,) * (5 - len(prefix)))
-        hi = (*prefix, *(MAX_U64 + 1,) * (5 - len(prefix))) if prefix else None
-        for depth, node in store.tree.walk_nodes(lo=lo, hi=hi):
-            indent = "  " * depth
-            kind = f"INTERNAL level {node.level}" if node.level else "LEAF"
-            print(f"{indent}NODE {node.off:#x} {kind} {len(node.keys)} elements")
-            if node.level:
-                continue
-            for k, v in zip(node.keys, node.vals, strict=True):
-                if k[:len(prefix)] != prefix:
-                    continue
-                where = f"data@{v[4]:#x}" if v[4] else "inline"
-                store.data_of(k, v)  # verifies the data checksum
-                name = "store" if k[0] == STORE_PFS else f"{k[0]}"
-                print(f"{indent}  ELM {name}:{k[1]:#x}:{k[2]:#x}:{k[3]:#x} "
-                      f"create {_tid(k[4])} delete {_tid(v[0])} len {v[3]} {where}")
-    finally:
-        store.close()
+    mount = serving_mount(args.volume)
+    if mount is None:
+        store = _open(args, readonly=True)
+        try:
+            for line in show_lines(store, prefix):
+                print(line)
+        finally:
+            store.close()
+        return 0
+    sock = ControlClient.for_mount(mount).open_stream("show", prefix=list(prefix))
+    pending = b""
+    with sock:
+        while chunk := sock.recv(1 << 16):
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line.startswith(SHOW_ERROR):
+                    sys.stdout.flush()
+                    raise HammerError(line[len(SHOW_ERROR):].decode(errors="replace"))
+                sys.stdout.write(line.decode(errors="replace") + "\n")
+    if pending:
+        raise HammerError("the mount process ended the show output early")
     return 0
 
 
@@ -233,11 +322,3 @@ def _parse_prefix(text: str) -> tuple[int, ...]:
 
 def _tid(tid: int) -> str:
     return f"0x{tid:016x}"
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

@@ -16,17 +16,20 @@ existing file, not read-only) then formats a LUKS2 container first when --encryp
 from __future__ import annotations
 
 import argparse
+import os
 
 from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import HammerError
 
 
-def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False) -> None:
+def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False,
+                    key_file_help: str | None = None) -> None:
     """Add the options that say how to open (or, for newfs, create) a volume."""
     from hammerfs.cli.luks_cmds import add_header_arg, add_keyfile_slice_args
 
     parser.add_argument("--key-file", metavar="FILE",
-                        help="passphrase file for an encrypted volume ('-' reads stdin)")
+                        help=key_file_help or "passphrase file of an encrypted volume ('-' "
+                        "reads stdin; without it you are asked on the terminal)")
     add_keyfile_slice_args(parser)
     add_header_arg(parser)
     if creating:
@@ -68,13 +71,27 @@ def forget_passphrase(args: argparse.Namespace) -> None:
         del args._luks_passphrase
 
 
-def _unlock(dev: BlockDevice, args: argparse.Namespace | None, readonly: bool) -> BlockDevice:
+def _unlock(dev: BlockDevice, args: argparse.Namespace | None, readonly: bool,
+            data_device: BlockDevice | None = None, path: str | None = None) -> BlockDevice:
+    """The payload of the container on ``dev``: the passphrase from --key-file, or typed at
+    a prompt naming the volume (three tries); kept in ``args`` for a second open."""
     from hammerfs.luks import open_payload
     from hammerfs.luks.container import is_luks
+    from hammerfs.luks.passphrase import unlock_with_tries
 
     if not is_luks(dev):
         return dev
-    return open_payload(dev, _passphrase(args, confirm=False), readonly=readonly)
+    cached = getattr(args, "_luks_passphrase", None)
+    if cached is not None:
+        return open_payload(dev, cached, readonly=readonly, data_device=data_device)
+    payload, passphrase = unlock_with_tries(
+        lambda pw: open_payload(dev, pw, readonly=readonly, data_device=data_device),
+        getattr(args, "key_file", None), f"Enter passphrase for {path or dev.path}: ",
+        offset=getattr(args, "keyfile_offset", None) or 0,
+        size=getattr(args, "keyfile_size", None) or 0)
+    if args is not None:
+        args._luks_passphrase = passphrase
+    return payload
 
 
 def _format_encrypted(dev: BlockDevice, args: argparse.Namespace) -> BlockDevice:
@@ -96,7 +113,7 @@ def _open_detached(data: BlockDevice, header: str, args: argparse.Namespace,
         format_device,
         open_header_for_format,
     )
-    from hammerfs.luks import open_payload, payload_device
+    from hammerfs.luks import payload_device
     from hammerfs.luks.container import is_luks
 
     if getattr(args, "encrypt", False) and not readonly:
@@ -112,8 +129,7 @@ def _open_detached(data: BlockDevice, header: str, args: argparse.Namespace,
     try:
         if not is_luks(hdr):
             raise HammerError(f"{header} is not a LUKS header")
-        return open_payload(hdr, _passphrase(args, confirm=False), readonly=readonly,
-                            data_device=data)
+        return _unlock(hdr, args, readonly, data_device=data, path=data.path)
     finally:
         hdr.close()
 
@@ -158,3 +174,41 @@ def open_volume_device(path: str, args: argparse.Namespace | None = None, *,
     except BaseException:
         dev.close()
         raise
+
+
+def serving_mount(path: str):
+    """The hammerfs mount that serves ``path``: the mount a directory is inside of, or the
+    mount of the volume a device or image ``path`` is (the mount holds its lock, so commands
+    that only read go through it).  None when nothing mounted serves it.  Tells the user
+    when an image is read through its mount."""
+    import sys
+
+    from hammerfs.control import find_mount
+    from hammerfs.control.client import MountInfo, registered_mounts
+
+    if os.path.isdir(path):
+        info = find_mount(path)
+        if info is None:
+            raise HammerError(f"{path}: a directory, but not inside a mounted hammerfs "
+                              "(give the volume itself, or a path inside its mount)")
+        return info
+    for mount in registered_mounts():
+        if _same_file(path, mount.get("volume", "")):
+            print(f"hammer: {path} is mounted on {mount['mountpoint']}: reading it through "
+                  "the mount", file=sys.stderr)
+            return MountInfo(mount["mountpoint"], mount["socket"], int(mount.get("pfs", 0)),
+                             "", mount.get("volume", ""), int(mount.get("pid", 0)))
+    return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    """The same image file or the same block device (by-id links, /dev/sdX, ...)."""
+    import stat
+
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    if stat.S_ISBLK(sa.st_mode) and stat.S_ISBLK(sb.st_mode):
+        return sa.st_rdev == sb.st_rdev
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

@@ -1,5 +1,6 @@
 """The filesystem's control ops (history, snapshots, undo, synctid, prune, prune-everything,
-cleanup, config), run in the process that owns the volume: the mount process through the
+cleanup, config; volume-info, show and the LUKS header for `hammer info/show/luks` on a
+mounted volume), run in the process that owns the volume: the mount process through the
 control socket, or the command itself on an unmounted volume (``local_context``).  Paths are
 ``relpath``s below the mount root."""
 
@@ -8,12 +9,15 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+from collections.abc import Iterator
 
 from hammerfs.control import chunks as framing
 from hammerfs.control.server import ControlContext, takes
 from hammerfs.errors import HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
+from hammerfs.store.format import STORE_PFS
+from hammerfs.store.records import MAX_U64
 
 
 def local_context(store, pfs: int, volume: str, *, readonly: bool = False) -> ControlContext:
@@ -257,7 +261,107 @@ def op_await_unmount(ctx: ControlContext, args: dict, conn: socket.socket | None
     return {}
 
 
+# -- the volume as a whole: info, show, the LUKS header (`hammer info/show/luks MNT`) ------------
+def volume_info(store) -> dict:
+    """What `hammer info` shows of a volume."""
+    space = store.space()
+    return {"label": store.label, "uuid": str(store.uuid), "total_bytes": space.total_bytes,
+            "used_bytes": space.used_bytes, "free_bytes": space.free_bytes,
+            "bigblock_size": space.bigblock_size, "block_size": space.block_size,
+            "bigblocks_total": space.bigblocks_total, "bigblocks_free": space.bigblocks_free,
+            "fill": store.bigblock_fill(), "pfs_count": len(store.list_pfs()),
+            "seq": store.header.seq, "last_committed_tid": store.last_committed_tid,
+            "current_tid": store.current_tid,
+            "header_damage": None if store.header_damage is None else
+            {"slot": store.header_damage.slot, "message": store.header_damage.message}}
+
+
+def op_volume_info(ctx: ControlContext, args: dict, conn) -> dict:
+    with ctx.lock:
+        return volume_info(ctx.store)
+
+
+SHOW_ERROR = b"\0error: "  # ends a show stream that hit damage (text never holds a NUL)
+
+
+def show_lines(store, prefix: tuple[int, ...]) -> Iterator[str]:
+    """`hammer show`: the B-tree nodes and records under ``prefix`` (PFS[, OBJ[, TYPE[,
+    KEY]]]), verifying every node's and data block's checksum on the way."""
+    hdr = store.header
+    yield (f"HEADER slot {hdr.slot} seq {hdr.seq} root {hdr.root_off:#x} level "
+           f"{hdr.root_level} last-commit {_tid(hdr.last_tid)} next-obj {hdr.next_obj:#x}")
+    lo = (*prefix, *(0,) * (5 - len(prefix)))
+    hi = (*prefix, *(MAX_U64 + 1,) * (5 - len(prefix))) if prefix else None
+    for depth, node in store.tree.walk_nodes(lo=lo, hi=hi):
+        indent = "  " * depth
+        kind = f"INTERNAL level {node.level}" if node.level else "LEAF"
+        yield f"{indent}NODE {node.off:#x} {kind} {len(node.keys)} elements"
+        if node.level:
+            continue
+        for k, v in zip(node.keys, node.vals, strict=True):
+            if k[:len(prefix)] != prefix:
+                continue
+            where = f"data@{v[4]:#x}" if v[4] else "inline"
+            store.data_of(k, v)  # verifies the data checksum
+            name = "store" if k[0] == STORE_PFS else f"{k[0]}"
+            yield (f"{indent}  ELM {name}:{k[1]:#x}:{k[2]:#x}:{k[3]:#x} "
+                   f"create {_tid(k[4])} delete {_tid(v[0])} len {v[3]} {where}")
+
+
+def _tid(tid: int) -> str:
+    return f"0x{tid:016x}"
+
+
+def op_show(ctx: ControlContext, args: dict, conn: socket.socket) -> dict:
+    """Streaming: the text of `hammer show`.  The mount pauses while it runs (the walk holds
+    the lock: the tree must not change under it); damage ends the text with SHOW_ERROR."""
+    prefix = tuple(int(x) for x in args.get("prefix") or ())
+    out = bytearray()
+    with ctx.lock:
+        try:
+            for line in show_lines(ctx.store, prefix):
+                out += line.encode() + b"\n"
+                if len(out) >= 1 << 16:
+                    conn.sendall(out)
+                    out.clear()
+        except HammerError as exc:
+            out += SHOW_ERROR + str(exc).encode(errors="replace") + b"\n"
+    conn.sendall(out)
+    return {}
+
+
+def _luks_header_area(ctx: ControlContext) -> tuple[object | None, int]:
+    """(the raw device, the size of its LUKS header area) under a mounted encrypted volume:
+    the bytes before the payload (both header copies and the key slots).  (None, 0) for a
+    plain volume, (device, 0) when the header is detached (the mount does not keep a
+    detached header file open: the command reads that file itself)."""
+    payload = ctx.store.device
+    raw = getattr(payload, "container", None)  # a LuksDevice over the raw device
+    if raw is None:
+        return None, 0
+    return raw, int(getattr(payload, "data_offset", 0))
+
+
+def op_luks_info(ctx: ControlContext, args: dict, conn) -> dict:
+    raw, size = _luks_header_area(ctx)
+    return {"luks": raw is not None and size > 0, "detached": raw is not None and not size,
+            "header_size": size}
+
+
+def op_luks_header(ctx: ControlContext, args: dict, conn: socket.socket) -> dict:
+    """Streaming: the raw LUKS header area (header copies and key slots; never the payload
+    or a key), for `hammer luks dump`/`test-passphrase` on a mounted volume."""
+    raw, size = _luks_header_area(ctx)
+    for offset in range(0, size, 1 << 20):
+        conn.sendall(raw.read(offset, min(1 << 20, size - offset)))
+    return {}
+
+
 OPS = {
+    "volume-info": op_volume_info,
+    "show": op_show,
+    "luks-info": op_luks_info,
+    "luks-header": op_luks_header,
     "info": op_info,
     "await-unmount": op_await_unmount,
     "synctid": op_synctid,

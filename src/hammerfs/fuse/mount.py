@@ -27,6 +27,11 @@ from hammerfs.fs.namespace import Namespace, parse_tid
 
 log = logging.getLogger("hammerfs.mount")
 COMMIT_INTERVAL = 1.0
+FUSE_DEVICE = "/dev/fuse"
+
+
+class MountFailed(HammerError):
+    """FUSE could not mount (or serve) the volume; the message says why when we can tell."""
 
 
 def control_ops() -> dict:
@@ -146,8 +151,16 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
     try:
         if not ns.readonly:
             committer.start()
-        run(ops, mountpoint, fsname=volume,
-            readonly=ns.readonly, debug=debug, nfs=nfs)
+        try:
+            run(ops, mountpoint, fsname=volume,
+                readonly=ns.readonly, debug=debug, nfs=nfs)
+        except HammerError:
+            raise
+        except Exception as exc:  # the FUSE binding's own errors (e.g. RuntimeError(4))
+            if ready_once.is_set():
+                raise MountFailed(f"serving {mountpoint} failed: {exc!r}") from exc
+            raise MountFailed(f"FUSE could not mount {volume} on {mountpoint}: "
+                              f"{fuse_diagnosis()}") from None
     finally:
         committer.stopping.set()
         error = _final_commit(ns)
@@ -156,7 +169,30 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
         if error is not None:
             log.error("unmounted %s: %s", mountpoint, error)
             raise error
-        log.info("unmounted %s", mountpoint)
+        if ready_once.is_set():
+            log.info("unmounted %s", mountpoint)
+
+
+def fuse_diagnosis(device: str = FUSE_DEVICE) -> str:
+    """Why a FUSE mount failed, as far as we can tell from here."""
+    import shutil
+    import stat
+
+    try:
+        st = os.stat(device)
+    except FileNotFoundError:
+        return (f"{device} does not exist: load the fuse kernel module (modprobe fuse) or, "
+                "in a container, pass the device in (--device /dev/fuse)")
+    except OSError as exc:
+        return f"cannot look at {device}: {exc.strerror}"
+    if not os.access(device, os.R_OK | os.W_OK):
+        return (f"no access to {device} (mode {stat.filemode(st.st_mode)}, owner uid "
+                f"{st.st_uid}) for uid {os.geteuid()}: run as root, or have the "
+                f"administrator allow FUSE (chmod 0666 {device}, the default of most "
+                "distributions)")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (package fuse3): users need it to mount"
+    return "see the FUSE messages above (or in the mount log)"
 
 
 def _final_commit(ns: Namespace) -> BaseException | None:

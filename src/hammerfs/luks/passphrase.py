@@ -8,9 +8,14 @@ import getpass
 import os
 import stat
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from hammerfs.errors import HammerError
 from hammerfs.luks.secmem import make_undumpable
+
+T = TypeVar("T")
+PROMPT_TRIES = 3  # as cryptsetup's --tries
 
 MAX_KEY_FILE = 8 * 1024 * 1024   # cryptsetup's default --keyfile-size limit
 MAX_PASSPHRASE = 512
@@ -104,3 +109,25 @@ def get_passphrase(key_file: str | None, text: str = "Enter passphrase: ", *,
         raise HammerError("--keyfile-offset and --keyfile-size apply to a key file: "
                           "give --key-file too")
     return prompt(text, confirm=confirm)
+
+
+def unlock_with_tries(unlock: Callable[[bytes], T], key_file: str | None, text: str, *,
+                      offset: int = 0, size: int = 0, tries: int = PROMPT_TRIES
+                      ) -> tuple[T, bytes]:
+    """``unlock(passphrase)`` with the passphrase from ``key_file`` (one try), or typed at
+    the prompt ``text``: up to ``tries`` times while it is wrong, as cryptsetup.  Returns
+    (what unlock returned, the passphrase that worked)."""
+    from hammerfs.luks.container import WrongPassphrase
+
+    if key_file or not interactive():
+        passphrase = get_passphrase(key_file, text, offset=offset, size=size)
+        return unlock(passphrase), passphrase
+    for attempt in range(1, tries + 1):
+        passphrase = get_passphrase(None, text, offset=offset, size=size)
+        try:
+            return unlock(passphrase), passphrase
+        except WrongPassphrase:
+            if attempt == tries:
+                raise
+            print("No key available with this passphrase.", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")

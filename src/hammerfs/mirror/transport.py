@@ -155,6 +155,8 @@ class ForkChannel(SocketChannel):
             code = 0
             try:
                 _die_with_parent()
+                # Ctrl-C reaches the whole process group: the parent decides what it means
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 ours.close()
                 session(theirs)
             except HammerError:
@@ -431,13 +433,17 @@ def relay(source: Channel, target: Channel, *, verbosity: int = 0,
         target.close_write()
     if back_thread is not None:
         back_thread.join()
-    progress.done()
+    interrupted = next((e for e in errors if isinstance(e, KeyboardInterrupt)), None)
+    if interrupted is None:
+        progress.done()
     failures: list[BaseException] = []
     for chan in (source, target):
         try:
             chan.finish(timeout=60)
         except BaseException as exc:
             failures.append(exc)
+    if interrupted is not None:  # Ctrl-C: the ends failing because of it say nothing new
+        raise interrupted
     peer = back.peer_error or forward.peer_error
     if peer is not None:
         raise peer
