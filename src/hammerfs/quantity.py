@@ -30,7 +30,7 @@ def parse_size(value: str | int, *, what: str = "size", minimum: int = 1,
     """Bytes from ``4096``, ``"512k"``, ``"10m"``, ``"1.5g"`` (binary units, an optional
     ``b``/``ib`` suffix), within ``minimum..maximum``."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise QuantityError(f"bad {what} {value!r} (e.g. 10m, 1g)")
+        raise QuantityError(f"bad {what} {value!r} (e.g. 10m, 1.5g)")
     if isinstance(value, int):
         size = value
     else:

@@ -124,7 +124,7 @@ def test_a_valid_config_gives_the_commands_to_run(env):
     ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}],
       "cleanup": {"schedule": "daily %h"}}, "is not a systemd calendar expression"),
     ({"stream": [{"source": "{d}/vol.img", "target": "h:/x", "bwlimit": "abc"}]},
-     "bad bwlimit 'abc' (e.g. 10m, 1g)"),
+     "bad bwlimit 'abc' (e.g. 10m, 1.5g)"),
     ({"stream": [{"source": "{d}/vol.img", "target": "h:/x", "chunk_size": "-5"}]},
      "bad chunk_size '-5'"),
     ({"stream": [{"source": "{d}/vol.img", "target": "h:/x", "chunk_size": 0}]},

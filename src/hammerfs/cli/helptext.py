@@ -214,8 +214,9 @@ def apply(parser: argparse.ArgumentParser) -> None:
         if not child.description:
             child.description = DESCRIPTIONS.get(name)
         examples = EXAMPLES.get(name)
-        if examples and not child.epilog:
-            child.epilog = "example:\n" + "\n".join(f"  {line}" for line in examples)
+        if examples and "example:" not in (child.epilog or ""):
+            example = "example:\n" + "\n".join(f"  {line}" for line in examples)
+            child.epilog = f"{child.epilog}\n\n{example}" if child.epilog else example
         if child.formatter_class is argparse.HelpFormatter:
             child.formatter_class = Formatter
 
@@ -224,9 +225,16 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions wrapped as usual, examples kept as written."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
+        prose, example = text, ""
         if text.startswith("example:"):
-            return super()._fill_text(text, width, indent)
-        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+            prose, example = "", text
+        elif "\n\nexample:\n" in text:
+            prose, example = text.split("\n\nexample:\n", 1)
+            example = "example:\n" + example
+        parts = [argparse.HelpFormatter._fill_text(self, prose, width, indent)] if prose else []
+        if example:
+            parts.append(super()._fill_text(example, width, indent))
+        return "\n\n".join(parts)
 
 
 class Parser(argparse.ArgumentParser):
