@@ -12,8 +12,8 @@ import threading
 from collections.abc import Iterator
 
 from hammerfs.control import chunks as framing
-from hammerfs.control.server import ControlContext, takes
-from hammerfs.errors import HammerError, ReadOnly
+from hammerfs.control.server import BadRequest, ControlContext, takes
+from hammerfs.errors import ErrnoError, HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
 from hammerfs.store.format import STORE_PFS
@@ -276,9 +276,16 @@ def volume_info(store) -> dict:
             {"slot": store.header_damage.slot, "message": store.header_damage.message}}
 
 
+def _volume(ctx: ControlContext):
+    """The mounted on-disk store; an in-memory one (tests, the demo's model) has no header."""
+    if not hasattr(ctx.store, "header"):
+        raise ErrnoError(errno.EOPNOTSUPP, "this mount is not backed by an on-disk volume")
+    return ctx.store
+
+
 def op_volume_info(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
-        return volume_info(ctx.store)
+        return volume_info(_volume(ctx))
 
 
 SHOW_ERROR = b"\0error: "  # ends a show stream that hit damage (text never holds a NUL)
@@ -315,11 +322,15 @@ def _tid(tid: int) -> str:
 def op_show(ctx: ControlContext, args: dict, conn: socket.socket) -> dict:
     """Streaming: the text of `hammer show`.  The mount pauses while it runs (the walk holds
     the lock: the tree must not change under it); damage ends the text with SHOW_ERROR."""
-    prefix = tuple(int(x) for x in args.get("prefix") or ())
+    prefix = args.get("prefix") or []
+    if not (isinstance(prefix, list) and len(prefix) <= 4 and
+            all(type(x) is int and 0 <= x <= MAX_U64 for x in prefix)):
+        raise BadRequest("control op show: 'prefix' must be a list of up to 4 key fields")
     out = bytearray()
     with ctx.lock:
+        store = _volume(ctx)
         try:
-            for line in show_lines(ctx.store, prefix):
+            for line in show_lines(store, tuple(prefix)):
                 out += line.encode() + b"\n"
                 if len(out) >= 1 << 16:
                     conn.sendall(out)
@@ -335,7 +346,7 @@ def _luks_header_area(ctx: ControlContext) -> tuple[object | None, int]:
     the bytes before the payload (both header copies and the key slots).  (None, 0) for a
     plain volume, (device, 0) when the header is detached (the mount does not keep a
     detached header file open: the command reads that file itself)."""
-    payload = ctx.store.device
+    payload = getattr(ctx.store, "device", None)
     raw = getattr(payload, "container", None)  # a LuksDevice over the raw device
     if raw is None:
         return None, 0
