@@ -40,3 +40,31 @@ def run_hammer(*args: str, input: bytes | None = None, check: bool = True,
 @pytest.fixture
 def hammer():
     return run_hammer
+
+
+def _hammerfs_mounts_under(root: Path) -> list[str]:
+    """Mount points of FUSE hammerfs mounts below ``root`` (from this process's mountinfo)."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            point = fields[4].encode().decode("unicode_escape")
+            if fields[sep + 1] == "fuse.hammerfs" and Path(point).is_relative_to(root):
+                found.append(point)
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that leaves a mount behind fails the run (and the mount is cleared, so a
+    leaked mount never holds the next run's files)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or session.config.option.collectonly:
+        return
+    leaked = _hammerfs_mounts_under(factory.getbasetemp())
+    for point in leaked:
+        subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True)
+    if leaked:
+        sys.stderr.write("\nERROR: tests left hammerfs mounts behind:\n  " +
+                         "\n  ".join(leaked) + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
