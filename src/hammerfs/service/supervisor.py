@@ -554,12 +554,12 @@ class Supervisor:
         for m in reversed(self.mounted):
             if m.name not in self.made:
                 if self.mount_state[m.name] == "mounted":
-                    self.mount_state[m.name] = "kept"
+                    self._set_mount(m.name, "kept")
                     if not quiet:
                         say(f"{m.name}: leaving {m.mountpoint} mounted (it was mounted "
                             "before hammer up)")
-                else:
-                    self.mount_state[m.name] = "down"  # never mounted: nothing to undo
+                else:  # never mounted (still being retried): nothing to undo
+                    self._set_mount(m.name, "down", "never mounted (its mount kept failing)")
                 continue
             if not quiet:
                 say(f"{m.name}: unmounting {m.mountpoint}")
