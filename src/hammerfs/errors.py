@@ -30,6 +30,20 @@ class NotAVolume(HammerError):
     """The device holds no hammerfs volume (or an unsupported format version)."""
 
 
+class NoVolumeSignature(NotAVolume):
+    """Not even a damaged hammerfs volume: too small, or no hammerfs header magic at all
+    (some other file or filesystem)."""
+
+
+class MountBusy(HammerError):
+    """The kernel refuses to unmount: processes use the mount (``holders``, as
+    hammerfs.control.holders finds them)."""
+
+    def __init__(self, message: str, holders: list | None = None):
+        super().__init__(message)
+        self.holders = holders or []
+
+
 class UnmountCommitFailed(HammerError):
     """A mount's final commit failed: it is unmounted, its last changes are lost."""
 

@@ -181,7 +181,7 @@ def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
         assert slurp(f"{mp}/@@{old}/fill")[: 1 << 20] == chunk
         # prune-everything destroys that history, and the space comes back
         out = run_hammer("prune-everything", mp).stdout
-        assert re.search(r"destroyed [1-9]\d* history versions, freed ([1-9]\d*\.\d) MiB",
+        assert re.search(r"destroyed [1-9]\d* history versions?, freed ([1-9]\d*\.\d) MiB",
                          out), out
         assert float(re.search(r"freed (\S+) MiB", out).group(1)) >= 2
         with open(f"{mp}/again", "wb") as f:
@@ -192,7 +192,7 @@ def test_full_volume_returns_enospc_and_stays_usable(tmp_path):
         run_hammer("umount", mp)
     assert run_hammer("scrub", path).stdout.strip().endswith("no damage found")
     # the unmounted volume: only the overwritten root-directory versions are left to prune
-    assert re.match(r"PFS 0: destroyed [1-9]\d* history versions",
+    assert re.match(r"PFS 0: destroyed [1-9]\d* history versions?",
                     run_hammer("prune-everything", path).stdout)
     missing = run_hammer("prune-everything", f"{path}:00009", check=False)
     assert missing.returncode == 1 and "PFS 9 does not exist" in missing.stderr

@@ -93,7 +93,7 @@ def test_copy_incremental_and_status(vols):
     assert "synced to 0x" in out.stderr
     check_replica(m, s)
     status = run_hammer("pfs-status", f"{s}:1").stdout
-    assert "operating as a SLAVE" in status and "behind=" in status
+    assert "operating as a SLAVE" in status and "newest-commit-age=" in status
     for field in ("sync-beg-tid=0x", "sync-end-tid=0x", "shared-uuid=", "unique-uuid=",
                   "label="):
         assert field in status

@@ -328,6 +328,14 @@ def test_update_and_status_fields():
     assert 'label="backup"' in lines and "prune-min=1/00:00:00" in lines
     assert "operating as a SLAVE" in lines
     assert any(x.startswith("sync-end-tid=0x") for x in lines)
+    put(master, 1, 100, 0)
+    master.commit()
+    copy_local(master, 1, slave, 1)
+    # an idle master an hour later: the slave is not "behind", its newest commit is old
+    ts = slave.get_pfs(1).sync_end_ts
+    lines = pfs_ops.format_status(pfs_ops.status(slave, 1), now_ns=ts + 3600 * 10**9)
+    assert not any("behind=" in x.split()[0] for x in lines), lines
+    assert any(x.startswith("newest-commit-age=3600.0s ") for x in lines), lines
     with pytest.raises(HammerError, match="unknown PFS option"):
         pfs_ops.parse_options(["colour=blue"])
 
@@ -392,6 +400,34 @@ def test_relay_progress_and_bandwidth_cap():
     assert meter.synced_tid == master.last_committed_tid
     assert 0.9 < elapsed < 5, "half the stream per second: about one second of waiting"
     assert "records" in progress.status() and "ETA" in progress.status()
+
+
+def test_first_eta_waits_for_a_rate_worth_the_name(monkeypatch):
+    """Right after the ESTIMATE a few header bytes over the set-up time would promise months
+    (issue 12: `864469:30`): the ETA reads --:-- until data has flowed for a second, then
+    comes from the rate since the ESTIMATE."""
+    from hammerfs.mirror import transport
+    from hammerfs.mirror.transport import Meter, Progress, _account
+
+    clock = [1000.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: clock[0])
+    meter = Meter(start=clock[0])
+    _account(meter, s.HELLO, b"", 60, "source")
+    clock[0] += 0.7  # the session's set-up: unlocking, opening, planning
+    frame = s.estimate_payload(5 << 30, 1000, 1, 2)
+    _account(meter, s.ESTIMATE, frame, 60, "source")
+    progress = Progress(meter, 0, io.StringIO())
+    assert progress.status().endswith("ETA --:--")
+    clock[0] += 0.5
+    meter.bytes += 1 << 20
+    assert progress.status().endswith("ETA --:--")
+    clock[0] += 1.5  # 2 s after the estimate, 10 MiB/s: 5100 MiB in 510 s
+    meter.bytes += 19 << 20
+    assert progress.status().endswith("ETA 8:30"), progress.status()
+    meter.bytes = 20 << 20  # hours: h:mm:ss
+    meter.estimate_bytes = (20 << 20) + (10 << 20) * 3700
+    meter.estimate_base = 0
+    assert progress.status().endswith("ETA 1:01:40"), progress.status()
 
 
 def test_master_status_reports_slave_lag():

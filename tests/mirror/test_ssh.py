@@ -88,8 +88,12 @@ def test_copy_to_and_from_remote_over_ssh(sshd, vols):
     change(m, 1, seed=1)
     # remote master -> local slave (the port given inside HAMMER_RSH this time)
     env2 = dict(env, HAMMER_RSH=_ssh_opts(d / "user") + f" -p {port}")
-    run_hammer("mirror-copy", f"127.0.0.1:{m}:1", f"{s}:1", env=env2)
+    out = run_hammer("mirror-copy", "-v", f"127.0.0.1:{m}:1", f"{s}:1", env=env2)
     check_replica(m, s)
+    # -v: each batch is reported once, by this end (the far end gets no -v of its own)
+    synced = [line for line in out.stderr.splitlines() if "synced to 0x" in line]
+    assert synced and len(synced) == len(set(synced)), out.stderr
+    assert sum(line.startswith("Mirror-copy: synced to") for line in synced) == 1
     # a refusal on the far side reaches the user as a clear message
     run_hammer("pfs-master", f"{s}:2")
     out = run_hammer("mirror-copy", "-p", str(port), f"{m}:1", f"127.0.0.1:{s}:2", env=env,

@@ -12,14 +12,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from conftest import hammer_env, run_hammer
 from hammerfs.control.client import pid_alive, registered_mounts
-from hammerfs.service.supervisor import instance_paths, read_state, rotate_log
+from hammerfs.service.supervisor import (
+    instance_paths,
+    read_state,
+    read_state_file,
+    rotate_log,
+)
 
 FAST_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
 
@@ -169,17 +173,35 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
         (mm / "third.txt").write_text("third")
         wait_for(lambda: read_text(slave_pfs / "third.txt") == "third", 20,
                  "the stream after the remount")
+        # the stream complained when its source vanished; now it streams again, and the
+        # status shows no error that has passed as its present state (a run that recovered
+        # says "connected again"; a new run starts with no message)
         status = run_hammer("service", "status", "--config", setup["config"]).stdout
         assert "master" in status and "mounted" in status and "restarts=" in status
-        assert "last message:" in status  # what the stream said when its source vanished
+        assert "stream backup" in status and "running, pid" in status, status
+        last = [line for line in status.splitlines() if "last message (" in line]
+        assert all("connected again after" in line for line in last), status
+        assert "previous run ended: " in status, status
 
-        # `hammer down` from another shell: SIGTERM, then waits until hammer up is gone; a
-        # file still open on the master makes its unmount wait until it is closed
-        busy = open(mm / "notes.txt")  # noqa: SIM115 (closed by the timer)
-        threading.Timer(3.0, busy.close).start()
-        down = run_hammer("down", "--config", setup["config"], timeout=120)
-        assert f"stopping hammer up (pid {up.pid})" in down.stdout
-        assert "everything unmounted" in down.stdout
+        # `hammer down` from another shell: SIGTERM, then follows hammer up; a file still
+        # open on the master makes its unmount wait until it is closed, and down says who
+        # holds it; meanwhile the status shows the stopped stream as stopped
+        busy = open(mm / "notes.txt")  # noqa: SIM115 (closed below)
+        down = subprocess.Popen([sys.executable, "-m", "hammerfs", "down", "--config",
+                                 str(setup["config"])], env=hammer_env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        status = wait_for(lambda: (s := run_hammer("service", "status", "--config",
+                                                   setup["config"]).stdout)
+                          and "busy, in use by" in s and s, 30, "the busy master")
+        assert "hammer up stopping" in status and "stopped" in status, status
+        assert "running, pid" not in status, status
+        busy.close()
+        out, _ = down.communicate(timeout=60)
+        assert down.returncode == 0, out
+        assert f"stopping hammer up (pid {up.pid})" in out
+        assert f"master: {mm}: busy, in use by pid {os.getpid()} (" in out, out
+        assert f"open {mm}/notes.txt" in out, out
+        assert f"master: {mm}: unmounted" in out and "everything unmounted" in out, out
         assert up.wait(5) == 0
         notify.wait("STOPPING=1", 1)
     finally:
@@ -190,10 +212,12 @@ def test_up_streams_restarts_and_shuts_down_cleanly(setup, tmp_path):
     assert "master: unlocking and mounting" in log
     assert "stream backup exited (killed by SIGKILL); restarting in" in log
     assert "mount process of" in log and "mounted again" in log
-    assert "is busy; retrying" in log
+    assert f"is busy, in use by pid {os.getpid()}" in log and "retrying until it is free" \
+        in log
     assert "SIGTERM: stopping" in log and "down: everything unmounted" in log
     assert not os.path.ismount(mm) and not os.path.ismount(sm)
     assert read_state(str(setup["config"])) is None
+    assert read_state_file(str(setup["config"]))["exit"] == 0
 
     # data intact after a remount, on both volumes
     run_hammer("mount", "--key-file", setup["key"], setup["master"], mm)
@@ -248,8 +272,17 @@ def test_background_up_keeps_a_hand_made_mount_and_down_cleans_up_after_a_crash(
     wait_for(lambda: read_text(setup["slave_pfs"] / "reloaded.txt") == "reloaded", 15,
              "the stream after the reload")
 
+    # a config broken since: the status still shows the running state, with the error
+    good = config.read_text()
+    config.write_text(good + "[[mount]\n")
+    res = run_hammer("service", "status", "--config", config)
+    assert f"hammer up running (pid {state['pid']})" in res.stdout, res
+    assert "mount  master" in res.stdout and "stream backup" in res.stdout
+    assert "hammer: warning: config" in res.stderr and "reload" in res.stderr
+
     # `hammer up` dies without cleaning up: its stream goes with it, the mounts stay, and
-    # `hammer down` unmounts what it left
+    # `hammer down` (the config still broken) unmounts what it mounted, not the hand-made
+    # mount it found
     state = read_state(str(config))
     stream_pid = state["streams"][0]["pid"]
     os.kill(state["pid"], signal.SIGKILL)
@@ -258,9 +291,13 @@ def test_background_up_keeps_a_hand_made_mount_and_down_cleans_up_after_a_crash(
     res = run_hammer("service", "status", "--config", config, check=False)
     assert res.returncode == 3 and "not running" in res.stdout
     down = run_hammer("down", "--config", config, timeout=120)
-    assert "hammer up is not running" in down.stdout and "unmounting" in down.stdout
-    assert not os.path.ismount(mm) and not os.path.ismount(sm)
-    assert "nothing mounted" in run_hammer("down", "--config", config).stdout
+    assert "hammer up is not running" in down.stdout, down.stdout
+    assert f"slave: unmounting {sm}" in down.stdout
+    assert f"master: {mm} stays mounted (not mounted by hammer up)" in down.stdout
+    assert os.path.ismount(mm) and owner_pid(mm) == hand_pid and not os.path.ismount(sm)
+    assert "nothing it mounted is left" in run_hammer("down", "--config", config).stdout
+    run_hammer("umount", mm)
+    config.write_text(good)
 
     # what the daily timer runs: volumes not mounted are cleaned up directly (unlocked
     # with the mount's key file)
@@ -361,3 +398,72 @@ def test_logs_in_the_runtime_dir_stay_bounded(tmp_path):
     log.write_bytes(b"b" * 300)
     rotate_log(str(log), limit=200)
     assert not log.exists() and (tmp_path / "x.log.1").read_bytes() == b"b" * 300
+
+
+@pytest.fixture
+def loop_volume(tmp_path):
+    """A hammerfs volume on a loop device (blockdev --setro makes its commits fail)."""
+    image = tmp_path / "loop.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    dev = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        run_hammer("newfs", dev)
+        yield dev
+    finally:
+        subprocess.run(["blockdev", "--setrw", dev], capture_output=True)
+        for _ in range(50):  # a mount process may still hold the device for a moment
+            if subprocess.run(["losetup", "-d", dev], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+
+
+def test_down_tells_a_lost_final_commit_and_leaves_hand_made_mounts(setup, loop_volume,
+                                                                     tmp_path):
+    """A mount whose final commit fails (the device turned read-only) is reported as such:
+    by a reload that drops it (not "it stays mounted": it is gone) and by `hammer down`,
+    which then exits non-zero.  A mount made by hand before `hammer up` stays mounted."""
+    dev, lm, sm = loop_volume, tmp_path / "lm", setup["sm"]
+    lm.mkdir()
+    run_hammer("mount", setup["slave"], sm)  # by hand, before hammer up
+    hand_pid = owner_pid(sm)
+    config = tmp_path / "loop.toml"
+    hand = f'[[mount]]\nname = "hand"\nvolume = "{setup["slave"]}"\nmountpoint = "{sm}"\n'
+    loop = f'[[mount]]\nname = "loop"\nvolume = "{dev}"\nmountpoint = "{lm}"\n'
+    config.write_text(hand + loop)
+    with open(tmp_path / "up.out", "w") as out:
+        up = subprocess.Popen([sys.executable, "-m", "hammerfs", "up", "-f", "--config",
+                               str(config)], env=hammer_env(), stdout=out,
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (s := read_state(str(config))) and s["phase"] == "running", 60,
+                 "hammer up")
+        # a reload drops the loop mount, whose final commit fails
+        (lm / "lost1").write_text("never committed")
+        subprocess.run(["blockdev", "--setro", dev], check=True)
+        config.write_text(hand)
+        run_hammer("service", "reload", "--config", config)
+        wait_for(lambda: not os.path.ismount(lm) and "reloaded" in read_text(
+            tmp_path / "up.out"), 30, "the reload")
+        log = read_text(tmp_path / "up.out")
+        assert "unmounted, but its last changes were not committed" in log, log
+        assert "it stays mounted" not in log, log
+        # back in the config, mounted again; then `hammer down` with the device read-only
+        subprocess.run(["blockdev", "--setrw", dev], check=True)
+        config.write_text(hand + loop)
+        run_hammer("service", "reload", "--config", config)
+        wait_for(lambda: owner_pid(lm), 30, "the loop mount to come back")
+        (lm / "lost2").write_text("never committed")
+        subprocess.run(["blockdev", "--setro", dev], check=True)
+        down = run_hammer("down", "--config", config, check=False, timeout=120)
+        assert down.returncode == 1, (down.stdout, down.stderr)
+        assert "hammer up stopped, but not cleanly: loop: unmounted, but" in down.stderr
+        assert "commit failed" in down.stderr, down.stderr
+        assert f"hand: {sm}: left mounted (not mounted by hammer up)" in down.stdout
+        assert up.wait(10) == 1
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert not os.path.ismount(lm)
+    assert os.path.ismount(sm) and owner_pid(sm) == hand_pid

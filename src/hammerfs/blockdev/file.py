@@ -135,10 +135,10 @@ def _lock_holder(fd: int) -> str:
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
             pid = fields[4]
             if os.path.exists(f"/proc/{pid}"):
-                return f"process {pid} ({_cmdline(pid)})"
+                return f"process {pid} ({process_cmdline(pid)})"
     openers = _processes_with_open(st.st_dev, st.st_ino)
     if openers:
-        return ", ".join(f"process {pid} ({_cmdline(pid)})" for pid in openers)
+        return ", ".join(f"process {pid} ({process_cmdline(pid)})" for pid in openers)
     return "another process"
 
 
@@ -164,7 +164,8 @@ def _processes_with_open(dev: int, ino: int) -> list[str]:
     return found
 
 
-def _cmdline(pid: str) -> str:
+def process_cmdline(pid: str | int) -> str:
+    """A process's command line, its words joined by spaces ("?" when it cannot be read)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             raw = f.read()

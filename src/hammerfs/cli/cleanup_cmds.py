@@ -25,6 +25,7 @@ from hammerfs.cli.fs_cmds import (
     _target_args,
     _volume_args,
     make_snapshot_link,
+    prune_summary,
     target,
     tid_of_link,
 )
@@ -199,7 +200,6 @@ def cmd_viconfig(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     with target(args.path, args, write=True) as t:
         done = t.call("prune", relpath=t.relpath)
-    print(f"PFS {done['pfs']}: destroyed {done['destroyed']} history versions, "
-          f"freed {_mib(done['freed_bytes'])} ({_mib(done['free_bytes'])} free)")
+    print(prune_summary(done))
     return 0
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 
 from hammerfs.cli.volume import add_volume_args, forget_passphrase, open_volume_device
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, NoVolumeSignature
 from hammerfs.fs.namespace import format_tid, parse_tid
 from hammerfs.store.pfs import parse_volume_spec
 
@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "nfs (exportable by an NFS server: file handles stay valid while mounted), "
                    "history_perms=current|asof (default current: @@ history views grant only "
                    "what the object's current permissions grant too; asof: HAMMER's rule, "
-                   "the permissions as of the TID alone)")
+                   "the permissions as of the TID alone), nonempty (mount over a directory "
+                   "that has entries: refused without it, as they would be hidden)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("volume", metavar="VOLUME[:PFS]",
                    help="image file or block device; :PFS mounts that PFS (default 0)")
@@ -182,6 +183,15 @@ class VolumeTarget(Target):
         dev = open_volume_device(volume, args, readonly=not write)
         try:
             self.store = Store.open(dev, readonly=not write)
+        except NoVolumeSignature:
+            dev.close()
+            if spec != volume:  # VOLUME:PFS: plainly meant as a volume
+                raise
+            # a file elsewhere (`hammer history /etc/hostname`); a damaged volume's own
+            # error (any other NotAVolume) is the one to see
+            raise NoVolumeSignature(f"{spec}: not a file inside a mounted hammerfs, and not "
+                                    f"a hammerfs volume either; {not_mounted_hint(spec)}") \
+                from None
         except BaseException:
             dev.close()
             raise
@@ -230,6 +240,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise HammerError(f"{args.mountpoint}: mount point is not a directory")
     if os.path.ismount(mountpoint):
         raise HammerError(f"{args.mountpoint}: something is already mounted there")
+    if not opts.nonempty:
+        _refuse_nonempty(args.mountpoint, mountpoint)
     if not os.path.exists(volume):
         raise HammerError(f"{volume}: no such volume")
     dev = open_volume_device(volume, args, readonly=opts.readonly)
@@ -242,6 +254,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _serve(dev, **kw)
         return 0
     return _daemonize(dev, kw)
+
+
+def _refuse_nonempty(given: str, mountpoint: str) -> None:
+    """What is in a mount point disappears under the mount (and reappears after it):
+    easily taken for lost data, or written to the wrong volume.  ZFS refuses it too unless
+    asked (overlay)."""
+    try:
+        entries = sorted(os.listdir(mountpoint))
+    except OSError as exc:
+        raise HammerError(f"{given}: {exc.strerror}") from None
+    if entries:
+        shown = ", ".join(repr(e) for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise HammerError(f"{given}: mount point is not empty ({len(entries)} entr"
+                          f"{'y' if len(entries) == 1 else 'ies'}: {shown}); they would be "
+                          "hidden while mounted.  Use an empty directory, or -o nonempty to "
+                          "mount over them anyway")
 
 
 def _serve(dev, *, on_ready=None, on_warning=None, **kw) -> None:
@@ -364,8 +392,9 @@ def _detach_stdio(logfile: str, oldlog: str) -> None:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from hammerfs.control.holders import unmount_naming_holders
     from hammerfs.fuse.mount import unmount
-    unmount(args.mountpoint)
+    unmount_naming_holders(unmount, args.mountpoint)
     return 0
 
 
@@ -489,7 +518,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def make_snapshot_link(t: Target, linkdir: str, tid: int, ts: int, pfs: int) -> str:
-    """Create ``linkdir/snap-YYYYMMDD-HHMM`` (``.N`` if taken) -> the @@ path; returns it."""
+    """Create ``linkdir/snap-YYYYMMDD-HHMM`` (``.N`` if taken) -> the @@ path; returns its
+    absolute path (what snapshot and cleanup print, whatever form DIR was given in)."""
+    linkdir = os.path.abspath(linkdir)
     if not os.path.isdir(linkdir):
         raise HammerError(f"{linkdir}: not a directory")
     name = time.strftime("snap-%Y%m%d-%H%M", time.localtime(ts / 1e9))
@@ -553,9 +584,15 @@ def _snaprm_tid(t: Target, tid: int) -> None:
 def cmd_prune_everything(args: argparse.Namespace) -> int:
     with target(args.path, args, write=True) as t:
         done = t.call("prune-everything", relpath=t.relpath)
-    print(f"PFS {done['pfs']}: destroyed {done['destroyed']} history versions, "
-          f"freed {_mib(done['freed_bytes'])} ({_mib(done['free_bytes'])} free)")
+    print(prune_summary(done))
     return 0
+
+
+def prune_summary(done: dict) -> str:
+    """The line prune, prune-everything and cleanup print for one pruned PFS."""
+    n = done["destroyed"]
+    return (f"PFS {done['pfs']}: destroyed {n} history version{'' if n == 1 else 's'}, "
+            f"freed {_mib(done['freed_bytes'])} ({_mib(done['free_bytes'])} free)")
 
 
 def _mib(n: int) -> str:

@@ -83,8 +83,11 @@ DESCRIPTIONS = {
                   "COMMAND DIR\" lets that key run only COMMAND (mirror-read also allows "
                   "mirror-read-stream) on DIR or below it, whatever the client asked for.",
     "down": "Stop what `hammer up` started: first the streams, then every mount it made "
-            "(each commits and unmounts); mounts it did not make are left alone.  A busy "
-            "mount is named with the processes that hold it.",
+            "(each commits and unmounts); mounts it did not make are left alone (also after "
+            "`hammer up` was killed: its state file says which it made).  Each unmount is "
+            "shown as it happens; a busy mount is named with the processes that hold it "
+            "(as fuser -m).  Exits non-zero when a mount stays mounted or its final commit "
+            "failed.",
     "service": "systemd integration of `hammer up`: install the units, run the scheduled "
                "cleanup, reload an edited config, show the running state.",
     "service install": "Write hammerfs.service (runs `hammer up`), hammerfs-cleanup.service "

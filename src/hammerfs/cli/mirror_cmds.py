@@ -17,7 +17,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from hammerfs.cli.sizes import argtype
@@ -350,7 +350,9 @@ def open_target(spec: str, args: argparse.Namespace, *, key_file: str | None = N
 
 
 def _verbosity(args: argparse.Namespace) -> list[str]:
-    return ["-q"] if args.verbosity < 0 else ["-v"] * args.verbosity
+    """The far end's verbosity over ssh: only -q passes.  The relay here sees every frame
+    and reports each batch itself; a far end with -v would report it a second time."""
+    return ["-q"] if args.verbosity < 0 else []
 
 
 class StdioChannel(Channel):
@@ -439,7 +441,8 @@ def describe(frame: s.Frame) -> str:
     return frame.name
 
 
-def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
+def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False,
+                    on_flowing: Callable[[], None] | None = None) -> int:
     target_local = isinstance(resolve(args.target, remote_ok=True), Unmounted)
     source = open_source(args.source, args, two_way=True, stream=stream,
                          key_file=args.source_key_file, fork=target_local)
@@ -449,7 +452,8 @@ def cmd_mirror_copy(args: argparse.Namespace, stream: bool = False) -> int:
         source.abort()
         raise
     try:
-        res = relay(source, target, verbosity=args.verbosity, bwlimit=args.bwlimit)
+        res = relay(source, target, verbosity=args.verbosity, bwlimit=args.bwlimit,
+                    on_flowing=on_flowing)
     except KeyboardInterrupt:
         raise Interrupted("interrupted (resumable: run the same command again)") from None
     if args.verbosity > 0:
@@ -464,10 +468,21 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
     delay = args.reconnect_delay
     started = False  # once a session ran, a vanished mount or volume is waited for too
     both_gone_since: float | None = None
+    failures = 0
+
+    def flowing() -> None:
+        # Says that a failure reported before is over (`hammer service status` shows a
+        # stream's latest line: it must not keep showing an error that has passed).
+        nonlocal failures
+        if failures:
+            _note(args, f"mirror-stream: connected again after {failures} failed "
+                        f"attempt{'s' if failures > 1 else ''}; streaming")
+        failures = 0
+
     while True:
         t0 = time.monotonic()
         try:
-            cmd_mirror_copy(args, stream=True)
+            cmd_mirror_copy(args, stream=True, on_flowing=flowing)
             return 0
         except s.PeerError as exc:
             if exc.fatal:
@@ -489,6 +504,7 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
                     "Run the same command again when they are back: it resumes where it "
                     "stopped") from None
             _note(args, f"mirror-stream: {exc}; retrying in {delay:g}s")
+        failures += 1
         started = started or time.monotonic() - t0 > delay
         try:
             time.sleep(delay)

@@ -201,26 +201,68 @@ def _relay_log(path: str, offset: int) -> int:
 
 # -- down --------------------------------------------------------------------------------------
 def cmd_down(args: argparse.Namespace) -> int:
+    """SIGTERM to `hammer up`, then follow its state file: each mount's progress (a busy one
+    with who holds it) is shown as it happens, and how each unmount ended decides the exit
+    status.  Needs only the config's path: a config broken since `hammer up` read it does
+    not keep it running."""
     from hammerfs.control.client import pid_alive
-    from hammerfs.service.supervisor import read_state
-    config = load_config(args.config)
-    state = read_state(config.path)
+    from hammerfs.service.supervisor import read_state, read_state_file
+    path = _config_path(args.config)
+    state = read_state(path)
     if state is None:
-        return _unmount_leftovers(config)
+        return _unmount_leftovers(path)
     pid = int(state["pid"])
     print(f"hammer down: stopping hammer up (pid {pid})", flush=True)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
+    shown: dict[str, tuple[str, str]] = {}
     while pid_alive(pid):
+        _show_mounts(read_state_file(path), shown)
         if time.monotonic() > deadline:
-            raise HammerError(f"hammer up (pid {pid}) did not stop in {args.timeout:g}s")
-        time.sleep(0.1)
-    still = [m.mountpoint for m in config.mounts if _mounted_here(m)]
-    if still:
-        raise HammerError(f"still mounted: {', '.join(still)}")
-    print("hammer down: streams stopped, everything unmounted")
+            raise HammerError(f"hammer up (pid {pid}) did not stop in {args.timeout:g}s"
+                              + _pending(read_state_file(path)))
+        time.sleep(0.2)
+    final = read_state_file(path)
+    _show_mounts(final, shown)
+    problems = [f"{m['name']}: {m['detail'] or m['state']}"
+                for m in (final or {}).get("mounts", [])
+                if m.get("state") not in ("down", "kept")]
+    if final is None or "exit" not in final:
+        problems.append("hammer up ended without recording how its unmounts went; "
+                        "see its log")
+    if problems:
+        raise HammerError("hammer up stopped, but not cleanly: " + "; ".join(problems))
+    kept = [m["mountpoint"] for m in final["mounts"] if m["state"] == "kept"]
+    print("hammer down: streams stopped, everything unmounted"
+          + (f" (left mounted, as hammer up found them: {', '.join(kept)})" if kept else ""))
     return 0
+
+
+def _config_path(given: str) -> str:
+    """The config's path as `hammer up` keys its state by it (the file need not parse)."""
+    return os.path.abspath(given)
+
+
+_STEPS = {"unmounting": "unmounting", "busy": "", "down": "unmounted",
+          "kept": "left mounted (not mounted by hammer up)"}
+
+
+def _show_mounts(state: dict | None, shown: dict[str, tuple[str, str]]) -> None:
+    """Print each mount whose state changed since the last look."""
+    for m in (state or {}).get("mounts", []):
+        now = (m.get("state", ""), m.get("detail", ""))
+        if shown.get(m["name"], ("mounted", "")) == now or now[0] not in _STEPS:
+            continue
+        shown[m["name"]] = now
+        what = now[1] or _STEPS[now[0]]
+        print(f"hammer down: {m['name']}: {m['mountpoint']}: {what}", flush=True)
+
+
+def _pending(state: dict | None) -> str:
+    busy = [f"{m['name']}: {m['detail'] or m['state']}" for m in (state or {}).get("mounts", [])
+            if m.get("state") in ("unmounting", "busy")]
+    return f"; still waiting for {'; '.join(busy)}" if busy else ""
 
 
 def _mounted_here(m) -> bool:
@@ -229,19 +271,39 @@ def _mounted_here(m) -> bool:
     return owner is not None and owner.get("volume") == m.volume
 
 
-def _unmount_leftovers(config: ServiceConfig) -> int:
-    """No `hammer up` is running (e.g. it was killed): unmount the configured volumes that
-    are still mounted, so 'hammer down' always ends with everything committed."""
-    from hammerfs.service.supervisor import unmount_one
-    left = [m for m in config.mounts if _mounted_here(m)]
-    if not left:
-        print(f"hammer down: hammer up is not running for {config.path}; nothing mounted")
+def _unmount_leftovers(path: str) -> int:
+    """No `hammer up` is running (it was killed, or a busy mount outlasted it): unmount what
+    its state file says it mounted and is still mounted by the same mount process.  Other
+    mounts, made by hand, are left alone."""
+    from hammerfs.control.holders import unmount_naming_holders
+    from hammerfs.fuse.mount import unmount
+    from hammerfs.service.supervisor import mount_owner, read_state_file
+    state = read_state_file(path) or {}
+    ours, others = [], []
+    for m in state.get("mounts", []):
+        owner = mount_owner(m["mountpoint"])
+        if owner is None:
+            continue
+        made = m.get("made") and int(owner.get("pid", -1)) == m.get("mount_pid")
+        (ours if made else others).append(m)
+    head = f"hammer down: hammer up is not running for {path}"
+    for m in others:
+        print(f"{head}; {m['name']}: {m['mountpoint']} stays mounted (not mounted by "
+              "hammer up)")
+    if not ours:
+        print(f"{head}; nothing it mounted is left")
         return 0
-    print(f"hammer down: hammer up is not running for {config.path}; unmounting what it "
-          "left mounted")
-    for m in reversed(left):
-        print(f"hammer down: {m.name}: unmounting {m.mountpoint}", flush=True)
-        unmount_one(m)
+    print(f"{head}; unmounting what it left mounted", flush=True)
+    failed = []
+    for m in reversed(ours):
+        print(f"hammer down: {m['name']}: unmounting {m['mountpoint']}", flush=True)
+        try:
+            unmount_naming_holders(unmount, m["mountpoint"])
+        except HammerError as exc:
+            print(f"hammer: {exc}", file=sys.stderr, flush=True)
+            failed.append(m["mountpoint"])
+    if failed:
+        raise HammerError(f"could not unmount cleanly: {', '.join(failed)}")
     return 0
 
 
@@ -326,19 +388,43 @@ def cmd_service_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_service_status(args: argparse.Namespace) -> int:
+    """What the running `hammer up` does, from its state file: shown even when the config
+    no longer loads (the supervisor runs what it loaded; the error says what to fix)."""
+    from hammerfs.control.client import pid_alive
     from hammerfs.service.supervisor import read_state
-    config = load_config(args.config)
-    state = read_state(config.path)
+    path = _config_path(args.config)
+    try:
+        path = load_config(args.config).path
+    except HammerError as exc:
+        print(f"hammer: warning: {exc}\nhammer: (a running hammer up keeps the config it "
+              "loaded last; 'hammer service reload' applies the file once it is fixed)",
+              file=sys.stderr)
+    state = read_state(path)
     if state is None:
-        print(f"hammer up is not running for {config.path}")
+        print(f"hammer up is not running for {path}")
         return 3  # as `systemctl status` for a stopped unit
-    print(f"hammer up running (pid {state['pid']}) for {config.path}")
+    phase = state.get("phase", "running")
+    print(f"hammer up {phase} (pid {state['pid']}) for {path}")
     for m in state["mounts"]:
-        print(f"  mount  {m['name']:<16} {m['state']:<8} {m['volume']} on {m['mountpoint']}")
+        pid = f" (mount pid {m['mount_pid']})" if m.get("mount_pid") else ""
+        made = "" if m.get("made") or m["state"] != "mounted" else \
+            " (mounted before hammer up: left mounted by 'hammer down')"
+        print(f"  mount  {m['name']:<16} {m['state']:<10} {m['volume']} on "
+              f"{m['mountpoint']}{pid}{made}")
+        if m.get("detail"):
+            print(f"         {m['detail']}")
     for s in state["streams"]:
-        run = f"pid {s['pid']}" if s["pid"] else "waiting to restart"
+        pid = s.get("pid")
+        if pid and pid_alive(int(pid)):
+            run = f"running, pid {pid}"
+        else:
+            run = "stopped" if phase == "stopping" else "waiting to restart"
         print(f"  stream {s['name']:<16} {run:<18} restarts={s['restarts']} "
               f"{s['source']} -> {s['target']}")
         if s.get("last"):
-            print(f"         last message: {s['last']}")
+            when = time.strftime("%H:%M:%S", time.localtime(s["last_at"])) \
+                if s.get("last_at") else "?"
+            print(f"         last message ({when}): {s['last']}")
+        if s.get("last_exit"):
+            print(f"         previous run ended: {s['last_exit']}")
     return 0

@@ -69,6 +69,8 @@ class KernelMount:
     fstype: str
     source: str
     options: dict[str, str]
+    mount_id: int = -1  # as /proc/PID/fdinfo/FD's mnt_id
+    device: tuple[int, int] = (0, 0)  # major, minor: as /proc/PID/maps's dev
 
 
 def kernel_mounts() -> list[KernelMount]:
@@ -85,8 +87,13 @@ def kernel_mounts() -> list[KernelMount]:
         if not sep or len(fields) < 5 or len(rest) < 3:
             continue
         opts = dict(o.partition("=")[::2] for o in _unescape(rest[2]).split(","))
+        major, _, minor = fields[2].partition(b":")
+        try:
+            ident, device = int(fields[0]), (int(major), int(minor))
+        except ValueError:
+            continue
         mounts.append(KernelMount(_unescape(fields[4]), _unescape(rest[0]),
-                                  _unescape(rest[1]), opts))
+                                  _unescape(rest[1]), opts, ident, device))
     return mounts
 
 

@@ -72,9 +72,10 @@ class MountOptions:
     debug: bool = False
     nfs: bool = False
     history_perms: str = "current"  # fs/asof.py
+    nonempty: bool = False  # mount over a directory that has entries (`hammer mount` checks)
 
 
-MOUNT_OPTIONS_HELP = "ro, rw, asof=0x<tid>, nfs, history_perms=current|asof, debug"
+MOUNT_OPTIONS_HELP = "ro, rw, asof=0x<tid>, nfs, history_perms=current|asof, nonempty, debug"
 
 
 def parse_mount_options(text: str) -> MountOptions:
@@ -86,7 +87,7 @@ def parse_mount_options(text: str) -> MountOptions:
         key, eq, value = item.partition("=")
         if not item or item == "rw":
             continue
-        if item in ("ro", "debug", "nfs"):
+        if item in ("ro", "debug", "nfs", "nonempty"):
             opts["readonly" if item == "ro" else item] = True
         elif key == "asof" and eq:
             try:

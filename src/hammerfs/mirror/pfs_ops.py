@@ -255,11 +255,16 @@ def format_status(st: PfsStatus, now_ns: int | None = None) -> list[str]:
 def _lag_lines(d: PfsData, now_ns: int | None) -> list[str]:
     if not d.sync_end_ts:
         return ["sync-end-time=never (no mirror-write yet)"]
+    # Not "behind=": the slave cannot tell an idle master from a lost link, and the age of
+    # what it shows keeps growing for an idle master that it is fully in sync with.  The
+    # master's pfs-status says how far behind each slave it feeds is.
     now = time.time_ns() if now_ns is None else now_ns
-    behind = max(0, now - d.sync_end_ts) / 1e9
+    age = max(0, now - d.sync_end_ts) / 1e9
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.sync_end_ts / 1e9))
-    return [f"sync-end-time={stamp}", f"behind={behind:.1f}s (age of the newest master "
-                                       "commit this slave shows)"]
+    return [f"sync-end-time={stamp}",
+            f"newest-commit-age={age:.1f}s (of the newest master commit this slave shows; "
+            "it grows while the master is idle: the master's pfs-status shows behind= per "
+            "slave)"]
 
 
 def _format_duration(secs: int) -> str:

@@ -232,6 +232,8 @@ class Meter:
     synced_tid: int = 0
     estimate_bytes: int = 0
     estimate_records: int = 0
+    estimate_at: float = 0.0  # when the first ESTIMATE came, and the bytes seen by then:
+    estimate_base: int = 0  # the ETA's rate is measured from there, not from the start
     start: float = field(default_factory=time.monotonic)
     peer_error: s.PeerError | None = None
     terminated: bool = False  # a TERM went through: the session ended cleanly
@@ -240,14 +242,20 @@ class Meter:
 class Progress:
     """Progress on a tty (bytes, records, rate, ETA); -v adds a line per batch."""
 
-    def __init__(self, meter: Meter, verbosity: int, out=None):
+    def __init__(self, meter: Meter, verbosity: int, out=None,
+                 on_flowing: Callable[[], None] | None = None):
         self.meter = meter
         self.verbosity = verbosity
+        self.on_flowing = on_flowing  # called once, when the source is past the handshake
         self.out = out or sys.stderr
         self.tty = verbosity >= 0 and self.out.isatty()
         self._last = 0.0
 
     def frame(self, ftype: int) -> None:
+        if self.on_flowing is not None and ftype in (s.ESTIMATE, s.BATCH, s.IDLE):
+            # the source accepted the target's handshake (its PFS, shared uuid) and works
+            flowing, self.on_flowing = self.on_flowing, None
+            flowing()
         if self.verbosity > 0 and ftype == s.SYNC:
             self._line(f"synced to 0x{self.meter.synced_tid:016x} "
                        f"({self.meter.records} records, {_size(self.meter.bytes)})")
@@ -258,12 +266,11 @@ class Progress:
 
     def status(self, eta: bool = True) -> str:
         m = self.meter
-        elapsed = max(1e-6, time.monotonic() - m.start)
-        rate = m.bytes / elapsed
+        now = time.monotonic()
+        rate = m.bytes / max(1e-6, now - m.start)
         text = f"mirror: {_size(m.bytes)}, {m.records} records, {_size(rate)}/s"
-        if eta and m.estimate_bytes and rate > 0:
-            left = max(0, m.estimate_bytes - m.bytes) / rate
-            text += f", ETA {int(left) // 60}:{int(left) % 60:02d}"
+        if eta and m.estimate_bytes:
+            text += f", ETA {_eta(m, now)}"
         return text
 
     def _line(self, text: str) -> None:
@@ -275,6 +282,22 @@ class Progress:
             self.out.write("\r\033[K")
         if self.verbosity > 0 or self.tty:
             self._line(self.status(eta=False).replace("mirror:", "mirror done:", 1))
+
+
+ETA_WARMUP = 1.0  # seconds of data after the ESTIMATE before an ETA is shown
+
+
+def _eta(m: Meter, now: float) -> str:
+    """Time left at the rate data has flowed since the ESTIMATE; ``--:--`` until that rate
+    means something (the first second, before which a handful of header bytes over the
+    session's set-up time would promise months)."""
+    since, moved = now - m.estimate_at, m.bytes - m.estimate_base
+    if not m.estimate_at or since < ETA_WARMUP or moved <= 0:
+        return "--:--"
+    left = int(max(0, m.estimate_bytes - m.bytes) * since / moved)
+    hours, rest = divmod(left, 3600)
+    return (f"{hours}:" if hours else "") + \
+        (f"{rest // 60:02d}" if hours else f"{rest // 60}") + f":{rest % 60:02d}"
 
 
 def _size(n: float) -> str:
@@ -346,6 +369,8 @@ def _account(meter: Meter, ftype: int, payload: bytes, size: int, side: str) -> 
             meter.synced_tid = s.decode_tid(frame)
         elif ftype == s.ESTIMATE:
             total, records, _beg, _end = s.decode_estimate(frame)
+            if not meter.estimate_at:
+                meter.estimate_at, meter.estimate_base = time.monotonic(), meter.bytes
             meter.estimate_bytes = meter.bytes + total
             meter.estimate_records = meter.records + records
         elif ftype == s.TERM:
@@ -395,13 +420,15 @@ class RelayResult:
 
 
 def relay(source: Channel, target: Channel, *, verbosity: int = 0,
-          bwlimit: int | None = None, two_way: bool = True) -> RelayResult:
+          bwlimit: int | None = None, two_way: bool = True,
+          on_flowing: Callable[[], None] | None = None) -> RelayResult:
     """Join a source and a target; returns when both ends are done.  The target's frames
     (acknowledgements, ERROR) go back to the source in two-way mode and are only looked at
-    otherwise.  Raises the most telling error: an ERROR frame from either side, else a
+    otherwise.  ``on_flowing`` is called once the source sends data (or its idle beat)
+    after the handshake: the session is established.  Raises the most telling error: an ERROR frame from either side, else a
     failed endpoint, else a broken link."""
     forward, back = Meter(), Meter()
-    progress = Progress(forward, verbosity)
+    progress = Progress(forward, verbosity, on_flowing=on_flowing)
     throttle = Throttle(bwlimit)
     errors: list[BaseException] = []
     back_to = source.wfile if two_way else None

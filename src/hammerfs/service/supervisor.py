@@ -27,11 +27,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hammerfs.control.client import pid_alive
 from hammerfs.control.runtime import create_private, nofollow_opener
-from hammerfs.errors import HammerError, UnmountCommitFailed
+from hammerfs.errors import HammerError, MountBusy, UnmountCommitFailed
 from hammerfs.service.config import MountSpec, ServiceConfig, StreamSpec
 
 MIN_BACKOFF = 1.0
@@ -61,12 +62,21 @@ def instance_paths(config_path: str) -> dict[str, str]:
             "base": base}
 
 
-def read_state(config_path: str) -> dict | None:
-    """The state a live `hammer up` of this config wrote, or None."""
+def read_state_file(config_path: str) -> dict | None:
+    """What the last `hammer up` of this config wrote, live or not: a stopped one leaves its
+    final state (``exit`` set), a killed one what it last knew."""
     try:
         with open(instance_paths(config_path)["state"], opener=nofollow_opener) as f:
             state = json.load(f)
     except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def read_state(config_path: str) -> dict | None:
+    """The state a live `hammer up` of this config wrote, or None."""
+    state = read_state_file(config_path)
+    if state is None or "exit" in state:
         return None
     return state if pid_alive(int(state.get("pid", 0))) else None
 
@@ -154,23 +164,36 @@ def mount_one(m: MountSpec) -> None:
                           f"{lines[-1] if lines else 'failed'}")
 
 
-def unmount_one(m: MountSpec, busy_timeout: float = BUSY_TIMEOUT) -> None:
-    """Unmount (the mount commits and releases the volume); a busy mount is retried."""
+def unmount_one(name: str, mountpoint: str, busy_timeout: float = BUSY_TIMEOUT,
+                on_busy: Callable[[str], None] | None = None) -> None:
+    """Unmount (the mount commits and releases the volume).  A busy mount is retried for
+    ``busy_timeout`` seconds, saying who holds it (and telling ``on_busy``) whenever that
+    changes; then MountBusy naming them."""
+    from hammerfs.control.holders import describe, unmount_naming_holders
     from hammerfs.fuse.mount import unmount
     deadline = time.monotonic() + busy_timeout
+    said = None
     while True:
         try:
-            unmount(m.mountpoint)
+            unmount_naming_holders(unmount, mountpoint)
             return
         except UnmountCommitFailed:
             raise  # unmounted, but its last changes are lost: never "gone meanwhile"
-        except HammerError as exc:
-            if mount_owner(m.mountpoint) is None and not os.path.ismount(m.mountpoint):
-                return  # gone meanwhile
-            if "busy" not in str(exc) or time.monotonic() > deadline:
+        except MountBusy as exc:
+            if time.monotonic() >= deadline:
                 raise
-            say(f"{m.name}: {m.mountpoint} is busy; retrying")
+            who = describe(exc.holders)
+            if who != said:
+                say(f"{name}: {mountpoint} is busy, in use by {who}; retrying until it is "
+                    f"free (for up to {busy_timeout:g}s)")
+                if on_busy is not None:
+                    on_busy(f"busy, in use by {who}")
+                said = who
             time.sleep(1.0)
+        except HammerError:
+            if mount_owner(mountpoint) is None and not os.path.ismount(mountpoint):
+                return  # gone meanwhile
+            raise
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -185,10 +208,15 @@ class Child:
     restarts: int = 0
     backoff: float = MIN_BACKOFF
     next_start: float = 0.0
-    last_line: str = ""  # the stream's latest message, shown by `hammer service status`
+    last_line: str = ""  # this run's latest message, shown by `hammer service status`
+    last_at: float = 0.0  # its wall time
+    last_exit: str = ""  # how the previous run ended, and its last message
     relay: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
+        # A new run: what the previous one said last is history (see ``last_exit``), not
+        # the stream's present state.
+        self.last_line, self.last_at = "", 0.0
         self.proc = subprocess.Popen(
             [*hammer_argv(), *self.spec.stream_argv()], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -205,7 +233,7 @@ class Child:
                   opener=nofollow_opener) as log:
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip().removeprefix("hammer: ")
-                self.last_line = line
+                self.last_line, self.last_at = line, time.time()
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 log.write(f"{stamp} [{proc.pid}] {line}\n")
                 log.flush()
@@ -247,7 +275,10 @@ class Supervisor:
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.mount_state: dict[str, str] = {m.name: "down" for m in config.mounts}
-        self.mounted: list[MountSpec] = []  # ours to unmount on the way down
+        self.mounted: list[MountSpec] = []  # ours to watch (and unmount if we made them)
+        self.made: dict[str, int] = {}  # name -> pid of the mount process we started
+        self.detail: dict[str, str] = {}  # name -> why it is in its state (busy: holders)
+        self.phase = "starting"  # running, stopping: what `service status`/`down` show
         self.remount_at: dict[str, float] = {}
         self.remount_backoff: dict[str, float] = {}
         self.next_mount_check = 0.0
@@ -265,15 +296,19 @@ class Supervisor:
         make_undumpable()  # it reads key files (config checks); its children inherit this
         self._take_lock()
         self._install_signals()
+        code = 1
         try:
             self._write_state()
             self.mount_all()
             if self.stopping.is_set():
-                return self.shutdown()
+                code = self.shutdown()
+                return code
             for child in self.children:
                 say(f"starting stream {child.spec.name}: {child.spec.source} -> "
                     f"{child.spec.target} (log {child.log_path})")
                 child.start()
+            self._write_state()
+            self.phase = "running"
             self._write_state()
             say(f"up: {self._summary()}; stop with Ctrl-C, SIGTERM or 'hammer down'")
             sd_notify(f"READY=1\nSTATUS={self._summary()}")
@@ -283,10 +318,13 @@ class Supervisor:
                     self.reload()
                 if self.poll():
                     self._write_state()
-            return self.shutdown()
+            code = self.shutdown()
+            return code
         finally:
+            # The final state stays (``exit`` set): `hammer down` reads how the unmounts went,
+            # and after a failure which mounts are still there and made by us.
             with contextlib.suppress(OSError):
-                os.unlink(self.paths["state"])
+                self._write_state(exit_code=code)
 
     def _summary(self) -> str:
         up = sum(self.mount_state.get(m.name) == "mounted" for m in self.mounted)
@@ -342,15 +380,22 @@ class Supervisor:
     def _bring_up(self, m: MountSpec) -> None:
         if check_mountpoint(m) == "ours":
             say(f"{m.name}: {m.volume}:{m.pfs} is already mounted on {m.mountpoint}; "
-                "keeping it")
+                "keeping it (and leaving it mounted on the way down)")
         else:
             how = "unlocking and mounting" if m.key_file else "mounting"
             t0 = time.monotonic()
             say(f"{m.name}: {how} {m.volume}:{m.pfs} on {m.mountpoint}")
             mount_one(m)
+            self._made(m)
             say(f"{m.name}: mounted ({time.monotonic() - t0:.1f}s)")
         self.mount_state[m.name] = "mounted"
         self.mounted.append(m)
+
+    def _made(self, m: MountSpec) -> None:
+        """Remember that we mounted ``m`` (its mount process): ours to unmount, also for a
+        `hammer down` after this process was killed."""
+        owner = mount_owner(m.mountpoint)
+        self.made[m.name] = int(owner["pid"]) if owner is not None else 0
 
     def poll(self) -> bool:
         """One supervision pass; True when something changed."""
@@ -375,6 +420,8 @@ class Supervisor:
             if child.relay is not None:
                 child.relay.join(1.0)  # its last words are logged before we speak
             child.proc = None
+            child.last_exit = f"{_status(code)} at {time.strftime('%H:%M:%S')}" + (
+                f" after: {child.last_line}" if child.last_line else "")
             child.next_start = now + child.backoff
             say(f"stream {child.spec.name} exited ({_status(code)}); restarting in "
                 f"{child.backoff:g}s")
@@ -407,6 +454,7 @@ class Supervisor:
                     clear_stale_mount(m.mountpoint)
             if not adopt:
                 mount_one(m)
+                self._made(m)
         except HammerError as exc:
             delay = self.remount_backoff.get(m.name, MIN_BACKOFF)
             say(f"{exc}; retrying in {delay:g}s")
@@ -440,14 +488,21 @@ class Supervisor:
             child.stop()
             self.children.remove(child)
         for m in [m for m in reversed(self.mounted) if m not in new.mounts]:
-            say(f"{m.name}: unmounting {m.mountpoint} (not in the config any more)")
-            try:
-                unmount_one(m)
-            except HammerError as exc:
-                say(f"{exc}; it stays mounted")
-                continue
+            if m.name in self.made:
+                say(f"{m.name}: unmounting {m.mountpoint} (not in the config any more)")
+                try:
+                    unmount_one(m.name, m.mountpoint)
+                except UnmountCommitFailed as exc:  # it is gone all the same
+                    say(f"{exc}; it is unmounted, but its last changes were not committed")
+                except HammerError as exc:
+                    say(f"{exc}; it stays mounted")
+                    continue
+            else:
+                say(f"{m.name}: not in the config any more; leaving {m.mountpoint} mounted "
+                    "(it was mounted before hammer up)")
             self.mounted.remove(m)
             self.mount_state.pop(m.name, None)
+            self.made.pop(m.name, None)
         old_mounts, old_streams = set(self.mounted), {c.spec for c in self.children}
         self.config = new
         for m in new.mounts:
@@ -474,45 +529,82 @@ class Supervisor:
             self.mounted.append(m)
 
     def shutdown(self) -> int:
-        """Stop the streams, then unmount (each mount commits); 0 when all went clean."""
+        """Stop the streams, then unmount what we mounted (each mount commits); 0 when all
+        went clean.  The state file follows every step (`hammer down` shows it)."""
         sd_notify("STOPPING=1")
+        self.phase = "stopping"
+        self._write_state()
         for child in self.children:
             if child.proc is not None:
                 say(f"stopping stream {child.spec.name}")
             child.stop()
+            self._write_state()
         failed = self._unmount_all()
-        self._write_state()
         if failed:
-            say(f"could not unmount: {', '.join(failed)}")
+            say(f"could not unmount cleanly: {', '.join(failed)}")
             return 1
-        say("down: everything unmounted")
+        say("down: everything unmounted" + (" (mounts made before hammer up are left "
+                                           "mounted)" if self.mounted else ""))
         return 0
 
     def _unmount_all(self, quiet: bool = False) -> list[str]:
+        """Unmount, newest first, what this run mounted; the rest stays.  Returns the mount
+        points that failed (still mounted, or unmounted without their last commit)."""
         failed = []
         for m in reversed(self.mounted):
+            if m.name not in self.made:
+                if self.mount_state[m.name] == "mounted":
+                    self._set_mount(m.name, "kept")
+                    if not quiet:
+                        say(f"{m.name}: leaving {m.mountpoint} mounted (it was mounted "
+                            "before hammer up)")
+                else:  # never mounted (still being retried): nothing to undo
+                    self._set_mount(m.name, "down", "never mounted (its mount kept failing)")
+                continue
             if not quiet:
                 say(f"{m.name}: unmounting {m.mountpoint}")
+            self._set_mount(m.name, "unmounting")
             try:
-                unmount_one(m)
-                self.mount_state[m.name] = "down"
+                unmount_one(m.name, m.mountpoint,
+                            on_busy=lambda why, name=m.name: self._set_mount(name, "busy", why))
+                self._set_mount(m.name, "down")
+                self.made.pop(m.name)
+            except UnmountCommitFailed as exc:
+                say(str(exc))
+                self._set_mount(m.name, "commit-failed", f"unmounted, but {exc}")
+                self.made.pop(m.name)
+                failed.append(m.mountpoint)
             except HammerError as exc:
                 say(str(exc))
+                self._set_mount(m.name, "busy" if isinstance(exc, MountBusy) else "failed",
+                                str(exc))
                 failed.append(m.mountpoint)
-        self.mounted = [m for m in self.mounted if m.mountpoint in failed]
+        self.mounted = [m for m in self.mounted if m.name in self.made or
+                        self.mount_state[m.name] == "kept"]
         return failed
 
-    def _write_state(self) -> None:
+    def _set_mount(self, name: str, state: str, detail: str = "") -> None:
+        self.mount_state[name] = state
+        self.detail[name] = detail
+        self._write_state()
+
+    def _write_state(self, exit_code: int | None = None) -> None:
         state = {
-            "pid": os.getpid(), "config": self.config.path,
+            "pid": os.getpid(), "config": self.config.path, "phase": self.phase,
             "mounts": [{"name": m.name, "mountpoint": m.mountpoint,
-                        "volume": f"{m.volume}:{m.pfs}", "state": self.mount_state[m.name]}
+                        "volume": f"{m.volume}:{m.pfs}", "state": self.mount_state[m.name],
+                        "made": m.name in self.made, "mount_pid": self.made.get(m.name),
+                        "detail": self.detail.get(m.name, "")}
                        for m in self.config.mounts],
             "streams": [{"name": c.spec.name, "source": c.spec.source,
                          "target": c.spec.target, "restarts": c.restarts,
                          "pid": c.proc.pid if c.proc is not None else None,
-                         "last": c.last_line, "log": c.log_path} for c in self.children],
+                         "last": c.last_line, "last_at": c.last_at,
+                         "last_exit": c.last_exit, "log": c.log_path}
+                        for c in self.children],
         }
+        if exit_code is not None:
+            state["exit"] = exit_code
         tmp = self.paths["state"] + ".tmp"
         with os.fdopen(create_private(tmp), "w") as f:
             json.dump(state, f, indent=1)

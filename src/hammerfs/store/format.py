@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from hammerfs.errors import CorruptionError, NotAVolume
+from hammerfs.errors import CorruptionError, NotAVolume, NoVolumeSignature
 
 BLOCK = 4096
 BIGBLOCK = 8 << 20
@@ -95,7 +95,7 @@ class Header:
 def decode_header(raw: bytes, where: str) -> Header:
     """Decode one header slot; NotAVolume if it is not one, CorruptionError if damaged."""
     if raw[:8] != MAGIC:
-        raise NotAVolume(f"{where}: no hammerfs volume header")
+        raise NoVolumeSignature(f"{where}: no hammerfs volume header")
     version = int.from_bytes(raw[8:12], "little")
     if version != FORMAT_VERSION:
         raise NotAVolume(f"{where}: hammerfs format version {version} is not supported "

@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
 from hammerfs.blockdev.base import BlockDevice
-from hammerfs.errors import CorruptionError, HammerError, NoSpace, NotAVolume, ReadOnly
+from hammerfs.errors import (
+    CorruptionError,
+    HammerError,
+    NoSpace,
+    NotAVolume,
+    NoVolumeSignature,
+    ReadOnly,
+)
 from hammerfs.store.alloc import DATA, Allocator
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.btree import BTree
@@ -531,7 +538,7 @@ def read_headers(device: BlockDevice) -> tuple[Header, HeaderDamage | None]:
     when both are valid or the other was never written).  NotAVolume if there is none."""
     where = getattr(device, "path", "device")
     if device.size < 2 * BLOCK:
-        raise NotAVolume(f"{where}: too small to hold a hammerfs volume ({device.size} bytes)")
+        raise NoVolumeSignature(f"{where}: too small to hold a hammerfs volume ({device.size} bytes)")
     raw = device.read(0, 2 * BLOCK)
     found, errors = {}, {}
     for slot in (0, 1):
