@@ -38,6 +38,7 @@ from hammerfs.errors import HammerError, VolumeLocked
 
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 OWNER_KEY = "hammerfs.owner"  # image metadata: who holds the lock, for the refusal message
+MAX_IN_FLIGHT = 64  # queued writes: one at a time is bound by the OSD's round trip
 _CONNECT_TIMEOUT = "10"  # seconds: a cluster that cannot be reached is an error, not a hang
 
 
@@ -65,6 +66,10 @@ def load_binding(name: str) -> ModuleType:
             return module
     raise HammerError(f"Ceph RBD volumes need Debian's python3-rbd and python3-rados for this "
                       f"Python ({sys.version.split()[0]}): install them (scripts/bootstrap)")
+
+
+def _ignore(_completion) -> None:
+    """aio callback: completions are waited for, not acted on in librbd's thread."""
 
 
 def parse_rbd_spec(spec: str) -> tuple[str, str]:
@@ -96,6 +101,7 @@ class RbdDevice:
         self.readonly = readonly
         self._conf, self._client_id = conf, client_id
         self._mutex = threading.RLock()
+        self._in_flight: list = []  # (offset, end, completion) of queued writes
         self._rbd = load_binding("rbd")
         self._cluster = self._ioctx = self._img = None
         try:
@@ -198,6 +204,7 @@ class RbdDevice:
         """Before a fork: flush and let go of everything (see the module comment)."""
         with self._mutex:
             if self._img is not None:
+                self._drain()
                 self._img.flush()
             self._disconnect()
 
@@ -211,6 +218,8 @@ class RbdDevice:
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         with self._mutex:
+            if self._in_flight:  # a read sees every write made before it
+                self._drain()
             try:
                 data = self._image().read(offset, length)
             except self._rbd.Error as exc:
@@ -222,30 +231,55 @@ class RbdDevice:
         return data
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Queued (librbd aio): up to MAX_IN_FLIGHT writes travel at once; a write that
+        overlaps one still in flight waits for it first, so the last write wins."""
         if self.readonly:
             raise HammerError(f"{self.path} is open read-only")
         data = bytes(data)
         self._check_range(offset, len(data))
+        end = offset + len(data)
         with self._mutex:
+            if len(self._in_flight) >= MAX_IN_FLIGHT or any(
+                    o < end and offset < e for o, e, _ in self._in_flight):
+                self._drain()
             try:
-                self._image().write(data, offset)
+                done = self._image().aio_write(data, offset, _ignore)
             except self._rbd.Error as exc:
                 raise HammerError(f"{self.path}: write error at offset {offset:#x}: "
                                   f"{exc}") from None
+            self._in_flight.append((offset, end, done))
+
+    def _drain(self) -> None:
+        """Wait for every queued write; the first failure is raised."""
+        failed = None
+        for offset, _end, done in self._in_flight:
+            done.wait_for_complete_and_cb()
+            code = done.get_return_value()
+            if code < 0 and failed is None:
+                failed = (offset, os.strerror(-code))
+        self._in_flight.clear()
+        if failed is not None:
+            raise HammerError(f"{self.path}: write error at offset {failed[0]:#x}: "
+                              f"{failed[1]}")
 
     def flush(self) -> None:
         if self.readonly:
             return
         with self._mutex:
+            self._drain()
             try:
                 self._image().flush()
             except self._rbd.Error as exc:
                 raise HammerError(f"{self.path}: flush failed: {exc}") from None
 
     def close(self) -> None:
+        """Release the image.  Queued writes are waited for (not flushed: like close(2))."""
         with self._mutex:
             _open_devices.discard(self)
-            self._disconnect()
+            try:
+                self._drain()
+            finally:
+                self._disconnect()
 
     def _check_range(self, offset: int, length: int) -> None:
         if offset < 0 or offset + length > self.size:
