@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from hammerfs.blockdev.spec import canonical, is_remote
 from hammerfs.cli.volume import add_volume_args, forget_passphrase, open_volume_device
 from hammerfs.errors import HammerError, NoVolumeSignature
 from hammerfs.fs.namespace import format_tid, parse_tid
@@ -173,9 +174,9 @@ class VolumeTarget(Target):
         from hammerfs.store import Store
         volume, pfs = parse_volume_spec(spec)
         from hammerfs.control.client import not_mounted_hint
-        if not os.path.exists(volume):
+        if not is_remote(volume) and not os.path.exists(volume):
             raise HammerError(f"{spec}: no such file, directory or volume")
-        if os.path.isdir(volume):
+        if not is_remote(volume) and os.path.isdir(volume):
             raise HammerError(f"{spec}: not inside a mounted hammerfs (and not a volume); "
                               f"{not_mounted_hint(spec)}")
         self.mountpoint = None
@@ -242,11 +243,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise HammerError(f"{args.mountpoint}: something is already mounted there")
     if not opts.nonempty:
         _refuse_nonempty(args.mountpoint, mountpoint)
-    if not os.path.exists(volume):
+    if not is_remote(volume) and not os.path.exists(volume):
         raise HammerError(f"{volume}: no such volume")
     dev = open_volume_device(volume, args, readonly=opts.readonly)
     forget_passphrase(args)
-    kw = dict(volume=os.path.realpath(volume), pfs=pfs, mountpoint=mountpoint, asof=opts.asof,
+    kw = dict(volume=canonical(volume), pfs=pfs, mountpoint=mountpoint, asof=opts.asof,
               readonly=opts.readonly, debug=opts.debug, nfs=opts.nfs,
               history_perms=opts.history_perms)
     if args.foreground:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from hammerfs.blockdev.spec import is_remote
 from hammerfs.cli.sizes import argtype
 from hammerfs.cli.volume import add_volume_args, open_volume_device
 from hammerfs.errors import HammerError, Interrupted
@@ -102,6 +103,9 @@ def pfs_of_link(path: str) -> int | None:
 
 
 def resolve(spec: str, *, creating: bool = False, remote_ok: bool = False) -> Target:
+    if is_remote(spec):  # rbd:POOL/IMAGE[:PFS], s3://BUCKET/PREFIX[:PFS]: opened directly
+        volume, pfs = parse_volume_spec(spec)
+        return Unmounted(spec, volume, None if creating and volume == spec else pfs)
     if remote_ok:
         remote = parse_remote(spec)
         if remote is not None:

@@ -7,9 +7,15 @@ import contextlib
 import os
 import sys
 
+from hammerfs.blockdev.spec import device_exists, is_remote, open_device
 from hammerfs.cli.sizes import human as _human
 from hammerfs.cli.sizes import parse_size
-from hammerfs.cli.volume import add_volume_args, open_volume_device, serving_mount
+from hammerfs.cli.volume import (
+    add_volume_args,
+    open_volume_device,
+    remote_options,
+    serving_mount,
+)
 from hammerfs.errors import HammerError, NotAVolume
 from hammerfs.fs.filesystem import init_pfs_root
 from hammerfs.store.format import FORMAT_VERSION
@@ -75,6 +81,8 @@ def _open(args: argparse.Namespace, readonly: bool) -> Store:
 
 
 def cmd_newfs(args: argparse.Namespace) -> int:
+    if is_remote(args.volume):  # an RBD image or S3 volume: nothing to clean up locally
+        return _newfs(args)
     created = not os.path.exists(args.volume)
     try:
         return _newfs(args)
@@ -85,12 +93,13 @@ def cmd_newfs(args: argparse.Namespace) -> int:
 
 
 def _newfs(args: argparse.Namespace) -> int:
-    if os.path.exists(args.volume):
+    if device_exists(args.volume, remote_options(args)):
         _refuse_to_overwrite(args)
     elif args.size is None:
-        raise HammerError(f"{args.volume} does not exist; give --size to create an image file")
+        what = "the volume" if is_remote(args.volume) else "an image file"
+        raise HammerError(f"{args.volume} does not exist; give --size to create {what}")
     size = args.size // 4096 * 4096 if args.size is not None else None
-    if size is not None:
+    if size is not None and not is_remote(args.volume):
         _warn_if_larger_than_free_space(args.volume, size)
     dev = open_volume_device(args.volume, args, create_size=size)
     try:
@@ -113,12 +122,12 @@ def _refuse_to_overwrite(args: argparse.Namespace) -> None:
     volume, a signature util-linux or the built-in table knows, or (a regular file) data of
     no known type.  Looks at the raw device only: a LUKS container is never unlocked here,
     so -f works over one whose key is lost."""
-    from hammerfs.blockdev.file import FileDevice
     from hammerfs.blockdev.signatures import find_signatures, holds_data
     from hammerfs.luks.container import is_luks
     from hammerfs.luks.passphrase import interactive
 
-    dev = FileDevice(args.volume, readonly=True)
+    remote = is_remote(args.volume)
+    dev = open_device(args.volume, readonly=True, options=remote_options(args))
     try:
         if not getattr(args, "encrypt", False) and _detached(args):
             return  # VOLUME is the payload of a container: checked once unlocked
@@ -129,11 +138,13 @@ def _refuse_to_overwrite(args: argparse.Namespace) -> None:
                               "(its old key is then not needed)")
         found = None if args.force else _hammerfs_header(dev)
         if found is None and not args.force:
-            sigs = [s.text for s in find_signatures(args.volume, dev.read, dev.size)
+            # util-linux cannot see a remote volume: the built-in table only
+            sigs = [s.text for s in find_signatures("" if remote else args.volume, dev.read,
+                                                    dev.size)
                     if not (keep_luks and s.kind == "luks")]
             if sigs:
                 found = " and ".join(sigs)
-            elif not keep_luks and os.path.isfile(args.volume) and \
+            elif not keep_luks and (remote or os.path.isfile(args.volume)) and \
                     holds_data(dev.read, dev.size):
                 found = "data of no known type (it is not all zeros)"
     finally:
@@ -151,10 +162,10 @@ def _detached(args: argparse.Namespace) -> bool:
 def _refuse_payload_in_use(volume: str, dev) -> None:
     """newfs inside an existing LUKS container keeps the container: refuse (without -f)
     when its payload already holds a hammerfs volume or another known signature."""
-    from hammerfs.blockdev.file import FileDevice
     from hammerfs.blockdev.signatures import find_signatures
+    from hammerfs.luks.device import LuksDevice
 
-    if isinstance(dev, FileDevice):  # a plain volume: checked before it was opened
+    if not isinstance(dev, LuksDevice):  # a plain volume: checked before it was opened
         return
     found = _hammerfs_header(dev)
     if found is None:

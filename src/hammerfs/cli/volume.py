@@ -1,6 +1,7 @@
 """Opening a VOLUME argument the same way for every command.
 
-A volume is a plain image file or block device, or a LUKS container (unlocked with
+A volume is a plain image file or block device, a Ceph RBD image (``rbd:POOL/IMAGE``) or an
+S3 bucket prefix (``s3://BUCKET/PREFIX``), each holding either the volume or a LUKS container (unlocked with
 ``--key-file`` or an interactive prompt) whose payload holds the hammerfs volume.  Commands
 call ``add_volume_args`` on their parser and ``open_volume_device`` with the parsed args, so
 encryption works identically in `info`, `show`, `scrub`, `mount`, mirroring, ...
@@ -32,6 +33,7 @@ def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False,
                         "reads stdin; without it you are asked on the terminal)")
     add_keyfile_slice_args(parser)
     add_header_arg(parser)
+    add_remote_args(parser)
     if creating:
         from hammerfs.cli.luks_cmds import add_format_args
 
@@ -42,6 +44,36 @@ def add_volume_args(parser: argparse.ArgumentParser, *, creating: bool = False,
         group.add_argument("--encrypt", action="store_true",
                            help="create an encrypted volume (LUKS2 by default)")
         add_format_args(group, for_newfs=True)
+
+
+def add_remote_args(parser: argparse.ArgumentParser) -> None:
+    """How an rbd: or s3:// volume is reached (ignored for files)."""
+    from hammerfs.cli.sizes import parse_size
+
+    group = parser.add_argument_group(
+        "remote volumes", "VOLUME may be rbd:POOL/IMAGE (Ceph RBD) or s3://BUCKET/PREFIX (an "
+        "S3-compatible store; endpoint and credentials from the standard AWS environment "
+        "and files)")
+    group.add_argument("--ceph-conf", metavar="FILE",
+                       help="Ceph configuration (default: $CEPH_CONF, /etc/ceph/ceph.conf)")
+    group.add_argument("--ceph-id", metavar="ID", help="Ceph client id (default: admin)")
+    group.add_argument("--break-lock", action="store_true",
+                       help="RBD: take the volume over from the host holding its lock, "
+                       "fencing that host out (only when it is down or must stop)")
+    group.add_argument("--s3-cache", metavar="SIZE", type=parse_size,
+                       help="S3: size of the local write-back cache (default 64M)")
+
+
+def remote_options(args: argparse.Namespace | None):
+    """The RemoteOptions the parsed ``args`` give."""
+    from hammerfs.blockdev.spec import RemoteOptions
+
+    if args is None:
+        return RemoteOptions()
+    return RemoteOptions(ceph_conf=getattr(args, "ceph_conf", None),
+                         ceph_id=getattr(args, "ceph_id", None),
+                         break_lock=bool(getattr(args, "break_lock", False)),
+                         s3_cache_bytes=getattr(args, "s3_cache", None))
 
 
 def _passphrase(args: argparse.Namespace | None, *, confirm: bool) -> bytes:
@@ -152,14 +184,15 @@ def _check_format_options(args: argparse.Namespace | None) -> None:
 def open_volume_device(path: str, args: argparse.Namespace | None = None, *,
                        readonly: bool = False, create_size: int | None = None) -> BlockDevice:
     """Open ``path`` with an exclusive lock; if it is a LUKS container, unlock it and return
-    the decrypted payload.  ``create_size`` creates a regular file of that size first.
-    With ``args.encrypt`` (newfs) and a writable open, a new LUKS container is formatted
-    first and its payload returned."""
-    from hammerfs.blockdev.file import FileDevice
+    the decrypted payload.  ``create_size`` creates a regular file (RBD image, S3 volume) of
+    that size first.  With ``args.encrypt`` (newfs) and a writable open, a new LUKS
+    container is formatted first and its payload returned."""
+    from hammerfs.blockdev.spec import open_device
     from hammerfs.cli.luks_cmds import detached_header
 
     _check_format_options(args)
-    dev = FileDevice(path, readonly=readonly, create_size=create_size)
+    dev = open_device(path, readonly=readonly, create_size=create_size,
+                      options=remote_options(args))
     try:
         header = detached_header(args, path) if args is not None else None
         if header:

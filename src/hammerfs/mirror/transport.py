@@ -39,9 +39,10 @@ class RemoteSpec:
 def parse_remote(spec: str) -> RemoteSpec | None:
     """``[user@]host:PATH`` -> RemoteSpec, or None for a local path.  A local file named
     like the host part (``vol.img:1`` is VOLUME:PFS) wins, as does anything with a slash
-    before the colon."""
+    before the colon.  Neither is a Ceph or S3 volume (rbd:POOL/IMAGE, s3://...)."""
+    from hammerfs.blockdev.spec import is_remote
     m = _REMOTE.match(spec)
-    if m is None or os.path.exists(m["host"]) or (m["user"] and os.path.exists(
+    if m is None or is_remote(spec) or os.path.exists(m["host"]) or (m["user"] and os.path.exists(
             f"{m['user']}@{m['host']}")):
         return None
     return RemoteSpec(m["user"], m["host"], m["path"])

@@ -34,6 +34,7 @@ import tomllib
 from dataclasses import dataclass
 
 from hammerfs import quantity
+from hammerfs.blockdev.spec import is_remote
 from hammerfs.errors import HammerError
 from hammerfs.store.records import MAX_PFS
 
@@ -288,6 +289,8 @@ class _Validator:
                 self.error(f"{where}: pfs {given} is out of range (0-{MAX_PFS})")
             elif given is not None:
                 pfs = given
+        if is_remote(vol):  # an RBD image or S3 volume: checked when it is mounted
+            return vol, pfs
         if not os.path.exists(vol):
             self.error(f"{where}: volume {vol}: no such file or device")
             return None, pfs
@@ -396,7 +399,7 @@ class _Validator:
     def _endpoint(self, spec: str, key: str, where: str, mounts: list[MountSpec]) -> bool:
         from hammerfs.mirror.transport import parse_remote
         from hammerfs.store.pfs import parse_volume_spec
-        if parse_remote(spec) is not None:
+        if parse_remote(spec) is not None or is_remote(spec):
             return True
         if not os.path.isabs(spec):
             self.error(f"{where}: {key} {spec!r} must be an absolute path or "
@@ -590,7 +593,7 @@ def check_keys(config: ServiceConfig) -> None:
     from hammerfs.store.pfs import parse_volume_spec
     problems = []
     for m in config.mounts:
-        if m.key_file:
+        if m.key_file and not is_remote(m.volume):  # a remote one is checked as it mounts
             why = check_key(m.volume, m.key_file, offset=m.keyfile_offset,
                             size=m.keyfile_size, header=m.header)
             if why:

@@ -114,11 +114,13 @@ class PfsTable:
 def parse_volume_spec(spec: str) -> tuple[str, int]:
     """Split ``VOLUME[:PFS]`` into (volume path, pfs id); the PFS defaults to 0 (the root).
 
-    The suffix counts as a PFS id only if it is a decimal number and what precedes it exists,
-    so volume paths that contain colons still work.
+    The suffix counts as a PFS id only if it is a decimal number and what precedes it exists
+    (or is a remote volume, rbd:POOL/IMAGE or s3://BUCKET/PREFIX), so volume paths that
+    contain colons still work.
     """
+    from hammerfs.blockdev.spec import is_remote
     head, sep, tail = spec.rpartition(":")
-    if sep and tail.isdigit() and os.path.exists(head):
+    if sep and tail.isdigit() and (is_remote(head) or os.path.exists(head)):
         pfs = int(tail)
         if pfs > MAX_PFS:
             raise HammerError(f"PFS id {pfs} is out of range (0-{MAX_PFS})")

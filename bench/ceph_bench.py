@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Offsite copy to Ceph: `hammer mirror-copy` of 1 GiB from a local encrypted master to an
+encrypted slave on an RBD image and on an S3 bucket (radosgw), next to the raw upload tools
+of the same data in the same run (`rbd import` of a 1 GiB file; boto3's upload_file, the
+transfer engine of `aws s3 cp`), and the incremental mirror-copy after changing 10 files.
+
+Run by hand (root, Debian's Ceph packages from scripts/bootstrap):
+``.venv/bin/python bench/ceph_bench.py [--size 1G] [--rounds 3]``.  It starts a throwaway
+cluster with scripts/ceph-test-cluster (or uses ``--cluster DIR``, one already started) and
+prints medians of ``--rounds`` rounds.  Everything runs on this one machine, so the cluster's
+OSD and radosgw compete with hammer for the CPUs: the ratios are what matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from hammerfs.blockdev.file import FileDevice  # noqa: E402
+from hammerfs.fs import FileSystem  # noqa: E402
+from hammerfs.luks import open_payload  # noqa: E402
+from hammerfs.quantity import parse_size  # noqa: E402
+from hammerfs.store import Store  # noqa: E402
+from hammerfs.store.records import ROOT_OBJ  # noqa: E402
+
+SCRIPT = ROOT / "scripts" / "ceph-test-cluster"
+KEY = b"benchmark key\n"
+FAST_KDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
+BIG = 64 << 20  # the 1 GiB is 16 files of 64 MiB
+SMALL = 100  # small files, 10 of which change for the incremental
+
+
+def hammer(*args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hammerfs", *map(str, args)], check=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def timed(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def make_master(tmp: Path, size: int, key: Path) -> tuple[Path, Path]:
+    """An encrypted master volume whose PFS #1 holds ``size`` bytes of random data in 64 MiB
+    files plus SMALL small files; the same big data as one raw file (for the raw tools)."""
+    master, raw = tmp / "master.img", tmp / "raw.bin"
+    hammer("newfs", "--encrypt", "--key-file", key, *FAST_KDF, "--size",
+           str(size + (size >> 2) + (256 << 20)), master)
+    hammer("pfs-master", "--key-file", key, f"{master}:1")
+    store = Store.open(open_payload(FileDevice(str(master)), KEY))
+    fs = FileSystem(store, 1)
+    rnd = random.Random(0)
+    with open(raw, "wb") as out:
+        for i in range(size // BIG):
+            ino = fs.create(ROOT_OBJ, b"big%02d" % i, 0o644)
+            for off in range(0, BIG, 4 << 20):
+                chunk = rnd.randbytes(4 << 20)
+                fs.write(ino.obj_id, off, chunk)
+                out.write(chunk)
+            store.commit()
+    small = fs.mkdir(ROOT_OBJ, b"small", 0o755)
+    for i in range(SMALL):
+        fs.write(fs.create(small.obj_id, b"f%03d" % i, 0o644).obj_id, 0, rnd.randbytes(3000))
+    store.commit()
+    store.close()
+    return master, raw
+
+
+def change_ten(master: Path, round_no: int) -> None:
+    store = Store.open(open_payload(FileDevice(str(master)), KEY))
+    fs = FileSystem(store, 1)
+    small = fs.lookup(ROOT_OBJ, b"small").obj_id
+    rnd = random.Random(1000 + round_no)
+    for i in rnd.sample(range(SMALL), 10):
+        fs.write(fs.lookup(small, b"f%03d" % i).obj_id, 0, rnd.randbytes(3000))
+    store.commit()
+    store.close()
+
+
+def new_slave(spec: str, key: Path, size: int, uuid: str) -> None:
+    hammer("newfs", "-f", "--encrypt", "--key-file", key, *FAST_KDF, "--size",
+           str(size + (size >> 2) + (256 << 20)), spec)
+    hammer("pfs-slave", "--key-file", key, f"{spec}:1", f"shared-uuid={uuid}")
+
+
+def shared_uuid(master: Path, key: Path) -> str:
+    out = subprocess.run([sys.executable, "-m", "hammerfs", "pfs-status", "--key-file",
+                          str(key), f"{master}:1"], check=True, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT / "src"))).stdout
+    return out.split("shared-uuid=")[1].split()[0]
+
+
+def upload_s3(raw: Path, name: str) -> float:
+    import boto3
+    s3 = boto3.client("s3")
+    t0 = time.perf_counter()
+    s3.upload_file(str(raw), "hammerfs", name)
+    took = time.perf_counter() - t0
+    s3.delete_object(Bucket="hammerfs", Key=name)
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="1G", help="data to copy (multiple of 64M)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cluster", help="an already started scripts/ceph-test-cluster DIR")
+    opts = ap.parse_args()
+    size = parse_size(opts.size) // BIG * BIG
+    with tempfile.TemporaryDirectory(prefix="ceph-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        cluster = Path(opts.cluster) if opts.cluster else tmp / "cluster"
+        if not opts.cluster:
+            subprocess.run([str(SCRIPT), "start", str(cluster)], check=True)
+        try:
+            for line in (cluster / "env").read_text().splitlines():
+                name, _, value = line.removeprefix("export ").partition("=")
+                os.environ[name] = value
+            run(tmp, size, opts.rounds)
+        finally:
+            if not opts.cluster:
+                subprocess.run([str(SCRIPT), "stop", str(cluster)], check=True)
+
+
+def run(tmp: Path, size: int, rounds: int) -> None:
+    key = tmp / "key"
+    key.write_bytes(KEY)
+    key.chmod(0o600)
+    master, raw = make_master(tmp, size, key)
+    uuid = shared_uuid(master, key)
+    conf = os.environ["CEPH_CONF"]
+    results: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for kind, spec in (("rbd", f"rbd:hammerfs/bench{r}"), ("s3", f"s3://hammerfs/bench{r}")):
+            new_slave(spec, key, size, uuid)
+            results.setdefault(f"{kind} mirror-copy", []).append(
+                hammer("mirror-copy", "-q", "--key-file", key, f"{master}:1", f"{spec}:1"))
+            change_ten(master, r * 2 + (kind == "s3"))
+            results.setdefault(f"{kind} incremental", []).append(
+                hammer("mirror-copy", "-q", "--key-file", key, f"{master}:1", f"{spec}:1"))
+        results.setdefault("rbd import", []).append(
+            timed(["rbd", "--conf", conf, "import", str(raw), f"hammerfs/raw{r}"]))
+        subprocess.run(["rbd", "--conf", conf, "rm", f"hammerfs/raw{r}"], check=True,
+                       capture_output=True)
+        results.setdefault("s3 upload_file", []).append(upload_s3(raw, f"raw{r}"))
+    med = {name: statistics.median(times) for name, times in results.items()}
+    mib = size / (1 << 20)
+    print(f"\n{mib:.0f} MiB, median of {rounds} rounds")
+    for name, took in med.items():
+        rate = f"{mib / took:7.1f} MiB/s" if "incremental" not in name else ""
+        print(f"  {name:22s} {took:7.2f} s  {rate}")
+    print(f"  rbd: mirror-copy / rbd import throughput = "
+          f"{med['rbd import'] / med['rbd mirror-copy']:.2f}x")
+    print(f"  s3:  mirror-copy / upload_file throughput = "
+          f"{med['s3 upload_file'] / med['s3 mirror-copy']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

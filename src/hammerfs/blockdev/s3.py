@@ -1,0 +1,295 @@
+"""S3Device: a volume in an S3-compatible object store (``s3://BUCKET/PREFIX``), via boto3.
+
+Layout.  ``PREFIX/volume.json`` says the volume's size and object size; block ``b`` lives in
+the object ``PREFIX/obj/<b // blocks-per-object as 10 hex digits>``.  Objects never written do
+not exist and read as zeros (a new volume costs nothing but what newfs writes).  Endpoint,
+region and credentials come from boto3's standard sources (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/config and credentials, ...).
+
+Object size: 1 MiB (docs/architecture.md has the reasoning: a request costs as much as a
+few hundred kB of transfer, so objects must be large for bulk copies, but each small commit
+rewrites whole objects, so they must not be much larger).
+
+Write-back cache.  Writes go to a local cache of whole objects, bounded by ``cache_bytes``;
+when it is full the least recently used objects are evicted, dirty ones uploaded first (a PUT
+replaces an object atomically).  ``flush()`` uploads every dirty object, in parallel, and
+returns only when all are stored.  The store writes a new header only after a ``flush()``, and
+its new blocks never overwrite blocks the last committed header references (copy-on-write):
+whatever was uploaded before a crash, the newest durable header references only durable
+objects.  A block the cache does not know is fetched with its object when first read, or
+merged in just before the object is uploaded.
+
+Fencing: none beyond the caller's (an S3 volume is the target of one mirror stream).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from hammerfs.blockdev.base import BLOCK
+from hammerfs.errors import HammerError
+
+OBJECT_SIZE = 1 << 20
+BLOCKS_PER_OBJECT = OBJECT_SIZE // BLOCK
+DEFAULT_CACHE_BYTES = 64 << 20
+UPLOADERS = 8  # parallel PUTs/GETs: a single stream is latency-bound
+META = "volume.json"
+
+
+def parse_s3_spec(spec: str) -> tuple[str, str]:
+    """``s3://BUCKET/PREFIX`` -> (bucket, prefix ending in '/', or '' for the bucket root)."""
+    body = spec[len("s3://"):]
+    bucket, _, prefix = body.partition("/")
+    prefix = prefix.strip("/")
+    if not bucket:
+        raise HammerError(f"{spec}: an S3 volume is s3://BUCKET/PREFIX")
+    return bucket, prefix + "/" if prefix else ""
+
+
+def _client():
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise HammerError("S3 volumes need boto3 (pip install 'boto3>=1.36,<2')") from None
+    return boto3.client("s3", config=Config(
+        max_pool_connections=UPLOADERS * 2, retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10, read_timeout=60))
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError
+    return BotoCoreError, ClientError
+
+
+def _is_missing(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "404", "NoSuchKey", "NotFound")
+
+
+class _Obj:
+    """One cached object: its bytes, which blocks are known (None: all), dirty or not."""
+
+    __slots__ = ("data", "known", "dirty")
+
+    def __init__(self, data: bytearray, known: bytearray | None):
+        self.data = data
+        self.known = known
+        self.dirty = False
+
+
+class S3Device:
+    def __init__(self, bucket: str, prefix: str, *, readonly: bool = False,
+                 create_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.bucket, self.prefix = bucket, prefix
+        self.path = f"s3://{bucket}/{prefix}"
+        self.readonly = readonly
+        self._max_objects = max(2, cache_bytes // OBJECT_SIZE)
+        self._mutex = threading.RLock()
+        self._cache: OrderedDict[int, _Obj] = OrderedDict()
+        self._pid = -1
+        self._s3 = self._pool = None
+        if create_size is not None:
+            self._create(create_size)
+        self.size = self._read_meta()
+        self._stored = self._list_objects()  # indices of the objects that exist
+
+    # -- the bucket -------------------------------------------------------------------------------
+    def _client(self):
+        """The client and thread pool of this process (neither survives a fork)."""
+        if self._pid != os.getpid():
+            self._s3, self._pool = _client(), ThreadPoolExecutor(UPLOADERS)
+            self._pid = os.getpid()
+        return self._s3
+
+    def _call(self, what: str, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except _errors() as exc:
+            if _is_missing(exc):
+                raise
+            raise HammerError(f"{self.path}: {what} failed: {exc}") from None
+
+    def _key(self, index: int) -> str:
+        return f"{self.prefix}obj/{index:010x}"
+
+    def _create(self, size: int) -> None:
+        if size <= 0 or size % BLOCK:
+            raise HammerError(f"volume size must be a positive multiple of {BLOCK} bytes")
+        s3 = self._client()
+        stale = [{"Key": self._key(i)} for i in self._list_objects()]
+        for start in range(0, len(stale), 1000):  # newfs -f: drop the old volume's objects
+            self._call("deleting old objects", s3.delete_objects, Bucket=self.bucket,
+                       Delete={"Objects": stale[start:start + 1000], "Quiet": True})
+        meta = json.dumps({"format": "hammerfs-s3", "size": size, "object_size": OBJECT_SIZE})
+        self._call("writing the volume description", s3.put_object, Bucket=self.bucket,
+                   Key=self.prefix + META, Body=meta.encode())
+
+    def _read_meta(self) -> int:
+        try:
+            body = self._call("reading the volume description", self._client().get_object,
+                              Bucket=self.bucket, Key=self.prefix + META)["Body"].read()
+        except _errors() as exc:
+            if _is_missing(exc):
+                raise HammerError(f"{self.path}: no volume there (newfs --size N creates "
+                                  "one)") from None
+            raise
+        try:
+            meta = json.loads(body)
+            size, object_size = int(meta["size"]), int(meta["object_size"])
+        except (ValueError, KeyError, TypeError):
+            raise HammerError(f"{self.path}: {META} is not a hammerfs volume "
+                              "description") from None
+        if object_size != OBJECT_SIZE or size <= 0 or size % BLOCK:
+            raise HammerError(f"{self.path}: unsupported volume description {meta}")
+        return size
+
+    def _list_objects(self) -> set[int]:
+        found = set()
+        pages = self._client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + "obj/")
+        try:
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    tail = item["Key"][len(self.prefix) + 4:]
+                    if len(tail) == 10:
+                        found.add(int(tail, 16))
+        except _errors() as exc:
+            raise HammerError(f"{self.path}: listing the bucket failed: {exc}") from None
+        return found
+
+    def _fetch(self, index: int) -> bytes:
+        if index not in self._stored:
+            return bytes(OBJECT_SIZE)
+        body = self._call("reading an object", self._client().get_object, Bucket=self.bucket,
+                          Key=self._key(index))["Body"].read()
+        if len(body) != OBJECT_SIZE:
+            raise HammerError(f"{self.path}: object {self._key(index)} has {len(body)} bytes, "
+                              f"not {OBJECT_SIZE}")
+        return body
+
+    def _upload(self, index: int, data: bytes) -> None:
+        self._call("storing an object", self._client().put_object, Bucket=self.bucket,
+                   Key=self._key(index), Body=data)
+
+    # -- the cache --------------------------------------------------------------------------------
+    def _entry(self, index: int, *, for_read: bool) -> _Obj:
+        obj = self._cache.get(index)
+        if obj is None:
+            if for_read or index not in self._stored:
+                obj = _Obj(bytearray(self._fetch(index)), None)
+            else:  # written before it is ever read: fetched only if it must be merged
+                obj = _Obj(bytearray(OBJECT_SIZE), bytearray(BLOCKS_PER_OBJECT))
+            self._cache[index] = obj
+            self._make_room()
+        else:
+            self._cache.move_to_end(index)
+            if for_read and obj.known is not None:
+                self._complete(index, obj, self._fetch(index))
+        return obj
+
+    @staticmethod
+    def _complete(index: int, obj: _Obj, stored: bytes) -> None:
+        """Fill the blocks of ``obj`` this process never wrote from the stored object."""
+        for b in range(BLOCKS_PER_OBJECT):
+            if not obj.known[b]:
+                obj.data[b * BLOCK:(b + 1) * BLOCK] = stored[b * BLOCK:(b + 1) * BLOCK]
+        obj.known = None
+
+    def _make_room(self) -> None:
+        if len(self._cache) <= self._max_objects:
+            return
+        excess = len(self._cache) - self._max_objects
+        oldest = list(self._cache.items())[:max(excess, self._max_objects // 4)]
+        self._store_all([(i, o) for i, o in oldest if o.dirty])
+        for index, _obj in oldest[:excess]:
+            del self._cache[index]
+
+    def _store_all(self, dirty: list[tuple[int, _Obj]]) -> None:
+        """Upload these objects in parallel; they are clean (and stored) once it returns."""
+        if not dirty:
+            return
+        self._client()
+
+        def one(item: tuple[int, _Obj]) -> None:
+            index, obj = item
+            if obj.known is not None:
+                self._complete(index, obj, self._fetch(index))
+            self._upload(index, bytes(obj.data))
+
+        for _ in self._pool.map(one, dirty):
+            pass
+        for index, obj in dirty:
+            obj.dirty = False
+            self._stored.add(index)
+
+    # -- BlockDevice ------------------------------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        self._check_range(offset, length)
+        out = bytearray()
+        with self._mutex:
+            for index, start, end in self._pieces(offset, length):
+                out += self._entry(index, for_read=True).data[start:end]
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if self.readonly:
+            raise HammerError(f"{self.path} is open read-only")
+        view = memoryview(data).cast("B")
+        self._check_range(offset, len(view))
+        if offset % BLOCK or len(view) % BLOCK:
+            raise HammerError(f"{self.path}: unaligned write at {offset:#x} (+{len(view)})")
+        done = 0
+        with self._mutex:
+            for index, start, end in self._pieces(offset, len(view)):
+                obj = self._entry(index, for_read=False)
+                obj.data[start:end] = view[done:done + end - start]
+                if obj.known is not None:
+                    obj.known[start // BLOCK:end // BLOCK] = b"\1" * ((end - start) // BLOCK)
+                    if all(obj.known):
+                        obj.known = None
+                obj.dirty = True
+                done += end - start
+
+    def flush(self) -> None:
+        if self.readonly:
+            return
+        with self._mutex:
+            self._store_all([(i, o) for i, o in self._cache.items() if o.dirty])
+
+    def close(self) -> None:
+        with self._mutex:
+            self._cache.clear()
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.shutdown(wait=True)
+            self._pool = self._s3 = None
+            self._pid = -1
+
+    def _pieces(self, offset: int, length: int):
+        """(object index, start, end) within each object the byte range touches."""
+        end = offset + length
+        while offset < end:
+            index, start = divmod(offset, OBJECT_SIZE)
+            stop = min(OBJECT_SIZE, start + end - offset)
+            yield index, start, stop
+            offset += stop - start
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or offset + length > self.size:
+            raise HammerError(f"{self.path}: I/O at offset {offset:#x} (+{length}) is beyond "
+                              f"the end of the device ({self.size} bytes)")
+
+
+def s3_volume_exists(bucket: str, prefix: str) -> bool:
+    try:
+        _client().head_object(Bucket=bucket, Key=prefix + META)
+    except _errors() as exc:
+        if _is_missing(exc):
+            return False
+        raise HammerError(f"s3://{bucket}/{prefix}: cannot reach the bucket: {exc}") from None
+    return True
