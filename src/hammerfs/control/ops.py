@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 
 from hammerfs.control import chunks as framing
+from hammerfs.control import scrubbing
 from hammerfs.control.server import ControlContext, takes
 from hammerfs.errors import HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
@@ -357,7 +358,28 @@ def op_luks_header(ctx: ControlContext, args: dict, conn: socket.socket) -> dict
     return {}
 
 
+@takes(rate="int?", heal_from="str?", port="int?", restart="bool")
+def op_scrub(ctx: ControlContext, args: dict, conn) -> dict:
+    """`hammer scrub MOUNTPOINT`: start (or continue) the online scrub, at most ``rate``
+    bytes/s, healing from ``heal_from`` (or the mount's --heal-from replica)."""
+    return scrubbing.start(ctx, args.get("rate"), args.get("heal_from"),
+                           bool(args.get("restart")), args.get("port"))
+
+
+@takes()
+def op_scrub_status(ctx: ControlContext, args: dict, conn) -> dict:
+    return scrubbing.status(ctx)
+
+
+@takes()
+def op_scrub_stop(ctx: ControlContext, args: dict, conn) -> dict:
+    return scrubbing.stop(ctx)
+
+
 OPS = {
+    "scrub": op_scrub,
+    "scrub-status": op_scrub_status,
+    "scrub-stop": op_scrub_stop,
     "volume-info": op_volume_info,
     "show": op_show,
     "luks-info": op_luks_info,

@@ -15,6 +15,7 @@ from typing import Any
 
 from hammerfs.errors import HammerError
 from hammerfs.mirror import pfs_ops
+from hammerfs.mirror.heal import serve_fetch
 from hammerfs.mirror.local import channel
 from hammerfs.mirror.reader import Source, SourceOptions, changes
 from hammerfs.mirror.writer import Target
@@ -184,7 +185,15 @@ def mirror_write(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, An
     return {"batches": res.batches, "sync_end_tid": res.sync_end_tid}
 
 
+def mirror_fetch(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
+    """Streaming: serve record versions of the PFS to a damaged replica (mirror/heal.py)."""
+    with channel(_stream(conn, "mirror-fetch")) as (inp, out):
+        served = serve_fetch(_store(ctx), _pfs(args), inp, out)
+    return {"served": served}
+
+
 OPS = {
+    "mirror-fetch": mirror_fetch,
     "pfs-status": pfs_status,
     "pfs-create": pfs_create,
     "pfs-upgrade": pfs_upgrade,
