@@ -176,3 +176,12 @@ def describe(store, pfs: int, mountpoint: str, damage: list[Damage]) -> list[dic
                     "create_tid": d.key[4], "path": where, "repaired": d.repaired,
                     "message": d.message})
     return out
+
+
+def summary(ctx: ControlContext) -> dict:
+    """The last finished scrub of the volume and whether one runs (metrics)."""
+    last = load_state(ctx.store).get("last") or {}
+    n = last.get("counts") or [0] * 7
+    job = _job(ctx)
+    return {"running": bool(job and job.running), "last_finished_ns": last.get("finished", 0),
+            "found": n[6], "repaired": n[4], "unrepairable": n[5]}

@@ -186,6 +186,7 @@ class Child:
     backoff: float = MIN_BACKOFF
     next_start: float = 0.0
     last_line: str = ""  # the stream's latest message, shown by `hammer service status`
+    last_exit: float = 0.0  # wall-clock time the process last ended (metrics)
     relay: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -252,6 +253,7 @@ class Supervisor:
         self.remount_backoff: dict[str, float] = {}
         self.next_mount_check = 0.0
         self.children = [Child(s, self._stream_log(s)) for s in config.streams]
+        self.exporter = None
         self._lock_fd: int | None = None
 
     def _stream_log(self, s: StreamSpec) -> str:
@@ -274,6 +276,7 @@ class Supervisor:
                 say(f"starting stream {child.spec.name}: {child.spec.source} -> "
                     f"{child.spec.target} (log {child.log_path})")
                 child.start()
+            self._start_metrics()
             self._write_state()
             say(f"up: {self._summary()}; stop with Ctrl-C, SIGTERM or 'hammer down'")
             sd_notify(f"READY=1\nSTATUS={self._summary()}")
@@ -287,6 +290,25 @@ class Supervisor:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(self.paths["state"])
+
+    def _start_metrics(self) -> None:
+        """[metrics]: the Prometheus endpoint/textfile (changing it needs a restart)."""
+        spec = self.config.metrics
+        if spec is None:
+            return
+        from hammerfs.service.metrics import Exporter, HammerCollector, stream_views
+        collector = HammerCollector(lambda: list(self.mounted),
+                                    lambda: stream_views(self.children))
+        self.exporter = Exporter(spec, collector)
+        try:
+            self.exporter.start()
+        except HammerError as exc:  # the mounts and streams matter more than metrics
+            say(f"{exc}; no metrics")
+            self.exporter = None
+            return
+        where = [f"http://127.0.0.1:{spec.port}/metrics"] if spec.port else []
+        where += [spec.textfile] if spec.textfile else []
+        say(f"metrics: {', '.join(where)}")
 
     def _summary(self) -> str:
         up = sum(self.mount_state.get(m.name) == "mounted" for m in self.mounted)
@@ -375,6 +397,7 @@ class Supervisor:
             if child.relay is not None:
                 child.relay.join(1.0)  # its last words are logged before we speak
             child.proc = None
+            child.last_exit = time.time()
             child.next_start = now + child.backoff
             say(f"stream {child.spec.name} exited ({_status(code)}); restarting in "
                 f"{child.backoff:g}s")
@@ -476,6 +499,8 @@ class Supervisor:
     def shutdown(self) -> int:
         """Stop the streams, then unmount (each mount commits); 0 when all went clean."""
         sd_notify("STOPPING=1")
+        if self.exporter is not None:
+            self.exporter.stop()
         for child in self.children:
             if child.proc is not None:
                 say(f"stopping stream {child.spec.name}")

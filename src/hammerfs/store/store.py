@@ -91,6 +91,7 @@ class Store(PfsTable):
         # (store, spec, port) -> a healer for `hammer scrub --from` (set with the healer)
         self.healer_factory: Callable | None = None
         self.damage = DamageCounts()
+        self.stats = CommitStats()  # for metrics (`hammer up`'s exporter)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -172,6 +173,7 @@ class Store(PfsTable):
             self._tree.upsert((*COMMITLOG_KEY, done, done),
                               (0, ts, 0, 8, 0, ZERO_CSUM, ts.to_bytes(8, "little")))
             self._max_tid_seen = max(self._max_tid_seen, done)
+            started = time.monotonic()
             try:
                 self._hdr = self._write_commit(done, ts)
             except BaseException as exc:
@@ -179,6 +181,9 @@ class Store(PfsTable):
                 # reusable): refuse every further change; reopening gives the last commit.
                 self._broken = exc
                 raise
+            self.stats.commits += 1
+            self.stats.last_commit_seconds = time.monotonic() - started
+            self.stats.commit_seconds += self.stats.last_commit_seconds
             self._last_committed = done
             self._current = self._next_tid(done)
             self._dirty = False
@@ -606,6 +611,15 @@ class DamageCounts:
     found: int = 0
     repaired: int = 0
     unrepairable: int = 0
+
+
+@dataclass
+class CommitStats:
+    """Commits that wrote something since the volume was opened, and how long they took."""
+
+    commits: int = 0
+    commit_seconds: float = 0.0
+    last_commit_seconds: float = 0.0
 
 
 def used_extents(tree: BTree) -> Iterator[tuple[int, int]]:
