@@ -15,7 +15,7 @@ from hammerfs.cli.volume import add_volume_args, open_volume_device, serving_mou
 from hammerfs.errors import HammerError
 from hammerfs.store.scrub import DEFAULT_RATE
 
-_rate_arg = argtype(quantity.parse_size, maximum=1 << 50)
+_rate_arg = argtype(quantity.parse_size, what="rate", minimum=0, maximum=1 << 50)
 POLL_SECONDS = 0.5
 
 
