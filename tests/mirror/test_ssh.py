@@ -236,3 +236,34 @@ def _sync_end(path) -> str:
 def _env(extra: dict[str, str]) -> dict[str, str]:
     from conftest import hammer_env
     return hammer_env(extra)
+
+
+def test_scrub_repairs_from_a_remote_replica_confined_by_ssh_remote(sshd, vols, tmp_path):
+    """Self-heal over ssh: the damaged slave asks the master through a key that
+    `ssh-remote mirror-read` confines to the master's PFS; another path is refused."""
+    import re
+    d, port = sshd
+    m, s = vols
+    run_hammer("mirror-copy", f"{m}:1", f"{s}:1")
+    show = run_hammer("show", s, "1").stdout
+    offs = [int(x, 16) for x in re.findall(r"ELM 1:\S+ .* data@(0x[0-9a-f]+)", show)][:3]
+    assert len(offs) == 3
+    for off in offs:
+        with open(s, "r+b") as f:
+            f.seek(off + 9)
+            b = f.read(1)
+            f.seek(off + 9)
+            f.write(bytes([b[0] ^ 0x11]))
+    forced = f"{REMOTE_HAMMER} ssh-remote mirror-read {m}:1"
+    _authorize(d, [f'command="{forced}",no-pty,no-port-forwarding '
+                   + (d / "limited.pub").read_text().strip()])
+    env = {"HAMMER_RSH": _ssh_opts(d / "limited"), "HAMMER_REMOTE_CMD": "hammer"}
+    other = tmp_path / "other.img"
+    run_hammer("newfs", "--size", "64M", other)
+    refused = run_hammer("scrub", "-p", str(port), "--from", f"127.0.0.1:{other}", s,
+                         env=env, check=False)
+    assert refused.returncode != 0 and "path not allowed" in refused.stderr
+    healed = run_hammer("scrub", "-p", str(port), "--from", f"127.0.0.1:{m}:1", s, env=env)
+    assert healed.stdout.count("REPAIRED: PFS #1:/") == 3, healed.stdout
+    assert run_hammer("scrub", s).stdout.rstrip().endswith("no damage found")
+    check_replica(m, s)

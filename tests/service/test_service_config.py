@@ -49,8 +49,10 @@ def test_a_valid_config_gives_the_commands_to_run(env):
         "cleanup": {"schedule": "Sun 03:00"}})
     a, b = cfg.mounts
     assert a.name == "a" and a.pfs == 0 and a.readonly
+    # the mount holding one end of a stream heals from the other end (its ssh port too)
     assert a.mount_argv() == ["mount", "--key-file", f"{env}/k", "-o", "ro",
-                              f"{env}/vol.img:0", f"{env}/a"]
+                              "--heal-from", "backup@nas:/fort_knox/pfs/slave",
+                              "--heal-port", "2222", f"{env}/vol.img:0", f"{env}/a"]
     assert b.name == "second" and b.mount_argv() == ["mount", f"{env}/vol2.img:3", f"{env}/b"]
     (s,) = cfg.streams
     assert s.stream_argv() == ["mirror-stream", "-b", "10m", "--reconnect-delay", "2.5",
@@ -58,6 +60,25 @@ def test_a_valid_config_gives_the_commands_to_run(env):
                                "backup@nas:/fort_knox/pfs/slave"]
     # cleanup defaults to the writable mounts
     assert cfg.cleanup_paths == (f"{env}/b",) and cfg.schedule == "Sun 03:00"
+    # scrub: every mount, monthly, no metrics unless asked
+    assert cfg.scrub_paths == (f"{env}/a", f"{env}/b") and cfg.scrub_schedule == "monthly"
+    assert cfg.metrics is None
+
+
+def test_scrub_metrics_and_healing_between_two_mounts(env):
+    cfg = parse_config({
+        "mount": [{"volume": f"{env}/vol.img", "mountpoint": f"{env}/a"},
+                  {"volume": f"{env}/vol2.img", "mountpoint": f"{env}/b"}],
+        "stream": [{"source": f"{env}/a", "target": f"{env}/b/pfs/slave"}],
+        "scrub": {"paths": [f"{env}/b"], "schedule": "weekly", "rate": "50m"},
+        "metrics": {"port": 9123, "textfile": f"{env}/hammerfs.prom", "interval": "30s"}})
+    a, b = cfg.mounts
+    assert a.heal_from == f"{env}/b/pfs/slave" and b.heal_from == f"{env}/a"
+    assert b.mount_argv()[1:3] == ["--heal-from", f"{env}/a"]
+    assert (cfg.scrub_paths, cfg.scrub_schedule, cfg.scrub_rate) == \
+        ((f"{env}/b",), "weekly", "50m")
+    assert (cfg.metrics.port, cfg.metrics.textfile, cfg.metrics.interval) == \
+        (9123, f"{env}/hammerfs.prom", 30)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -160,6 +181,22 @@ def test_a_valid_config_gives_the_commands_to_run(env):
       "cleanup": {"paths": ["/x\0y"]}}, "[cleanup]: 'paths' contains a control character"),
     ({"stream": [{"source": "{d}/vol.img", "target": "h:/x", "bwlimit": [[[[[[1]]]]]]}]},
      "'bwlimit' must be a string or integer"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}], "metrics": {"port": 0}},
+     "[metrics]: port 0 is out of range (1-65535)"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}], "metrics": {}},
+     "[metrics]: give a port (HTTP on 127.0.0.1) or a textfile"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}],
+      "metrics": {"textfile": "m.prom"}}, "textfile 'm.prom' must be an absolute path"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}],
+      "metrics": {"port": 9, "interval": "0.1s"}}, "interval '0.1s' is shorter than 1 second"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}],
+      "metrics": {"port": 9, "speed": 1}}, "[metrics]: unknown key 'speed'"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}],
+      "scrub": {"schedule": "every day!"}}, "[scrub]: schedule 'every day!' is not a systemd"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}], "scrub": {"rate": "fast"}},
+     "[scrub]: bad rate 'fast'"),
+    ({"stream": [{"source": "{d}/vol.img", "target": "h:/x"}], "scrub": {"paths": ["/x"]}},
+     "[scrub]: path '/x' is not inside a configured [[mount]]"),
 ])
 def test_bad_configs_say_what_and_where(env, data, message):
     def fill(value):
@@ -187,13 +224,15 @@ toml_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3)
     | st.dictionaries(st.sampled_from(sorted({"volume", "mountpoint", "pfs", "options",
                                               "source", "target", "paths", "key_file",
-                                              "name", "port", "bwlimit", "zz"})),
+                                              "name", "port", "bwlimit", "zz", "rate",
+                                              "schedule", "textfile", "interval"})),
                       inner, max_size=4),
     max_leaves=12)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(["mount", "stream", "cleanup", "other"]),
+@given(st.dictionaries(st.sampled_from(["mount", "stream", "cleanup", "scrub", "metrics",
+                                        "other"]),
                        toml_values, max_size=3))
 def test_arbitrary_documents_are_refused_cleanly_or_accepted(data):
     try:
@@ -212,13 +251,14 @@ def test_service_install_writes_units_that_systemd_accepts(env):
     units = env / "units"
     units.mkdir()
     res = run_hammer("service", "install", "--config", config, "--prefix", units)
-    names = ("hammerfs.service", "hammerfs-cleanup.service", "hammerfs-cleanup.timer")
+    names = ("hammerfs.service", "hammerfs-cleanup.service", "hammerfs-cleanup.timer",
+             "hammerfs-scrub.service", "hammerfs-scrub.timer")
     for name in names:
         assert f"wrote {units}/{name}" in res.stdout
     assert "systemctl enable --now hammerfs.service" in res.stdout
     assert "systemctl enable --now hammerfs-cleanup.timer" in res.stdout
     again = run_hammer("service", "install", "--config", config, "--prefix", units)
-    assert again.stdout.count("unchanged") == 3
+    assert again.stdout.count("unchanged") == 5
 
     parsed = {}
     for name in names:
@@ -240,6 +280,11 @@ def test_service_install_writes_units_that_systemd_accepts(env):
     assert cleanup["Type"] == "oneshot"
     assert cleanup["ExecStart"].split()[-4:] == ["service", "cleanup", "--config",
                                                   str(config)]
+
+    scrub_timer = parsed["hammerfs-scrub.timer"]["Timer"]
+    assert scrub_timer["OnCalendar"] == "monthly" and scrub_timer["Persistent"] == "true"
+    assert parsed["hammerfs-scrub.service"]["Service"]["ExecStart"].split()[-4:] == \
+        ["service", "scrub", "--config", str(config)]
 
     # systemd's own checker (package systemd, in scripts/bootstrap): no warning at all
     analyze = shutil.which("systemd-analyze")

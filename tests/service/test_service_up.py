@@ -467,3 +467,70 @@ def test_down_tells_a_lost_final_commit_and_leaves_hand_made_mounts(setup, loop_
             up.kill()
     assert not os.path.ismount(lm)
     assert os.path.ismount(sm) and owner_pid(sm) == hand_pid
+
+
+def test_metrics_endpoint_textfile_and_the_scheduled_scrub(setup, tmp_path):
+    """[metrics]: the endpoint scraped with a real HTTP client and parsed as Prometheus
+    text; the textfile too; `hammer service scrub` (what the monthly timer runs) scrubs
+    both mounts through them, and the metrics show it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    mm, slave_pfs = setup["mm"], setup["slave_pfs"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prom = tmp_path / "hammerfs.prom"
+    with open(setup["config"], "a") as f:
+        f.write(f'\n[metrics]\nport = {port}\ntextfile = "{prom}"\ninterval = "1s"\n'
+                '\n[scrub]\nrate = "100m"\n')
+    notify = Notify(tmp_path / "notify.sock")
+    up = subprocess.Popen([sys.executable, "-m", "hammerfs", "up", "-f",
+                           "--config", str(setup["config"])],
+                          env=hammer_env({"NOTIFY_SOCKET": notify.path}),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        notify.wait("READY=1", 60)
+        (mm / "notes.txt").write_text("metered")
+        wait_for(lambda: read_text(slave_pfs / "notes.txt") == "metered", 15, "the stream")
+        scrub = run_hammer("service", "scrub", "--config", setup["config"])
+        assert scrub.stdout.count("no damage found") == 2, scrub.stdout
+
+        def scrape() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+        def value(samples, name, **labels):
+            return next(v for (n, lab), v in samples.items()
+                        if n == name and all(dict(lab).get(k) == x for k, x in labels.items()))
+
+        samples = wait_for(lambda: (m := scrape()) and any(
+            n == "hammerfs_stream_sent_records_total" for n, _ in m) and m, 15,
+            "the stream's metrics")
+        for mount in ("master", "slave"):
+            assert value(samples, "hammerfs_mount_up", mount=mount) == 1
+            assert value(samples, "hammerfs_volume_used_bytes", mount=mount) > 0
+            assert value(samples, "hammerfs_volume_free_bytes", mount=mount) > 0
+            assert value(samples, "hammerfs_mount_commits_total", mount=mount) >= 1
+            assert value(samples, "hammerfs_scrub_last_finished_timestamp_seconds",
+                         mount=mount) > time.time() - 120
+            assert value(samples, "hammerfs_scrub_last_unrepairable", mount=mount) == 0
+            assert value(samples, "hammerfs_volume_damage_unrepairable_total", mount=mount) == 0
+        assert value(samples, "hammerfs_stream_up", stream="backup") == 1
+        assert value(samples, "hammerfs_stream_restarts_total", stream="backup") == 0
+        assert value(samples, "hammerfs_stream_sent_records_total", stream="backup") > 0
+        assert value(samples, "hammerfs_stream_sent_bytes_total", stream="backup") > 0
+        assert 0 <= value(samples, "hammerfs_stream_seconds_behind", stream="backup") < 60
+        # the node_exporter textfile says the same
+        text = wait_for(lambda: read_text(prom), 5, "the textfile")
+        names = {fam.name for fam in text_string_to_metric_families(text)}
+        assert {"hammerfs_volume_used_bytes", "hammerfs_stream_seconds_behind"} <= names
+        run_hammer("down", "--config", setup["config"], timeout=120)
+        assert up.wait(10) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+        notify.close()

@@ -51,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the permissions as of the TID alone), nonempty (mount over a directory "
                    "that has entries: refused without it, as they would be hidden)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--heal-from", metavar="REPLICA",
+                   help="repair damaged data met by reads (and scrubs) from this replica of "
+                   "the PFS: a path in a mount, VOLUME[:PFS] or [user@]host:PATH (see "
+                   "`hammer scrub --from`); a read that hits damage gets the replica's "
+                   "verified bytes instead of EIO")
+    p.add_argument("--heal-port", dest="heal_port", type=int, metavar="PORT",
+                   help="ssh port of a remote --heal-from")
     p.add_argument("volume", metavar="VOLUME[:PFS]",
                    help="image file or block device; :PFS mounts that PFS (default 0)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
@@ -249,7 +256,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     forget_passphrase(args)
     kw = dict(volume=canonical(volume), pfs=pfs, mountpoint=mountpoint, asof=opts.asof,
               readonly=opts.readonly, debug=opts.debug, nfs=opts.nfs,
-              history_perms=opts.history_perms)
+              history_perms=opts.history_perms,
+              heal_from=replica_spec(getattr(args, "heal_from", None)),
+              heal_port=getattr(args, "heal_port", None))
     if args.foreground:
         logging.basicConfig(level=logging.INFO, format="hammer mount: %(message)s")
         _serve(dev, **kw)
@@ -273,7 +282,17 @@ def _refuse_nonempty(given: str, mountpoint: str) -> None:
                           "mount over them anyway")
 
 
-def _serve(dev, *, on_ready=None, on_warning=None, **kw) -> None:
+def replica_spec(spec: str | None) -> str | None:
+    """A local replica path made absolute (the mount process changes its cwd)."""
+    from hammerfs.mirror.transport import parse_remote
+    if spec is None or parse_remote(spec) is not None:
+        return spec
+    return os.path.abspath(spec)
+
+
+def _serve(dev, *, on_ready=None, on_warning=None, heal_from=None, heal_port=None,
+           **kw) -> None:
+    from hammerfs.cli.mirror_cmds import healer_factory, lazy_healer
     from hammerfs.fuse.mount import serve
     from hammerfs.store import Store
     try:
@@ -281,6 +300,9 @@ def _serve(dev, *, on_ready=None, on_warning=None, **kw) -> None:
     except BaseException:
         dev.close()
         raise
+    store.healer_factory = healer_factory(kw["volume"])
+    if heal_from:
+        store.healer = lazy_healer(store, heal_from, heal_port, kw["volume"])
     if store.header_damage is not None:  # a rollback must never pass silently
         logging.getLogger("hammerfs.mount").warning("WARNING: %s", store.header_damage.message)
         if on_warning:

@@ -14,6 +14,7 @@ from hammerfs.cli import (
     helptext,
     luks_cmds,
     mirror_cmds,
+    scrub_cmds,
     service_cmds,
     store_cmds,
 )
@@ -21,8 +22,8 @@ from hammerfs.errors import HammerError
 
 # Each module adds its subcommands with register(subparsers); a subcommand sets
 # `func(args) -> int | None` as its default.
-COMMAND_MODULES = (store_cmds, luks_cmds, fs_cmds, cleanup_cmds, mirror_cmds, service_cmds,
-                   demo)
+COMMAND_MODULES = (store_cmds, scrub_cmds, luks_cmds, fs_cmds, cleanup_cmds, mirror_cmds,
+                   service_cmds, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from hammerfs.blockdev.spec import is_remote
 from hammerfs.cli.sizes import argtype
-from hammerfs.cli.volume import add_volume_args, open_volume_device
+from hammerfs.cli.volume import add_volume_args, open_volume_device, same_file
 from hammerfs.errors import HammerError, Interrupted
 from hammerfs.mirror import pfs_ops
 from hammerfs.mirror import stream as s
@@ -37,6 +37,7 @@ from hammerfs.mirror.transport import (
     ThreadChannel,
     parse_remote,
     relay,
+    relay_raw,
     ssh_argv,
 )
 from hammerfs.quantity import parse_duration, parse_size
@@ -540,9 +541,61 @@ def _note(args: argparse.Namespace, text: str) -> None:
         print(f"hammer: {text}", file=sys.stderr, flush=True)
 
 
+# -- replicas to heal from (hammer scrub --from, hammer mount --heal-from) --------------------
+
+def open_replica(spec: str, port: int | None = None, own_volume: str | None = None,
+                 ) -> Channel:
+    """A channel to a mirror-fetch server (mirror/heal.py) for the replica ``spec``: a path
+    in a mount, an unmounted plain VOLUME[:PFS], or [user@]host:PATH over ssh."""
+    from hammerfs.mirror.heal import FetchError, local_volume
+
+    tgt = resolve(spec, remote_ok=True)
+    if isinstance(tgt, RemoteSpec):
+        return ProcessChannel(ssh_argv(tgt, ["mirror-fetch", tgt.path], port))
+    if isinstance(tgt, Mounted):
+        if own_volume and same_file(getattr(tgt.mount, "volume", ""), own_volume):
+            raise FetchError(f"{spec} is this volume itself, not a replica of it")
+        return SocketChannel(tgt.client().open_stream("mirror-fetch", pfs=tgt.pfs))
+    if own_volume and same_file(tgt.volume, own_volume):
+        raise FetchError(f"{spec} is this volume itself, not a replica of it")
+    return local_volume(tgt.volume, tgt.pfs)
+
+
+def healer_factory(own_volume: str | None):
+    """``factory(store, spec, port) -> Healer`` (checked: the replica answered), for the
+    processes that own a volume (the mount sets it as ``store.healer_factory``)."""
+    from hammerfs.mirror.heal import Healer
+
+    def make(store, spec: str, port: int | None = None) -> Healer:
+        return Healer.open(store, spec, lambda: open_replica(spec, port, own_volume))
+    return make
+
+
+def lazy_healer(store, spec: str, port: int | None, own_volume: str | None):
+    """The healer of a mount's reads: connects at each repair (the replica may come and
+    go: it is not checked at mount time)."""
+    from hammerfs.mirror.heal import Healer
+    return Healer(store, spec, lambda: open_replica(spec, port, own_volume))
+
+
+def cmd_mirror_fetch(args: argparse.Namespace) -> int:
+    """Serve mirror-fetch requests on stdin/stdout for PATH (what ssh runs for a remote
+    `--from`/`--heal-from`)."""
+    from hammerfs.mirror.heal import serve_fetch
+
+    tgt = resolve(args.path)
+    if isinstance(tgt, Mounted):
+        sock = tgt.client().open_stream("mirror-fetch", pfs=tgt.pfs)
+        relay_raw(SocketChannel(sock), StdioChannel(read=True))  # until the mount closes
+        return 0
+    with open_store(tgt.volume, args, readonly=True) as store:
+        serve_fetch(store, tgt.pfs, sys.stdin.buffer, sys.stdout.buffer)
+    return 0
+
+
 # -- ssh-remote -----------------------------------------------------------------------------
 
-REMOTE_ALLOWED = {"mirror-read": ("mirror-read", "mirror-read-stream"),
+REMOTE_ALLOWED = {"mirror-read": ("mirror-read", "mirror-read-stream", "mirror-fetch"),
                   "mirror-write": ("mirror-write",)}
 _REMOTE_FLAGS = {"-2", "-q", "-v", "-vv", "--stream"}
 
@@ -740,6 +793,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         _mirror_opts(p)
         add_volume_args(p)
         p.set_defaults(func=fn)
+
+    p = sub.add_parser(
+        "mirror-fetch", help="serve record versions of PATH to a replica repairing itself",
+        description="Answer requests for record versions of the PFS at PATH on stdin/stdout "
+        "(run over ssh by `hammer scrub --from` and `hammer mount --heal-from` on a damaged "
+        "replica of it; `hammer ssh-remote mirror-read DIR` allows it).")
+    p.add_argument("path", metavar="PATH", help="a mount root, PFS softlink or VOLUME[:PFS]")
+    add_volume_args(p)
+    p.set_defaults(func=cmd_mirror_fetch)
 
     p = sub.add_parser("mirror-write", help="apply a mirror stream from stdin to a slave")
     p.add_argument("path", metavar="PATH",

@@ -41,7 +41,18 @@ config (TOML):
 
   [cleanup]                        # what the daily `hammer service cleanup` covers
   paths = ["/fort_knox"]           # default: every writable [[mount]]
-  schedule = "daily"               # OnCalendar= of hammerfs-cleanup.timer"""
+  schedule = "daily"               # OnCalendar= of hammerfs-cleanup.timer
+
+  [scrub]                          # what the monthly `hammer service scrub` covers
+  paths = ["/fort_knox"]           # default: every [[mount]]
+  schedule = "monthly"             # OnCalendar= of hammerfs-scrub.timer
+  rate = "200m"                    # bytes/s (hammer scrub --rate)
+
+  [metrics]                        # Prometheus metrics (port and/or textfile)
+  port = 9123                      # http://127.0.0.1:9123/metrics
+  textfile = "/var/lib/node_exporter/hammerfs.prom"
+  interval = "15s"                 # textfile rewrite period
+  # a [[mount]] holding one end of a [[stream]] repairs damaged data from the other end"""
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -87,6 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "(what the timer runs)")
     _config_arg(q)
     q.set_defaults(func=cmd_service_cleanup)
+    q = ssub.add_parser("scrub", help="run 'hammer scrub' on the configured mounts (what "
+                                      "the monthly timer runs)")
+    _config_arg(q)
+    q.set_defaults(func=cmd_service_scrub)
     q = ssub.add_parser("reload", help="make a running 'hammer up' apply the edited config "
                                        "(SIGHUP; as systemctl reload hammerfs)")
     _config_arg(q)
@@ -323,7 +338,8 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not os.path.isdir(args.prefix):
         raise HammerError(f"{args.prefix}: no such directory")
-    for name, text in render_units(_hammer_command(), config.path, config.schedule).items():
+    for name, text in render_units(_hammer_command(), config.path, config.schedule,
+                                   config.scrub_schedule).items():
         path = os.path.join(args.prefix, name)
         old = _read_or_none(path)
         if old == text:
@@ -354,24 +370,48 @@ def _read_or_none(path: str) -> str | None:
 def cmd_service_cleanup(args: argparse.Namespace) -> int:
     """`hammer cleanup` of each configured path: through the mount when it is mounted, else
     on the volume itself (unlocked with the mount's key file)."""
-    from hammerfs.cli.main import build_parser
     config = load_config(args.config)
-    if not config.cleanup_paths:
-        print("hammer service cleanup: nothing configured")
+    return _each_path(config, config.cleanup_paths, ["cleanup"],
+                      lambda m: f"{m.volume}:{m.pfs}")
+
+
+def _each_path(config: ServiceConfig, paths: tuple[str, ...], argv: list[str], unmounted,
+               *, keep_going: bool = False) -> int:
+    """`hammer ARGV PATH` for each path: through its mount when mounted, else on
+    ``unmounted(mount)`` (the volume) with the mount's key file and header."""
+    from hammerfs.cli.main import build_parser
+    if not paths:
+        print(f"hammer service {argv[0]}: nothing configured")
         return 0
     by_mountpoint = {m.mountpoint: m for m in config.mounts}
     status = 0
     parser = build_parser()
-    for path in config.cleanup_paths:
+    for path in paths:
         m = by_mountpoint.get(os.path.realpath(path))
-        argv = ["cleanup", path]
+        words = [*argv, path]
         if m is not None and not _mounted_here(m):
-            argv = ["cleanup", f"{m.volume}:{m.pfs}"] + (
+            words = [*argv, unmounted(m)] + (
                 ["--key-file", m.key_file] if m.key_file else []) + (
                 ["--header", m.header] if m.header else [])
-        sub = parser.parse_args(argv)
-        status |= int(sub.func(sub) or 0)
+        sub = parser.parse_args(words)
+        try:
+            status |= int(sub.func(sub) or 0)
+        except HammerError as exc:
+            if not keep_going:
+                raise
+            print(f"hammer service {argv[0]}: {path}: {exc}", file=sys.stderr)
+            status |= 1
     return status
+
+
+def cmd_service_scrub(args: argparse.Namespace) -> int:
+    """`hammer scrub` of each configured path through its mount (which heals from the other
+    end of its stream); an unmounted one on the volume itself, with the mount's key file.
+    One broken volume does not stop the others' scrubs."""
+    config = load_config(args.config)
+    rate = ["--rate", config.scrub_rate] if config.scrub_rate else []
+    return _each_path(config, config.scrub_paths, ["scrub", *rate], lambda m: m.volume,
+                      keep_going=True)
 
 
 def cmd_service_reload(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`hammer` subcommands of the store layer: newfs, info, show, scrub."""
+"""`hammer` subcommands of the store layer: newfs, info, show (scrub: scrub_cmds.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from hammerfs.errors import HammerError, NotAVolume
 from hammerfs.fs.filesystem import init_pfs_root
 from hammerfs.store.format import FORMAT_VERSION
 from hammerfs.store.records import MAX_U64
-from hammerfs.store.scrub import scrub
 from hammerfs.store.store import Store, read_header
 
 
@@ -61,14 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="show only records under PFS[:OBJ[:TYPE[:KEY]]]")
     add_volume_args(p)
     p.set_defaults(func=cmd_show)
-
-    p = sub.add_parser(
-        "scrub", help="verify every block of a volume",
-        description="Read and verify every block reachable from the volume header (B-tree "
-        "nodes and data extents) and print a report.  Exits non-zero if anything is damaged.")
-    p.add_argument("volume", metavar="VOLUME", help="image file or block device")
-    add_volume_args(p)
-    p.set_defaults(func=cmd_scrub)
 
 
 def _open(args: argparse.Namespace, readonly: bool) -> Store:
@@ -285,23 +276,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     if pending:
         raise HammerError("the mount process ended the show output early")
     return 0
-
-
-def cmd_scrub(args: argparse.Namespace) -> int:
-    store = _open(args, readonly=True)
-    try:
-        report = scrub(store)
-    finally:
-        store.close()
-    print(f"scrub {args.volume}: {report.nodes} B-tree nodes, {report.records} records, "
-          f"{report.extents} data extents ({_human(report.data_bytes)}) verified")
-    for err in report.errors:
-        print(f"DAMAGED: {err}")
-    if report.ok:
-        print("no damage found")
-        return 0
-    print(f"{len(report.errors)} problem(s) found")
-    return 1
 
 
 def _fill_histogram(fill: list[int], per_bb: int) -> str:

@@ -226,7 +226,7 @@ def serving_mount(path: str):
                               "(give the volume itself, or a path inside its mount)")
         return info
     for mount in registered_mounts():
-        if _same_file(path, mount.get("volume", "")):
+        if same_file(path, mount.get("volume", "")):
             print(f"hammer: {path} is mounted on {mount['mountpoint']}: reading it through "
                   "the mount", file=sys.stderr)
             return MountInfo(mount["mountpoint"], mount["socket"], int(mount.get("pfs", 0)),
@@ -234,7 +234,7 @@ def serving_mount(path: str):
     return None
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
     """The same image file or the same block device (by-id links, /dev/sdX, ...)."""
     import stat
 

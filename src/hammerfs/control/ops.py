@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 
 from hammerfs.control import chunks as framing
+from hammerfs.control import scrubbing
 from hammerfs.control.server import BadRequest, ControlContext, takes
 from hammerfs.errors import ErrnoError, HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
@@ -368,7 +369,51 @@ def op_luks_header(ctx: ControlContext, args: dict, conn: socket.socket) -> dict
     return {}
 
 
+@takes(rate="int?", heal_from="str?", port="int?", restart="bool")
+def op_scrub(ctx: ControlContext, args: dict, conn) -> dict:
+    """`hammer scrub MOUNTPOINT`: start (or continue) the online scrub, at most ``rate``
+    bytes/s, healing from ``heal_from`` (or the mount's --heal-from replica)."""
+    return scrubbing.start(ctx, args.get("rate"), args.get("heal_from"),
+                           bool(args.get("restart")), args.get("port"))
+
+
+@takes()
+def op_scrub_status(ctx: ControlContext, args: dict, conn) -> dict:
+    return scrubbing.status(ctx)
+
+
+@takes()
+def op_scrub_stop(ctx: ControlContext, args: dict, conn) -> dict:
+    return scrubbing.stop(ctx)
+
+
+@takes()
+def op_metrics(ctx: ControlContext, args: dict, conn) -> dict:
+    """For `hammer up`'s exporter: space, commits, reads, damage and scrub of the volume."""
+    store = ctx.store
+    with ctx.lock:
+        space = store.space()
+    out = {"total_bytes": space.total_bytes, "used_bytes": space.used_bytes,
+           "free_bytes": space.free_bytes, "volume": ctx.volume, "mountpoint": ctx.mountpoint}
+    stats = getattr(store, "stats", None)
+    if stats is not None:
+        out.update(commits=stats.commits, commit_seconds=stats.commit_seconds,
+                   last_commit_seconds=stats.last_commit_seconds,
+                   node_reads=store.tree.node_reads, node_cache=len(store.tree.cache))
+    damage = getattr(store, "damage", None)
+    if damage is not None:
+        out.update(damage_found=damage.found, damage_repaired=damage.repaired,
+                   damage_unrepairable=damage.unrepairable)
+    if hasattr(store, "private_record"):
+        out["scrub"] = scrubbing.summary(ctx)
+    return out
+
+
 OPS = {
+    "metrics": op_metrics,
+    "scrub": op_scrub,
+    "scrub-status": op_scrub_status,
+    "scrub-stop": op_scrub_stop,
     "volume-info": op_volume_info,
     "show": op_show,
     "luks-info": op_luks_info,

@@ -109,13 +109,15 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "tid": lambda v: type(v) is int and 0 <= v < 1 << 64,
     "tid?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 64),
+    "int?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 63),
 }
 _KIND_NAMES = {"str": "a string", "str?": "a string or null", "bool": "a boolean",
-               "tid": "a TID (0 to 2^64-1)", "tid?": "a TID (0 to 2^64-1) or null"}
+               "tid": "a TID (0 to 2^64-1)", "tid?": "a TID (0 to 2^64-1) or null",
+               "int?": "a number (0 to 2^63-1) or null"}
 
 
 def takes(*, required: tuple[str, ...] = (), **kinds: str) -> Callable[[Handler], Handler]:
-    """Declare an op's arguments (name=kind, kinds: str, str?, bool, tid, tid?): the
+    """Declare an op's arguments (name=kind, kinds: str, str?, bool, tid, tid?, int?): the
     server refuses a request whose arguments do not fit before the op runs."""
     def mark(handler: Handler) -> Handler:
         handler.arg_kinds = kinds  # type: ignore[attr-defined]

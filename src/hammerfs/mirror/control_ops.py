@@ -15,6 +15,7 @@ from typing import Any
 
 from hammerfs.errors import HammerError
 from hammerfs.mirror import pfs_ops
+from hammerfs.mirror.heal import serve_fetch
 from hammerfs.mirror.local import channel
 from hammerfs.mirror.reader import Source, SourceOptions, changes
 from hammerfs.mirror.writer import Target
@@ -98,20 +99,35 @@ def _slaves(ctx) -> dict[tuple[int, str], dict[str, Any]]:
     return extra.setdefault("mirror_slaves", {})
 
 
-def slave_lines(store, pfs: int, slaves: dict, now: float | None = None) -> list[str]:
-    """pfs-status lines for a master: how far each slave fed through this mount is behind
-    (0 when nothing of this PFS changed after its sync point)."""
+def slave_info(store, pfs: int, slaves: dict, now: float | None = None) -> list[dict]:
+    """Each slave of ``pfs`` fed through this mount: how far behind it is (0 when nothing
+    of this PFS changed after its sync point), what it was sent, its last acknowledgement."""
     now = time.time() if now is None else now
-    lines = []
+    out = []
     for (spfs, unique), info in sorted(slaves.items()):
         if spfs != pfs:
             continue
         synced, last = info["synced"], store.last_committed_tid
         pending = next(changes(store, pfs, synced + 1, last), None) is not None
         behind = max(0, store.tid_time(last) - store.tid_time(synced)) / 1e9 if pending else 0
-        lines.append(f"slave unique-uuid={unique} synced-to=0x{synced:016x} "
-                     f"behind={behind:.1f}s last-ack={now - info['at']:.0f}s ago")
-    return lines
+        out.append({"unique_uuid": unique, "synced": synced, "behind": behind,
+                    "ack_age": now - info["at"], "bytes": info.get("bytes", 0),
+                    "records": info.get("records", 0)})
+    return out
+
+
+def slave_lines(store, pfs: int, slaves: dict, now: float | None = None) -> list[str]:
+    """pfs-status lines for a master: its slaves (``slave_info``)."""
+    return [f"slave unique-uuid={s['unique_uuid']} synced-to=0x{s['synced']:016x} "
+            f"behind={s['behind']:.1f}s last-ack={s['ack_age']:.0f}s ago"
+            for s in slave_info(store, pfs, slaves, now)]
+
+
+def mirror_metrics(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+    """For `hammer up`'s exporter: the slaves of every PFS this mount has fed."""
+    store, slaves = _store(ctx), _slaves(ctx)
+    return {"slaves": [dict(s, pfs=pfs) for pfs in sorted({p for p, _ in slaves})
+                       for s in slave_info(store, pfs, slaves)]}
 
 
 def pfs_status(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
@@ -167,13 +183,19 @@ def mirror_read(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any
     if opts.chunk_bytes <= 0:
         raise HammerError("control request: chunk_bytes must be positive")
     slaves, pfs = _slaves(ctx), _pfs(args)
+    base: dict[str, tuple[int, int]] = {}  # what earlier sessions sent each slave
 
     def ack(target, tid: int) -> None:
-        slaves[(pfs, target.unique_uuid)] = {"synced": tid, "at": time.time()}
+        key = (pfs, target.unique_uuid)
+        old = slaves.get(key, {})
+        b, r = base.setdefault(target.unique_uuid, (old.get("bytes", 0), old.get("records", 0)))
+        slaves[key] = {"synced": tid, "at": time.time(), "bytes": b + source.tx.bytes,
+                       "records": r + source.tx.records}
 
     with channel(conn) as (inp, out):
-        synced = Source(_store(ctx), pfs, inp if opts.two_way else None, out, opts,
-                        on_ack=ack).run()
+        source = Source(_store(ctx), pfs, inp if opts.two_way else None, out, opts,
+                        on_ack=ack)
+        synced = source.run()
     return {"synced": synced}
 
 
@@ -184,7 +206,16 @@ def mirror_write(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, An
     return {"batches": res.batches, "sync_end_tid": res.sync_end_tid}
 
 
+def mirror_fetch(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
+    """Streaming: serve record versions of the PFS to a damaged replica (mirror/heal.py)."""
+    with channel(_stream(conn, "mirror-fetch")) as (inp, out):
+        served = serve_fetch(_store(ctx), _pfs(args), inp, out)
+    return {"served": served}
+
+
 OPS = {
+    "mirror-fetch": mirror_fetch,
+    "mirror-metrics": mirror_metrics,
     "pfs-status": pfs_status,
     "pfs-create": pfs_create,
     "pfs-upgrade": pfs_upgrade,

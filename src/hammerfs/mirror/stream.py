@@ -113,6 +113,7 @@ class FrameWriter:
         self.out = out
         self.seq = 0
         self.bytes = 0
+        self.records = 0  # REC frames sent (metrics)
 
     def send(self, ftype: int, payload: bytes = b"", flags: int = 0, *, flush: bool = False,
              ) -> None:
@@ -125,6 +126,8 @@ class FrameWriter:
         except (BrokenPipeError, ConnectionError, ValueError) as exc:
             raise StreamClosed(f"mirror peer went away while sending: {exc}") from exc
         self.bytes += len(raw)
+        if ftype == REC:
+            self.records += 1
 
     def flush(self) -> None:
         try:

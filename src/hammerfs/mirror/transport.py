@@ -414,6 +414,26 @@ def _copy_raw(src: BinaryIO, dst: BinaryIO | None) -> None:
         _write(dst, data)
 
 
+def relay_raw(a: Channel, b: Channel) -> None:
+    """Join two channels byte for byte, both ways, until ``a`` ends (mirror-fetch through
+    a mount for ssh: the protocol is the endpoints' business)."""
+    def pump(src: BinaryIO, dst: BinaryIO) -> None:
+        """Whatever arrives, passed on at once (a request waits for its answer)."""
+        with contextlib.suppress(OSError, ValueError):
+            while data := os.read(src.fileno(), 1 << 16):
+                dst.write(data)
+                dst.flush()
+
+    def back() -> None:
+        pump(b.rfile, a.wfile)
+        a.close_write()
+    thread = threading.Thread(target=back, daemon=True)
+    thread.start()
+    pump(a.rfile, b.wfile)
+    b.close_write()
+    a.finish(timeout=5)
+
+
 @dataclass
 class RelayResult:
     forward: Meter

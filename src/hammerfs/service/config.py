@@ -18,6 +18,19 @@ to keep running, which PFSs the daily cleanup covers.
     paths = ["/fort_knox"]             # default: every writable [[mount]]
     schedule = "daily"                 # systemd OnCalendar= of the cleanup timer
 
+    [scrub]                            # optional: what `hammer service scrub` covers
+    paths = ["/fort_knox"]             # default: every [[mount]]
+    schedule = "monthly"               # OnCalendar= of the scrub timer (Persistent=true)
+    rate = "200m"                      # bytes/s read (hammer scrub --rate)
+
+    [metrics]                          # optional: Prometheus metrics of `hammer up`
+    port = 9123                        # HTTP endpoint on 127.0.0.1:PORT/metrics
+    textfile = "/var/lib/node_exporter/hammerfs.prom"   # node_exporter textfile collector
+    interval = "15s"                   # how often the textfile is rewritten
+
+A mount whose PFS is one end of a [[stream]] heals damaged data from the other end
+(`hammer mount --heal-from`).
+
 ``load_config`` checks everything that can be checked before anything is mounted and reports
 every problem at once, each naming its table and key.
 """
@@ -31,7 +44,7 @@ import shutil
 import stat
 import subprocess
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hammerfs import quantity
 from hammerfs.blockdev.spec import is_remote
@@ -45,7 +58,9 @@ MOUNT_KEYS = {"name", "volume", "pfs", "mountpoint", "key_file", "keyfile_offset
 STREAM_KEYS = {"name", "source", "target", "bwlimit", "chunk_size", "reconnect_delay", "port",
                "source_key_file", "target_key_file", "verbose"}
 CLEANUP_KEYS = {"paths", "schedule"}
-TOP_KEYS = {"mount", "stream", "cleanup"}
+SCRUB_KEYS = {"paths", "schedule", "rate"}
+METRICS_KEYS = {"port", "textfile", "interval"}
+TOP_KEYS = {"mount", "stream", "cleanup", "scrub", "metrics"}
 MAX_CONFIG_BYTES = 1 << 20
 MAX_KEYFILE_OFFSET = 1 << 40
 # Control characters (C0, DEL, C1): a newline in a value written into a unit file adds a
@@ -72,6 +87,10 @@ class MountSpec:
     header: str | None = None
     options: tuple[str, ...] = ()
     optional: bool = False  # a failure to mount is retried in the background, not fatal
+    # the other end of a [[stream]] of this mount's PFS; not compared: a reload that only
+    # adds or drops a stream does not remount (the next mount heals from the new end)
+    heal_from: str | None = field(default=None, compare=False)
+    heal_port: int | None = field(default=None, compare=False)
 
     @property
     def readonly(self) -> bool:
@@ -90,6 +109,10 @@ class MountSpec:
             argv += ["--header", self.header]
         if self.options:
             argv += ["-o", ",".join(self.options)]
+        if self.heal_from:
+            argv += ["--heal-from", self.heal_from]
+        if self.heal_port:
+            argv += ["--heal-port", str(self.heal_port)]
         return [*argv, f"{self.volume}:{self.pfs}", self.mountpoint]
 
 
@@ -103,6 +126,17 @@ class StreamSpec:
     def stream_argv(self) -> list[str]:
         return ["mirror-stream", *self.flags, self.source, self.target]
 
+    @property
+    def port(self) -> int | None:
+        return int(self.flags[self.flags.index("-p") + 1]) if "-p" in self.flags else None
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    port: int | None = None  # HTTP on 127.0.0.1
+    textfile: str | None = None
+    interval: float = 15.0
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -111,6 +145,10 @@ class ServiceConfig:
     streams: tuple[StreamSpec, ...]
     cleanup_paths: tuple[str, ...]
     schedule: str = "daily"
+    scrub_paths: tuple[str, ...] = ()
+    scrub_schedule: str = "monthly"
+    scrub_rate: str | None = None  # as written (hammer scrub --rate parses it the same way)
+    metrics: MetricsSpec | None = None
 
 
 def load_config(path: str) -> ServiceConfig:
@@ -177,11 +215,39 @@ def parse_config(data: dict, path: str = "<config>") -> ServiceConfig:
                if (s := v.stream(t, i, mounts)) is not None]
     v.stream_conflicts(streams)
     paths, schedule = v.cleanup(data.get("cleanup", {}), mounts)
+    scrub_paths, scrub_schedule, scrub_rate = v.scrub(data.get("scrub", {}), mounts)
+    metrics = v.metrics(data["metrics"]) if "metrics" in data else None
     if not data.get("mount") and not data.get("stream"):
         v.error("nothing to do: no [[mount]] and no [[stream]]")
     if v.errors:
         raise ConfigError(f"config {path}:\n  " + "\n  ".join(v.errors))
-    return ServiceConfig(path, tuple(mounts), tuple(streams), tuple(paths), schedule)
+    return ServiceConfig(path, tuple(_healing(mounts, streams)), tuple(streams), tuple(paths),
+                         schedule, tuple(scrub_paths), scrub_schedule, scrub_rate, metrics)
+
+
+def _inside(path: str, m: MountSpec) -> bool:
+    real = os.path.realpath(path)
+    return real == m.mountpoint or real.startswith(m.mountpoint.rstrip("/") + "/")
+
+
+def _healing(mounts: list[MountSpec], streams: list[StreamSpec]) -> list[MountSpec]:
+    """Each mount that holds one end of a stream heals from the other end (the first such
+    stream): a damaged master from its slave, a damaged slave from its master."""
+    from dataclasses import replace
+
+    from hammerfs.mirror.transport import parse_remote
+    out = []
+    for m in mounts:
+        for s in streams:
+            ends = [(s.source, s.target), (s.target, s.source)]
+            other = next((o for mine, o in ends if parse_remote(mine) is None
+                          and _inside(mine, m)), None)
+            if other is not None:
+                m = replace(m, heal_from=other,
+                            heal_port=s.port if parse_remote(other) is not None else None)
+                break
+        out.append(m)
+    return out
 
 
 class _Validator:
@@ -487,14 +553,65 @@ class _Validator:
                 self.error(f"[cleanup]: path {p!r} must be absolute")
         return list(paths), schedule
 
-    def schedule(self, text: str) -> str:
+    # -- [scrub], [metrics] -----------------------------------------------------------------
+    def scrub(self, t, mounts: list[MountSpec]) -> tuple[list[str], str, str | None]:
+        if not isinstance(t, dict):
+            self.error("scrub: expected a [scrub] table")
+            return [], "monthly", None
+        self.unknown_keys(t, SCRUB_KEYS, "[scrub]")
+        schedule = self.typed(t, "schedule", str, "[scrub]")
+        schedule = "monthly" if schedule is None else self.schedule(schedule.strip(),
+                                                                    "[scrub]", "monthly")
+        rate = self.typed(t, "rate", (str, int), "[scrub]")
+        if rate is not None:
+            rate = str(rate).strip() if self.quantity(quantity.parse_size, rate, "[scrub]",
+                                                      "rate") is not None else None
+        paths = t.get("paths")
+        if paths is None:
+            return [m.mountpoint for m in mounts], schedule, rate
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            self.error("[scrub]: 'paths' must be a list of strings")
+            return [], schedule, rate
+        paths = [p for p in paths if self.clean_text(p, "[scrub]", "paths")]
+        for p in paths:
+            if not any(_inside(p, m) for m in mounts):
+                self.error(f"[scrub]: path {p!r} is not inside a configured [[mount]]")
+        return list(paths), schedule, rate
+
+    def metrics(self, t) -> MetricsSpec | None:
+        if not isinstance(t, dict):
+            self.error("metrics: expected a [metrics] table")
+            return None
+        self.unknown_keys(t, METRICS_KEYS, "[metrics]")
+        port = self.number(t, "port", "[metrics]", 1, 65535)
+        textfile = self.typed(t, "textfile", str, "[metrics]")
+        if textfile is not None:
+            if not os.path.isabs(textfile):
+                self.error(f"[metrics]: textfile {textfile!r} must be an absolute path")
+                textfile = None
+            elif not os.path.isdir(os.path.dirname(textfile)):
+                self.error(f"[metrics]: textfile {textfile}: its directory does not exist")
+                textfile = None
+        interval = 15.0
+        raw = self.typed(t, "interval", (int, float, str), "[metrics]")
+        if raw is not None:
+            interval = self.quantity(quantity.parse_duration, raw, "[metrics]", "interval")
+            if interval is not None and interval < 1:
+                self.error(f"[metrics]: interval {raw!r} is shorter than 1 second")
+            interval = interval if interval and interval >= 1 else 15.0
+        if port is None and textfile is None:
+            self.error("[metrics]: give a port (HTTP on 127.0.0.1) or a textfile, or both")
+            return None
+        return MetricsSpec(port, textfile, interval)
+
+    def schedule(self, text: str, where: str = "[cleanup]", default: str = "daily") -> str:
         """An OnCalendar= expression: its characters from a whitelist (nothing can add a
         line or a %specifier to the timer unit), its grammar checked by `systemd-analyze
         calendar` where systemd is installed (not needed to run hammerfs without it)."""
         if not _CALENDAR.fullmatch(text):
-            self.error(f"[cleanup]: schedule {_short(text)} is not a systemd calendar "
+            self.error(f"{where}: schedule {_short(text)} is not a systemd calendar "
                        "expression (e.g. daily, weekly, Sun 03:00, *-*-* 04:00:00)")
-            return "daily"
+            return default
         analyze = shutil.which("systemd-analyze")
         if analyze is None:
             return text
@@ -505,8 +622,8 @@ class _Validator:
             return text  # the whitelist above still holds
         if res.returncode != 0:
             why = (res.stderr.strip().splitlines() or ["invalid"])[-1]
-            self.error(f"[cleanup]: schedule {text!r}: systemd-analyze calendar: {why}")
-            return "daily"
+            self.error(f"{where}: schedule {text!r}: systemd-analyze calendar: {why}")
+            return default
         return text
 
 

@@ -211,6 +211,7 @@ class Child:
     last_line: str = ""  # this run's latest message, shown by `hammer service status`
     last_at: float = 0.0  # its wall time
     last_exit: str = ""  # how the previous run ended, and its last message
+    last_exit_at: float = 0.0  # wall-clock time the process last ended (metrics)
     relay: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -283,6 +284,7 @@ class Supervisor:
         self.remount_backoff: dict[str, float] = {}
         self.next_mount_check = 0.0
         self.children = [Child(s, self._stream_log(s)) for s in config.streams]
+        self.exporter = None
         self._lock_fd: int | None = None
 
     def _stream_log(self, s: StreamSpec) -> str:
@@ -307,6 +309,7 @@ class Supervisor:
                 say(f"starting stream {child.spec.name}: {child.spec.source} -> "
                     f"{child.spec.target} (log {child.log_path})")
                 child.start()
+            self._start_metrics()
             self._write_state()
             self.phase = "running"
             self._write_state()
@@ -325,6 +328,25 @@ class Supervisor:
             # and after a failure which mounts are still there and made by us.
             with contextlib.suppress(OSError):
                 self._write_state(exit_code=code)
+
+    def _start_metrics(self) -> None:
+        """[metrics]: the Prometheus endpoint/textfile (changing it needs a restart)."""
+        spec = self.config.metrics
+        if spec is None:
+            return
+        from hammerfs.service.metrics import Exporter, HammerCollector, stream_views
+        collector = HammerCollector(lambda: list(self.mounted),
+                                    lambda: stream_views(self.children))
+        self.exporter = Exporter(spec, collector)
+        try:
+            self.exporter.start()
+        except HammerError as exc:  # the mounts and streams matter more than metrics
+            say(f"{exc}; no metrics")
+            self.exporter = None
+            return
+        where = [f"http://127.0.0.1:{spec.port}/metrics"] if spec.port else []
+        where += [spec.textfile] if spec.textfile else []
+        say(f"metrics: {', '.join(where)}")
 
     def _summary(self) -> str:
         up = sum(self.mount_state.get(m.name) == "mounted" for m in self.mounted)
@@ -422,6 +444,7 @@ class Supervisor:
             child.proc = None
             child.last_exit = f"{_status(code)} at {time.strftime('%H:%M:%S')}" + (
                 f" after: {child.last_line}" if child.last_line else "")
+            child.last_exit_at = time.time()
             child.next_start = now + child.backoff
             say(f"stream {child.spec.name} exited ({_status(code)}); restarting in "
                 f"{child.backoff:g}s")
@@ -534,6 +557,8 @@ class Supervisor:
         sd_notify("STOPPING=1")
         self.phase = "stopping"
         self._write_state()
+        if self.exporter is not None:
+            self.exporter.stop()
         for child in self.children:
             if child.proc is not None:
                 say(f"stopping stream {child.spec.name}")

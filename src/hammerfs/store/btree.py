@@ -58,6 +58,7 @@ class BTree:
         self.root = root
         self.cache: dict[int, Node] = {}
         self.dirty_count = 1 if root.dirty else 0
+        self.node_reads = 0
 
     @classmethod
     def empty(cls, dev, alloc: Allocator) -> BTree:
@@ -72,6 +73,7 @@ class BTree:
 
     # -- reading -----------------------------------------------------------------------------------
     def read_node(self, off: int, csum: bytes) -> Node:
+        self.node_reads += 1  # the cache's misses (and scrub's reads), for metrics
         raw = self.dev.read(off, NODE_SIZE)
         if checksum(raw) != csum:
             raise CorruptionError(f"B-tree node at offset {off:#x} failed checksum verification",

@@ -37,6 +37,7 @@ BITS_PER_PAGE = BLOCK * 8  # free-map: 1 bit per 4 KiB block, 32768 blocks per p
 
 STORE_PFS = 1 << 16  # key space of the store's own records (beyond every user PFS)
 COMMITLOG_OBJ = 0  # (STORE_PFS, 0, 0, key=tid, create_tid=tid) -> commit wall-clock ns
+SCRUB_OBJ = 1  # (STORE_PFS, 1, 0, 0, 0) -> the scrub's progress and last result (store/scrub.py)
 
 FullKey = tuple[int, int, int, int, int]
 

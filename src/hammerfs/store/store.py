@@ -9,10 +9,11 @@ Semantics follow store.memory.MemoryStore exactly; see store/api.py for the cont
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 from hammerfs.blockdev.base import BlockDevice
@@ -56,6 +57,8 @@ from hammerfs.store.records import (
     check_raw_version,
 )
 
+log = logging.getLogger("hammerfs.heal")
+
 MIN_VOLUME = 1 << 20
 SCAN_BATCH = 256
 SCAN_BATCH_DATA = 32
@@ -89,6 +92,13 @@ class Store(PfsTable):
         self.header_damage: HeaderDamage | None = None  # a header copy failed verification
         self._broken: BaseException | None = None  # a commit failed half-way
         self._where = getattr(device, "path", "device")
+        # Self-heal: given a damaged data record, the good bytes from a replica (or None);
+        # set by the mount or scrub when a mirror of the volume is known (mirror/heal.py).
+        self.healer: Callable[[FullKey, LeafVal], bytes | None] | None = None
+        # (store, spec, port) -> a healer for `hammer scrub --from` (set with the healer)
+        self.healer_factory: Callable | None = None
+        self.damage = DamageCounts()
+        self.stats = CommitStats()  # for metrics (`hammer up`'s exporter)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -170,6 +180,7 @@ class Store(PfsTable):
             self._tree.upsert((*COMMITLOG_KEY, done, done),
                               (0, ts, 0, 8, 0, ZERO_CSUM, ts.to_bytes(8, "little")))
             self._max_tid_seen = max(self._max_tid_seen, done)
+            started = time.monotonic()
             try:
                 self._hdr = self._write_commit(done, ts)
             except BaseException as exc:
@@ -177,6 +188,9 @@ class Store(PfsTable):
                 # reusable): refuse every further change; reopening gives the last commit.
                 self._broken = exc
                 raise
+            self.stats.commits += 1
+            self.stats.last_commit_seconds = time.monotonic() - started
+            self.stats.commit_seconds += self.stats.last_commit_seconds
             self._last_committed = done
             self._current = self._next_tid(done)
             self._dirty = False
@@ -259,6 +273,24 @@ class Store(PfsTable):
             data = v[6] if not v[4] else self._data(k, v)
             return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
+    def get_version(self, reckey: RecKey, create_tid: int) -> Record | None:
+        """The version of ``reckey`` created at ``create_tid``, whatever its delete TID, read
+        without the healer (a replica serving a repair must not ask for one in turn)."""
+        _check_key(reckey)
+        with self._lock:
+            v = self._tree.exact((*reckey, create_tid))
+            if v is None:
+                return None
+            data = v[6]
+            if v[4]:
+                raw = self.device.read(v[4], _blocks(v[3]) * BLOCK)
+                if checksum(raw) != v[5]:
+                    raise CorruptionError(f"data extent at offset {v[4]:#x} of record "
+                                          f"{_fmt_key((*reckey, create_tid))} failed checksum "
+                                          "verification here too", v[4])
+                data = raw[:v[3]]
+            return _make_record(*reckey, create_tid, v[0], v[1], v[2], bytes(data))
+
     def _visible(self, reckey: RecKey, tid: int) -> tuple[FullKey, LeafVal] | None:
         hit = self._tree.floor((*reckey, tid))
         if hit is None or hit[0][:4] != reckey:
@@ -309,9 +341,87 @@ class Store(PfsTable):
         length, off = v[3], v[4]
         raw = self.device.read(off, _blocks(length) * BLOCK)
         if checksum(raw) != v[5]:
-            raise CorruptionError(f"data extent at offset {off:#x} ({length} bytes) of record "
-                                  f"{_fmt_key(k)} failed checksum verification", off)
+            return self._heal(k, v)
         return raw if len(raw) == length else raw[:length]
+
+    def _heal(self, k: FullKey, v: LeafVal) -> bytes:
+        """A data extent failed its checksum on a read: the good bytes from the healer (a
+        replica's copy of the same record version, checked against the checksum this leaf
+        expects, then written back in place), else CorruptionError (EIO)."""
+        damage = CorruptionError(f"data extent at offset {v[4]:#x} ({v[3]} bytes) of record "
+                                 f"{_fmt_key(k)} failed checksum verification", v[4])
+        self.damage.found += 1
+        good = None
+        if self.healer is not None:
+            try:
+                good = self.healer(k, v)
+            except Exception as exc:  # a broken link to the replica: the read still fails
+                log.warning("self-heal of %s: the replica failed: %s", _fmt_key(k), exc)
+        if good is None or not self._matches(k, v, good):
+            self.damage.unrepairable += 1
+            raise damage
+        if self._write_back(v, good):
+            self.damage.repaired += 1
+            log.warning("repaired on read from the replica: %s", damage)
+        else:  # a read-only volume: the reader gets the replica's bytes, the disk stays
+            self.damage.unrepairable += 1
+            log.warning("served from the replica (volume read-only, not rewritten): %s",
+                        damage)
+        return good
+
+    def verify_extent(self, k: FullKey, v: LeafVal) -> bool:
+        """Does the data extent of leaf entry (k, v) match its checksum on disk (scrub)?"""
+        return not v[4] or checksum(self.device.read(v[4], _blocks(v[3]) * BLOCK)) == v[5]
+
+    def rewrite_data(self, k: FullKey, v: LeafVal, data: bytes) -> bool:
+        """Write ``data`` back over the damaged extent of (k, v), in place: only if the leaf
+        still holds that entry and ``data`` matches the checksum it expects (nothing is ever
+        "repaired" with other bytes).  False if either check fails."""
+        with self._lock:
+            now = self._tree.exact(k)
+            if now is None or now[3:6] != v[3:6]:
+                return False  # changed or freed since the damage was seen
+            return self._matches(k, v, data) and self._write_back(v, data)
+
+    def _matches(self, k: FullKey, v: LeafVal, data: bytes) -> bool:
+        n = len(data)
+        if n == v[3] and v[4] and checksum(_padded(data)) == v[5]:
+            return True
+        log.warning("self-heal of %s: the replica's bytes do not match the checksum this "
+                    "volume expects: refused", _fmt_key(k))
+        return False
+
+    def _write_back(self, v: LeafVal, data: bytes) -> bool:
+        if self.readonly or self._broken is not None or self._closed:
+            return False
+        # The bytes the extent was written with: no B-tree change, nothing to commit.
+        self.device.write(v[4], _padded(data))
+        self.device.flush()
+        return True
+
+    def private_record(self, obj: int, key: int = 0) -> bytes | None:
+        """The store's own small record (obj, key) (STORE_PFS: never mirrored, no history)."""
+        with self._lock:
+            val = self._tree.exact((STORE_PFS, obj, 0, key, 0))
+            return None if val is None else val[6]
+
+    def set_private_record(self, obj: int, data: bytes | None, key: int = 0) -> None:
+        """Replace (None: remove) the store's own record (obj, key): inline, committed with
+        the next commit."""
+        if data is not None and len(data) > INLINE_MAX:
+            raise HammerError(f"store record of {len(data)} bytes exceeds {INLINE_MAX}")
+        fk = (STORE_PFS, obj, 0, key, 0)
+        with self._lock:
+            self._writable()
+            self._need(0, privileged=True)
+            if data is None:
+                if self._tree.exact(fk) is None:
+                    return
+                self._tree.remove(fk)
+            else:
+                self._tree.upsert(fk, (0, time.time_ns(), 0, len(data), 0, ZERO_CSUM,
+                                       bytes(data)))
+            self._dirty = True
 
     # -- changes --------------------------------------------------------------------------------------
     def put(self, reckey: RecKey, data: bytes) -> Record:
@@ -431,7 +541,7 @@ class Store(PfsTable):
         if n <= INLINE_MAX:
             return (dtid, cts, dts, n, 0, ZERO_CSUM, bytes(data))
         nblocks = _blocks(n)
-        buf = data if n == nblocks * BLOCK else bytes(data) + bytes(nblocks * BLOCK - n)
+        buf = _padded(data)
         block = self._alloc.alloc(nblocks, DATA)
         self.device.write(block * BLOCK, buf)
         return (dtid, cts, dts, n, block * BLOCK, checksum(buf), None)
@@ -499,6 +609,24 @@ class Store(PfsTable):
 
     def data_of(self, k: FullKey, v: LeafVal) -> bytes:
         return self._data(k, v)
+
+
+@dataclass
+class DamageCounts:
+    """Damaged data extents met by reads and scrubs since the volume was opened."""
+
+    found: int = 0
+    repaired: int = 0
+    unrepairable: int = 0
+
+
+@dataclass
+class CommitStats:
+    """Commits that wrote something since the volume was opened, and how long they took."""
+
+    commits: int = 0
+    commit_seconds: float = 0.0
+    last_commit_seconds: float = 0.0
 
 
 def used_extents(tree: BTree) -> Iterator[tuple[int, int]]:
@@ -657,6 +785,12 @@ def _record_factory():
 
 
 _make_record = _record_factory()
+
+
+def _padded(data: bytes) -> bytes:
+    """Data as its extent holds it: zero-padded to whole blocks (what its checksum covers)."""
+    n = len(data)
+    return data if n % BLOCK == 0 else bytes(data) + bytes(_blocks(n) * BLOCK - n)
 
 
 def _blocks(length: int) -> int:
