@@ -97,6 +97,9 @@ DESCRIPTIONS = {
     "service cleanup": "Run `hammer cleanup` on the paths of the config's [cleanup] section "
                        "(default: every writable [[mount]]): what the systemd timer runs "
                        "daily.",
+    "service scrub": "Run `hammer scrub` on the paths of the config's [scrub] section "
+                     "(default: every [[mount]]), at its rate, repairing from the other end of "
+                     "a mount's [[stream]]: what the monthly systemd timer runs.",
     "service reload": "Make the running `hammer up` apply the edited config (SIGHUP, as "
                       "`systemctl reload hammerfs`): only what changed is restarted.",
     "service status": "Show what `hammer up` runs: each mount (mounted or not, its pid), "
@@ -179,6 +182,7 @@ EXAMPLES = {
     "service install": ["hammer service install && systemctl daemon-reload && "
                         "systemctl enable --now hammerfs.service hammerfs-cleanup.timer"],
     "service cleanup": ["hammer service cleanup"],
+    "service scrub": ["hammer service scrub --config /etc/hammerfs/hammerfs.toml"],
     "service reload": ["hammer service reload"],
     "service status": ["hammer service status"],
     "demo": ["hammer demo ./hammer-demo"],
