@@ -11,6 +11,7 @@ import socket
 import tempfile
 
 import pytest
+from fs_helpers import disk_store
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,9 +142,9 @@ class _Crashes(logging.Handler):
 
 def test_fuzzed_requests_get_an_answer_and_no_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("HAMMERFS_RUNTIME_DIR", str(tmp_path / "run"))
-    store = MemoryStore()
+    store = disk_store(tmp_path, 64 << 20)  # as a mount's: the volume ops read its header
     init_pfs_root(store, 0)
-    ctx = local_context(store, 0, "vol")
+    ctx = local_context(store, 0, str(tmp_path / "vol.img"))
     ctx.mountpoint = str(tmp_path / "mnt")
     srv = ControlServer(ctx, OPS)
     crashes = _Crashes()

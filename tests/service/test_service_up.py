@@ -534,3 +534,32 @@ def test_metrics_endpoint_textfile_and_the_scheduled_scrub(setup, tmp_path):
         if up.poll() is None:
             up.kill()
         notify.close()
+
+
+def test_unmount_one_gives_up_on_a_busy_mount_naming_its_holders(tmp_path):
+    """What `hammer up` does on the way down when a mount stays busy: it says who holds it,
+    retries for its busy timeout, then fails with MountBusy naming them (`hammer down`
+    shows that and exits non-zero)."""
+    from hammerfs.errors import MountBusy
+    from hammerfs.service.supervisor import unmount_one
+
+    image, mnt = tmp_path / "v.img", tmp_path / "mnt"
+    mnt.mkdir()
+    run_hammer("newfs", "--size", "16M", image)
+    run_hammer("mount", image, mnt)
+    sitter = subprocess.Popen(["sleep", "600"], cwd=mnt)
+    told: list[str] = []
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(MountBusy) as err:
+            unmount_one("vol", str(mnt), busy_timeout=1.5, on_busy=told.append)
+        assert 1.5 <= time.monotonic() - t0 < 10
+        assert told == [f"busy, in use by pid {sitter.pid} (sleep 600): cwd"]
+        assert f"pid {sitter.pid} (sleep 600): cwd" in str(err.value)
+        assert [h.pid for h in err.value.holders] == [sitter.pid]
+        assert os.path.ismount(mnt)
+    finally:
+        sitter.kill()
+        sitter.wait()
+    unmount_one("vol", str(mnt))
+    assert not os.path.ismount(mnt)

@@ -225,6 +225,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     state = read_state(path)
     if state is None:
+        if not os.path.exists(path) and read_state_file(path) is None:
+            raise HammerError(f"{path}: no such config file (and no hammer up ran with it)")
         return _unmount_leftovers(path)
     pid = int(state["pid"])
     print(f"hammer down: stopping hammer up (pid {pid})", flush=True)

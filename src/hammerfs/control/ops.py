@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from hammerfs.control import chunks as framing
 from hammerfs.control import scrubbing
-from hammerfs.control.server import BadRequest, ControlContext, takes
+from hammerfs.control.server import ControlContext, streamed, takes
 from hammerfs.errors import ErrnoError, HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
 from hammerfs.fs.namespace import Namespace
@@ -78,7 +78,7 @@ def read_version(ctx: ControlContext, relpath: str, tid: int | None):
 def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
     """Streaming: sends the bytes of the version framed (``control.chunks``: a failure is
     told apart from data), then closes."""
-    framing.send_chunks(conn, read_version(ctx, args.get("relpath", ""), args.get("tid")))
+    framing.send_chunks(streamed(conn, "read_version"), read_version(ctx, args.get("relpath", ""), args.get("tid")))
     return {}
 
 
@@ -252,13 +252,14 @@ class FinalCommit:
                 self._cond.notify_all()
 
 
+@takes()
 def op_await_unmount(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
     """Streaming (``hammer umount``): registers, then blocks until the mount has made its
     final commit and answers with its outcome (``FinalCommit``)."""
     final = ctx.extra.get("final_commit")
     if not isinstance(final, FinalCommit):
         raise HammerError("this mount reports no final commit")
-    final.serve_waiter(conn)
+    final.serve_waiter(streamed(conn, "await-unmount"))
     return {}
 
 
@@ -284,6 +285,7 @@ def _volume(ctx: ControlContext):
     return ctx.store
 
 
+@takes()
 def op_volume_info(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         return volume_info(_volume(ctx))
@@ -320,18 +322,17 @@ def _tid(tid: int) -> str:
     return f"0x{tid:016x}"
 
 
-def op_show(ctx: ControlContext, args: dict, conn: socket.socket) -> dict:
+@takes(prefix="key?")
+def op_show(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
     """Streaming: the text of `hammer show`.  The mount pauses while it runs (the walk holds
     the lock: the tree must not change under it); damage ends the text with SHOW_ERROR."""
-    prefix = args.get("prefix") or []
-    if not (isinstance(prefix, list) and len(prefix) <= 4 and
-            all(type(x) is int and 0 <= x <= MAX_U64 for x in prefix)):
-        raise BadRequest("control op show: 'prefix' must be a list of up to 4 key fields")
+    conn = streamed(conn, "show")
+    prefix = tuple(args.get("prefix") or ())
     out = bytearray()
     with ctx.lock:
         store = _volume(ctx)
         try:
-            for line in show_lines(store, tuple(prefix)):
+            for line in show_lines(store, prefix):
                 out += line.encode() + b"\n"
                 if len(out) >= 1 << 16:
                     conn.sendall(out)
@@ -354,15 +355,18 @@ def _luks_header_area(ctx: ControlContext) -> tuple[object | None, int]:
     return raw, int(getattr(payload, "data_offset", 0))
 
 
+@takes()
 def op_luks_info(ctx: ControlContext, args: dict, conn) -> dict:
     raw, size = _luks_header_area(ctx)
     return {"luks": raw is not None and size > 0, "detached": raw is not None and not size,
             "header_size": size}
 
 
-def op_luks_header(ctx: ControlContext, args: dict, conn: socket.socket) -> dict:
+@takes()
+def op_luks_header(ctx: ControlContext, args: dict, conn: socket.socket | None) -> dict:
     """Streaming: the raw LUKS header area (header copies and key slots; never the payload
     or a key), for `hammer luks dump`/`test-passphrase` on a mounted volume."""
+    conn = streamed(conn, "luks-header")
     raw, size = _luks_header_area(ctx)
     for offset in range(0, size, 1 << 20):
         conn.sendall(raw.read(offset, min(1 << 20, size - offset)))

@@ -110,10 +110,13 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "tid": lambda v: type(v) is int and 0 <= v < 1 << 64,
     "tid?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 64),
     "int?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 63),
+    "key?": lambda v: v is None or (isinstance(v, list) and len(v) <= 4 and all(
+        type(x) is int and 0 <= x < 1 << 64 for x in v)),
 }
 _KIND_NAMES = {"str": "a string", "str?": "a string or null", "bool": "a boolean",
                "tid": "a TID (0 to 2^64-1)", "tid?": "a TID (0 to 2^64-1) or null",
-               "int?": "a number (0 to 2^63-1) or null"}
+               "int?": "a number (0 to 2^63-1) or null",
+               "key?": "a list of up to 4 integers (0 to 2^64-1) or null"}
 
 
 def takes(*, required: tuple[str, ...] = (), **kinds: str) -> Callable[[Handler], Handler]:
@@ -124,6 +127,13 @@ def takes(*, required: tuple[str, ...] = (), **kinds: str) -> Callable[[Handler]
         handler.required_args = required  # type: ignore[attr-defined]
         return handler
     return mark
+
+
+def streamed(conn: socket.socket | None, op: str) -> socket.socket:
+    """The connection of a streaming op; a request for it without "stream" is refused."""
+    if conn is None:
+        raise BadRequest(f"control op {op} is a streaming op (send it with stream: true)")
+    return conn
 
 
 def check_args(op: str, handler: Handler, args: dict) -> None:
