@@ -11,9 +11,10 @@ few hundred kB of transfer, so objects must be large for bulk copies, but each s
 rewrites whole objects, so they must not be much larger).
 
 Write-back cache.  Writes go to a local cache of whole objects, bounded by ``cache_bytes``;
-when it is full the least recently used objects are evicted, dirty ones uploaded first (a PUT
-replaces an object atomically).  ``flush()`` uploads every dirty object, in parallel, and
-returns only when all are stored.  The store writes a new header only after a ``flush()``, and
+when it is full the least recently used objects are evicted, dirty ones handed to a pool of
+uploaders first (a PUT replaces an object atomically; at most MAX_PENDING copies in flight,
+reads of an object in flight see its copy).  ``flush()`` uploads every dirty object, in
+parallel, and returns only when all are stored.  The store writes a new header only after a ``flush()``, and
 its new blocks never overwrite blocks the last committed header references (copy-on-write):
 whatever was uploaded before a crash, the newest durable header references only durable
 objects.  A block the cache does not know is fetched with its object when first read, or
@@ -24,11 +25,12 @@ Fencing: none beyond the caller's (an S3 volume is the target of one mirror stre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from hammerfs.blockdev.base import BLOCK
 from hammerfs.errors import HammerError
@@ -37,6 +39,7 @@ OBJECT_SIZE = 1 << 20
 BLOCKS_PER_OBJECT = OBJECT_SIZE // BLOCK
 DEFAULT_CACHE_BYTES = 64 << 20
 UPLOADERS = 8  # parallel PUTs/GETs: a single stream is latency-bound
+MAX_PENDING = 2 * UPLOADERS  # uploads in flight (copies held) beyond the cache bound
 META = "volume.json"
 
 
@@ -92,6 +95,9 @@ class S3Device:
         self._max_objects = max(2, cache_bytes // OBJECT_SIZE)
         self._mutex = threading.RLock()
         self._cache: OrderedDict[int, _Obj] = OrderedDict()
+        # uploads under way: index -> (future, the bytes being stored), oldest first
+        self._pending: dict[int, tuple[Future, bytes]] = {}
+        self._failed: HammerError | None = None
         self._pid = -1
         self._s3 = self._pool = None
         if create_size is not None:
@@ -164,6 +170,8 @@ class S3Device:
         return found
 
     def _fetch(self, index: int) -> bytes:
+        if index in self._pending:  # newer than what the store has, or may have
+            return self._pending[index][1]
         if index not in self._stored:
             return bytes(OBJECT_SIZE)
         body = self._call("reading an object", self._client().get_object, Bucket=self.bucket,
@@ -202,31 +210,46 @@ class S3Device:
         obj.known = None
 
     def _make_room(self) -> None:
-        if len(self._cache) <= self._max_objects:
-            return
-        excess = len(self._cache) - self._max_objects
-        oldest = list(self._cache.items())[:max(excess, self._max_objects // 4)]
-        self._store_all([(i, o) for i, o in oldest if o.dirty])
-        for index, _obj in oldest[:excess]:
+        """Evict the least recently used objects over the bound; dirty ones are handed to
+        the uploaders first (the writer goes on meanwhile)."""
+        while len(self._cache) > self._max_objects:
+            index, obj = next(iter(self._cache.items()))
+            if obj.dirty:
+                self._submit(index, obj)
             del self._cache[index]
 
-    def _store_all(self, dirty: list[tuple[int, _Obj]]) -> None:
-        """Upload these objects in parallel; they are clean (and stored) once it returns."""
-        if not dirty:
-            return
+    def _submit(self, index: int, obj: _Obj) -> None:
+        """Start uploading ``obj``'s current bytes; it is clean from now on.  At most
+        MAX_PENDING uploads (and their copies) are in flight; an older upload of the same
+        object finishes first (two PUTs of one key race)."""
         self._client()
+        if index in self._pending:
+            self._finish(index)
+        if obj.known is not None:
+            self._complete(index, obj, self._fetch(index))
+        while len(self._pending) >= MAX_PENDING:
+            self._finish(next(iter(self._pending)))
+        data = bytes(obj.data)
+        self._pending[index] = (self._pool.submit(self._upload, index, data), data)
+        obj.dirty = False
 
-        def one(item: tuple[int, _Obj]) -> None:
-            index, obj = item
-            if obj.known is not None:
-                self._complete(index, obj, self._fetch(index))
-            self._upload(index, bytes(obj.data))
+    def _finish(self, index: int) -> None:
+        """Wait for the upload of object ``index``.  A failed upload keeps its bytes (reads
+        still see them) and fails every later flush: the writes it carried are lost."""
+        future, data = self._pending[index]
+        try:
+            future.result()
+        except BaseException as exc:
+            if self._failed is None:
+                self._failed = exc if isinstance(exc, HammerError) else HammerError(
+                    f"{self.path}: storing an object failed: {exc!r}")
+            raise self._failed from None
+        del self._pending[index]
+        self._stored.add(index)
 
-        for _ in self._pool.map(one, dirty):
-            pass
-        for index, obj in dirty:
-            obj.dirty = False
-            self._stored.add(index)
+    def _finish_all(self) -> None:
+        for index in list(self._pending):
+            self._finish(index)
 
     # -- BlockDevice ------------------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
@@ -260,11 +283,21 @@ class S3Device:
         if self.readonly:
             return
         with self._mutex:
-            self._store_all([(i, o) for i, o in self._cache.items() if o.dirty])
+            if self._failed is not None:
+                raise self._failed
+            for index, obj in self._cache.items():
+                if obj.dirty:
+                    self._submit(index, obj)
+            self._finish_all()
 
     def close(self) -> None:
+        """Release the cache.  Uploads under way are waited for (not flushed: like
+        close(2))."""
         with self._mutex:
+            with contextlib.suppress(HammerError):
+                self._finish_all()
             self._cache.clear()
+            self._pending.clear()
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.shutdown(wait=True)
             self._pool = self._s3 = None
