@@ -44,6 +44,10 @@ def payload_device(container, volume_key: bytes, *, readonly: bool | None = None
     size = container.data_size(data.size)
     if size < container.sector_size:
         raise HammerError("the LUKS data device is too small (smaller than one sector)")
+    if container.data_offset + size > data.size:
+        # Not checked when the header is read (cryptsetup neither): a damaged offset makes
+        # only the payload unusable, the header still shows and its slots still test.
+        raise HammerError("the LUKS data segment lies beyond the end of the device")
     return LuksDevice(data, volume_key, data_offset=container.data_offset, data_size=size,
                       sector_size=container.sector_size, iv_tweak=container.iv_tweak,
                       readonly=readonly)

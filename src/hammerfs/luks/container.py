@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import json
 import os
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -27,9 +28,35 @@ WIPE_CHUNK = 1024 * 1024
 
 
 class WrongPassphrase(HammerError):
-    """No key slot opens with the passphrase (cryptsetup exits 2 here too)."""
+    """No key slot opens with the passphrase (cryptsetup exits 2 here too).  ``failures``:
+    why each tried slot failed (None: the passphrase did not match it)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, failures: dict[int, str | None] | None = None):
+        super().__init__(message)
+        self.failures = failures or {}
+
+
+class NoUsableKeySlot(HammerError):
+    """Every key slot that could open the volume is damaged or unsupported; ``failures``
+    says why each one failed."""
+
+    def __init__(self, message: str, failures: dict[int, str | None]):
+        super().__init__(message)
+        self.failures = failures
+
+
+def _unlock_error(failures: dict[int, str | None]) -> HammerError:
+    """The error after no slot opened: wrong passphrase, unless no slot could even be
+    compared with it; the reasons of damaged slots are named."""
+    if all(reason is None for reason in failures.values()):
+        return WrongPassphrase("no key available with this passphrase", failures)
+    detail = "; ".join(f"key slot {slot}: {reason or 'passphrase does not match'}"
+                       for slot, reason in failures.items())
+    if any(reason is None for reason in failures.values()):
+        return WrongPassphrase(f"no key available with this passphrase ({detail})", failures)
+    return NoUsableKeySlot(f"no usable key slot ({detail})", failures)
 
 
 @dataclass
@@ -91,21 +118,23 @@ def is_luks(dev: BlockDevice) -> bool:
 
 def open_container(dev: BlockDevice, *, validate_device: bool = True) -> Container:
     """Parse the header on ``dev`` (LUKS1 or LUKS2); raises HammerError if it has none.
-    ``validate_device=False`` skips the checks against the device size (header backups)."""
+    Reading checks nothing against the device size (cryptsetup neither: a damaged offset
+    makes only its slot or the payload unusable, checked where used); ``validate_device``
+    is kept for callers and has no effect."""
     if dev.size < 4096:
         raise HammerError("device is too small to hold a LUKS header")
     head = dev.read(0, 4096)
     if head[:6] != LUKS_MAGIC:
         try:
             # A damaged primary LUKS2 header: look for a secondary copy.
-            return Luks2Container(dev, luks2.read_header(dev, validate_device=validate_device))
+            return Luks2Container(dev, luks2.read_header(dev))
         except HammerError:
             raise HammerError("not a LUKS device (no LUKS header found)") from None
     version = int.from_bytes(head[6:8], "big")
     if version == 1:
-        return Luks1Container(dev, luks1.parse(head, dev.size if validate_device else None))
+        return Luks1Container(dev, luks1.parse(head))
     if version == 2:
-        return Luks2Container(dev, luks2.read_header(dev, validate_device=validate_device))
+        return Luks2Container(dev, luks2.read_header(dev))
     raise HammerError(f"unsupported LUKS version {version}")
 
 
@@ -165,16 +194,33 @@ class Container:
         keyslots.check_cipher(self.cipher, self.key_size)
 
     def unlock(self, passphrase: bytes, slot: int | None = None) -> tuple[int, bytes]:
-        """(slot, volume key) for the first slot the passphrase opens."""
+        """(slot, volume key) for the first slot the passphrase opens.  A slot that cannot
+        be tried (damaged parameters, a KDF cost refused) is recorded and the next one
+        tried; the final error names why each slot failed."""
         self.check_usable()
         candidates = self._unlock_order() if slot is None else [slot]
         if slot is not None and slot not in self.active_slots():
             raise HammerError(f"key slot {slot} is not active")
+        failures: dict[int, str | None] = {}
         for candidate in candidates:
-            key = self._try_slot(candidate, passphrase)
+            try:
+                key = self._try_slot(candidate, passphrase)
+            except HammerError as exc:
+                failures[candidate] = str(exc)
+                continue
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                # Metadata the header checks let through but this slot cannot use.
+                failures[candidate] = f"malformed key slot ({type(exc).__name__}: {exc})"
+                continue
             if key is not None:
                 return candidate, key
-        raise WrongPassphrase("no key available with this passphrase")
+            failures[candidate] = None
+        raise _unlock_error(failures)
+
+    def check_writable(self) -> None:
+        """Refuse to change a header whose layout cryptsetup would refuse: called before
+        the first write of every key-slot or identity change."""
+        self.check_usable()
 
     def _unlock_order(self) -> list[int]:
         return self.active_slots()
@@ -274,12 +320,13 @@ class Luks2Container(Container):
         return None
 
     def _digest_key_size(self, digest: dict | None) -> int:
-        """The volume key size: that of the segment's (validated) luks2 key slots."""
-        for slot_id in (digest or {}).get("keyslots", []):
-            slot = self.hdr.meta["keyslots"][slot_id]
-            if slot["type"] == "luks2":
-                return slot["key_size"]
-        return DEFAULT_KEY_SIZE
+        """The volume key size: that of the segment's luks2 key slots (one with a damaged
+        key size does not decide it)."""
+        sizes = [self.hdr.meta["keyslots"][slot_id]["key_size"]
+                 for slot_id in (digest or {}).get("keyslots", [])
+                 if self.hdr.meta["keyslots"][slot_id]["type"] == "luks2"]
+        usable = [size for size in sizes if size in (32, 64)]
+        return (usable or sizes or [DEFAULT_KEY_SIZE])[0]
 
     def data_size(self, device_size: int | None = None) -> int:
         if self._size is not None:
@@ -300,6 +347,11 @@ class Luks2Container(Container):
             raise HammerError("LUKS2 integrity/AEAD segments are not supported")
         super().check_usable()
 
+    def check_writable(self) -> None:
+        super().check_writable()
+        luks2.validate(self.hdr.meta, self.hdr.hdr_size,
+                       self.dev.size if luks2.hdr_attached(self.hdr) else None)
+
     # ---- key slots --------------------------------------------------------------------
     def active_slots(self) -> list[int]:
         return self.hdr.keyslot_ids()
@@ -313,21 +365,31 @@ class Luks2Container(Container):
     def _try_slot(self, slot: int, passphrase: bytes) -> bytes | None:
         ks = self.hdr.meta["keyslots"][str(slot)]
         digest = self.hdr.digest_for_keyslot(slot)
-        if ks["type"] != "luks2" or digest is None:
-            return None
-        area, kdf_obj = ks["area"], ks["kdf"]
+        if ks["type"] != "luks2":
+            raise keyslots.KeySlotError(f"unsupported key slot type '{ks['type']}'")
+        if digest is None:
+            raise keyslots.KeySlotError("no digest refers to it")
+        area = ks["area"]
         keyslots.check_cipher(area["encryption"], area["key_size"])
-        params = _kdf_from_json(kdf_obj)
-        slot_key = kdf.derive(passphrase, params, area["key_size"])
+        if ks["key_size"] not in (32, 64):
+            raise keyslots.KeySlotError(f"volume key size {ks['key_size']} is not supported")
+        params = _kdf_from_json(ks["kdf"])
+        kdf.check_params(params)
+        # af.stripes is not read: cryptsetup always merges 4000 stripes (the digest tells
+        # whether the result is the volume key).
         size = keyslots.material_size(ks["key_size"])
-        encrypted = self.dev.read(int(area["offset"]), size)
+        offset = int(area["offset"])
+        if offset + size > self.dev.size:
+            raise keyslots.KeySlotError("key material lies beyond the device end")
+        slot_key = kdf.derive(passphrase, params, area["key_size"])
+        encrypted = self.dev.read(offset, size)
         key = keyslots.unseal(encrypted, slot_key, ks["key_size"], ks["af"]["hash"],
                               area["encryption"])
         return key if self._digest_matches(digest, key) else None
 
     def _digest_matches(self, digest: dict, key: bytes) -> bool:
         if digest["type"] != "pbkdf2":
-            return False
+            raise keyslots.KeySlotError(f"unsupported digest type '{digest['type']}'")
         return _verify_digest(digest["hash"], key, luks2.b64decode(digest["salt"], "salt"),
                               digest["iterations"],
                               luks2.b64decode(digest["digest"], "digest"))
@@ -359,7 +421,7 @@ class Luks2Container(Container):
 
     def add_slot(self, volume_key: bytes, passphrase: bytes, spec: KdfSpec | KdfParams,
                  slot: int | None = None) -> int:
-        self.check_usable()
+        self.check_writable()
         slot = self.free_slot() if slot is None else slot
         if not 0 <= slot < LUKS2_MAX_SLOTS:
             raise HammerError(f"key slot {slot} is out of range (0-{LUKS2_MAX_SLOTS - 1})")
@@ -399,7 +461,7 @@ class Luks2Container(Container):
         """New passphrase for ``slot``, keeping its number: the new material goes to a free
         area, one header write switches to it, then the old area is wiped (a crash leaves
         either the old or the new passphrase working)."""
-        self.check_usable()
+        self.check_writable()
         old = self.hdr.meta["keyslots"].get(str(slot))
         if old is None:
             raise HammerError(f"key slot {slot} is not active")
@@ -414,12 +476,12 @@ class Luks2Container(Container):
 
     def _digest_id_for(self, volume_key: bytes) -> str:
         for digest_id, digest in self.hdr.meta["digests"].items():
-            if self._digest_matches(digest, volume_key):
+            if digest["type"] == "pbkdf2" and self._digest_matches(digest, volume_key):
                 return digest_id
         raise HammerError("volume key does not match this volume")
 
     def remove_slot(self, slot: int) -> None:
-        self.check_usable()
+        self.check_writable()
         ks = self.hdr.meta["keyslots"].get(str(slot))
         if ks is None:
             raise HammerError(f"key slot {slot} is not active")
@@ -503,22 +565,29 @@ class Luks2Container(Container):
         out = [f"  {slot_id}: {ks['type']}"]
         if ks["type"] != "luks2":
             return out
-        prio = {0: "ignored", 1: "normal", 2: "preferred"}.get(ks.get("priority", 1), "?")
+        value = ks.get("priority", 1)
+        prio = {0: "ignored", 1: "normal", 2: "preferred"}.get(value, "?") \
+            if type(value) is int else "?"
         area, kdf_obj = ks["area"], ks["kdf"]
         out += [f"\tKey:        {ks['key_size'] * 8} bits",
                 f"\tPriority:   {prio}",
                 f"\tCipher:     {area['encryption']}",
                 f"\tCipher key: {area['key_size'] * 8} bits",
                 f"\tPBKDF:      {kdf_obj['type']}"]
+        # The header checks guarantee the fields of known KDF types; an unknown type is
+        # shown as it is (unlocking skips that slot).
         if kdf_obj["type"] == "pbkdf2":
             out += [f"\tHash:       {kdf_obj['hash']}",
                     f"\tIterations: {kdf_obj['iterations']}"]
-        else:
+        elif kdf_obj["type"] in kdf.ARGON2_TYPES:
             out += [f"\tTime cost:  {kdf_obj['time']}",
                     f"\tMemory:     {kdf_obj['memory']}",
                     f"\tThreads:    {kdf_obj['cpus']}"]
-        out.append("\tSalt:       " + _hexlines(luks2.b64decode(kdf_obj["salt"], "salt"),
-                                                 "\t            "))
+        else:
+            out.append("\t            (unknown key derivation function: slot unusable)")
+            out += [f"\t{name}: {json.dumps(value)}" for name, value in kdf_obj.items()
+                    if name not in ("type", "salt")]
+        out.append("\tSalt:       " + _salt_lines(kdf_obj.get("salt")))
         digest = self.hdr.digest_for_keyslot(int(slot_id))
         digest_id = next((d for d, obj in self.hdr.meta["digests"].items() if obj is digest),
                          None)
@@ -530,16 +599,29 @@ class Luks2Container(Container):
         return out
 
 
+def _salt_lines(value: object) -> str:
+    """A base64 salt as cryptsetup's hex lines, or a mark when it is damaged."""
+    try:
+        return _hexlines(luks2.b64decode(value, "salt"), "\t            ")
+    except HammerError:
+        return "(invalid: not base64)"
+
+
 def _sorted_ids(section: dict) -> dict:
     return {k: section[k] for k in sorted(section, key=int)}
 
 
 def _kdf_from_json(obj: dict) -> KdfParams:
-    salt = luks2.b64decode(obj["salt"], "kdf.salt")
+    """A key slot's KDF; an unknown type or a missing field is that slot's KdfError."""
     if obj["type"] == "pbkdf2":
-        return KdfParams("pbkdf2", salt, hash=obj["hash"], iterations=obj["iterations"])
-    return KdfParams(obj["type"], salt, time=obj.get("time", 0), memory=obj.get("memory", 0),
-                     parallel=obj.get("cpus", 0))
+        params = KdfParams("pbkdf2", b"", hash=obj["hash"], iterations=obj["iterations"])
+    elif obj["type"] in kdf.ARGON2_TYPES:
+        params = KdfParams(obj["type"], b"", time=obj["time"], memory=obj["memory"],
+                           parallel=obj["cpus"])
+    else:
+        raise kdf.KdfError(f"unsupported key derivation function '{obj['type']}'")
+    params.salt = luks2.b64decode(obj.get("salt"), "kdf.salt")
+    return params
 
 
 def _kdf_to_json(params: KdfParams) -> dict:
@@ -574,8 +656,20 @@ class Luks1Container(Container):
     def active_slots(self) -> list[int]:
         return [i for i, s in enumerate(self.hdr.slots) if s.enabled]
 
+    def notices(self) -> list[str]:
+        return [f"LUKS1 key slot {i} is damaged ({problem}); it is not used"
+                for i in range(luks1.SLOT_COUNT)
+                if (problem := luks1.slot_problem(self.hdr, i, None))]
+
+    def check_writable(self) -> None:
+        super().check_writable()
+        luks1.check_layout(self.hdr, self.dev.size)
+
     def _try_slot(self, slot: int, passphrase: bytes) -> bytes | None:
         s = self.hdr.slots[slot]
+        problem = luks1.slot_problem(self.hdr, slot, self.dev.size)
+        if problem:
+            raise keyslots.KeySlotError(problem)
         slot_key = kdf.pbkdf2(self.hdr.hash_spec, passphrase, s.salt, s.iterations,
                               self.key_size)
         size = keyslots.material_size(self.key_size)
@@ -596,7 +690,7 @@ class Luks1Container(Container):
 
     def add_slot(self, volume_key: bytes, passphrase: bytes, spec: KdfSpec | KdfParams,
                  slot: int | None = None) -> int:
-        self.check_usable()
+        self.check_writable()
         if not self.verify_volume_key(volume_key):
             raise HammerError("volume key does not match this volume")
         slot = self.free_slot() if slot is None else slot
@@ -621,7 +715,7 @@ class Luks1Container(Container):
         return slot
 
     def remove_slot(self, slot: int) -> None:
-        self.check_usable()
+        self.check_writable()
         if not 0 <= slot < luks1.SLOT_COUNT or not self.hdr.slots[slot].enabled:
             raise HammerError(f"key slot {slot} is not active")
         s = self.hdr.slots[slot]

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from hammerfs.errors import HammerError
+from hammerfs.luks.keyslots import KeySlotError
 
 PBKDF2_HASHES = ("sha1", "sha256", "sha512", "sha384", "sha224", "ripemd160")
 ARGON2_TYPES = ("argon2id", "argon2i")
@@ -20,6 +20,18 @@ DEFAULT_MAX_MEMORY = 1024 * 1024  # cryptsetup's cap (KiB), also capped at half 
 PBKDF2_MIN_ITERATIONS = 1000
 DEFAULT_ITER_TIME_MS = 2000
 DIGEST_ITER_TIME_MS = 125
+# Hard limit: hashlib/OpenSSL take a C int iteration count (more raises OverflowError).
+PBKDF2_MAX_ITERATIONS = 2**31 - 1
+# Soft caps against damaged or hostile headers: a cost beyond these would keep a command
+# busy for minutes to days (or exhaust memory) before it could try the next key slot.
+# A bit flip in an iteration count easily gives 2^24..2^31.  UNLIMITED_ENV=1 lifts them.
+PBKDF2_SANE_ITERATIONS = 1 << 28      # ~1-2 min of SHA-256 on a current CPU
+ARGON2_SANE_WORK = 1 << 30            # time cost x memory KiB (cryptsetup's defaults: 2^22)
+UNLIMITED_ENV = "HAMMERFS_KDF_UNLIMITED"
+
+
+class KdfError(KeySlotError):
+    """The key slot's (or digest's) KDF parameters are invalid, unsupported or refused."""
 
 
 @dataclass
@@ -35,22 +47,62 @@ class KdfParams:
     parallel: int = 0
 
 
+def unlimited() -> bool:
+    """The user lifted the soft KDF cost caps (``HAMMERFS_KDF_UNLIMITED=1``)."""
+    return os.environ.get(UNLIMITED_ENV, "") not in ("", "0")
+
+
+def available_memory_kib() -> int | None:
+    """MemAvailable + SwapFree from /proc/meminfo (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        return sum(int(fields[name].split()[0]) for name in (b"MemAvailable", b"SwapFree"))
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _refuse_cost(what: str) -> None:
+    if not unlimited():
+        raise KdfError(f"{what}; refusing it (a damaged header?). Set {UNLIMITED_ENV}=1 to "
+                       "try anyway")
+
+
+def _cost(value: object, name: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise KdfError(f"invalid {name} {value!r} (must be {low}..{high})")
+    return value
+
+
+def check_pbkdf2(hash_name: str, iterations: object) -> None:
+    """PBKDF2 parameters a key slot or digest may use (see check_params)."""
+    if hash_name not in PBKDF2_HASHES:
+        raise KdfError(f"unsupported PBKDF2 hash '{hash_name}'")
+    count = _cost(iterations, "PBKDF2 iteration count", 1, PBKDF2_MAX_ITERATIONS)
+    if count > PBKDF2_SANE_ITERATIONS:
+        _refuse_cost(f"PBKDF2 iteration count {count} exceeds {PBKDF2_SANE_ITERATIONS}")
+
+
 def check_params(params: KdfParams) -> None:
-    """Refuse costs cryptsetup would refuse (and absurd ones a damaged header could give)."""
+    """Refuse costs cryptsetup would refuse, costs our libraries cannot compute (PBKDF2
+    >= 2^31 iterations) and, unless UNLIMITED_ENV is set, absurd ones a damaged header
+    could give (they would hang the command or exhaust memory)."""
     if params.type == "pbkdf2":
-        if params.hash not in PBKDF2_HASHES:
-            raise HammerError(f"unsupported PBKDF2 hash '{params.hash}'")
-        if not 1 <= params.iterations <= 0xFFFFFFFF:
-            raise HammerError(f"invalid PBKDF2 iteration count {params.iterations}")
+        check_pbkdf2(params.hash, params.iterations)
     elif params.type in ARGON2_TYPES:
-        if not 1 <= params.time <= 0xFFFFFFFF:
-            raise HammerError(f"invalid argon2 time cost {params.time}")
-        if not ARGON2_MIN_MEMORY <= params.memory <= ARGON2_MAX_MEMORY:
-            raise HammerError(f"invalid argon2 memory cost {params.memory} KiB")
-        if not 1 <= params.parallel <= ARGON2_MAX_PARALLEL:
-            raise HammerError(f"invalid argon2 parallel cost {params.parallel}")
+        time_cost = _cost(params.time, "argon2 time cost", 1, 0xFFFFFFFF)
+        memory = _cost(params.memory, "argon2 memory cost (KiB)", ARGON2_MIN_MEMORY,
+                       ARGON2_MAX_MEMORY)
+        _cost(params.parallel, "argon2 parallel cost", 1, ARGON2_MAX_PARALLEL)
+        if time_cost * memory > ARGON2_SANE_WORK:
+            _refuse_cost(f"argon2 cost (time {time_cost} x memory {memory} KiB) exceeds "
+                         f"{ARGON2_SANE_WORK}")
+        available = available_memory_kib()
+        if available is not None and memory > available:
+            _refuse_cost(f"argon2 needs {memory} KiB of memory, only {available} KiB are "
+                         "available")
     else:
-        raise HammerError(f"unsupported key derivation function '{params.type}'")
+        raise KdfError(f"unsupported key derivation function '{params.type}'")
 
 
 def derive(passphrase: bytes, params: KdfParams, length: int) -> bytes:
@@ -58,11 +110,13 @@ def derive(passphrase: bytes, params: KdfParams, length: int) -> bytes:
     check_params(params)
     if params.type == "pbkdf2":
         return pbkdf2(params.hash, passphrase, params.salt, params.iterations, length)
+    from argon2.exceptions import HashingError
+
     try:
         return _argon2(passphrase, params, length)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, MemoryError, HashingError) as exc:
         # The libraries reject what a damaged header may still ask for (tiny salts, ...).
-        raise HammerError(f"invalid {params.type} parameters: {exc}") from None
+        raise KdfError(f"invalid {params.type} parameters: {exc}") from None
 
 
 def _argon2(passphrase: bytes, params: KdfParams, length: int) -> bytes:
@@ -77,10 +131,12 @@ def _argon2(passphrase: bytes, params: KdfParams, length: int) -> bytes:
 
 
 def pbkdf2(hash_name: str, secret: bytes, salt: bytes, iterations: int, length: int) -> bytes:
+    """PBKDF2-HMAC; parameters from a header are checked first (check_pbkdf2)."""
+    check_pbkdf2(hash_name, iterations)
     try:
         return hashlib.pbkdf2_hmac(hash_name, secret, salt, iterations, length)
-    except ValueError:
-        raise HammerError(f"unsupported PBKDF2 hash '{hash_name}'") from None
+    except (ValueError, OverflowError) as exc:
+        raise KdfError(f"PBKDF2 refused its parameters: {exc}") from None
 
 
 def physical_memory_kib() -> int:

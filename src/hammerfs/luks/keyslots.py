@@ -14,6 +14,11 @@ SUPPORTED_CIPHER = "aes-xts-plain64"
 MATERIAL_SECTOR = 512
 
 
+class KeySlotError(HammerError):
+    """One key slot cannot be used (damaged or unsupported parameters).  Unlocking records
+    it and goes on with the next slot: a damaged slot never stops a good one."""
+
+
 def check_cipher(spec: str, key_size: int) -> None:
     """Refuse everything but aes-xts-plain64 (256- or 512-bit keys): what we cannot
     decrypt exactly as dm-crypt does, we do not touch."""
@@ -44,6 +49,6 @@ def unseal(encrypted: bytes, slot_key: bytes, key_size: int, hash_name: str,
     check_cipher(cipher, len(slot_key))
     size = material_size(key_size)
     if len(encrypted) < size:
-        raise HammerError("key-slot material is truncated")
+        raise KeySlotError("key-slot material is truncated")
     material = XtsCipher(slot_key).decrypt(encrypted[:size], 0, MATERIAL_SECTOR, 1)
     return af.merge(bytes(material), key_size, hash_name)

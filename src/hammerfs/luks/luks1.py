@@ -79,8 +79,10 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
 
 
-def parse(buf: bytes, device_size: int | None = None) -> Luks1Header:
-    """Parse and sanity-check a phdr (what cryptsetup's LUKS_check_hdr refuses, we refuse)."""
+def parse(buf: bytes) -> Luks1Header:
+    """Parse a phdr and check what every key slot depends on (magic, key size, digest).
+    A damaged key slot does not make the header unusable: ``slot_problem`` says why one
+    slot cannot be used, and unlocking tries the others (cryptsetup does the same)."""
     if len(buf) < PHDR_SIZE:
         raise HammerError("LUKS1 header is truncated")
     fields = _PHDR.unpack_from(buf, 0)
@@ -92,35 +94,44 @@ def parse(buf: bytes, device_size: int | None = None) -> Luks1Header:
         active, iterations, salt, offset, stripes = _SLOT.unpack_from(buf,
                                                                      SLOTS_OFFSET + 48 * i)
         hdr.slots.append(Luks1Slot(active, iterations, salt, offset, stripes))
-    _check(hdr, device_size)
-    return hdr
-
-
-def _check(hdr: Luks1Header, device_size: int | None) -> None:
     if hdr.key_bytes not in (16, 24, 32, 48, 64):
         raise HammerError(f"LUKS1 header: invalid key size {hdr.key_bytes}")
     if hdr.mk_digest_iterations < 1:
         raise HammerError("LUKS1 header: invalid digest iteration count")
-    if hdr.payload_offset and device_size is not None \
-            and hdr.payload_offset * SECTOR > device_size:
-        raise HammerError("LUKS1 header: payload offset lies beyond the device end")
-    ranges = []
-    for i, slot in enumerate(hdr.slots):
-        if slot.active not in (SLOT_ENABLED, SLOT_DISABLED):
-            raise HammerError(f"LUKS1 header: key slot {i} has an invalid state")
-        if slot.stripes != STRIPES and slot.enabled:
-            raise HammerError(f"LUKS1 header: key slot {i} has {slot.stripes} AF stripes")
-        if slot.enabled and slot.iterations < 1:
-            raise HammerError(f"LUKS1 header: key slot {i} has no iterations")
-        start = slot.material_offset * SECTOR
-        end = start + hdr.material_sectors() * SECTOR
-        if slot.enabled and (start < PHDR_SIZE or (hdr.payload_offset
-                                                  and end > hdr.payload_offset * SECTOR)):
-            raise HammerError(f"LUKS1 header: key slot {i} material is out of range")
-        if slot.enabled and device_size is not None and end > device_size:
-            raise HammerError(f"LUKS1 header: key slot {i} material lies beyond the device end")
-        ranges.append((start, end, i))
-    ranges.sort()
+    return hdr
+
+
+def _material_range(hdr: Luks1Header, slot: Luks1Slot) -> tuple[int, int]:
+    start = slot.material_offset * SECTOR
+    return start, start + hdr.material_sectors() * SECTOR
+
+
+def slot_problem(hdr: Luks1Header, index: int, device_size: int | None) -> str | None:
+    """Why key slot ``index`` cannot be used, or None.  A slot whose state field is neither
+    enabled nor disabled (a damaged byte) counts as disabled, as in cryptsetup."""
+    slot = hdr.slots[index]
+    if slot.active not in (SLOT_ENABLED, SLOT_DISABLED):
+        return f"invalid state 0x{slot.active:08x}"
+    if slot.stripes != STRIPES:
+        return f"{slot.stripes} AF stripes (not {STRIPES})"
+    start, end = _material_range(hdr, slot)
+    if start < PHDR_SIZE or (hdr.payload_offset and end > hdr.payload_offset * SECTOR):
+        return "key material lies outside the header area"
+    if device_size is not None and end > device_size:
+        return "key material lies beyond the device end"
+    if slot.enabled and slot.iterations < 1:
+        return "no iterations"
+    return None
+
+
+def check_layout(hdr: Luks1Header, device_size: int | None) -> None:
+    """cryptsetup's checks of all eight slots (used or not) and of their overlaps: what a
+    header we write must pass, and what must hold before we write into any slot area."""
+    for i in range(SLOT_COUNT):
+        problem = slot_problem(hdr, i, device_size)
+        if problem:
+            raise HammerError(f"LUKS1 header: key slot {i}: {problem}")
+    ranges = sorted((*_material_range(hdr, slot), i) for i, slot in enumerate(hdr.slots))
     for (_, a_end, a), (b_start, _, b) in zip(ranges, ranges[1:], strict=False):
         if b_start < a_end:
             raise HammerError(f"LUKS1 header: key slots {a} and {b} overlap")
@@ -129,11 +140,11 @@ def _check(hdr: Luks1Header, device_size: int | None) -> None:
 def read_header(dev: BlockDevice) -> Luks1Header:
     if dev.size < 4096:
         raise HammerError("device is too small for a LUKS1 header")
-    return parse(dev.read(0, 4096), dev.size)
+    return parse(dev.read(0, 4096))
 
 
 def write_header(dev: BlockDevice, hdr: Luks1Header) -> None:
-    _check(hdr, None)
+    check_layout(hdr, None)
     block = bytearray(dev.read(0, 4096))
     block[:PHDR_SIZE] = hdr.pack()
     dev.write(0, block)

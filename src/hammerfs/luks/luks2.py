@@ -169,6 +169,13 @@ def _int(obj: dict, key: str, where: str, low: int = 0, high: int = 0xFFFFFFFF) 
     return value
 
 
+def _is_int(obj: dict, key: str, where: str) -> None:
+    """A JSON integer of any value: cryptsetup checks only the type of a key slot's costs
+    and sizes when it reads the header; their ranges make only that slot unusable."""
+    if type(obj.get(key)) is not int:
+        raise HeaderError(f"LUKS2 metadata: {where}.{key} must be an integer")
+
+
 def _obj(parent: dict, key: str, where: str) -> dict:
     value = parent.get(key)
     if not isinstance(value, dict):
@@ -202,9 +209,13 @@ def _id_list(obj: dict, key: str, where: str, known: dict) -> None:
             raise HeaderError(f"LUKS2 metadata: {where} references missing {key[:-1]} {ref}")
 
 
-def validate(meta: object, hdr_size: int, device_size: int | None) -> dict:
-    """Check the JSON metadata as cryptsetup does (types, ranges, references, overlaps);
-    returns it unchanged or raises HeaderError."""
+def validate(meta: object, hdr_size: int, device_size: int | None = None) -> dict:
+    """Check the JSON metadata as cryptsetup does when it loads a header (types, ranges of
+    the layout, references, overlaps); returns it unchanged or raises HeaderError.  What
+    makes one key slot unusable (its KDF costs, key size, cipher) is checked when that slot
+    is tried, so that a damaged slot never makes the others unusable.  ``device_size``
+    (given before a write) also checks the areas against the device end; a reader checks
+    them where it reads (the slot it tries, the payload it opens), as cryptsetup does."""
     if not isinstance(meta, dict):
         raise HeaderError("LUKS2 metadata is not a JSON object")
     for section in ("keyslots", "tokens", "segments", "digests", "config"):
@@ -236,7 +247,7 @@ def validate(meta: object, hdr_size: int, device_size: int | None) -> dict:
         _id_list(digest, "segments", where, meta["segments"])
         if digest["type"] == "pbkdf2":
             _str(digest, "hash", where)
-            _int(digest, "iterations", where, 1)
+            _is_int(digest, "iterations", where)
             b64decode(digest.get("salt"), f"{where}.salt")
             b64decode(digest.get("digest"), f"{where}.digest")
     for seg_id, seg in meta["segments"].items():
@@ -264,29 +275,25 @@ def _validate_keyslots(keyslots: dict, hdr_size: int, keyslots_size: int,
         areas.append((offset, offset + size, slot_id))
         if kind != "luks2":
             continue
-        _int(slot, "key_size", where, 1, 512)
+        _is_int(slot, "key_size", where)
         if area["type"] != "raw":
             raise HeaderError(f"LUKS2 metadata: {where} area type '{area['type']}' "
                               "is not supported")
         _str(area, "encryption", where + ".area")
-        _int(area, "key_size", where + ".area", 1, 512)
+        _is_int(area, "key_size", where + ".area")
         af = _obj(slot, "af", where + ".")
         if _str(af, "type", where + ".af") != "luks1":
             raise HeaderError(f"LUKS2 metadata: {where} af type '{af['type']}' unsupported")
-        _int(af, "stripes", where + ".af", 4000, 4000)
+        _is_int(af, "stripes", where + ".af")
         _str(af, "hash", where + ".af")
-        if size < area["key_size"] * af["stripes"]:
-            raise HeaderError(f"LUKS2 metadata: {where} area is too small for its key")
         kdf = _obj(slot, "kdf", where + ".")
         kdf_type = _str(kdf, "type", where + ".kdf")
-        b64decode(kdf.get("salt"), where + ".kdf.salt")
         if kdf_type == "pbkdf2":
             _str(kdf, "hash", where + ".kdf")
-            _int(kdf, "iterations", where + ".kdf", 1)
+            _is_int(kdf, "iterations", where + ".kdf")
         elif kdf_type in ("argon2i", "argon2id"):
-            _int(kdf, "time", where + ".kdf", 1)
-            _int(kdf, "memory", where + ".kdf", 1)
-            _int(kdf, "cpus", where + ".kdf", 1)
+            for name in ("time", "memory", "cpus"):
+                _is_int(kdf, name, where + ".kdf")
     areas.sort()
     for (_, a_end, a_id), (b_start, _, b_id) in zip(areas, areas[1:], strict=False):
         if b_start < a_end:
@@ -350,9 +357,10 @@ def _read_copy(dev: BlockDevice, offset: int, magic: bytes,
     return hdr, meta
 
 
-def read_header(dev: BlockDevice, *, validate_device: bool = True) -> Luks2Header:
-    """Read both copies and use the valid one with the higher seqid; say so when a copy is
-    damaged.  Raises HeaderError when neither copy is usable."""
+def read_header(dev: BlockDevice) -> Luks2Header:
+    """Read both copies and use the valid one with the higher seqid (a copy whose JSON
+    fails validation counts as damaged, as in cryptsetup); say so when a copy is damaged.
+    Raises HeaderError when neither copy is usable."""
     primary = _read_copy(dev, 0, MAGIC_PRIMARY, None)
     candidates = []
     reasons = {}
@@ -376,14 +384,14 @@ def read_header(dev: BlockDevice, *, validate_device: bool = True) -> Luks2Heade
                           f"{reasons.get('secondary', 'not found')}")
     candidates.sort(key=lambda c: c[1][0].seqid, reverse=True)
     name, (binary, meta) = candidates[0]
-    device_size = dev.size if validate_device else None
     try:
-        validate(meta, binary.hdr_size, device_size)
-    except HeaderError:
+        validate(meta, binary.hdr_size)
+    except HeaderError as exc:
         if len(candidates) < 2:
             raise
+        reasons[name] = f"invalid metadata: {exc}"
         name, (binary, meta) = candidates[1]
-        validate(meta, binary.hdr_size, device_size)
+        validate(meta, binary.hdr_size)
     notices = []
     if "primary" in reasons:
         notices.append(f"the primary LUKS2 header is damaged ({reasons['primary']}); "
