@@ -267,6 +267,7 @@ def volume_info(store) -> dict:
     space = store.space()
     return {"label": store.label, "uuid": str(store.uuid), "total_bytes": space.total_bytes,
             "used_bytes": space.used_bytes, "free_bytes": space.free_bytes,
+            "avail_bytes": space.avail_bytes, "format_version": store.format_version,
             "bigblock_size": space.bigblock_size, "block_size": space.block_size,
             "bigblocks_total": space.bigblocks_total, "bigblocks_free": space.bigblocks_free,
             "fill": store.bigblock_fill(), "pfs_count": len(store.list_pfs()),

@@ -22,6 +22,7 @@ from hammerfs.fs.layout import (
     BLOCK,
     COLLISION_MASK,
     NAME_MAX,
+    PAGE,
     REC_DATA,
     REC_DIRENT,
     REC_INODE,
@@ -458,19 +459,21 @@ class FileSystem:
         end = min(ino.size, offset + size)
         if offset >= end:
             return b""
-        first = offset - offset % BLOCK
-        last = (end - 1) - (end - 1) % BLOCK
-        lo, hi = self._key(obj, REC_DATA, first), self._key(obj, REC_DATA, last)
+        first = offset - offset % BLOCK  # extents never cross a window: none starts earlier
+        lo, hi = self._key(obj, REC_DATA, first), self._key(obj, REC_DATA, end - 1)
         blocks = [(rec.key, rec.data) for rec in self.store.scan(lo, hi, self.asof)]
-        if _dense(blocks, first, end):  # the common case: one join, no zero-filling
+        while blocks and blocks[0][0] + len(blocks[0][1]) <= offset:
+            del blocks[0]  # ends before the range
+        if blocks and blocks[0][0] <= offset and _dense(blocks, blocks[0][0], end):
+            first = blocks[0][0]  # the common case: one join, no zero-filling
             joined = b"".join(data for _key, data in blocks)
             return joined[offset - first:end - first]
-        buf = bytearray(end - first)  # zeros: holes and short blocks read as zero
+        buf = bytearray(end - offset)  # zeros: holes read as zero
         for key, data in blocks:
-            at = key - first
-            n = min(len(data), len(buf) - at)
-            buf[at:at + n] = memoryview(data)[:n]
-        return bytes(memoryview(buf)[offset - first:])
+            lo_b, hi_b = max(key, offset), min(key + len(data), end)
+            if lo_b < hi_b:
+                buf[lo_b - offset:hi_b - offset] = memoryview(data)[lo_b - key:hi_b - key]
+        return bytes(buf)
 
     def write(self, obj: int, offset: int, data: bytes | memoryview) -> int:
         self.check_writable()
@@ -479,29 +482,55 @@ class FileSystem:
         end = offset + len(view)
         pos = offset
         while pos < end:
-            block = pos - pos % BLOCK
-            inner = pos - block
-            n = min(BLOCK - inner, end - pos)
-            chunk = view[pos - offset:pos - offset + n]
-            if inner == 0 and (n == BLOCK or block + n >= ino.size):
-                payload = bytes(chunk)  # nothing of the old block survives
-            else:
-                payload = self._merge_block(obj, block, inner, chunk, ino.size)
-            self.store.put(self._key(obj, REC_DATA, block), payload)
-            pos += n
+            stop = min(end, pos - pos % BLOCK + BLOCK)
+            self._write_window(obj, pos, stop, view[pos - offset:stop - offset], ino.size)
+            pos = stop
         t = now_ns()
         self._put_inode(ino.evolve(size=max(ino.size, end), mtime=t, ctime=t))
         return len(view)
 
-    def _merge_block(self, obj: int, block: int, inner: int, chunk: memoryview,
-                     size: int) -> bytes:
-        rec = self.store.get(self._key(obj, REC_DATA, block))
-        old = rec.data[:max(0, size - block)] if rec else b""
-        buf = bytearray(old)
-        if len(buf) < inner + len(chunk):
-            buf.extend(bytes(inner + len(chunk) - len(buf)))
-        buf[inner:inner + len(chunk)] = chunk
-        return bytes(buf)
+    def _write_window(self, obj: int, a: int, b: int, chunk: memoryview, size: int) -> None:
+        """Write ``chunk`` at [a, b), inside one window: the new extent covers the pages the
+        write touches (their other bytes read from the file), merged with the extents this
+        transaction already made next to it (no history between them: they cost no new
+        version).  Extents of earlier transactions keep their untouched parts as slices of
+        their blocks (put_slice: nothing copied), so a 4 KiB write costs about 4 KiB."""
+        win = a - a % BLOCK
+        recs = [(r.key, r.data, r.create_tid) for r in self.store.scan(
+            self._key(obj, REC_DATA, win), self._key(obj, REC_DATA, win + BLOCK - 1))]
+        cur = self.store.current_tid
+        lo = a - a % PAGE
+        hi = b if b >= size else min(b + (-b % PAGE), size)
+        grown = True
+        while grown:  # take in this transaction's extents that touch or overlap [lo, hi)
+            grown = False
+            for key, rdata, ctid in recs:
+                if ctid == cur and key <= hi and key + len(rdata) >= lo and \
+                        (key < lo or key + len(rdata) > hi):
+                    lo, hi = min(lo, key), max(hi, key + len(rdata))
+                    grown = True
+        buf = bytearray(hi - lo)
+        for key, rdata, _ in recs:  # what the new extent keeps of the old bytes
+            s, e = max(key, lo), min(key + len(rdata), hi)
+            if s < e:
+                buf[s - lo:e - lo] = memoryview(rdata)[s - key:e - key]
+        buf[a - lo:b - lo] = chunk
+        room = self.store.room_for(len(buf))
+        for key, rdata, _ in recs:
+            rend = key + len(rdata)
+            if rend <= lo or key >= hi:
+                continue
+            if rend > hi:  # the untouched tail stays, as a slice of the old extent
+                self.store.put_slice(self._key(obj, REC_DATA, hi), self._key(obj, REC_DATA, key),
+                                     hi - key, rend - hi)
+            if key < lo:  # ...and the untouched head
+                self.store.put_slice(self._key(obj, REC_DATA, key),
+                                     self._key(obj, REC_DATA, key), 0, lo - key)
+            elif key != lo:
+                self.store.delete(self._key(obj, REC_DATA, key))
+        # A volume too fragmented for one extent still takes the data, a page per record.
+        for at in range(lo, hi, room):
+            self.store.put(self._key(obj, REC_DATA, at), bytes(buf[at - lo:at - lo + room]))
 
     def truncate(self, obj: int, size: int) -> Inode:
         self.check_writable()
@@ -509,14 +538,16 @@ class FileSystem:
             raise FsError(errno.EINVAL, "negative size")
         ino = self._file(obj)
         if size < ino.size:
-            tail = size - size % BLOCK
-            first_gone = tail if size % BLOCK == 0 else tail + BLOCK
-            self.store.delete_range(self._key(obj, REC_DATA, first_gone),
+            self.store.delete_range(self._key(obj, REC_DATA, size),
                                     self._key(obj, REC_DATA, MAX_U64))
-            if size % BLOCK:
-                rec = self.store.get(self._key(obj, REC_DATA, tail))
-                if rec is not None and len(rec.data) > size - tail:
-                    self.store.put(self._key(obj, REC_DATA, tail), rec.data[:size - tail])
+            if size % BLOCK:  # an extent across the new end is cut (no copy), so growing
+                # the file again shows zeros there
+                win = size - size % BLOCK
+                for rec in self.store.scan(self._key(obj, REC_DATA, win),
+                                           self._key(obj, REC_DATA, size - 1)):
+                    if rec.key + len(rec.data) > size:
+                        key = self._key(obj, REC_DATA, rec.key)
+                        self.store.put_slice(key, key, 0, size - rec.key)
         t = now_ns()
         return self._put_inode(ino.evolve(size=size, mtime=t, ctime=t))
 
@@ -575,7 +606,7 @@ class FileSystem:
         return {
             "f_bsize": bsize, "f_frsize": bsize,
             "f_blocks": space.total_bytes // bsize,
-            "f_bfree": space.free_bytes // bsize, "f_bavail": space.free_bytes // bsize,
+            "f_bfree": space.free_bytes // bsize, "f_bavail": space.avail_bytes // bsize,
             "f_files": 1 << 32, "f_ffree": (1 << 32) - 1, "f_favail": (1 << 32) - 1,
             "f_namemax": NAME_MAX,
         }
@@ -588,14 +619,12 @@ class FileSystem:
 
 
 def _dense(blocks: list[tuple[int, bytes]], first: int, end: int) -> bool:
-    """True if ``blocks`` cover [first, end) with no hole and no short block before the end."""
+    """True if ``blocks`` cover [first, end) back to back, with no hole."""
     expect = first
     for key, data in blocks:
         if key != expect:
             return False
         expect += len(data)
-        if len(data) != BLOCK and expect < end:
-            return False
     return expect >= end
 
 

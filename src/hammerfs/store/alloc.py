@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hammerfs.errors import CorruptionError, NoSpace
+from hammerfs.errors import CorruptionError, FragmentedSpace, NoSpace
 from hammerfs.store.format import BITS_PER_PAGE, BLOCK, BLOCKS_PER_BIGBLOCK, CSUM_SIZE, checksum
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
@@ -187,7 +187,21 @@ class Allocator:
                 hit = self._run_in_bigblock(int(cand), count, 0)
                 if hit is not None:
                     return hit
+        if count <= self.free_blocks:
+            raise FragmentedSpace(f"no run of {count} free blocks on the volume "
+                                  f"({self.free_blocks} blocks free, fragmented)")
         raise NoSpace(f"no space left on volume (no run of {count} free blocks)")
+
+    def has_run(self, count: int, kind: int) -> bool:
+        """Would ``alloc(count, kind)`` find a contiguous run now?"""
+        nxt, end = self.window[kind]
+        if nxt + count <= end and self._range_free(nxt, count):
+            return True
+        try:
+            self._find(count, kind)
+        except NoSpace:
+            return False
+        return True
 
     def _range_free(self, block: int, count: int) -> bool:
         lo, hi = block // 8, (block + count - 1) // 8 + 1

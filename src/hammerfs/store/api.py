@@ -35,6 +35,7 @@ class SpaceInfo:
     bigblock_size: int
     bigblocks_total: int
     bigblocks_free: int  # completely empty big-blocks
+    avail_bytes: int  # what ordinary writes can still fill (statfs f_bavail, info "Available")
 
 
 class RecordStore(Protocol):
@@ -94,6 +95,16 @@ class RecordStore(Protocol):
     # -- changes in the current transaction -------------------------------------------------
     def put(self, reckey: RecKey, data: bytes) -> Record:
         """Create or replace the live version of ``reckey``."""
+
+    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int) -> Record:
+        """Create or replace the live version of ``reckey`` with bytes ``[start, start +
+        length)`` of the live version of ``src`` (``start`` a multiple of 4096; both keys of
+        one (pfs, obj_id, rec_type) and in one 64 KiB key window).  The on-disk store shares
+        the blocks instead of copying them."""
+
+    def room_for(self, length: int) -> int:
+        """NoSpace unless a record of ``length`` bytes can be put now; ``length`` if its
+        data fits in one contiguous extent, else 4096 (store it in pieces of that size)."""
 
     def delete(self, reckey: RecKey) -> bool:
         """End the live version of ``reckey``.  False if there was none."""

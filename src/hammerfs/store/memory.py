@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Iterator
 
-from hammerfs.errors import ReadOnly
+from hammerfs.errors import HammerError, NoSpace, ReadOnly
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.commitlog import doomed_entries
+from hammerfs.store.format import SHARE_WINDOW
 from hammerfs.store.pfs import PfsData, PfsTable
 from hammerfs.store.records import (
     ROOT_OBJ,
@@ -138,6 +139,23 @@ class MemoryStore(PfsTable):
             self._store(rec)
             return rec
 
+    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int) -> Record:
+        if reckey[:3] != src[:3] or reckey[3] // SHARE_WINDOW != src[3] // SHARE_WINDOW:
+            raise HammerError(f"put_slice: {reckey!r} and {src!r} are not in one key window")
+        with self._lock:
+            live = self.get(src)
+            if live is None:
+                raise HammerError(f"put_slice: no live version of {src!r}")
+            if start < 0 or start % 4096 or length <= 0 or start + length > len(live.data):
+                raise HammerError(f"put_slice: [{start}, +{length}) is not a 4 KiB-aligned "
+                                  f"slice of a {len(live.data)}-byte record")
+            return self.put(reckey, live.data[start:start + length])
+
+    def room_for(self, length: int) -> int:
+        if length > self.space().free_bytes:
+            raise NoSpace("no space left on volume")
+        return length
+
     def delete(self, reckey: RecKey) -> bool:
         with self._lock:
             self._writable()
@@ -193,8 +211,9 @@ class MemoryStore(PfsTable):
     # -- space and lifecycle ----------------------------------------------------------------------
     def space(self) -> SpaceInfo:
         used = sum(64 + len(r.data or b"") for r in self._records.values())
-        return SpaceInfo(self._total, used, max(0, self._total - used), 4096, 8 << 20,
-                         self._total >> 23, max(0, self._total - used) >> 23)
+        free = max(0, self._total - used)
+        return SpaceInfo(self._total, used, free, 4096, 8 << 20, self._total >> 23, free >> 23,
+                         free)
 
     def close(self) -> None:
         if not self.readonly:

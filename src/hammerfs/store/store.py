@@ -15,6 +15,8 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
+
 from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import CorruptionError, HammerError, NoSpace, NotAVolume, ReadOnly
 from hammerfs.store.alloc import DATA, Allocator
@@ -25,6 +27,7 @@ from hammerfs.store.format import (
     BIGBLOCK,
     BLOCK,
     COMMITLOG_OBJ,
+    EXT_SHARED,
     FORMAT_VERSION,
     INLINE_MAX,
     STORE_PFS,
@@ -34,8 +37,10 @@ from hammerfs.store.format import (
     LeafVal,
     checksum,
     decode_header,
+    extent_off,
     freemap_geometry,
     header_claims,
+    share_window,
 )
 from hammerfs.store.pfs import PfsData, PfsTable
 from hammerfs.store.records import (
@@ -54,6 +59,10 @@ SCAN_BATCH = 256
 SCAN_BATCH_DATA = 32
 COMMITLOG_KEY = (STORE_PFS, COMMITLOG_OBJ, 0)  # + (tid, tid): the commit log's entries
 COMMITLOG_BATCH = 16384
+# Data of extents put in the open transaction is kept in memory until commit (blocks are
+# allocated at once, so space is accounted and contiguity known): rewrites of the same record
+# before the commit cost no device write.  Past this many bytes it is written out early.
+UNWRITTEN_MAX = 32 << 20
 
 
 class Store(PfsTable):
@@ -64,7 +73,7 @@ class Store(PfsTable):
         self.readonly = readonly
         self.label = hdr.label
         self.uuid = hdr.uuid
-        self.format_version = FORMAT_VERSION
+        self.format_version = hdr.version  # a v1 volume becomes v2 at its first commit
         self._hdr = hdr
         self._alloc = alloc
         self._tree = tree
@@ -82,6 +91,9 @@ class Store(PfsTable):
         self.header_damage: HeaderDamage | None = None  # a header copy failed verification
         self._broken: BaseException | None = None  # a commit failed half-way
         self._where = getattr(device, "path", "device")
+        self._unwritten: set[FullKey] = set()  # entries whose extent data is still in memory
+        self._unwritten_bytes = 0
+        self._last_extent: tuple[int, bytes, bytes] = (0, b"", b"")  # off, csum, padded data
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -126,7 +138,7 @@ class Store(PfsTable):
             # The free-map is redundant: rebuild it from what the B-tree references.
             alloc = Allocator.fresh(nblocks, hdr.fm_pages, regions[1] + hdr.fm_table_blocks
                                     + hdr.fm_pages, regions, hdr.fm_table_blocks)
-            for block, count in used_extents(tree):
+            for block, count in _distinct_runs(used_extents(tree), nblocks):
                 alloc.mark_used(block, count)
         tree.alloc = alloc
         store = cls(device, hdr, alloc, tree, readonly=readonly or device.readonly)
@@ -177,8 +189,10 @@ class Store(PfsTable):
             return done
 
     def _write_commit(self, done: int, ts: int) -> Header:
-        """Nodes and free-map, flush, header, flush: the new state is durable on return."""
-        writes = self._tree.flush()
+        """Data, nodes and free-map, flush, header, flush: the new state is durable on
+        return."""
+        writes = self._unwritten_data()
+        writes += self._tree.flush()
         self._alloc.release_pending()
         seq = self._hdr.seq + 1
         fm_writes, fm_csum = self._alloc.persist(seq % 2)
@@ -190,7 +204,8 @@ class Store(PfsTable):
                       next_obj=self._next_obj, last_tid=done, last_ts=ts)
         self.device.write(hdr.slot * BLOCK, hdr.encode())
         self.device.flush()
-        return hdr
+        self.format_version = FORMAT_VERSION
+        return replace(hdr, version=FORMAT_VERSION)
 
     def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
         with self._lock:
@@ -249,7 +264,7 @@ class Store(PfsTable):
             k, v = hit
             if k[:4] != reckey or (v[0] and tid >= v[0]):
                 return None
-            data = v[6] if not v[4] else self._data(k, v)
+            data = v[6] if v[6] is not None else self._data(k, v)
             return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def _visible(self, reckey: RecKey, tid: int) -> tuple[FullKey, LeafVal] | None:
@@ -297,14 +312,24 @@ class Store(PfsTable):
         return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def _data(self, k: FullKey, v: LeafVal) -> bytes:
-        if not v[4]:
+        if v[6] is not None:  # inline, or not written yet
             return v[6]
-        length, off = v[3], v[4]
-        raw = self.device.read(off, _blocks(length) * BLOCK)
-        if checksum(raw) != v[5]:
-            raise CorruptionError(f"data extent at offset {off:#x} ({length} bytes) of record "
+        raw = self._extent(k, v)
+        return raw if len(raw) == v[3] else raw[:v[3]]
+
+    def _extent(self, k: FullKey, v: LeafVal) -> bytes:
+        """The verified blocks of an external extent, padding included.  The last one read
+        is kept: a write into a record reads it, then cuts slices of it (put_slice)."""
+        off, csum = extent_off(v[4]), v[5]
+        last = self._last_extent
+        if last[0] == off and last[1] == csum:
+            return last[2]
+        raw = self.device.read(off, _blocks(v[3]) * BLOCK)
+        if checksum(raw) != csum:
+            raise CorruptionError(f"data extent at offset {off:#x} ({v[3]} bytes) of record "
                                   f"{_fmt_key(k)} failed checksum verification", off)
-        return raw if len(raw) == length else raw[:length]
+        self._last_extent = (off, csum, raw)
+        return raw
 
     # -- changes --------------------------------------------------------------------------------------
     def put(self, reckey: RecKey, data: bytes) -> Record:
@@ -313,28 +338,84 @@ class Store(PfsTable):
         with self._lock:
             self._writable()
             now = time.time_ns()
-            cur = self._current
-            k = (*reckey, cur)
-            # One descent serves the lookup of the live version and both changes: the ended
-            # version and the new one sort next to each other in the same leaf.
-            path, leaf, i = self._tree.locate(k)
-            same_key = i >= 0 and leaf.keys[i][:4] == reckey
-            live = same_key and (leaf.vals[i][0] == 0 or cur < leaf.vals[i][0])
             ext = _ext_blocks(len(data))
-            # An inline update of a live record (an inode's nlink or mtime) goes with deletes
-            # (unlink, rmdir), so it may use the reserve that keeps deletes possible.
-            self._need(ext, privileged=live and ext == 0)
-            val = self._store_data(data, 0, now, 0)
-            if same_key:
-                lk, lv = leaf.keys[i], leaf.vals[i]
-                if lk[4] != cur and (lv[0] == 0 or cur < lv[0]):  # visible: end it
-                    self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
-            replaced = self._tree.upsert_at(path, leaf, k, val)
-            self._free_data(replaced)
-            self._dirty = True
-            self._next_obj = max(self._next_obj, reckey[1] + 1)
-            self._max_tid_seen = max(self._max_tid_seen, cur)
-            return _make_record(*reckey, cur, 0, now, 0, bytes(data))
+            self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True))
+            return _make_record(*reckey, self._current, 0, now, 0, bytes(data))
+
+    def _put_val(self, reckey: RecKey, now: int, ext: int, make_val) -> None:
+        """Replace the live version of ``reckey`` by ``make_val()`` (called once the space
+        for ``ext`` data blocks is known to be there)."""
+        cur = self._current
+        k = (*reckey, cur)
+        # One descent serves the lookup of the live version and both changes: the ended
+        # version and the new one sort next to each other in the same leaf.
+        path, leaf, i = self._tree.locate(k)
+        same_key = i >= 0 and leaf.keys[i][:4] == reckey
+        live = same_key and (leaf.vals[i][0] == 0 or cur < leaf.vals[i][0])
+        # An inline update of a live record (an inode's nlink or mtime) goes with deletes
+        # (unlink, rmdir), so it may use the reserve that keeps deletes possible.
+        self._need(ext, privileged=live and ext == 0)
+        val = make_val()
+        if same_key:
+            lk, lv = leaf.keys[i], leaf.vals[i]
+            if lk[4] != cur and (lv[0] == 0 or cur < lv[0]):  # visible: end it
+                self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
+        replaced = self._tree.upsert_at(path, leaf, k, val)
+        self._free_data(k, replaced)
+        if val[4] and val[6] is not None:  # data kept in memory until commit
+            self._unwritten.add(k)
+            self._unwritten_bytes += val[3]
+            if self._unwritten_bytes > UNWRITTEN_MAX:
+                _write_coalesced(self.device, self._unwritten_data())
+        self._dirty = True
+        self._next_obj = max(self._next_obj, reckey[1] + 1)
+        self._max_tid_seen = max(self._max_tid_seen, cur)
+
+    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int) -> Record:
+        """Create or replace the live version of ``reckey`` with bytes ``[start, start +
+        length)`` of the live version of ``src``.  ``start`` is a multiple of 4096, both keys
+        are of one (pfs, obj_id, rec_type) and in one 64 KiB key window (format.SHARE_WINDOW).
+        A committed external extent is not copied: the new version references that slice of
+        its blocks (both are marked shared; a block is freed when no version in the window
+        references it any more).  Used to cut the part of a file extent a write leaves alone
+        and to truncate one."""
+        _check_key(reckey)
+        _check_key(src)
+        if reckey[:3] != src[:3] or share_window(reckey[3]) != share_window(src[3]):
+            raise HammerError(f"put_slice: {reckey!r} and {src!r} are not in one key window")
+        with self._lock:
+            self._writable()
+            hit = self._visible(src, self._current)
+            if hit is None:
+                raise HammerError(f"put_slice: no live version of {src!r}")
+            sk, sv = hit
+            if start < 0 or start % BLOCK or length <= 0 or start + length > sv[3]:
+                raise HammerError(f"put_slice: [{start}, +{length}) is not a 4 KiB-aligned "
+                                  f"slice of a {sv[3]}-byte record")
+            now = time.time_ns()
+            if sv[6] is not None or length <= INLINE_MAX:  # in memory or small: a copy
+                data = self._data(sk, sv)[start:start + length]
+                ext = _ext_blocks(length)
+                self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True))
+                return _make_record(*reckey, self._current, 0, now, 0, bytes(data))
+            raw = self._extent(sk, sv)
+            piece = raw[start:start + _blocks(length) * BLOCK]
+            val = (0, now, 0, length, (extent_off(sv[4]) + start) | EXT_SHARED,
+                   checksum(piece), None)
+            if not sv[4] & EXT_SHARED:
+                path, leaf, i = self._tree.locate(sk)
+                self._tree.set_val_at(path, leaf, i, (*sv[:4], sv[4] | EXT_SHARED, *sv[5:]))
+            self._put_val(reckey, now, 0, lambda: val)
+            return _make_record(*reckey, self._current, 0, now, 0, piece[:length])
+
+    def room_for(self, length: int) -> int:
+        """Check that a record of ``length`` bytes can be put now: NoSpace if not; returns
+        ``length`` when its extent finds a contiguous run, else 4096 (the caller then stores
+        the data as records of at most 4096 bytes, which always fit while space is free)."""
+        with self._lock:
+            ext = _ext_blocks(length)
+            self._need(ext + ext // 16)  # ext // 16: leaf entries if it is cut into 4 KiB
+            return length if ext <= 1 or self._alloc.has_run(ext, DATA) else BLOCK
 
     def delete(self, reckey: RecKey) -> bool:
         _check_key(reckey)
@@ -370,7 +451,9 @@ class Store(PfsTable):
                 return False
             self._need(_ext_blocks(len(data)))
             val = self._store_data(data, record.delete_tid, record.create_ts, record.delete_ts)
-            self._upsert(fk, val)
+            replaced = self._tree.upsert(fk, val)
+            self._free_data(fk, replaced)
+            self._dirty = True
             self._next_obj = max(self._next_obj, record.obj_id + 1)
             self._max_tid_seen = max(self._max_tid_seen, record.create_tid, record.delete_tid)
             return True
@@ -399,7 +482,7 @@ class Store(PfsTable):
             if self._tree.exact(fk) is None:
                 return False
             self._need(0, privileged=True)
-            self._free_data(self._tree.remove(fk))
+            self._free_data(fk, self._tree.remove(fk))
             self._dirty = True
             return True
 
@@ -407,31 +490,70 @@ class Store(PfsTable):
         """End a live version; one created in this transaction never existed durably, so it is
         dropped instead (no history inside a transaction)."""
         if k[4] == self._current:
-            self._free_data(self._tree.remove(k))
+            self._free_data(k, self._tree.remove(k))
         else:
             self._tree.upsert(k, (self._current, v[1], now, *v[3:]))
         self._dirty = True
 
-    def _upsert(self, k: FullKey, val: LeafVal) -> None:
-        replaced = self._tree.upsert(k, val)
-        if replaced is not None:
-            self._free_data(replaced)
-        self._dirty = True
-
-    def _store_data(self, data: bytes, dtid: int, cts: int, dts: int) -> LeafVal:
-        """Inline small data; write larger data to its own extent now (one pwrite)."""
+    def _store_data(self, data: bytes, dtid: int, cts: int, dts: int,
+                    defer: bool = False) -> LeafVal:
+        """Inline small data; give larger data its own extent: written now (one pwrite), or
+        with ``defer`` kept in the value until the commit writes it (_unwritten_data)."""
         n = len(data)
         if n <= INLINE_MAX:
             return (dtid, cts, dts, n, 0, ZERO_CSUM, bytes(data))
         nblocks = _blocks(n)
-        buf = data if n == nblocks * BLOCK else bytes(data) + bytes(nblocks * BLOCK - n)
         block = self._alloc.alloc(nblocks, DATA)
+        if defer:
+            return (dtid, cts, dts, n, block * BLOCK, ZERO_CSUM, bytes(data))
+        buf = data if n == nblocks * BLOCK else bytes(data) + bytes(nblocks * BLOCK - n)
         self.device.write(block * BLOCK, buf)
         return (dtid, cts, dts, n, block * BLOCK, checksum(buf), None)
 
-    def _free_data(self, val: LeafVal | None) -> None:
-        if val is not None and val[4]:
-            self._alloc.free(val[4] // BLOCK, _blocks(val[3]), data=True)
+    def _unwritten_data(self) -> list[tuple[int, bytes]]:
+        """The writes of every extent whose data is still in memory; their entries get the
+        checksum and lose the bytes.  In key order, so a file's extents are written in one
+        pass over contiguous blocks."""
+        writes = []
+        tree = self._tree
+        for k in sorted(self._unwritten):
+            path, leaf, i = tree.locate(k)
+            if i < 0 or leaf.keys[i] != k:
+                continue  # dropped since
+            v = leaf.vals[i]
+            if not v[4] or v[6] is None:
+                continue  # replaced since (by an inline or written value)
+            pad = -v[3] % BLOCK
+            buf = v[6] + bytes(pad) if pad else v[6]
+            tree.set_val_at(path, leaf, i, (*v[:5], checksum(buf), None))
+            writes.append((extent_off(v[4]), buf))
+        self._unwritten.clear()
+        self._unwritten_bytes = 0
+        return writes
+
+    def _free_data(self, k: FullKey, val: LeafVal | None) -> None:
+        """Release the blocks of a version just removed or replaced in the tree: all of
+        them, or for a shared extent those no other version in its window references."""
+        if val is None or not val[4]:
+            return
+        first, count = val[4] // BLOCK, _blocks(val[3])
+        if not val[4] & EXT_SHARED:
+            self._alloc.free(first, count, data=True)
+            return
+        lo, hi = share_window(k[3])
+        taken = bytearray(count)
+        for _, v in self._tree.collect((*k[:3], lo, 0), (*k[:3], hi, MAX_U64), 1 << 30):
+            if v[4] & EXT_SHARED:
+                b, n = v[4] // BLOCK, _blocks(v[3])
+                for x in range(max(b, first), min(b + n, first + count)):
+                    taken[x - first] = 1
+        run = None
+        for x in range(count + 1):
+            if x < count and not taken[x]:
+                run = x if run is None else run
+            elif run is not None:
+                self._alloc.free(first + run, x - run, data=True)
+                run = None
 
     def _need(self, data_blocks: int, privileged: bool = False) -> None:
         """Refuse a change that could leave the commit without room for its B-tree nodes.
@@ -456,8 +578,14 @@ class Store(PfsTable):
     def space(self) -> SpaceInfo:
         with self._lock:
             free = self._alloc.free_blocks
+            tree = self._tree
+            # What ordinary writes can still use: the reserve for deletes and commits and
+            # the B-tree entries of the data (one per 4 KiB at worst, 1/32 of it) held back.
+            spare = free - self._reserve - tree.dirty_count - 2 * (tree.height() + 2)
+            avail = max(0, spare - spare // 32)
             return SpaceInfo(self._nblocks * BLOCK, (self._nblocks - free) * BLOCK, free * BLOCK,
-                             BLOCK, BIGBLOCK, self._alloc.bb_count, self._alloc.bigblocks_free())
+                             BLOCK, BIGBLOCK, self._alloc.bb_count, self._alloc.bigblocks_free(),
+                             avail * BLOCK)
 
     def bigblock_fill(self) -> list[int]:
         """Blocks in use per big-block (for `hammer info`)."""
@@ -503,6 +631,16 @@ def used_extents(tree: BTree) -> Iterator[tuple[int, int]]:
             for v in node.vals:
                 if v[4]:
                     yield v[4] // BLOCK, _blocks(v[3])
+
+
+def _distinct_runs(extents: Iterator[tuple[int, int]], nblocks: int) -> Iterator[tuple[int, int]]:
+    """The runs of blocks covered by ``extents``, each block once (shared extents overlap)."""
+    used = np.zeros(nblocks + 1, dtype=np.int8)
+    for block, count in extents:
+        used[block:block + count] = 1
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], used))))
+    for start, end in zip(edges[::2], edges[1::2], strict=True):
+        yield int(start), int(end - start)
 
 
 @dataclass(frozen=True, slots=True)
