@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hammerfs.blockdev.file import FileDevice
 from hammerfs.fs import FileSystem, init_pfs_root
 from hammerfs.fs.layout import BLOCK, PAGE, REC_DATA
+from hammerfs.mirror.stream import record_checksum
 from hammerfs.store import Store
 from hammerfs.store import format as fmt
 from hammerfs.store.memory import MemoryStore
@@ -36,6 +37,10 @@ def check_volume(store: Store) -> None:
     the allocator's free count matches its bitmap (no block freed twice)."""
     report = scrub(store)
     assert report.ok, report.errors
+    for _, node in store.tree.walk_nodes():  # an extent's checksum is that of its data
+        for k, v in zip(node.keys, node.vals, strict=True) if not node.level else ():
+            if v[4]:  # zero-padded: the mirror's end-to-end checksum (record_checksum)
+                assert v[5] == record_checksum(store.data_of(k, v))
     alloc = store.allocator
     used = int(np.unpackbits(alloc.bits, bitorder="little")[:alloc.nblocks].sum())
     assert alloc.free_blocks == alloc.nblocks - used

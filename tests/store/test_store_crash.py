@@ -34,7 +34,7 @@ def run_workload(store: Store, rng: random.Random) -> dict[int, list]:
                 src = store.get(k)
                 if src is not None and len(src.data) > 4096:
                     start = rng.choice(range(0, len(src.data), 4096))
-                    length = rng.randint(1, len(src.data) - start)
+                    length = rng.choice([len(src.data) - start, 4096])
                     store.put_slice((*k[:3], rng.randint(0, 3)), k, start, length)
             elif roll < 0.85:
                 store.delete(k)

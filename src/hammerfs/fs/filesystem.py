@@ -540,16 +540,24 @@ class FileSystem:
         if size < ino.size:
             self.store.delete_range(self._key(obj, REC_DATA, size),
                                     self._key(obj, REC_DATA, MAX_U64))
-            if size % BLOCK:  # an extent across the new end is cut (no copy), so growing
-                # the file again shows zeros there
+            if size % BLOCK:  # an extent across the new end is cut, so growing the file
+                # again shows zeros there: its whole pages as a slice, the last partial page
+                # copied (an extent's bytes past its end are zeros)
                 win = size - size % BLOCK
                 for rec in self.store.scan(self._key(obj, REC_DATA, win),
                                            self._key(obj, REC_DATA, size - 1)):
                     if rec.key + len(rec.data) > size:
-                        key = self._key(obj, REC_DATA, rec.key)
-                        self.store.put_slice(key, key, 0, size - rec.key)
+                        self._cut(obj, rec.key, rec.data, size - rec.key)
         t = now_ns()
         return self._put_inode(ino.evolve(size=size, mtime=t, ctime=t))
+
+    def _cut(self, obj: int, key: int, data: bytes, keep: int) -> None:
+        whole = keep - keep % PAGE
+        if whole:
+            at = self._key(obj, REC_DATA, key)
+            self.store.put_slice(at, at, 0, whole)
+        if keep > whole:
+            self.store.put(self._key(obj, REC_DATA, key + whole), data[whole:keep])
 
     # -- xattrs ------------------------------------------------------------------------------------
     def _find_xattr(self, obj: int, name: bytes) -> tuple[int, bytes] | None:

@@ -23,6 +23,7 @@ from hammerfs.store.records import (
     Record,
     check_delete_tid,
     check_raw_version,
+    check_slice,
 )
 
 FullKey = tuple[int, int, int, int, int]
@@ -146,9 +147,7 @@ class MemoryStore(PfsTable):
             live = self.get(src)
             if live is None:
                 raise HammerError(f"put_slice: no live version of {src!r}")
-            if start < 0 or start % 4096 or length <= 0 or start + length > len(live.data):
-                raise HammerError(f"put_slice: [{start}, +{length}) is not a 4 KiB-aligned "
-                                  f"slice of a {len(live.data)}-byte record")
+            check_slice(start, length, len(live.data))
             return self.put(reckey, live.data[start:start + length])
 
     def room_for(self, length: int) -> int:

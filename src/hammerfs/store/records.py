@@ -81,3 +81,13 @@ def check_delete_tid(create_tid: int, delete_tid: int) -> None:
     if delete_tid and not create_tid < delete_tid <= MAX_TID:
         raise HammerError(f"delete TID {delete_tid:#x} is out of range "
                           f"({create_tid + 1:#x}..{MAX_TID:#x})")
+
+
+def check_slice(start: int, length: int, src_len: int) -> None:
+    """put_slice's rule: a 4 KiB-aligned start, and an end on a 4 KiB boundary or at the
+    source's end (so an extent's bytes past its length are zeros in its last block)."""
+    end = start + length
+    if start < 0 or start % 4096 or length <= 0 or end > src_len or \
+            (end % 4096 and end != src_len):
+        raise HammerError(f"put_slice: [{start}, {end}) is not a 4 KiB-aligned slice of a "
+                          f"{src_len}-byte record")

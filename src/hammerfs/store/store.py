@@ -52,6 +52,7 @@ from hammerfs.store.records import (
     Record,
     check_delete_tid,
     check_raw_version,
+    check_slice,
 )
 
 MIN_VOLUME = 1 << 20
@@ -374,7 +375,10 @@ class Store(PfsTable):
     def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int) -> Record:
         """Create or replace the live version of ``reckey`` with bytes ``[start, start +
         length)`` of the live version of ``src``.  ``start`` is a multiple of 4096, both keys
-        are of one (pfs, obj_id, rec_type) and in one 64 KiB key window (format.SHARE_WINDOW).
+        are of one (pfs, obj_id, rec_type) and in one 64 KiB key window (format.SHARE_WINDOW);
+        the slice ends on a multiple of 4096 or where the source ends (so the bytes after it
+        in its last block are zeros, as in every extent: its checksum is that of its data
+        zero-padded, the end-to-end checksum of mirroring).
         A committed external extent is not copied: the new version references that slice of
         its blocks (both are marked shared; a block is freed when no version in the window
         references it any more).  Used to cut the part of a file extent a write leaves alone
@@ -389,9 +393,7 @@ class Store(PfsTable):
             if hit is None:
                 raise HammerError(f"put_slice: no live version of {src!r}")
             sk, sv = hit
-            if start < 0 or start % BLOCK or length <= 0 or start + length > sv[3]:
-                raise HammerError(f"put_slice: [{start}, +{length}) is not a 4 KiB-aligned "
-                                  f"slice of a {sv[3]}-byte record")
+            check_slice(start, length, sv[3])
             now = time.time_ns()
             if sv[6] is not None or length <= INLINE_MAX:  # in memory or small: a copy
                 data = self._data(sk, sv)[start:start + length]
