@@ -29,12 +29,12 @@ def run_workload(store: Store, rng: random.Random) -> dict[int, list]:
             roll = rng.random()
             if roll < 0.5:
                 size = rng.choice([10, 300, 5000, 20000])
-                store.put(k, rng.randbytes(size))
+                store.put(k, rng.randbytes(size), rng.choice([0, 0, -1]))
             elif roll < 0.6:  # a slice sharing the blocks of a committed extent
                 src = store.get(k)
                 if src is not None and len(src.data) > 4096:
                     start = rng.choice(range(0, len(src.data), 4096))
-                    length = rng.choice([len(src.data) - start, 4096])
+                    length = min(rng.choice([len(src.data), 4096]), len(src.data) - start)
                     store.put_slice((*k[:3], rng.randint(0, 3)), k, start, length)
             elif roll < 0.85:
                 store.delete(k)

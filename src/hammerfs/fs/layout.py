@@ -43,6 +43,11 @@ XATTR_SIZE_MAX = 64 * 1024
 SYMLINK_MAX = 4095
 COLLISION_MASK = 0xFFFFFFFF
 
+NOHISTORY = 0x1  # inode flag: changes to this object keep no history (inherited by children)
+HISTORY_INTERVAL_MAX = 366 * 86400  # seconds
+HISTORY_KEY = 2  # REC_CONFIG key of a PFS's history settings (cleanup.py owns keys 0 and 1)
+_HISTORY_MAGIC = b"hammerfs-history 1\n"
+
 _INODE = struct.Struct("<B3xIIIIQQqqqqQI4x")
 INODE_VERSION = 1
 _DIRENT = struct.Struct("<QB")
@@ -153,3 +158,21 @@ class Snapshot:
     def decode(cls, raw: bytes) -> Snapshot:
         tid, ts = _SNAPSHOT.unpack_from(raw)
         return cls(tid, ts, raw[_SNAPSHOT.size:].decode("utf-8", "replace"))
+
+
+def encode_history_config(interval_s: int) -> bytes:
+    """The history settings record: ``hammerfs-history 1``, then ``interval <seconds>``."""
+    return _HISTORY_MAGIC + b"interval %d\n" % interval_s
+
+
+def decode_history_config(raw: bytes) -> int:
+    """The history interval in seconds (0: every commit is kept)."""
+    try:
+        if not raw.startswith(_HISTORY_MAGIC):
+            raise ValueError("bad magic")
+        key, value = raw[len(_HISTORY_MAGIC):].decode("ascii").split()
+        if key != "interval" or int(value) < 0:
+            raise ValueError(key)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptionError(f"history settings record is malformed: {raw[:64]!r}") from None

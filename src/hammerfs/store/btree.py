@@ -178,6 +178,23 @@ class BTree:
                     continue
                 yield from self.walk_nodes(self.child(node, j), depth + 1, lo, hi)
 
+    def relocate_scan(self, first: int, end: int) -> list[tuple[FullKey, LeafVal]]:
+        """For reblock: make every node stored in blocks [first, end) dirty (the commit
+        writes it elsewhere) and return the leaf entries whose data extent is there."""
+        found: list[tuple[FullKey, LeafVal]] = []
+
+        def visit(node: Node, path: list[tuple[Node, int]]) -> None:
+            if node.off and first <= node.off // BLOCK < end:
+                self._dirty_path(path, node)
+            if not node.level:
+                found.extend((k, v) for k, v in zip(node.keys, node.vals, strict=True)
+                             if v[4] and first <= v[4] // BLOCK < end)
+                return
+            for j in range(len(node.keys)):
+                visit(self.child(node, j), [*path, (node, j)])
+        visit(self.root, [])
+        return found
+
     # -- modification ----------------------------------------------------------------------------
     def _cow(self, node: Node) -> None:
         if node.off:

@@ -31,6 +31,13 @@ REC_PFS = 0x15  # on (pfs 0, ROOT_OBJ, key = pfs id): a PfsData
 REC_SNAPSHOT = 0x16  # on (pfs, ROOT_OBJ, key = tid): snapshot metadata (mirrored)
 REC_CONFIG = 0x17  # on (pfs, ROOT_OBJ, key 0): cleanup config text (not mirrored)
 
+# How much history a change keeps of the version it ends (the ``history_ns`` argument of put,
+# put_slice, delete, delete_range): every committed version (HISTORY_ALL); only the last of
+# each wall-clock interval of N ns (N > 0); none (HISTORY_NONE, nohistory objects).  A version
+# at or below the store's history floor is always kept (see store/api.py).
+HISTORY_ALL = 0
+HISTORY_NONE = -1
+
 ROOT_OBJ = 1  # obj_id of every PFS's root directory; object ids from alloc_obj_id() are larger
 
 RecKey = tuple[int, int, int, int]

@@ -44,9 +44,11 @@ from hammerfs.store.format import (
 )
 from hammerfs.store.pfs import PfsData, PfsTable
 from hammerfs.store.records import (
+    HISTORY_ALL,
     MAX_DATA,
     MAX_PFS,
     MAX_U64,
+    REC_SNAPSHOT,
     ROOT_OBJ,
     RecKey,
     Record,
@@ -92,6 +94,7 @@ class Store(PfsTable):
         self.header_damage: HeaderDamage | None = None  # a header copy failed verification
         self._broken: BaseException | None = None  # a commit failed half-way
         self._where = getattr(device, "path", "device")
+        self._history_floor = hdr.last_tid  # versions at or below are never dropped
         self._unwritten: set[FullKey] = set()  # entries whose extent data is still in memory
         self._unwritten_bytes = 0
         self._last_extent: tuple[int, bytes, bytes] = (0, b"", b"")  # off, csum, padded data
@@ -289,6 +292,8 @@ class Store(PfsTable):
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
         _check_key(lo)
         _check_key(hi)
+        with self._lock:  # a mirror may now hold every committed version
+            self._history_floor = max(self._history_floor, self._last_committed)
         yield from self._batches(lo, hi, since_tid, SCAN_BATCH_DATA, lambda k, v: True, True)
 
     def _batches(self, lo: RecKey, hi: RecKey, since: int | None, batch: int, wanted,
@@ -333,17 +338,21 @@ class Store(PfsTable):
         return raw
 
     # -- changes --------------------------------------------------------------------------------------
-    def put(self, reckey: RecKey, data: bytes) -> Record:
+    def put(self, reckey: RecKey, data: bytes, history_ns: int = HISTORY_ALL) -> Record:
         _check_key(reckey)
         _check_data(data)
         with self._lock:
             self._writable()
             now = time.time_ns()
             ext = _ext_blocks(len(data))
-            self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True))
+            if reckey[2] == REC_SNAPSHOT:  # the state a snapshot names is kept
+                self._history_floor = max(self._history_floor, min(reckey[3], self._current))
+            self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True),
+                          history_ns)
             return _make_record(*reckey, self._current, 0, now, 0, bytes(data))
 
-    def _put_val(self, reckey: RecKey, now: int, ext: int, make_val) -> None:
+    def _put_val(self, reckey: RecKey, now: int, ext: int, make_val,
+                 history_ns: int = HISTORY_ALL) -> None:
         """Replace the live version of ``reckey`` by ``make_val()`` (called once the space
         for ``ext`` data blocks is known to be there)."""
         cur = self._current
@@ -357,12 +366,19 @@ class Store(PfsTable):
         # (unlink, rmdir), so it may use the reserve that keeps deletes possible.
         self._need(ext, privileged=live and ext == 0)
         val = make_val()
+        drop = None
         if same_key:
             lk, lv = leaf.keys[i], leaf.vals[i]
             if lk[4] != cur and (lv[0] == 0 or cur < lv[0]):  # visible: end it
-                self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
+                if history_ns and self._droppable(lk, lv, history_ns, now):
+                    drop = lk, lv  # ...or destroy it, once the new version references
+                    # what it shares of its blocks
+                else:
+                    self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
         replaced = self._tree.upsert_at(path, leaf, k, val)
         self._free_data(k, replaced)
+        if drop is not None:
+            self._drop_version(*drop, now)
         if val[4] and val[6] is not None:  # data kept in memory until commit
             self._unwritten.add(k)
             self._unwritten_bytes += val[3]
@@ -372,7 +388,8 @@ class Store(PfsTable):
         self._next_obj = max(self._next_obj, reckey[1] + 1)
         self._max_tid_seen = max(self._max_tid_seen, cur)
 
-    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int) -> Record:
+    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int,
+                  history_ns: int = HISTORY_ALL) -> Record:
         """Create or replace the live version of ``reckey`` with bytes ``[start, start +
         length)`` of the live version of ``src``.  ``start`` is a multiple of 4096, both keys
         are of one (pfs, obj_id, rec_type) and in one 64 KiB key window (format.SHARE_WINDOW);
@@ -398,7 +415,8 @@ class Store(PfsTable):
             if sv[6] is not None or length <= INLINE_MAX:  # in memory or small: a copy
                 data = self._data(sk, sv)[start:start + length]
                 ext = _ext_blocks(length)
-                self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True))
+                self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True),
+                              history_ns)
                 return _make_record(*reckey, self._current, 0, now, 0, bytes(data))
             raw = self._extent(sk, sv)
             piece = raw[start:start + _blocks(length) * BLOCK]
@@ -407,7 +425,7 @@ class Store(PfsTable):
             if not sv[4] & EXT_SHARED:
                 path, leaf, i = self._tree.locate(sk)
                 self._tree.set_val_at(path, leaf, i, (*sv[:4], sv[4] | EXT_SHARED, *sv[5:]))
-            self._put_val(reckey, now, 0, lambda: val)
+            self._put_val(reckey, now, 0, lambda: val, history_ns)
             return _make_record(*reckey, self._current, 0, now, 0, piece[:length])
 
     def room_for(self, length: int) -> int:
@@ -419,7 +437,7 @@ class Store(PfsTable):
             self._need(ext + ext // 16)  # ext // 16: leaf entries if it is cut into 4 KiB
             return length if ext <= 1 or self._alloc.has_run(ext, DATA) else BLOCK
 
-    def delete(self, reckey: RecKey) -> bool:
+    def delete(self, reckey: RecKey, history_ns: int = HISTORY_ALL) -> bool:
         _check_key(reckey)
         with self._lock:
             self._writable()
@@ -427,14 +445,19 @@ class Store(PfsTable):
             if live is None:
                 return False
             self._need(0, privileged=True)
-            self._end_or_drop(*live, time.time_ns())
+            now = time.time_ns()
+            if live[0][4] != self._current and history_ns and \
+                    self._droppable(*live, history_ns, now):
+                self._drop_version(*live, now)
+            else:
+                self._end_or_drop(*live, now)
             return True
 
-    def delete_range(self, lo: RecKey, hi: RecKey) -> int:
+    def delete_range(self, lo: RecKey, hi: RecKey, history_ns: int = HISTORY_ALL) -> int:
         with self._lock:
             live = list(self.scan(lo, hi, with_data=False))
             for rec in live:
-                self.delete(rec.reckey)
+                self.delete(rec.reckey, history_ns)
             return len(live)
 
     def insert_raw(self, record: Record) -> bool:
@@ -487,6 +510,21 @@ class Store(PfsTable):
             self._free_data(fk, self._tree.remove(fk))
             self._dirty = True
             return True
+
+    def _droppable(self, k: FullKey, v: LeafVal, history_ns: int, now: int) -> bool:
+        """May ending this committed version destroy it (history granularity, api.py)?"""
+        if k[4] <= self._history_floor:
+            return False
+        return history_ns < 0 or v[1] // history_ns == now // history_ns
+
+    def _drop_version(self, k: FullKey, v: LeafVal, now: int) -> None:
+        """Destroy an intermediate version; the one it replaced lives on until now."""
+        self._free_data(k, self._tree.remove(k))
+        prev = self._tree.floor((*k[:4], k[4] - 1))
+        if prev is not None and prev[0][:4] == k[:4] and prev[1][0] == k[4]:
+            pv = prev[1]
+            self._tree.upsert(prev[0], (self._current, pv[1], now, *pv[3:]))
+        self._dirty = True
 
     def _end_or_drop(self, k: FullKey, v: LeafVal, now: int) -> None:
         """End a live version; one created in this transaction never existed durably, so it is
