@@ -227,3 +227,40 @@ def test_format_1_volume_is_read_as_is_and_upgraded_by_its_first_commit(tmp_path
     assert store.header.version == 2
     assert FileSystem(store).read(f, 0, len(data)) == expect
     store.close()
+
+
+def test_a_cold_1mib_read_is_one_data_read(tmp_path):
+    """Extents written back to back are read with one device read (then verified one by
+    one), not one read per 64 KiB extent."""
+    path = str(tmp_path / "v.img")
+    store = _new_disk(path)
+    fs = FileSystem(store)
+    f = fs.create(R, b"f", 0o644).obj_id
+    data = os.urandom(1 << 20)
+    fs.write(f, 0, data)
+    fs.fsync()
+    store.close()
+    store = Store.open(FileDevice(path))
+    fs = FileSystem(store)
+    fs.getattr(f)
+    fs.read(f, 0, 1)  # the B-tree path to the file's records is now cached
+    reads = []
+    real_read = store.device.read
+    store.device.read = lambda off, n: (reads.append(n), real_read(off, n))[1]
+    assert fs.read(f, 0, 1 << 20) == data
+    assert len(reads) <= 3 and max(reads) >= 15 * BLOCK, reads
+    store.close()
+
+
+def test_node_cache_is_sized_in_bytes():
+    from hammerfs.errors import HammerError
+    from hammerfs.store.btree import NODE_MEMORY, cache_nodes
+    assert cache_nodes({}) == (256 << 20) // NODE_MEMORY
+    assert cache_nodes({"HAMMERFS_NODE_CACHE": "1g"}) == (1 << 30) // NODE_MEMORY
+    assert cache_nodes({"HAMMERFS_NODE_CACHE": "64k"}) == 64  # a floor
+    try:
+        cache_nodes({"HAMMERFS_NODE_CACHE": "lots"})
+    except HammerError as exc:
+        assert "HAMMERFS_NODE_CACHE" in str(exc)
+    else:
+        raise AssertionError("a bad size was accepted")
