@@ -95,6 +95,11 @@ class FileSystem:
         # write and chown, and new files have none.  Written through like _inodes.
         self._no_xattrs: set[int] = set()
         self._interval_ns: int | None = None  # the PFS's history interval, read once
+        # File extents this view wrote with new data in the open transaction (obj, key):
+        # the ones a later write next to them merges with.  (Slices of older extents made in
+        # this transaction are not: merging would copy old data the slice shares.)
+        self._fresh: set[tuple[int, int]] = set()
+        self._fresh_tid = 0
 
     def forget(self) -> None:
         """Drop cached inodes (after records were changed other than through this view)."""
@@ -543,14 +548,18 @@ class FileSystem:
         recs = [(r.key, r.data, r.create_tid) for r in self.store.scan(
             self._key(obj, REC_DATA, win), self._key(obj, REC_DATA, win + BLOCK - 1))]
         cur = self.store.current_tid
+        if self._fresh_tid != cur:
+            self._fresh.clear()
+            self._fresh_tid = cur
+        fresh = self._fresh
         lo = a - a % PAGE
         hi = b if b >= size else min(b + (-b % PAGE), size)
         grown = True
-        while grown:  # take in this transaction's extents that touch or overlap [lo, hi)
+        while grown:  # take in the new extents of this transaction touching [lo, hi)
             grown = False
             for key, rdata, ctid in recs:
-                if ctid == cur and key <= hi and key + len(rdata) >= lo and \
-                        (key < lo or key + len(rdata) > hi):
+                if ctid == cur and (obj, key) in fresh and key <= hi and \
+                        key + len(rdata) >= lo and (key < lo or key + len(rdata) > hi):
                     lo, hi = min(lo, key), max(hi, key + len(rdata))
                     grown = True
         buf = bytearray(hi - lo)
@@ -576,6 +585,7 @@ class FileSystem:
         for at in range(lo, hi, room):
             self.store.put(self._key(obj, REC_DATA, at), bytes(buf[at - lo:at - lo + room]),
                            hist)
+            fresh.add((obj, at))
 
     def truncate(self, obj: int, size: int) -> Inode:
         self.check_writable()
