@@ -68,3 +68,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         sys.stderr.write("\nERROR: tests left hammerfs mounts behind:\n  " +
                          "\n  ".join(leaked) + "\n")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+class StoreClock:
+    """The on-disk store's wall clock (create_ts decides a version's history interval), moved
+    by the test: it starts 1 s into an aligned hour and ticks 1 us per reading."""
+
+    HOUR = 3600 * 10**9
+
+    def __init__(self):
+        self.now = 1_800_000_000 * 10**9 // self.HOUR * self.HOUR + 10**9
+
+    def time_ns(self) -> int:
+        self.now += 1000
+        return self.now
+
+
+@pytest.fixture
+def store_clock(monkeypatch):
+    from hammerfs.store import store as store_mod
+    clock = StoreClock()
+    monkeypatch.setattr(store_mod, "time", clock)
+    return clock

@@ -75,6 +75,11 @@ class NoSpace(ErrnoError):
         super().__init__(errno.ENOSPC, message)
 
 
+class FragmentedSpace(NoSpace):
+    """Enough blocks are free, but no run of them is long enough for one extent: the caller
+    may store the data as smaller records (the file layer falls back to 4 KiB pieces)."""
+
+
 class ReadOnly(ErrnoError):
     """A write was attempted on a read-only view (as-of view, slave PFS, -o ro)."""
 

@@ -235,3 +235,29 @@ def test_undo_through_a_mount_reports_errors_and_exits_non_zero(mnt, tmp_path):
     assert not os.path.exists(tmp_path / "out")
     assert [n for n in os.listdir(mp) if ".undo." in n] == []
     assert run_hammer("undo", "-t", tid, f"{mp}/d/f").stdout == "x"  # data still flows
+
+
+def test_nohistory_and_history_interval_commands(mnt):
+    mp = mnt.mountpoint
+    os.mkdir(f"{mp}/scratch")
+    assert run_hammer("nohistory", f"{mp}/scratch").stdout.endswith("nohistory off\n")
+    assert run_hammer("nohistory", f"{mp}/scratch", "on").stdout.endswith("nohistory on\n")
+    with open(f"{mp}/scratch/tmp.db", "w") as f:  # created inside: inherits the flag
+        f.write("v1")
+    run_hammer("synctid", mp)
+    with open(f"{mp}/scratch/tmp.db", "w") as f:
+        f.write("v2")
+    run_hammer("synctid", mp)
+    hist = run_hammer("history", f"{mp}/scratch/tmp.db").stdout
+    assert "\tnohistory" in hist.splitlines()[0]
+    assert len(TID.findall(hist.split("\n", 1)[1])) == 1  # only the current version
+    assert run_hammer("nohistory", f"{mp}/scratch", "off").stdout.endswith("nohistory off\n")
+
+    assert "history interval 0 s (every commit)" in run_hammer("history-interval", mp).stdout
+    out = run_hammer("history-interval", mp, "2m").stdout
+    assert "history interval 120 s (one version per 120 s)" in out
+    assert "120 s" in run_hammer("history-interval", f"{mp}/scratch").stdout
+    bad = run_hammer("history-interval", mp, "soon", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    run_hammer("history-interval", mp, "0")
+    assert "(every commit)" in run_hammer("history-interval", mp).stdout

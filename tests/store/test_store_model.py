@@ -7,12 +7,14 @@ import os
 import tempfile
 
 import hypothesis.strategies as st
+import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from hammerfs.blockdev.file import FileDevice
 from hammerfs.store import Record, Store, memory
 from hammerfs.store import store as store_mod
+from hammerfs.store.scrub import scrub
 
 ALL = ((0, 0, 0, 0), (0xFFFF, (1 << 64) - 1, 0xFFFF, (1 << 64) - 1))
 
@@ -30,6 +32,8 @@ class FakeClock:
 
 reckeys = st.tuples(st.integers(0, 2), st.integers(1, 6), st.sampled_from([0x10, 0x11]),
                     st.integers(0, 3))
+# history_ns: keep all, keep none (nohistory), one per 3-ns interval of the fake clock
+histories = st.sampled_from([0, 0, -1, 3])
 payloads = st.one_of(
     st.binary(max_size=64),
     st.binary(min_size=500, max_size=600),  # around the inline threshold
@@ -69,14 +73,36 @@ class StoreVsModel(RuleBasedStateMachine):
         now = self.clock.now + days * 86_400 * 10**9
         assert self.store.thin_commit_log(now) == self.model.thin_commit_log(now)
 
-    @rule(k=reckeys, data=payloads)
-    def put(self, k, data):
-        a, b = self.store.put(k, data), self.model.put(k, data)
+    @rule(k=reckeys, data=payloads, hist=histories)
+    def put(self, k, data, hist):
+        a, b = self.store.put(k, data, hist), self.model.put(k, data, hist)
         assert a == b
 
+    @rule(k=reckeys, dst=st.integers(0, 3), page=st.integers(0, 17),
+          length=st.integers(1, 70_000), hist=histories)
+    def put_slice(self, k, dst, page, length, hist):
+        """A slice of a live record to a key of its window (the store shares the blocks)."""
+        live = self.model.get(k)
+        if live is None or page * 4096 >= len(live.data):
+            return
+        start = page * 4096
+        length = min(length, len(live.data) - start)
+        if (start + length) % 4096 and start + length != len(live.data):
+            length -= (start + length) % 4096  # a slice ends on a page or the source's end
+        if length <= 0:
+            return
+        a = self.store.put_slice((*k[:3], dst), k, start, length, hist)
+        b = self.model.put_slice((*k[:3], dst), k, start, length, hist)
+        assert a == b
+
+    @rule(k=reckeys, hist=histories)
+    def delete(self, k, hist):
+        assert self.store.delete(k, hist) == self.model.delete(k, hist)
+
     @rule(k=reckeys)
-    def delete(self, k):
-        assert self.store.delete(k) == self.model.delete(k)
+    def mirror_read(self, k):
+        """A mirror read raises the history floor: what it returned is never dropped."""
+        assert list(self.store.changed_since(k, k, 0)) == list(self.model.changed_since(k, k, 0))
 
     @rule(lo=reckeys, hi=reckeys)
     def delete_range(self, lo, hi):
@@ -144,6 +170,7 @@ class StoreVsModel(RuleBasedStateMachine):
         # a reopened store takes its next TID from the clock again; the model cannot remount
         assert self.store.current_tid >= self.model.current_tid
         self.model._current = self.store.current_tid
+        self.model._history_floor = self.store.last_committed_tid  # what open starts from
 
     @rule(i=st.integers(0, 10_000), delta=st.integers(-1, 1))
     def asof_reads(self, i, delta):
@@ -167,6 +194,17 @@ class StoreVsModel(RuleBasedStateMachine):
         assert list(s.scan(*ALL, with_data=False)) == list(m.scan(*ALL, with_data=False))
         assert s.list_pfs() == m.list_pfs()
         assert s.tree.dirty_count == s.tree.count_dirty()  # commits rely on this count
+        alloc = s.allocator  # no block freed twice (shared extents)
+        used = int(np.unpackbits(alloc.bits, bitorder="little")[:alloc.nblocks].sum())
+        assert alloc.free_blocks == alloc.nblocks - used
+
+    @rule()
+    def scrub_is_clean(self):
+        """Every referenced block in use, none in use unreferenced: shared blocks are freed
+        exactly when their last version goes."""
+        self.commit()
+        report = scrub(self.store)
+        assert report.ok, report.errors
 
 
 StoreVsModel.TestCase.settings = settings(

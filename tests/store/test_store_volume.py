@@ -36,7 +36,8 @@ def test_newfs_info_show_scrub(tmp_path):
     info = run_hammer("info", vol).stdout
     assert re.search(r"Label:\s+data", info) and re.search(r"PFS count:\s+1", info)
     assert re.search(r"Next TID:\s+0x[0-9a-f]{16}\n", info)
-    assert re.search(r"Format version:\s+1", info) and "Big-blocks:" in info
+    assert re.search(r"Format version:\s+2", info) and "Big-blocks:" in info
+    assert re.search(r"Available:\s+\S+", info)
     show = run_hammer("show", vol, "1:6").stdout
     assert "ELM 1:0x6:0x10:0x0" in show and "0x5:" not in show
     assert re.match(r"HEADER slot [01] seq \d+ root 0x[0-9a-f]+ level 0 ", show)

@@ -36,8 +36,9 @@ CONFIG_HELP = """\
 config format (one directive a line, times with d/h/m/s, '#' comments):
   snapshots <period> <retention> [any]   snapshot every period; expire older than retention
   prune     <period> <runtime>           destroy history no kept snapshot needs
-  rebalance|reblock|recopy|dedup <period> <runtime>
-                                         accepted, reported as not applicable here
+  reblock   <period> <runtime>           empty big-blocks under 90 % full (hammer reblock)
+  recopy    <period> <runtime>           the same for every big-block not full
+  rebalance|dedup <period> <runtime>     accepted, reported as not applicable here
 A period of 0 disables a directive, a runtime of 0 is unlimited; 'snapshots 0 0' makes prune
 destroy all history.  Whole-day periods are due once that many local midnights have passed
 since the last run, so a machine that was off catches up at its next run."""
@@ -88,6 +89,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "that has not received the destroyed deletions must be recreated.")
     _target_args(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("reblock", help="move live data out of sparsely used big-blocks",
+                       description="Defragment the volume: every 8 MiB big-block less than "
+                       "FILL percent full is emptied, least filled first, its data extents "
+                       "and B-tree nodes moved into other big-blocks, one big-block (one "
+                       "commit) at a time, so a mount keeps serving in between and a crash "
+                       "loses nothing.  Afterwards long writes find contiguous space again. "
+                       "The cleanup's reblock directive runs the same with FILL 90.")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH|VOLUME[:PFS]",
+                   help="a path inside the mount (default: the current directory) or an "
+                   "unmounted VOLUME")
+    p.add_argument("fill", nargs="?", type=int, default=90, metavar="FILL",
+                   help="percent fill below which a big-block is emptied (1-100, default 90)")
+    p.add_argument("--time", type=int, default=0, metavar="SECONDS",
+                   help="stop after this many seconds (0: run to the end); run again to go on")
+    _volume_args(p)
+    p.set_defaults(func=cmd_reblock)
 
 
 # -- cleanup ---------------------------------------------------------------------------------------
@@ -197,6 +215,20 @@ def cmd_viconfig(args: argparse.Namespace) -> int:
 
 
 # -- prune -----------------------------------------------------------------------------------------
+def cmd_reblock(args: argparse.Namespace) -> int:
+    if not 1 <= args.fill <= 100:
+        raise HammerError(f"reblock: fill {args.fill} is not a percentage from 1 to 100")
+    if args.time < 0:
+        raise HammerError(f"reblock: --time {args.time} is negative")
+    with target(args.path, args, write=True) as t:
+        done = t.call("reblock", relpath=t.relpath, fill=args.fill, seconds=args.time or None)
+    print(f"reblock: {done['bigblocks']} big-blocks emptied, {done['extents']} data extents "
+          f"and {done['nodes']} B-tree nodes moved ({_mib(done['bytes_moved'])}); "
+          f"{done['bigblocks_free']} big-blocks empty"
+          + ("" if done["complete"] else "; stopped by --time, run again to go on"))
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     with target(args.path, args, write=True) as t:
         done = t.call("prune", relpath=t.relpath)

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from hammerfs.blockdev.spec import canonical, is_remote
 from hammerfs.cli.volume import add_volume_args, forget_passphrase, open_volume_device
 from hammerfs.errors import HammerError, NoVolumeSignature
+from hammerfs.fs.layout import HISTORY_INTERVAL_MAX
 from hammerfs.fs.namespace import format_tid, parse_tid
+from hammerfs.quantity import parse_duration
 from hammerfs.store.pfs import parse_volume_spec
 
 RUNTIME_DIR_HELP = (
@@ -120,6 +122,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="snapshot softlinks, TIDs (0x...), or a PATH followed by its TIDs")
     _volume_args(p)
     p.set_defaults(func=cmd_snaprm)
+
+    p = sub.add_parser("nohistory", help="show or set the nohistory flag of files and "
+                       "directories",
+                       description="Show or set the nohistory flag of a file or directory: "
+                       "changes to an object with the flag keep no history (overwritten and "
+                       "deleted versions are destroyed at once, unless a snapshot or a mirror "
+                       "read already covers them); files and directories created inside a "
+                       "nohistory directory inherit it.  The flag is bit 0x1 of the inode's "
+                       "flags field (docs/history.md); `hammer history` shows it.")
+    p.add_argument("path", metavar="PATH", help="a file or directory inside a mount (with "
+                   "--path: VOLUME[:PFS])")
+    p.add_argument("state", nargs="?", choices=("on", "off"), help="set the flag (omit to "
+                   "show it)")
+    _volume_args(p)
+    p.set_defaults(func=cmd_nohistory)
+
+    p = sub.add_parser("history-interval", help="show or set how much history a PFS keeps",
+                       description="Show or set the history interval of a PFS: with an "
+                       "interval, only the last version of each file in every aligned "
+                       "wall-clock interval of that length is kept as history (HAMMER keeps "
+                       "one per flush); 0, the default, keeps every commit.  fsync stays "
+                       "durable at once; snapshots, mirroring and undo keep their meaning.")
+    p.add_argument("path", metavar="PATH", help="a path inside the PFS (or an unmounted "
+                   "VOLUME[:PFS])")
+    p.add_argument("interval", nargs="?", metavar="DURATION", help="e.g. 30s, 5m, 1h, 0 "
+                   "(omit to show it)")
+    _volume_args(p)
+    p.set_defaults(func=cmd_history_interval)
 
     p = sub.add_parser("prune-everything", help="destroy ALL history of a PFS (frees its space)",
                        description="Destroy every past version of every file in the PFS, and "
@@ -440,11 +470,32 @@ def cmd_history(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             status = 1
             continue
-        print(f"{path}\tobjid 0x{info['obj_id']:016x}")
+        flag = "\tnohistory" if info.get("nohistory") else ""
+        print(f"{path}\tobjid 0x{info['obj_id']:016x}{flag}")
         for tid, ts, size, deleted in info["versions"]:
             mark = "" if deleted else "  (current)"
             print(f"    {format_tid(tid)} {_when(ts)}  size {size}{mark}")
     return status
+
+
+def cmd_nohistory(args: argparse.Namespace) -> int:
+    on = None if args.state is None else args.state == "on"
+    with target(args.path, args, write=on is not None) as t:
+        info = t.call("nohistory", relpath=t.relpath, on=on)
+    print(f"{args.path}\tnohistory {'on' if info['nohistory'] else 'off'}")
+    return 0
+
+
+def cmd_history_interval(args: argparse.Namespace) -> int:
+    seconds = None
+    if args.interval is not None:
+        seconds = parse_duration(args.interval, what="history interval", integer=True,
+                                 maximum=HISTORY_INTERVAL_MAX)
+    with target(args.path, args, write=seconds is not None) as t:
+        info = t.call("history-interval", relpath=t.relpath, seconds=seconds)
+    every = f"one version per {info['seconds']} s" if info["seconds"] else "every commit"
+    print(f"PFS {info['pfs']}: history interval {info['seconds']} s ({every})")
+    return 0
 
 
 # -- undo -----------------------------------------------------------------------------------------

@@ -222,10 +222,12 @@ def _print_info(info: dict, volume: str, mountpoint: str | None) -> None:
         *([("Mounted on", mountpoint)] if mountpoint else []),
         ("Label", info["label"]),
         ("UUID", info["uuid"]),
-        ("Format version", str(FORMAT_VERSION)),
+        ("Format version", str(info.get("format_version", FORMAT_VERSION))),
         ("Size", _human(total)),
         ("Used", f"{_human(used)} ({used * 100 // total}%)"),
         ("Free", _human(info["free_bytes"])),
+        *([("Available", _human(info["avail_bytes"]) + " (what writes can still fill)")]
+          if "avail_bytes" in info else []),
         ("Big-blocks", f"{info['bigblocks_total']} of {_human(info['bigblock_size'])}: "
                        f"{info['bigblocks_free']} empty, "
                        f"{info['bigblocks_total'] - info['bigblocks_free'] - full} partly "

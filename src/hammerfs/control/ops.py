@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 from hammerfs.control import chunks as framing
@@ -16,8 +17,10 @@ from hammerfs.control import scrubbing
 from hammerfs.control.server import ControlContext, streamed, takes
 from hammerfs.errors import ErrnoError, HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
+from hammerfs.fs.layout import NOHISTORY
 from hammerfs.fs.namespace import Namespace
-from hammerfs.store.format import STORE_PFS
+from hammerfs.store.format import EXT_SHARED, STORE_PFS, extent_off
+from hammerfs.store.reblock import reblock
 from hammerfs.store.records import MAX_U64
 
 
@@ -49,6 +52,7 @@ def op_history(ctx: ControlContext, args: dict, conn) -> dict:
         fs, ino = history.resolve_version(ctx.ns, args.get("relpath", ""), args.get("tid"))
         vers = history.versions(fs, ino.obj_id)
         return {"obj_id": ino.obj_id, "pfs": fs.pfs, "mode": ino.mode,
+                "nohistory": bool(ino.flags & NOHISTORY),
                 "versions": [[v.tid, v.ts, v.size, v.deleted_tid] for v in vers]}
 
 
@@ -162,7 +166,9 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, relpath, changes=True)
         _require_writable_volume(ctx)
-        report = cleanup.cleanup(fs, force=bool(args.get("force")))
+    # the lock is held per directive, and per step of reblock (the mount serves in between)
+    report = cleanup.cleanup(fs, force=bool(args.get("force")), lock=ctx.lock)
+    with ctx.lock:
         ctx.ns.forget()  # pruned versions may be cached in views
         pd = ctx.store.get_pfs(fs.pfs)
         free = ctx.store.space().free_bytes
@@ -189,6 +195,52 @@ def op_config(ctx: ControlContext, args: dict, conn) -> dict:
         state = cleanup.load_state(ctx.store, fs.pfs)
         return {"pfs": fs.pfs, "text": stored.text if stored else cleanup.DEFAULT_CONFIG,
                 "stored": stored is not None, "last_run": state}
+
+
+@takes(relpath="str", on="bool?")
+def op_nohistory(ctx: ControlContext, args: dict, conn) -> dict:
+    """Show or set (``on``) the nohistory flag of the object at ``relpath``."""
+    relpath = args.get("relpath", "")
+    with ctx.lock:
+        fs, ino = ctx.ns.resolve(history.split_path(relpath))
+        if args.get("on") is not None:
+            if fs.is_history:
+                raise ReadOnly(f"{relpath or '/'}: a history view is read-only")
+            _require_writable(fs)
+            ino = fs.set_nohistory(ino.obj_id, bool(args["on"]))
+            fs.store.commit()
+            ctx.ns.forget()  # other views hold the inode cached
+        return {"obj_id": ino.obj_id, "nohistory": bool(ino.flags & NOHISTORY)}
+
+
+@takes(relpath="str", seconds="seconds?")
+def op_history_interval(ctx: ControlContext, args: dict, conn) -> dict:
+    """Show or set (``seconds``) the history interval of the PFS ``relpath`` is in."""
+    with ctx.lock:
+        seconds = args.get("seconds")
+        fs = _pfs_view(ctx, args.get("relpath", ""), changes=seconds is not None)
+        if seconds is not None:
+            _require_writable(fs)
+            history.set_history_interval(fs, seconds)
+            ctx.ns.forget()
+        return {"pfs": fs.pfs, "seconds": fs.history_interval()}
+
+
+@takes(relpath="str", fill="percent?", seconds="seconds?")
+def op_reblock(ctx: ControlContext, args: dict, conn) -> dict:
+    """`hammer reblock`: empty big-blocks below ``fill`` % (store/reblock.py), one step at a
+    time under the mount's lock, for at most ``seconds``."""
+    fill = args.get("fill") or 90
+    with ctx.lock:
+        _pfs_view(ctx, args.get("relpath", ""))
+        _require_writable_volume(ctx)
+        store = _volume(ctx)
+    seconds = args.get("seconds")
+    done = reblock(store, fill, lock=ctx.lock,
+                   deadline=time.monotonic() + seconds if seconds else None)
+    return {"bigblocks": done.bigblocks, "extents": done.extents, "nodes": done.nodes,
+            "bytes_moved": done.bytes_moved, "complete": done.complete,
+            "bigblocks_free": store.space().bigblocks_free}
 
 
 @takes(relpath="str")
@@ -269,6 +321,7 @@ def volume_info(store) -> dict:
     space = store.space()
     return {"label": store.label, "uuid": str(store.uuid), "total_bytes": space.total_bytes,
             "used_bytes": space.used_bytes, "free_bytes": space.free_bytes,
+            "avail_bytes": space.avail_bytes, "format_version": store.format_version,
             "bigblock_size": space.bigblock_size, "block_size": space.block_size,
             "bigblocks_total": space.bigblocks_total, "bigblocks_free": space.bigblocks_free,
             "fill": store.bigblock_fill(), "pfs_count": len(store.list_pfs()),
@@ -311,7 +364,9 @@ def show_lines(store, prefix: tuple[int, ...]) -> Iterator[str]:
         for k, v in zip(node.keys, node.vals, strict=True):
             if k[:len(prefix)] != prefix:
                 continue
-            where = f"data@{v[4]:#x}" if v[4] else "inline"
+            where = f"data@{extent_off(v[4]):#x}" if v[4] else "inline"
+            if v[4] & EXT_SHARED:
+                where += " shared"
             store.data_of(k, v)  # verifies the data checksum
             name = "store" if k[0] == STORE_PFS else f"{k[0]}"
             yield (f"{indent}  ELM {name}:{k[1]:#x}:{k[2]:#x}:{k[3]:#x} "
@@ -436,4 +491,7 @@ OPS = {
     "prune": op_prune,
     "cleanup": op_cleanup,
     "config": op_config,
+    "nohistory": op_nohistory,
+    "history-interval": op_history_interval,
+    "reblock": op_reblock,
 }

@@ -107,6 +107,9 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "str": lambda v: isinstance(v, str),
     "str?": lambda v: v is None or isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
+    "bool?": lambda v: v is None or isinstance(v, bool),
+    "seconds?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 32),
+    "percent?": lambda v: v is None or (type(v) is int and 1 <= v <= 100),
     "tid": lambda v: type(v) is int and 0 <= v < 1 << 64,
     "tid?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 64),
     "int?": lambda v: v is None or (type(v) is int and 0 <= v < 1 << 63),
@@ -114,13 +117,17 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
         type(x) is int and 0 <= x < 1 << 64 for x in v)),
 }
 _KIND_NAMES = {"str": "a string", "str?": "a string or null", "bool": "a boolean",
+               "bool?": "a boolean or null",
+               "seconds?": "whole seconds (0 to 2^32-1) or null",
+               "percent?": "a percentage (1 to 100) or null",
                "tid": "a TID (0 to 2^64-1)", "tid?": "a TID (0 to 2^64-1) or null",
                "int?": "a number (0 to 2^63-1) or null",
                "key?": "a list of up to 4 integers (0 to 2^64-1) or null"}
 
 
 def takes(*, required: tuple[str, ...] = (), **kinds: str) -> Callable[[Handler], Handler]:
-    """Declare an op's arguments (name=kind, kinds: str, str?, bool, tid, tid?, int?): the
+    """Declare an op's arguments (name=kind, kinds: str, str?, bool, bool?, seconds?,
+    percent?, tid, tid?, int?, key?): the
     server refuses a request whose arguments do not fit before the op runs."""
     def mark(handler: Handler) -> Handler:
         handler.arg_kinds = kinds  # type: ignore[attr-defined]

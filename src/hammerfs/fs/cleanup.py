@@ -7,8 +7,8 @@ times with a d/h/m/s suffix (a bare number is seconds), ``#`` starts a comment:
     prune     1d 5m      destroy history no kept snapshot needs (fs.history.prune), run time
     rebalance 1d 5m      accepted; not applicable (the B-tree rebalances as it goes)
     #dedup    1d 5m      accepted; not applicable (no dedup)
-    reblock   1d 5m      accepted; not applicable (freed blocks are reused directly)
-    recopy    30d 10m    accepted; not applicable (as reblock)
+    reblock   1d 5m      empty big-blocks less than 90 % full (store.reblock), run time
+    recopy    30d 10m    as reblock, every big-block not completely full
 
 A period of 0 disables a directive; a prune run time of 0 means unlimited.  ``snapshots 0 0``
 turns snapshots off and makes prune destroy all history (prune-everything), ``snapshots 0
@@ -23,6 +23,7 @@ at its next run.  docs/format.md documents both.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import time
@@ -34,7 +35,9 @@ from hammerfs.fs import history
 from hammerfs.fs.filesystem import FileSystem, FsError
 from hammerfs.fs.layout import Snapshot
 from hammerfs.store.api import RecordStore
+from hammerfs.store.reblock import reblock
 from hammerfs.store.records import MAX_U64, REC_CONFIG, REC_SNAPSHOT, ROOT_OBJ
+from hammerfs.store.store import Store
 
 CONFIG_KEY = 0
 STATE_KEY = 1
@@ -53,9 +56,8 @@ DIRECTIVES = ("snapshots", "prune", "rebalance", "dedup", "reblock", "recopy")
 NOT_APPLICABLE = {
     "rebalance": "the B-tree splits and merges as it changes",
     "dedup": "deduplication is not implemented",
-    "reblock": "space of destroyed records is reused directly",
-    "recopy": "space of destroyed records is reused directly",
 }
+REBLOCK_FILL = {"reblock": 90, "recopy": 100}  # % fill below which a big-block is emptied
 _UNITS = quantity.DURATION_UNITS
 MAX_PERIOD = 100 * 365 * 86400  # periods and retentions: up to a century
 
@@ -197,8 +199,30 @@ class CleanupReport:
 
 
 def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
-            note: str = "cleanup") -> CleanupReport:
-    """Run the due directives of ``fs``'s PFS (a live, writable view of a master)."""
+            note: str = "cleanup", lock=None) -> CleanupReport:
+    """Run the due directives of ``fs``'s PFS (a live, writable view of a master).
+    ``lock`` (a mount's) is held for each directive, and released between reblock's steps."""
+    with lock if lock is not None else contextlib.nullcontext():
+        report, state, before = _cleanup(fs, force, now_ns, note)
+    if state is None:
+        return report
+    now = time.time_ns() if now_ns is None else now_ns
+    config = load_config(fs.store, fs.pfs)
+    for name in ("reblock", "recopy"):  # online, in steps
+        _run_reblock(fs.store, name, config.get(name), state, now, force, report, lock)
+    with lock if lock is not None else contextlib.nullcontext():
+        store = fs.store
+        save_state(store, fs.pfs, state)
+        store.commit()
+        _thin_commit_log(store, now)
+        report.freed_bytes = max(0, store.space().free_bytes - before)
+    return report
+
+
+def _cleanup(fs: FileSystem, force: bool, now_ns: int | None,
+             note: str) -> tuple[CleanupReport, dict[str, int] | None, int]:
+    """The directives before reblock: (report, state to save or None when done, free bytes
+    at the start)."""
     store, pfs = fs.store, fs.pfs
     report = CleanupReport(pfs)
     now = time.time_ns() if now_ns is None else now_ns
@@ -206,7 +230,7 @@ def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
         for name in DIRECTIVES:
             report.say(name, "skip (a slave: its snapshots and history come from its master)")
         _thin_commit_log(store, now)
-        return report
+        return report, None, 0
     fs.check_writable()
     config = load_config(store, pfs)
     if config is None:
@@ -216,17 +240,36 @@ def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
     before = store.space().free_bytes
     _run_snapshots(fs, config.get("snapshots"), state, now, force, note, report)
     _run_prune(store, pfs, config, state, now, force, report)
-    for name in ("rebalance", "dedup", "reblock", "recopy"):
+    for name in ("rebalance", "dedup"):
         d = config.get(name)
         if d is None or d.period == 0:
             report.say(name, "disabled")
         else:
             report.say(name, f"not applicable ({NOT_APPLICABLE[name]})")
-    save_state(store, pfs, state)
-    store.commit()
-    _thin_commit_log(store, now)
-    report.freed_bytes = max(0, store.space().free_bytes - before)
-    return report
+    return report, state, before
+
+
+def _run_reblock(store: RecordStore, name: str, d: Directive | None, state: dict[str, int],
+                 now: int, force: bool, report: CleanupReport, lock) -> None:
+    if d is None or d.period == 0:
+        report.say(name, "disabled")
+        return
+    if not is_due(d.period, state.get(name), now, force):
+        report.say(name, "skip (period not elapsed)")
+        return
+    if not isinstance(store, Store):  # the in-memory store has no blocks to move
+        report.say(name, "not applicable (no on-disk volume)")
+        return
+    deadline = time.monotonic() + d.arg if d.arg else None
+    result = reblock(store, REBLOCK_FILL[name], deadline=deadline, lock=lock)
+    what = (f"{result.bigblocks} big-blocks emptied, {result.extents} extents and "
+            f"{result.nodes} nodes moved ({result.bytes_moved >> 20} MiB)")
+    if result.complete:
+        state[name] = now
+        report.say(name, f"run ({what})")
+    else:
+        report.say(name, f"run ({what}, stopped after {format_duration(d.arg)}; continues "
+                   f"at the next run)")
 
 
 def _thin_commit_log(store: RecordStore, now: int) -> None:

@@ -21,7 +21,10 @@ from hammerfs.fs.asof import as_of_attributes, is_history_view, restrict_to_live
 from hammerfs.fs.layout import (
     BLOCK,
     COLLISION_MASK,
+    HISTORY_KEY,
     NAME_MAX,
+    NOHISTORY,
+    PAGE,
     REC_DATA,
     REC_DIRENT,
     REC_INODE,
@@ -34,13 +37,14 @@ from hammerfs.fs.layout import (
     DirEntry,
     Inode,
     decode_dirent,
+    decode_history_config,
     decode_xattr,
     encode_dirent,
     encode_xattr,
     name_hash,
 )
 from hammerfs.store.api import RecordStore
-from hammerfs.store.records import MAX_U64, ROOT_OBJ
+from hammerfs.store.records import HISTORY_ALL, HISTORY_NONE, MAX_U64, REC_CONFIG, ROOT_OBJ
 
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
@@ -90,11 +94,54 @@ class FileSystem:
         # Objects known to have no xattrs: the kernel asks for security.capability on every
         # write and chown, and new files have none.  Written through like _inodes.
         self._no_xattrs: set[int] = set()
+        self._interval_ns: int | None = None  # the PFS's history interval, read once
+        # File extents this view wrote with new data in the open transaction (obj, key):
+        # the ones a later write next to them merges with.  (Slices of older extents made in
+        # this transaction are not: merging would copy old data the slice shares.)
+        self._fresh: set[tuple[int, int]] = set()
+        self._fresh_tid = 0
 
     def forget(self) -> None:
         """Drop cached inodes (after records were changed other than through this view)."""
         self._inodes.clear()
         self._no_xattrs.clear()
+        self._interval_ns = None
+
+    # -- history granularity: what each change passes as the store's history_ns -----------------
+    def history_interval(self) -> int:
+        """The PFS's history interval in seconds (0: every commit is kept); REC_CONFIG key
+        HISTORY_KEY, set by ``hammer history-interval``."""
+        rec = self.store.get((self.pfs, ROOT_OBJ, REC_CONFIG, HISTORY_KEY))
+        return decode_history_config(rec.data) if rec is not None else 0
+
+    def _hist(self, obj: int, ino: Inode | None = None) -> int:
+        """history_ns for a change to ``obj``'s records: none for a nohistory object,
+        else the PFS's interval."""
+        if ino is None:
+            ino = self._inodes.get(obj)
+            if ino is None:
+                rec = self.store.get(self._key(obj, REC_INODE))
+                ino = Inode.decode(obj, rec.data) if rec is not None else None
+        if ino is not None and ino.flags & NOHISTORY:
+            return HISTORY_NONE
+        if self._interval_ns is None:
+            self._interval_ns = self.history_interval() * 1_000_000_000 or HISTORY_ALL
+        return self._interval_ns
+
+    def _put(self, key: tuple[int, int, int, int], data: bytes, ino: Inode | None = None) -> None:
+        self.store.put(key, data, self._hist(key[1], ino))
+
+    def _delete(self, key: tuple[int, int, int, int]) -> bool:
+        return self.store.delete(key, self._hist(key[1]))
+
+    def set_nohistory(self, obj: int, on: bool) -> Inode:
+        """Set or clear an object's nohistory flag (new children inherit it)."""
+        self.check_writable()
+        ino = self.getattr(obj)
+        flags = ino.flags | NOHISTORY if on else ino.flags & ~NOHISTORY
+        if flags == ino.flags:
+            return ino
+        return self._put_inode(ino.evolve(flags=flags, ctime=now_ns()))
 
     # -- helpers -------------------------------------------------------------------------------
     def _key(self, obj: int, rec_type: int, key: int = 0) -> tuple[int, int, int, int]:
@@ -106,7 +153,7 @@ class FileSystem:
                            else f"history view as of 0x{self.asof:016x} is read-only")
 
     def _put_inode(self, ino: Inode) -> Inode:
-        self.store.put(self._key(ino.obj_id, REC_INODE), ino.encode())
+        self._put(self._key(ino.obj_id, REC_INODE), ino.encode(), ino)
         self._inodes[ino.obj_id] = ino
         return ino
 
@@ -222,8 +269,7 @@ class FileSystem:
     def _add_entry(self, dir_obj: int, name: bytes, child: Inode, key: int | None = None) -> None:
         if key is None:
             key = self._free_key(dir_obj, REC_DIRENT, name)
-        self.store.put(self._key(dir_obj, REC_DIRENT, key),
-                       encode_dirent(child.obj_id, child.mode, name))
+        self._put(self._key(dir_obj, REC_DIRENT, key), encode_dirent(child.obj_id, child.mode, name))
 
     def _new_child(self, dir_obj: int, name: bytes, mode: int, uid: int, gid: int,
                    rdev: int = 0) -> tuple[Inode, Inode, int]:
@@ -239,7 +285,7 @@ class FileSystem:
         obj = self.store.alloc_obj_id()
         is_dir = stat.S_ISDIR(mode)
         ino = Inode(obj, mode, uid, gid, 2 if is_dir else 1, 0, rdev, t, t, t, t,
-                    dir_obj if is_dir else 0)
+                    dir_obj if is_dir else 0, parent.flags & NOHISTORY)
         self._no_xattrs.add(obj)
         return parent, ino, key
 
@@ -271,7 +317,7 @@ class FileSystem:
         parent, ino, key = self._new_child(dir_obj, name, stat.S_IFLNK | 0o777, uid, gid)
         ino = ino.evolve(size=len(target))
         self._put_inode(ino)
-        self.store.put(self._key(ino.obj_id, REC_SYMLINK), target)
+        self._put(self._key(ino.obj_id, REC_SYMLINK), target, ino)
         self._add_entry(dir_obj, name, ino, key)
         self._touch_dir(parent, ino.ctime)
         return ino
@@ -311,9 +357,11 @@ class FileSystem:
             self._remove_object(ino.obj_id)
 
     def _remove_object(self, obj: int) -> None:
+        hist = self._hist(obj)
         self._inodes.pop(obj, None)
         self._no_xattrs.discard(obj)
-        self.store.delete_range(self._key(obj, 0, 0), self._key(obj, MAX_REC_TYPE, MAX_U64))
+        self.store.delete_range(self._key(obj, 0, 0), self._key(obj, MAX_REC_TYPE, MAX_U64),
+                                hist)
 
     def unlink(self, dir_obj: int, name: bytes) -> None:
         self.check_writable()
@@ -323,7 +371,7 @@ class FileSystem:
         if ino.is_dir:
             raise FsError(errno.EISDIR, f"{name.decode(errors='replace')}: is a directory")
         t = now_ns()
-        self.store.delete(self._key(dir_obj, REC_DIRENT, entry.key))
+        self._delete(self._key(dir_obj, REC_DIRENT, entry.key))
         self._drop_link(ino, t)
         self._touch_dir(parent, t)
 
@@ -352,7 +400,7 @@ class FileSystem:
         if not self._is_empty(ino.obj_id):
             raise FsError(errno.ENOTEMPTY, f"{name.decode(errors='replace')}: not empty")
         t = now_ns()
-        self.store.delete(self._key(dir_obj, REC_DIRENT, entry.key))
+        self._delete(self._key(dir_obj, REC_DIRENT, entry.key))
         self._drop_link(ino, t)
         self._touch_dir(parent, t, -1)
 
@@ -394,11 +442,11 @@ class FileSystem:
             if dst.is_dir and not self._is_empty(dst.obj_id):
                 raise FsError(errno.ENOTEMPTY, "destination directory is not empty")
         t = now_ns()
-        self.store.delete(self._key(old_dir, REC_DIRENT, entry.key))
+        self._delete(self._key(old_dir, REC_DIRENT, entry.key))
         dst_nlink_delta = 0
         if dst_entry is not None:
             dst = self.getattr(dst_entry.obj_id)
-            self.store.delete(self._key(new_dir, REC_DIRENT, dst_entry.key))
+            self._delete(self._key(new_dir, REC_DIRENT, dst_entry.key))
             self._drop_link(dst, t)
             if dst.is_dir:
                 dst_nlink_delta -= 1
@@ -458,19 +506,21 @@ class FileSystem:
         end = min(ino.size, offset + size)
         if offset >= end:
             return b""
-        first = offset - offset % BLOCK
-        last = (end - 1) - (end - 1) % BLOCK
-        lo, hi = self._key(obj, REC_DATA, first), self._key(obj, REC_DATA, last)
+        first = offset - offset % BLOCK  # extents never cross a window: none starts earlier
+        lo, hi = self._key(obj, REC_DATA, first), self._key(obj, REC_DATA, end - 1)
         blocks = [(rec.key, rec.data) for rec in self.store.scan(lo, hi, self.asof)]
-        if _dense(blocks, first, end):  # the common case: one join, no zero-filling
+        while blocks and blocks[0][0] + len(blocks[0][1]) <= offset:
+            del blocks[0]  # ends before the range
+        if blocks and blocks[0][0] <= offset and _dense(blocks, blocks[0][0], end):
+            first = blocks[0][0]  # the common case: one join, no zero-filling
             joined = b"".join(data for _key, data in blocks)
             return joined[offset - first:end - first]
-        buf = bytearray(end - first)  # zeros: holes and short blocks read as zero
+        buf = bytearray(end - offset)  # zeros: holes read as zero
         for key, data in blocks:
-            at = key - first
-            n = min(len(data), len(buf) - at)
-            buf[at:at + n] = memoryview(data)[:n]
-        return bytes(memoryview(buf)[offset - first:])
+            lo_b, hi_b = max(key, offset), min(key + len(data), end)
+            if lo_b < hi_b:
+                buf[lo_b - offset:hi_b - offset] = memoryview(data)[lo_b - key:hi_b - key]
+        return bytes(buf)
 
     def write(self, obj: int, offset: int, data: bytes | memoryview) -> int:
         self.check_writable()
@@ -478,30 +528,64 @@ class FileSystem:
         view = memoryview(data)
         end = offset + len(view)
         pos = offset
+        hist = self._hist(obj, ino)
         while pos < end:
-            block = pos - pos % BLOCK
-            inner = pos - block
-            n = min(BLOCK - inner, end - pos)
-            chunk = view[pos - offset:pos - offset + n]
-            if inner == 0 and (n == BLOCK or block + n >= ino.size):
-                payload = bytes(chunk)  # nothing of the old block survives
-            else:
-                payload = self._merge_block(obj, block, inner, chunk, ino.size)
-            self.store.put(self._key(obj, REC_DATA, block), payload)
-            pos += n
+            stop = min(end, pos - pos % BLOCK + BLOCK)
+            self._write_window(obj, pos, stop, view[pos - offset:stop - offset], ino.size, hist)
+            pos = stop
         t = now_ns()
         self._put_inode(ino.evolve(size=max(ino.size, end), mtime=t, ctime=t))
         return len(view)
 
-    def _merge_block(self, obj: int, block: int, inner: int, chunk: memoryview,
-                     size: int) -> bytes:
-        rec = self.store.get(self._key(obj, REC_DATA, block))
-        old = rec.data[:max(0, size - block)] if rec else b""
-        buf = bytearray(old)
-        if len(buf) < inner + len(chunk):
-            buf.extend(bytes(inner + len(chunk) - len(buf)))
-        buf[inner:inner + len(chunk)] = chunk
-        return bytes(buf)
+    def _write_window(self, obj: int, a: int, b: int, chunk: memoryview, size: int,
+                      hist: int) -> None:
+        """Write ``chunk`` at [a, b), inside one window: the new extent covers the pages the
+        write touches (their other bytes read from the file), merged with the extents this
+        transaction already made next to it (no history between them: they cost no new
+        version).  Extents of earlier transactions keep their untouched parts as slices of
+        their blocks (put_slice: nothing copied), so a 4 KiB write costs about 4 KiB."""
+        win = a - a % BLOCK
+        recs = [(r.key, r.data, r.create_tid) for r in self.store.scan(
+            self._key(obj, REC_DATA, win), self._key(obj, REC_DATA, win + BLOCK - 1))]
+        cur = self.store.current_tid
+        if self._fresh_tid != cur:
+            self._fresh.clear()
+            self._fresh_tid = cur
+        fresh = self._fresh
+        lo = a - a % PAGE
+        hi = b if b >= size else min(b + (-b % PAGE), size)
+        grown = True
+        while grown:  # take in the new extents of this transaction touching [lo, hi)
+            grown = False
+            for key, rdata, ctid in recs:
+                if ctid == cur and (obj, key) in fresh and key <= hi and \
+                        key + len(rdata) >= lo and (key < lo or key + len(rdata) > hi):
+                    lo, hi = min(lo, key), max(hi, key + len(rdata))
+                    grown = True
+        buf = bytearray(hi - lo)
+        for key, rdata, _ in recs:  # what the new extent keeps of the old bytes
+            s, e = max(key, lo), min(key + len(rdata), hi)
+            if s < e:
+                buf[s - lo:e - lo] = memoryview(rdata)[s - key:e - key]
+        buf[a - lo:b - lo] = chunk
+        room = self.store.room_for(len(buf))
+        for key, rdata, _ in recs:
+            rend = key + len(rdata)
+            if rend <= lo or key >= hi:
+                continue
+            at = self._key(obj, REC_DATA, key)
+            if rend > hi:  # the untouched tail stays, as a slice of the old extent
+                self.store.put_slice(self._key(obj, REC_DATA, hi), at, hi - key, rend - hi,
+                                     hist)
+            if key < lo:  # ...and the untouched head
+                self.store.put_slice(at, at, 0, lo - key, hist)
+            elif key != lo:
+                self.store.delete(at, hist)
+        # A volume too fragmented for one extent still takes the data, a page per record.
+        for at in range(lo, hi, room):
+            self.store.put(self._key(obj, REC_DATA, at), bytes(buf[at - lo:at - lo + room]),
+                           hist)
+            fresh.add((obj, at))
 
     def truncate(self, obj: int, size: int) -> Inode:
         self.check_writable()
@@ -509,16 +593,26 @@ class FileSystem:
             raise FsError(errno.EINVAL, "negative size")
         ino = self._file(obj)
         if size < ino.size:
-            tail = size - size % BLOCK
-            first_gone = tail if size % BLOCK == 0 else tail + BLOCK
-            self.store.delete_range(self._key(obj, REC_DATA, first_gone),
-                                    self._key(obj, REC_DATA, MAX_U64))
-            if size % BLOCK:
-                rec = self.store.get(self._key(obj, REC_DATA, tail))
-                if rec is not None and len(rec.data) > size - tail:
-                    self.store.put(self._key(obj, REC_DATA, tail), rec.data[:size - tail])
+            self.store.delete_range(self._key(obj, REC_DATA, size),
+                                    self._key(obj, REC_DATA, MAX_U64), self._hist(obj, ino))
+            if size % BLOCK:  # an extent across the new end is cut, so growing the file
+                # again shows zeros there: its whole pages as a slice, the last partial page
+                # copied (an extent's bytes past its end are zeros)
+                win = size - size % BLOCK
+                for rec in self.store.scan(self._key(obj, REC_DATA, win),
+                                           self._key(obj, REC_DATA, size - 1)):
+                    if rec.key + len(rec.data) > size:
+                        self._cut(obj, rec.key, rec.data, size - rec.key)
         t = now_ns()
         return self._put_inode(ino.evolve(size=size, mtime=t, ctime=t))
+
+    def _cut(self, obj: int, key: int, data: bytes, keep: int) -> None:
+        whole = keep - keep % PAGE
+        if whole:
+            at = self._key(obj, REC_DATA, key)
+            self.store.put_slice(at, at, 0, whole, self._hist(obj))
+        if keep > whole:
+            self._put(self._key(obj, REC_DATA, key + whole), data[whole:keep])
 
     # -- xattrs ------------------------------------------------------------------------------------
     def _find_xattr(self, obj: int, name: bytes) -> tuple[int, bytes] | None:
@@ -556,7 +650,7 @@ class FileSystem:
             raise FsError(errno.ENODATA, "no such attribute")
         key = found[0] if found is not None else self._free_key(obj, REC_XATTR, name)
         self._no_xattrs.discard(obj)
-        self.store.put(self._key(obj, REC_XATTR, key), encode_xattr(name, value))
+        self._put(self._key(obj, REC_XATTR, key), encode_xattr(name, value), ino)
         self._put_inode(ino.evolve(ctime=now_ns()))
 
     def removexattr(self, obj: int, name: bytes) -> None:
@@ -565,7 +659,7 @@ class FileSystem:
         found = self._find_xattr(obj, name)
         if found is None:
             raise FsError(errno.ENODATA, "no such attribute")
-        self.store.delete(self._key(obj, REC_XATTR, found[0]))
+        self._delete(self._key(obj, REC_XATTR, found[0]))
         self._put_inode(ino.evolve(ctime=now_ns()))
 
     # -- volume ----------------------------------------------------------------------------------
@@ -575,7 +669,7 @@ class FileSystem:
         return {
             "f_bsize": bsize, "f_frsize": bsize,
             "f_blocks": space.total_bytes // bsize,
-            "f_bfree": space.free_bytes // bsize, "f_bavail": space.free_bytes // bsize,
+            "f_bfree": space.free_bytes // bsize, "f_bavail": space.avail_bytes // bsize,
             "f_files": 1 << 32, "f_ffree": (1 << 32) - 1, "f_favail": (1 << 32) - 1,
             "f_namemax": NAME_MAX,
         }
@@ -588,14 +682,12 @@ class FileSystem:
 
 
 def _dense(blocks: list[tuple[int, bytes]], first: int, end: int) -> bool:
-    """True if ``blocks`` cover [first, end) with no hole and no short block before the end."""
+    """True if ``blocks`` cover [first, end) back to back, with no hole."""
     expect = first
     for key, data in blocks:
         if key != expect:
             return False
         expect += len(data)
-        if len(data) != BLOCK and expect < end:
-            return False
     return expect >= end
 
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from hammerfs.errors import ReadOnly
 from hammerfs.fs.filesystem import FileSystem, FsError, now_ns
 from hammerfs.fs.layout import (
+    HISTORY_KEY,
     REC_DATA,
     REC_INODE,
     REC_XATTR,
     Inode,
     Snapshot,
+    encode_history_config,
 )
 from hammerfs.fs.namespace import Namespace, format_tid
 from hammerfs.store.api import RecordStore
@@ -344,6 +346,20 @@ def remove_snapshot(fs: FileSystem, tid: int) -> bool:
     if removed:
         fs.store.commit()
     return removed
+
+
+# -- history granularity -----------------------------------------------------------------------
+def set_history_interval(fs: FileSystem, seconds: int) -> None:
+    """Keep one version per ``seconds`` of wall clock in the PFS of ``fs`` (0: every commit,
+    the default).  Stored as REC_CONFIG key HISTORY_KEY (not mirrored: each volume decides
+    its own); commits."""
+    key = (fs.pfs, ROOT_OBJ, REC_CONFIG, HISTORY_KEY)
+    if seconds:
+        fs.store.put(key, encode_history_config(seconds))
+    else:
+        fs.store.delete(key)
+    fs.store.commit()
+    fs.forget()
 
 
 # -- prune-everything ----------------------------------------------------------------------------

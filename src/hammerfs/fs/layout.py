@@ -8,8 +8,9 @@ Record keys are ``(pfs, obj_id, rec_type, key)``:
 - REC_DIRENT  (dir, 0x11, name_key): child obj_id + type + full name.  ``name_key`` is a
   31-bit name hash in bits 32..62 and a collision counter in the low 32 bits, so names with
   equal hashes get distinct keys and readdir can resume at ``key + 1``.
-- REC_DATA    (file, 0x10, block offset): up to BLOCK bytes of file data.  A missing block
-  is a hole; a block shorter than BLOCK reads as zeros after its end (up to the file size).
+- REC_DATA    (file, 0x10, byte offset, a multiple of PAGE): an extent of file data, at most
+  BLOCK bytes, never crossing a BLOCK-aligned window; live extents never overlap.  Bytes no
+  live extent covers are a hole (zeros up to the file size).
 - REC_SYMLINK (obj, 0x12, 0): the symlink target bytes.
 - REC_XATTR   (obj, 0x13, name_key): name + value, keyed like directory entries.
 - REC_ORPHAN  (ROOT_OBJ, 0x14, obj): an unlinked inode still open when the change was made;
@@ -34,12 +35,18 @@ REC_SYMLINK = 0x12
 REC_XATTR = 0x13
 REC_ORPHAN = 0x14
 
-BLOCK = 64 * 1024  # file data extent size; sparse files miss whole blocks
+BLOCK = 64 * 1024  # largest file data extent, and the window none crosses
+PAGE = 4096  # extents start at multiples of this; a write rewrites at most its edge pages
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 64 * 1024
 SYMLINK_MAX = 4095
 COLLISION_MASK = 0xFFFFFFFF
+
+NOHISTORY = 0x1  # inode flag: changes to this object keep no history (inherited by children)
+HISTORY_INTERVAL_MAX = 366 * 86400  # seconds
+HISTORY_KEY = 2  # REC_CONFIG key of a PFS's history settings (cleanup.py owns keys 0 and 1)
+_HISTORY_MAGIC = b"hammerfs-history 1\n"
 
 _INODE = struct.Struct("<B3xIIIIQQqqqqQI4x")
 INODE_VERSION = 1
@@ -151,3 +158,21 @@ class Snapshot:
     def decode(cls, raw: bytes) -> Snapshot:
         tid, ts = _SNAPSHOT.unpack_from(raw)
         return cls(tid, ts, raw[_SNAPSHOT.size:].decode("utf-8", "replace"))
+
+
+def encode_history_config(interval_s: int) -> bytes:
+    """The history settings record: ``hammerfs-history 1``, then ``interval <seconds>``."""
+    return _HISTORY_MAGIC + b"interval %d\n" % interval_s
+
+
+def decode_history_config(raw: bytes) -> int:
+    """The history interval in seconds (0: every commit is kept)."""
+    try:
+        if not raw.startswith(_HISTORY_MAGIC):
+            raise ValueError("bad magic")
+        key, value = raw[len(_HISTORY_MAGIC):].decode("ascii").split()
+        if key != "interval" or int(value) < 0:
+            raise ValueError(key)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptionError(f"history settings record is malformed: {raw[:64]!r}") from None

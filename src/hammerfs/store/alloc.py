@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hammerfs.errors import CorruptionError, NoSpace
+from hammerfs.errors import CorruptionError, FragmentedSpace, NoSpace
 from hammerfs.store.format import BITS_PER_PAGE, BLOCK, BLOCKS_PER_BIGBLOCK, CSUM_SIZE, checksum
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
@@ -37,6 +37,7 @@ class Allocator:
         self._recount()
         self.cursor = [0, 0]  # next block to try, per kind (META, DATA)
         self.window = [(0, 0), (0, 0)]  # per kind: a known free run [next, end) to append to
+        self.avoid = -1  # a big-block being emptied (store/reblock.py): never allocated from
         self.txn_allocated: set[int] = set()  # data extents allocated in the open transaction
         self.pending: list[tuple[int, int]] = []  # (block, count) freed, committed-state blocks
         self.dirty_pages: list[set[int]] = [set(), set()]
@@ -169,15 +170,22 @@ class Allocator:
         blocks.reverse()
         return blocks
 
+    def set_avoid(self, bb: int) -> None:
+        """Allocate nothing in big-block ``bb`` until called with -1 (reblock empties it)."""
+        self.avoid = bb
+        self.window = [(0, 0), (0, 0)]
+
     def _find(self, count: int, kind: int) -> int:
         cur = self.cursor[kind]
         bb = cur // BLOCKS_PER_BIGBLOCK
-        if cur and bb < self.bb_count:
+        if cur and bb < self.bb_count and bb != self.avoid:
             hit = self._run_in_bigblock(bb, count, cur)
             if hit is not None:
                 return hit
         other_bb = self.cursor[1 - kind] // BLOCKS_PER_BIGBLOCK
         capacity = BLOCKS_PER_BIGBLOCK - self.bb_used
+        if self.avoid >= 0:
+            capacity[self.avoid] = 0
         candidates = np.flatnonzero(capacity >= count)
         # prefer empty big-blocks (keeps data contiguous), then any not used by the other kind
         empty = candidates[self.bb_used[candidates] == 0]
@@ -187,7 +195,21 @@ class Allocator:
                 hit = self._run_in_bigblock(int(cand), count, 0)
                 if hit is not None:
                     return hit
+        if count <= self.free_blocks:
+            raise FragmentedSpace(f"no run of {count} free blocks on the volume "
+                                  f"({self.free_blocks} blocks free, fragmented)")
         raise NoSpace(f"no space left on volume (no run of {count} free blocks)")
+
+    def has_run(self, count: int, kind: int) -> bool:
+        """Would ``alloc(count, kind)`` find a contiguous run now?"""
+        nxt, end = self.window[kind]
+        if nxt + count <= end and self._range_free(nxt, count):
+            return True
+        try:
+            self._find(count, kind)
+        except NoSpace:
+            return False
+        return True
 
     def _range_free(self, block: int, count: int) -> bool:
         lo, hi = block // 8, (block + count - 1) // 8 + 1

@@ -10,6 +10,17 @@ next one with a strictly larger TID.  TIDs are 64-bit, strictly increasing, pers
 remounts and crashes; they are derived from the wall clock in ns where possible
 (``max(last + 1, time_ns())``).
 
+History granularity.  put, put_slice, delete and delete_range take ``history_ns``
+(records.HISTORY_ALL = 0, the default: the version a change ends is kept as history).  With
+N > 0 an ended version that was created in the same aligned N-ns wall-clock interval as the
+change (``create_ts // N == now // N``) is destroyed instead, and the version before it (if
+it ended where the dropped one began) lives on until now; with HISTORY_NONE every ended
+version is.  Never a version whose create_tid is at or below the *history floor*: the last
+TID committed before the store was opened, the highest snapshot TID put (REC_SNAPSHOT
+keys), and the last committed TID whenever ``changed_since`` ran (a mirror may hold what it
+returned: a slave must learn of every end of a version it holds).  So snapshots, mirroring
+and undo keep their meaning; only TIDs inside an interval stop being exact views.
+
 Reads.  ``asof=None`` means "now", including the uncommitted transaction.  ``asof=T`` shows
 the state as of the end of transaction T.
 
@@ -35,6 +46,7 @@ class SpaceInfo:
     bigblock_size: int
     bigblocks_total: int
     bigblocks_free: int  # completely empty big-blocks
+    avail_bytes: int  # what ordinary writes can still fill (statfs f_bavail, info "Available")
 
 
 class RecordStore(Protocol):
@@ -92,13 +104,24 @@ class RecordStore(Protocol):
         max TID is older (cost proportional to the change, for mirroring)."""
 
     # -- changes in the current transaction -------------------------------------------------
-    def put(self, reckey: RecKey, data: bytes) -> Record:
+    def put(self, reckey: RecKey, data: bytes, history_ns: int = 0) -> Record:
         """Create or replace the live version of ``reckey``."""
 
-    def delete(self, reckey: RecKey) -> bool:
+    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int,
+                  history_ns: int = 0) -> Record:
+        """Create or replace the live version of ``reckey`` with bytes ``[start, start +
+        length)`` of the live version of ``src`` (``start`` a multiple of 4096; both keys of
+        one (pfs, obj_id, rec_type) and in one 64 KiB key window).  The on-disk store shares
+        the blocks instead of copying them."""
+
+    def room_for(self, length: int) -> int:
+        """NoSpace unless a record of ``length`` bytes can be put now; ``length`` if its
+        data fits in one contiguous extent, else 4096 (store it in pieces of that size)."""
+
+    def delete(self, reckey: RecKey, history_ns: int = 0) -> bool:
         """End the live version of ``reckey``.  False if there was none."""
 
-    def delete_range(self, lo: RecKey, hi: RecKey) -> int:
+    def delete_range(self, lo: RecKey, hi: RecKey, history_ns: int = 0) -> int:
         """End every live record in range; returns how many."""
 
     # -- raw changes (mirroring, pruning, PFS rollback) ------------------------------------------

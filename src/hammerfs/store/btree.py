@@ -13,6 +13,7 @@ child's offset, checksum and aggregated max TID (HAMMER's mirror_tid) into its p
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left, bisect_right
 
 from hammerfs.errors import CorruptionError
@@ -32,7 +33,20 @@ from hammerfs.store.format import (
     leaf_entry_bytes,
 )
 
-CACHE_NODES = 8192
+# The cache of decoded clean nodes is sized in bytes: HAMMERFS_NODE_CACHE (a size such as
+# 512m; default 256 MiB), counted at NODE_MEMORY per node, what a decoded full leaf takes in
+# memory (its 4 KiB block holds ~45 entries, each a key and a value tuple of Python ints).
+NODE_CACHE_DEFAULT = 256 << 20
+NODE_MEMORY = 16 << 10
+
+
+def cache_nodes(env: dict[str, str] | None = None) -> int:
+    """How many decoded nodes the cache holds (HAMMERFS_NODE_CACHE / NODE_MEMORY)."""
+    from hammerfs.quantity import parse_size
+    raw = (os.environ if env is None else env).get("HAMMERFS_NODE_CACHE", "")
+    size = parse_size(raw, what="HAMMERFS_NODE_CACHE", minimum=NODE_MEMORY) if raw.strip() \
+        else NODE_CACHE_DEFAULT
+    return max(64, size // NODE_MEMORY)
 
 
 class Node:
@@ -57,6 +71,7 @@ class BTree:
         self.alloc = alloc
         self.root = root
         self.cache: dict[int, Node] = {}
+        self.cache_max = cache_nodes()
         self.dirty_count = 1 if root.dirty else 0
         self.node_reads = 0
 
@@ -96,8 +111,8 @@ class BTree:
 
     def _cache_put(self, node: Node) -> None:
         cache = self.cache
-        if len(cache) >= CACHE_NODES:
-            for old in list(cache)[: CACHE_NODES // 4]:
+        if len(cache) >= self.cache_max:  # the oldest quarter goes
+            for old in list(cache)[: self.cache_max // 4]:
                 del cache[old]
         cache[node.off] = node
 
@@ -179,6 +194,23 @@ class BTree:
                 if lo is not None and j + 1 < len(keys) and keys[j + 1] <= lo:
                     continue
                 yield from self.walk_nodes(self.child(node, j), depth + 1, lo, hi)
+
+    def relocate_scan(self, first: int, end: int) -> list[tuple[FullKey, LeafVal]]:
+        """For reblock: make every node stored in blocks [first, end) dirty (the commit
+        writes it elsewhere) and return the leaf entries whose data extent is there."""
+        found: list[tuple[FullKey, LeafVal]] = []
+
+        def visit(node: Node, path: list[tuple[Node, int]]) -> None:
+            if node.off and first <= node.off // BLOCK < end:
+                self._dirty_path(path, node)
+            if not node.level:
+                found.extend((k, v) for k, v in zip(node.keys, node.vals, strict=True)
+                             if v[4] and first <= v[4] // BLOCK < end)
+                return
+            for j in range(len(node.keys)):
+                visit(self.child(node, j), [*path, (node, j)])
+        visit(self.root, [])
+        return found
 
     # -- modification ----------------------------------------------------------------------------
     def _cow(self, node: Node) -> None:

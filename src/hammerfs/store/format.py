@@ -28,7 +28,8 @@ BLOCK = 4096
 BIGBLOCK = 8 << 20
 BLOCKS_PER_BIGBLOCK = BIGBLOCK // BLOCK
 MAGIC = b"HAMMERFS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this program writes; docs/format.md "Format versions"
+READABLE_VERSIONS = (1, 2)  # a v1 volume is a valid v2 volume without shared extents
 CSUM_SIZE = 16
 ZERO_CSUM = bytes(CSUM_SIZE)
 NODE_SIZE = BLOCK
@@ -40,6 +41,25 @@ COMMITLOG_OBJ = 0  # (STORE_PFS, 0, 0, key=tid, create_tid=tid) -> commit wall-c
 SCRUB_OBJ = 1  # (STORE_PFS, 1, 0, 0, 0) -> the scrub's progress and last result (store/scrub.py)
 
 FullKey = tuple[int, int, int, int, int]
+
+# Format 2: a data extent's blocks may be shared by several versions (a record cut from
+# another one references a slice of its blocks instead of copying them).  Bit 0 of the leaf
+# entry's data offset (always 4 KiB-aligned otherwise) marks such an extent; sharing is only
+# allowed between versions of one (pfs, obj_id, rec_type) whose keys lie in the same
+# SHARE_WINDOW-aligned window, so finding every co-owner of a block is a local scan.
+EXT_SHARED = 1
+SHARE_WINDOW = 64 << 10
+
+
+def extent_off(off: int) -> int:
+    """The byte offset of a leaf entry's data extent, without its flag bits."""
+    return off & ~(BLOCK - 1)
+
+
+def share_window(key: int) -> tuple[int, int]:
+    """The first and last key of the window ``key`` lies in."""
+    lo = key - key % SHARE_WINDOW
+    return lo, lo + SHARE_WINDOW - 1
 
 
 def checksum(data: bytes | bytearray | memoryview) -> bytes:
@@ -77,6 +97,7 @@ class Header:
     next_obj: int
     last_tid: int
     last_ts: int
+    version: int = FORMAT_VERSION  # as read; every commit writes FORMAT_VERSION
 
     @property
     def slot(self) -> int:
@@ -98,9 +119,10 @@ def decode_header(raw: bytes, where: str) -> Header:
     if raw[:8] != MAGIC:
         raise NoVolumeSignature(f"{where}: no hammerfs volume header")
     version = int.from_bytes(raw[8:12], "little")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise NotAVolume(f"{where}: hammerfs format version {version} is not supported "
-                         f"(this program reads version {FORMAT_VERSION})")
+                         f"(this program reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))})")
     body = raw[:_HEADER.size]
     if checksum(body) != raw[_HEADER.size:HEADER_SIZE]:
         raise CorruptionError(f"{where}: volume header checksum mismatch", 0)
@@ -111,7 +133,7 @@ def decode_header(raw: bytes, where: str) -> Header:
         raise NotAVolume(f"{where}: unsupported block size {bsize}/{bbsize}")
     return Header(seq, str(uuidlib.UUID(bytes=uid)), label.rstrip(b"\0").decode("utf-8", "replace"),
                   vbytes, root_off, root_csum, root_level, fm_pages, fm_tblocks, fm0, fm1,
-                  fm_csum, max_tid, next_obj, last_tid, last_ts)
+                  fm_csum, max_tid, next_obj, last_tid, last_ts, version)
 
 
 def header_claims(raw: bytes) -> Header | None:
@@ -142,7 +164,9 @@ _INNER = struct.Struct("<IQHQQQQ16s")
 INNER_ENTRY_SIZE = _INNER.size
 
 # A leaf value: (delete_tid, create_ts, delete_ts, data_len, data_off, data_csum, inline)
-# inline is the data bytes when data_off == 0, else None.
+# inline is the data bytes when data_off == 0, else None -- except in memory, for an extent
+# allocated in the open transaction whose data is not written yet (data_off > 0 and the bytes
+# in ``inline``): the store writes those at commit (store.Store._write_unwritten).
 LeafVal = tuple[int, int, int, int, int, bytes, "bytes | None"]
 
 

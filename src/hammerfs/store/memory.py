@@ -12,16 +12,20 @@ import threading
 import time
 from collections.abc import Iterator
 
-from hammerfs.errors import ReadOnly
+from hammerfs.errors import HammerError, NoSpace, ReadOnly
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.commitlog import doomed_entries
+from hammerfs.store.format import SHARE_WINDOW
 from hammerfs.store.pfs import PfsData, PfsTable
 from hammerfs.store.records import (
+    HISTORY_ALL,
+    REC_SNAPSHOT,
     ROOT_OBJ,
     RecKey,
     Record,
     check_delete_tid,
     check_raw_version,
+    check_slice,
 )
 
 FullKey = tuple[int, int, int, int, int]
@@ -44,6 +48,7 @@ class MemoryStore(PfsTable):
         self._commit_times: list[tuple[int, int]] = []
         self._dirty = False
         self._next_obj = ROOT_OBJ + 1
+        self._history_floor = 0  # see api.py "History granularity"
         if not readonly:
             self.put_pfs(0, PfsData(label=label))
 
@@ -122,36 +127,63 @@ class MemoryStore(PfsTable):
                 yield rec if with_data else _without_data(rec)
 
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
+        with self._lock:
+            self._history_floor = max(self._history_floor, self._last_committed)
         for rec in self.scan(lo, hi, history=True):
             if rec.create_tid >= since_tid or rec.delete_tid >= since_tid:
                 yield rec
 
     # -- changes ------------------------------------------------------------------------------
-    def put(self, reckey: RecKey, data: bytes) -> Record:
+    def put(self, reckey: RecKey, data: bytes, history_ns: int = HISTORY_ALL) -> Record:
         with self._lock:
             self._writable()
             now = time.time_ns()
+            if reckey[2] == REC_SNAPSHOT:
+                self._history_floor = max(self._history_floor, min(reckey[3], self._current))
             live = self.get(reckey)
-            if live is not None:
+            drop = live is not None and self._droppable(live, history_ns, now)
+            if live is not None and not drop:
                 self._end_or_drop(live, now)
             rec = Record(*reckey, self._current, 0, now, 0, bytes(data))
             self._store(rec)
+            if drop:
+                self._drop_version(live, now)
             return rec
 
-    def delete(self, reckey: RecKey) -> bool:
+    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int,
+                  history_ns: int = HISTORY_ALL) -> Record:
+        if reckey[:3] != src[:3] or reckey[3] // SHARE_WINDOW != src[3] // SHARE_WINDOW:
+            raise HammerError(f"put_slice: {reckey!r} and {src!r} are not in one key window")
+        with self._lock:
+            live = self.get(src)
+            if live is None:
+                raise HammerError(f"put_slice: no live version of {src!r}")
+            check_slice(start, length, len(live.data))
+            return self.put(reckey, live.data[start:start + length], history_ns)
+
+    def room_for(self, length: int) -> int:
+        if length > self.space().free_bytes:
+            raise NoSpace("no space left on volume")
+        return length
+
+    def delete(self, reckey: RecKey, history_ns: int = HISTORY_ALL) -> bool:
         with self._lock:
             self._writable()
             live = self.get(reckey)
             if live is None:
                 return False
-            self._end_or_drop(live, time.time_ns())
+            now = time.time_ns()
+            if self._droppable(live, history_ns, now):
+                self._drop_version(live, now)
+            else:
+                self._end_or_drop(live, now)
             return True
 
-    def delete_range(self, lo: RecKey, hi: RecKey) -> int:
+    def delete_range(self, lo: RecKey, hi: RecKey, history_ns: int = HISTORY_ALL) -> int:
         with self._lock:
             live = list(self.scan(lo, hi, with_data=False))
             for rec in live:
-                self.delete(rec.reckey)
+                self.delete(rec.reckey, history_ns)
             return len(live)
 
     def insert_raw(self, record: Record) -> bool:
@@ -193,8 +225,9 @@ class MemoryStore(PfsTable):
     # -- space and lifecycle ----------------------------------------------------------------------
     def space(self) -> SpaceInfo:
         used = sum(64 + len(r.data or b"") for r in self._records.values())
-        return SpaceInfo(self._total, used, max(0, self._total - used), 4096, 8 << 20,
-                         self._total >> 23, max(0, self._total - used) >> 23)
+        free = max(0, self._total - used)
+        return SpaceInfo(self._total, used, free, 4096, 8 << 20, self._total >> 23, free >> 23,
+                         free)
 
     def close(self) -> None:
         if not self.readonly:
@@ -216,6 +249,21 @@ class MemoryStore(PfsTable):
         self._next_obj = max(self._next_obj, rec.obj_id + 1)
         self._seen(max(rec.create_tid, rec.delete_tid))
         self._dirty = True
+
+    def _droppable(self, live: Record, history_ns: int, now: int) -> bool:
+        if not history_ns or live.create_tid == self._current or \
+                live.create_tid <= self._history_floor:
+            return False
+        return history_ns < 0 or live.create_ts // history_ns == now // history_ns
+
+    def _drop_version(self, live: Record, now: int) -> None:
+        """Destroy an intermediate version; the one it replaced lives on until now."""
+        self.destroy(live.reckey, live.create_tid)
+        i = bisect.bisect_right(self._keys, (*live.reckey, live.create_tid - 1)) - 1
+        if i >= 0 and self._keys[i][:4] == live.reckey:
+            prev = self._records[self._keys[i]]
+            if prev.delete_tid == live.create_tid:
+                self._records[prev.fullkey] = _with_delete(prev, self._current, now)
 
     def _end_or_drop(self, live: Record, now: int) -> None:
         """End a live version; one created in this transaction never existed durably, so it

@@ -31,6 +31,13 @@ REC_PFS = 0x15  # on (pfs 0, ROOT_OBJ, key = pfs id): a PfsData
 REC_SNAPSHOT = 0x16  # on (pfs, ROOT_OBJ, key = tid): snapshot metadata (mirrored)
 REC_CONFIG = 0x17  # on (pfs, ROOT_OBJ, key 0): cleanup config text (not mirrored)
 
+# How much history a change keeps of the version it ends (the ``history_ns`` argument of put,
+# put_slice, delete, delete_range): every committed version (HISTORY_ALL); only the last of
+# each wall-clock interval of N ns (N > 0); none (HISTORY_NONE, nohistory objects).  A version
+# at or below the store's history floor is always kept (see store/api.py).
+HISTORY_ALL = 0
+HISTORY_NONE = -1
+
 ROOT_OBJ = 1  # obj_id of every PFS's root directory; object ids from alloc_obj_id() are larger
 
 RecKey = tuple[int, int, int, int]
@@ -81,3 +88,13 @@ def check_delete_tid(create_tid: int, delete_tid: int) -> None:
     if delete_tid and not create_tid < delete_tid <= MAX_TID:
         raise HammerError(f"delete TID {delete_tid:#x} is out of range "
                           f"({create_tid + 1:#x}..{MAX_TID:#x})")
+
+
+def check_slice(start: int, length: int, src_len: int) -> None:
+    """put_slice's rule: a 4 KiB-aligned start, and an end on a 4 KiB boundary or at the
+    source's end (so an extent's bytes past its length are zeros in its last block)."""
+    end = start + length
+    if start < 0 or start % 4096 or length <= 0 or end > src_len or \
+            (end % 4096 and end != src_len):
+        raise HammerError(f"put_slice: [{start}, {end}) is not a 4 KiB-aligned slice of a "
+                          f"{src_len}-byte record")

@@ -16,6 +16,8 @@ import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
+
 from hammerfs.blockdev.base import BlockDevice
 from hammerfs.errors import (
     CorruptionError,
@@ -33,6 +35,7 @@ from hammerfs.store.format import (
     BIGBLOCK,
     BLOCK,
     COMMITLOG_OBJ,
+    EXT_SHARED,
     FORMAT_VERSION,
     INLINE_MAX,
     STORE_PFS,
@@ -42,19 +45,24 @@ from hammerfs.store.format import (
     LeafVal,
     checksum,
     decode_header,
+    extent_off,
     freemap_geometry,
     header_claims,
+    share_window,
 )
 from hammerfs.store.pfs import PfsData, PfsTable
 from hammerfs.store.records import (
+    HISTORY_ALL,
     MAX_DATA,
     MAX_PFS,
     MAX_U64,
+    REC_SNAPSHOT,
     ROOT_OBJ,
     RecKey,
     Record,
     check_delete_tid,
     check_raw_version,
+    check_slice,
 )
 
 log = logging.getLogger("hammerfs.heal")
@@ -64,6 +72,11 @@ SCAN_BATCH = 256
 SCAN_BATCH_DATA = 32
 COMMITLOG_KEY = (STORE_PFS, COMMITLOG_OBJ, 0)  # + (tid, tid): the commit log's entries
 COMMITLOG_BATCH = 16384
+# Data of extents put in the open transaction is kept in memory until commit (blocks are
+# allocated at once, so space is accounted and contiguity known): rewrites of the same record
+# before the commit cost no device write.  Past this many bytes it is written out early.
+UNWRITTEN_MAX = 32 << 20
+PREFETCH_EXTENTS = 64  # adjacent extents read with one device read (scans, at most 4 MiB)
 
 
 class Store(PfsTable):
@@ -74,7 +87,7 @@ class Store(PfsTable):
         self.readonly = readonly
         self.label = hdr.label
         self.uuid = hdr.uuid
-        self.format_version = FORMAT_VERSION
+        self.format_version = hdr.version  # a v1 volume becomes v2 at its first commit
         self._hdr = hdr
         self._alloc = alloc
         self._tree = tree
@@ -99,6 +112,11 @@ class Store(PfsTable):
         self.healer_factory: Callable | None = None
         self.damage = DamageCounts()
         self.stats = CommitStats()  # for metrics (`hammer up`'s exporter)
+        self._history_floor = hdr.last_tid  # versions at or below are never dropped
+        self._unwritten: set[FullKey] = set()  # entries whose extent data is still in memory
+        self._unwritten_bytes = 0
+        self._last_extent: tuple[int, bytes, bytes] = (0, b"", b"")  # off, csum, padded data
+        self._prefetched: dict[tuple[int, bytes], memoryview] = {}  # see _prefetch
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -143,7 +161,7 @@ class Store(PfsTable):
             # The free-map is redundant: rebuild it from what the B-tree references.
             alloc = Allocator.fresh(nblocks, hdr.fm_pages, regions[1] + hdr.fm_table_blocks
                                     + hdr.fm_pages, regions, hdr.fm_table_blocks)
-            for block, count in used_extents(tree):
+            for block, count in _distinct_runs(used_extents(tree), nblocks):
                 alloc.mark_used(block, count)
         tree.alloc = alloc
         store = cls(device, hdr, alloc, tree, readonly=readonly or device.readonly)
@@ -198,8 +216,10 @@ class Store(PfsTable):
             return done
 
     def _write_commit(self, done: int, ts: int) -> Header:
-        """Nodes and free-map, flush, header, flush: the new state is durable on return."""
-        writes = self._tree.flush()
+        """Data, nodes and free-map, flush, header, flush: the new state is durable on
+        return."""
+        writes = self._unwritten_data()
+        writes += self._tree.flush()
         self._alloc.release_pending()
         seq = self._hdr.seq + 1
         fm_writes, fm_csum = self._alloc.persist(seq % 2)
@@ -211,7 +231,8 @@ class Store(PfsTable):
                       next_obj=self._next_obj, last_tid=done, last_ts=ts)
         self.device.write(hdr.slot * BLOCK, hdr.encode())
         self.device.flush()
-        return hdr
+        self.format_version = FORMAT_VERSION
+        return replace(hdr, version=FORMAT_VERSION)
 
     def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
         with self._lock:
@@ -270,7 +291,7 @@ class Store(PfsTable):
             k, v = hit
             if k[:4] != reckey or (v[0] and tid >= v[0]):
                 return None
-            data = v[6] if not v[4] else self._data(k, v)
+            data = v[6] if v[6] is not None else self._data(k, v)
             return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def get_version(self, reckey: RecKey, create_tid: int) -> Record | None:
@@ -281,13 +302,14 @@ class Store(PfsTable):
             v = self._tree.exact((*reckey, create_tid))
             if v is None:
                 return None
-            data = v[6]
-            if v[4]:
-                raw = self.device.read(v[4], _blocks(v[3]) * BLOCK)
+            data = v[6]  # inline, or not written yet
+            if data is None:
+                off = extent_off(v[4])
+                raw = self.device.read(off, _blocks(v[3]) * BLOCK)
                 if checksum(raw) != v[5]:
-                    raise CorruptionError(f"data extent at offset {v[4]:#x} of record "
+                    raise CorruptionError(f"data extent at offset {off:#x} of record "
                                           f"{_fmt_key((*reckey, create_tid))} failed checksum "
-                                          "verification here too", v[4])
+                                          "verification here too", off)
                 data = raw[:v[3]]
             return _make_record(*reckey, create_tid, v[0], v[1], v[2], bytes(data))
 
@@ -312,6 +334,8 @@ class Store(PfsTable):
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
         _check_key(lo)
         _check_key(hi)
+        with self._lock:  # a mirror may now hold every committed version
+            self._history_floor = max(self._history_floor, self._last_committed)
         yield from self._batches(lo, hi, since_tid, SCAN_BATCH_DATA, lambda k, v: True, True)
 
     def _batches(self, lo: RecKey, hi: RecKey, since: int | None, batch: int, wanted,
@@ -324,32 +348,76 @@ class Store(PfsTable):
         while True:
             with self._lock:
                 found = self._tree.collect(cursor, end, batch, since)
-                records = [self._record(k, v, with_data) for k, v in found if wanted(k, v)]
+                picked = [(k, v) for k, v in found if wanted(k, v)]
+                if with_data:
+                    self._prefetch(picked)
+                records = [self._record(k, v, with_data) for k, v in picked]
+                self._prefetched.clear()
             yield from records
             if len(found) < batch:
                 return
             last = found[-1][0]
             cursor = (*last[:4], last[4] + 1)
 
+    def _prefetch(self, entries: list[tuple[FullKey, LeafVal]]) -> None:
+        """Read runs of extents that lie back to back on disk (a file written in one go) with
+        one device read each, and verify them into the extent cache that _extent consults:
+        a 1 MiB read of a file is then one read, not 16."""
+        runs: list[list[LeafVal]] = []
+        for _, v in entries:
+            if v[6] is not None:
+                continue
+            if runs and extent_off(runs[-1][-1][4]) + _blocks(runs[-1][-1][3]) * BLOCK == \
+                    extent_off(v[4]) and len(runs[-1]) < PREFETCH_EXTENTS:
+                runs[-1].append(v)
+            else:
+                runs.append([v])
+        for run in runs:
+            if len(run) < 2:
+                continue
+            start = extent_off(run[0][4])
+            raw = self.device.read(start, extent_off(run[-1][4]) + _blocks(run[-1][3]) * BLOCK
+                                   - start)
+            view = memoryview(raw)
+            for v in run:
+                at = extent_off(v[4]) - start
+                piece = view[at:at + _blocks(v[3]) * BLOCK]
+                if checksum(piece) == v[5]:  # else _extent reads it again and reports it
+                    self._prefetched[(extent_off(v[4]), v[5])] = piece
+
     def _record(self, k: FullKey, v: LeafVal, with_data: bool) -> Record:
         data = self._data(k, v) if with_data else None
         return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def _data(self, k: FullKey, v: LeafVal) -> bytes:
-        if not v[4]:
+        if v[6] is not None:  # inline, or not written yet
             return v[6]
-        length, off = v[3], v[4]
-        raw = self.device.read(off, _blocks(length) * BLOCK)
-        if checksum(raw) != v[5]:
-            return self._heal(k, v)
-        return raw if len(raw) == length else raw[:length]
+        raw = self._extent(k, v)
+        return raw if len(raw) == v[3] else raw[:v[3]]
+
+    def _extent(self, k: FullKey, v: LeafVal) -> bytes:
+        """The verified blocks of an external extent, padding included.  The last one read
+        is kept: a write into a record reads it, then cuts slices of it (put_slice)."""
+        off, csum = extent_off(v[4]), v[5]
+        last = self._last_extent
+        if last[0] == off and last[1] == csum:
+            return last[2]
+        hit = self._prefetched.pop((off, csum), None)
+        if hit is not None:
+            return bytes(hit)
+        raw = self.device.read(off, _blocks(v[3]) * BLOCK)
+        if checksum(raw) != csum:
+            raw = _padded(self._heal(k, v))
+        self._last_extent = (off, csum, raw)
+        return raw
 
     def _heal(self, k: FullKey, v: LeafVal) -> bytes:
         """A data extent failed its checksum on a read: the good bytes from the healer (a
         replica's copy of the same record version, checked against the checksum this leaf
         expects, then written back in place), else CorruptionError (EIO)."""
-        damage = CorruptionError(f"data extent at offset {v[4]:#x} ({v[3]} bytes) of record "
-                                 f"{_fmt_key(k)} failed checksum verification", v[4])
+        off = extent_off(v[4])
+        damage = CorruptionError(f"data extent at offset {off:#x} ({v[3]} bytes) of record "
+                                 f"{_fmt_key(k)} failed checksum verification", off)
         self.damage.found += 1
         good = None
         if self.healer is not None:
@@ -371,7 +439,9 @@ class Store(PfsTable):
 
     def verify_extent(self, k: FullKey, v: LeafVal) -> bool:
         """Does the data extent of leaf entry (k, v) match its checksum on disk (scrub)?"""
-        return not v[4] or checksum(self.device.read(v[4], _blocks(v[3]) * BLOCK)) == v[5]
+        if not v[4] or v[6] is not None:  # inline, or not written yet
+            return True
+        return checksum(self.device.read(extent_off(v[4]), _blocks(v[3]) * BLOCK)) == v[5]
 
     def rewrite_data(self, k: FullKey, v: LeafVal, data: bytes) -> bool:
         """Write ``data`` back over the damaged extent of (k, v), in place: only if the leaf
@@ -395,7 +465,7 @@ class Store(PfsTable):
         if self.readonly or self._broken is not None or self._closed:
             return False
         # The bytes the extent was written with: no B-tree change, nothing to commit.
-        self.device.write(v[4], _padded(data))
+        self.device.write(extent_off(v[4]), _padded(data))
         self.device.flush()
         return True
 
@@ -424,36 +494,106 @@ class Store(PfsTable):
             self._dirty = True
 
     # -- changes --------------------------------------------------------------------------------------
-    def put(self, reckey: RecKey, data: bytes) -> Record:
+    def put(self, reckey: RecKey, data: bytes, history_ns: int = HISTORY_ALL) -> Record:
         _check_key(reckey)
         _check_data(data)
         with self._lock:
             self._writable()
             now = time.time_ns()
-            cur = self._current
-            k = (*reckey, cur)
-            # One descent serves the lookup of the live version and both changes: the ended
-            # version and the new one sort next to each other in the same leaf.
-            path, leaf, i = self._tree.locate(k)
-            same_key = i >= 0 and leaf.keys[i][:4] == reckey
-            live = same_key and (leaf.vals[i][0] == 0 or cur < leaf.vals[i][0])
             ext = _ext_blocks(len(data))
-            # An inline update of a live record (an inode's nlink or mtime) goes with deletes
-            # (unlink, rmdir), so it may use the reserve that keeps deletes possible.
-            self._need(ext, privileged=live and ext == 0)
-            val = self._store_data(data, 0, now, 0)
-            if same_key:
-                lk, lv = leaf.keys[i], leaf.vals[i]
-                if lk[4] != cur and (lv[0] == 0 or cur < lv[0]):  # visible: end it
-                    self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
-            replaced = self._tree.upsert_at(path, leaf, k, val)
-            self._free_data(replaced)
-            self._dirty = True
-            self._next_obj = max(self._next_obj, reckey[1] + 1)
-            self._max_tid_seen = max(self._max_tid_seen, cur)
-            return _make_record(*reckey, cur, 0, now, 0, bytes(data))
+            if reckey[2] == REC_SNAPSHOT:  # the state a snapshot names is kept
+                self._history_floor = max(self._history_floor, min(reckey[3], self._current))
+            self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True),
+                          history_ns)
+            return _make_record(*reckey, self._current, 0, now, 0, bytes(data))
 
-    def delete(self, reckey: RecKey) -> bool:
+    def _put_val(self, reckey: RecKey, now: int, ext: int, make_val,
+                 history_ns: int = HISTORY_ALL) -> None:
+        """Replace the live version of ``reckey`` by ``make_val()`` (called once the space
+        for ``ext`` data blocks is known to be there)."""
+        cur = self._current
+        k = (*reckey, cur)
+        # One descent serves the lookup of the live version and both changes: the ended
+        # version and the new one sort next to each other in the same leaf.
+        path, leaf, i = self._tree.locate(k)
+        same_key = i >= 0 and leaf.keys[i][:4] == reckey
+        live = same_key and (leaf.vals[i][0] == 0 or cur < leaf.vals[i][0])
+        # An inline update of a live record (an inode's nlink or mtime) goes with deletes
+        # (unlink, rmdir), so it may use the reserve that keeps deletes possible.
+        self._need(ext, privileged=live and ext == 0)
+        val = make_val()
+        drop = None
+        if same_key:
+            lk, lv = leaf.keys[i], leaf.vals[i]
+            if lk[4] != cur and (lv[0] == 0 or cur < lv[0]):  # visible: end it
+                if history_ns and self._droppable(lk, lv, history_ns, now):
+                    drop = lk, lv  # ...or destroy it, once the new version references
+                    # what it shares of its blocks
+                else:
+                    self._tree.set_val_at(path, leaf, i, (cur, lv[1], now, *lv[3:]))
+        replaced = self._tree.upsert_at(path, leaf, k, val)
+        self._free_data(k, replaced)
+        if drop is not None:
+            self._drop_version(*drop, now)
+        if val[4] and val[6] is not None:  # data kept in memory until commit
+            self._unwritten.add(k)
+            self._unwritten_bytes += val[3]
+            if self._unwritten_bytes > UNWRITTEN_MAX:
+                _write_coalesced(self.device, self._unwritten_data())
+        self._dirty = True
+        self._next_obj = max(self._next_obj, reckey[1] + 1)
+        self._max_tid_seen = max(self._max_tid_seen, cur)
+
+    def put_slice(self, reckey: RecKey, src: RecKey, start: int, length: int,
+                  history_ns: int = HISTORY_ALL) -> Record:
+        """Create or replace the live version of ``reckey`` with bytes ``[start, start +
+        length)`` of the live version of ``src``.  ``start`` is a multiple of 4096, both keys
+        are of one (pfs, obj_id, rec_type) and in one 64 KiB key window (format.SHARE_WINDOW);
+        the slice ends on a multiple of 4096 or where the source ends (so the bytes after it
+        in its last block are zeros, as in every extent: its checksum is that of its data
+        zero-padded, the end-to-end checksum of mirroring).
+        A committed external extent is not copied: the new version references that slice of
+        its blocks (both are marked shared; a block is freed when no version in the window
+        references it any more).  Used to cut the part of a file extent a write leaves alone
+        and to truncate one."""
+        _check_key(reckey)
+        _check_key(src)
+        if reckey[:3] != src[:3] or share_window(reckey[3]) != share_window(src[3]):
+            raise HammerError(f"put_slice: {reckey!r} and {src!r} are not in one key window")
+        with self._lock:
+            self._writable()
+            hit = self._visible(src, self._current)
+            if hit is None:
+                raise HammerError(f"put_slice: no live version of {src!r}")
+            sk, sv = hit
+            check_slice(start, length, sv[3])
+            now = time.time_ns()
+            if sv[6] is not None or length <= INLINE_MAX:  # in memory or small: a copy
+                data = self._data(sk, sv)[start:start + length]
+                ext = _ext_blocks(length)
+                self._put_val(reckey, now, ext, lambda: self._store_data(data, 0, now, 0, True),
+                              history_ns)
+                return _make_record(*reckey, self._current, 0, now, 0, bytes(data))
+            raw = self._extent(sk, sv)
+            piece = raw[start:start + _blocks(length) * BLOCK]
+            val = (0, now, 0, length, (extent_off(sv[4]) + start) | EXT_SHARED,
+                   checksum(piece), None)
+            if not sv[4] & EXT_SHARED:
+                path, leaf, i = self._tree.locate(sk)
+                self._tree.set_val_at(path, leaf, i, (*sv[:4], sv[4] | EXT_SHARED, *sv[5:]))
+            self._put_val(reckey, now, 0, lambda: val, history_ns)
+            return _make_record(*reckey, self._current, 0, now, 0, piece[:length])
+
+    def room_for(self, length: int) -> int:
+        """Check that a record of ``length`` bytes can be put now: NoSpace if not; returns
+        ``length`` when its extent finds a contiguous run, else 4096 (the caller then stores
+        the data as records of at most 4096 bytes, which always fit while space is free)."""
+        with self._lock:
+            ext = _ext_blocks(length)
+            self._need(ext + ext // 16)  # ext // 16: leaf entries if it is cut into 4 KiB
+            return length if ext <= 1 or self._alloc.has_run(ext, DATA) else BLOCK
+
+    def delete(self, reckey: RecKey, history_ns: int = HISTORY_ALL) -> bool:
         _check_key(reckey)
         with self._lock:
             self._writable()
@@ -461,14 +601,19 @@ class Store(PfsTable):
             if live is None:
                 return False
             self._need(0, privileged=True)
-            self._end_or_drop(*live, time.time_ns())
+            now = time.time_ns()
+            if live[0][4] != self._current and history_ns and \
+                    self._droppable(*live, history_ns, now):
+                self._drop_version(*live, now)
+            else:
+                self._end_or_drop(*live, now)
             return True
 
-    def delete_range(self, lo: RecKey, hi: RecKey) -> int:
+    def delete_range(self, lo: RecKey, hi: RecKey, history_ns: int = HISTORY_ALL) -> int:
         with self._lock:
             live = list(self.scan(lo, hi, with_data=False))
             for rec in live:
-                self.delete(rec.reckey)
+                self.delete(rec.reckey, history_ns)
             return len(live)
 
     def insert_raw(self, record: Record) -> bool:
@@ -487,7 +632,9 @@ class Store(PfsTable):
                 return False
             self._need(_ext_blocks(len(data)))
             val = self._store_data(data, record.delete_tid, record.create_ts, record.delete_ts)
-            self._upsert(fk, val)
+            replaced = self._tree.upsert(fk, val)
+            self._free_data(fk, replaced)
+            self._dirty = True
             self._next_obj = max(self._next_obj, record.obj_id + 1)
             self._max_tid_seen = max(self._max_tid_seen, record.create_tid, record.delete_tid)
             return True
@@ -516,39 +663,93 @@ class Store(PfsTable):
             if self._tree.exact(fk) is None:
                 return False
             self._need(0, privileged=True)
-            self._free_data(self._tree.remove(fk))
+            self._free_data(fk, self._tree.remove(fk))
             self._dirty = True
             return True
+
+    def _droppable(self, k: FullKey, v: LeafVal, history_ns: int, now: int) -> bool:
+        """May ending this committed version destroy it (history granularity, api.py)?"""
+        if k[4] <= self._history_floor:
+            return False
+        return history_ns < 0 or v[1] // history_ns == now // history_ns
+
+    def _drop_version(self, k: FullKey, v: LeafVal, now: int) -> None:
+        """Destroy an intermediate version; the one it replaced lives on until now."""
+        self._free_data(k, self._tree.remove(k))
+        prev = self._tree.floor((*k[:4], k[4] - 1))
+        if prev is not None and prev[0][:4] == k[:4] and prev[1][0] == k[4]:
+            pv = prev[1]
+            self._tree.upsert(prev[0], (self._current, pv[1], now, *pv[3:]))
+        self._dirty = True
 
     def _end_or_drop(self, k: FullKey, v: LeafVal, now: int) -> None:
         """End a live version; one created in this transaction never existed durably, so it is
         dropped instead (no history inside a transaction)."""
         if k[4] == self._current:
-            self._free_data(self._tree.remove(k))
+            self._free_data(k, self._tree.remove(k))
         else:
             self._tree.upsert(k, (self._current, v[1], now, *v[3:]))
         self._dirty = True
 
-    def _upsert(self, k: FullKey, val: LeafVal) -> None:
-        replaced = self._tree.upsert(k, val)
-        if replaced is not None:
-            self._free_data(replaced)
-        self._dirty = True
-
-    def _store_data(self, data: bytes, dtid: int, cts: int, dts: int) -> LeafVal:
-        """Inline small data; write larger data to its own extent now (one pwrite)."""
+    def _store_data(self, data: bytes, dtid: int, cts: int, dts: int,
+                    defer: bool = False) -> LeafVal:
+        """Inline small data; give larger data its own extent: written now (one pwrite), or
+        with ``defer`` kept in the value until the commit writes it (_unwritten_data)."""
         n = len(data)
         if n <= INLINE_MAX:
             return (dtid, cts, dts, n, 0, ZERO_CSUM, bytes(data))
         nblocks = _blocks(n)
-        buf = _padded(data)
         block = self._alloc.alloc(nblocks, DATA)
+        if defer:
+            return (dtid, cts, dts, n, block * BLOCK, ZERO_CSUM, bytes(data))
+        buf = _padded(data)
         self.device.write(block * BLOCK, buf)
         return (dtid, cts, dts, n, block * BLOCK, checksum(buf), None)
 
-    def _free_data(self, val: LeafVal | None) -> None:
-        if val is not None and val[4]:
-            self._alloc.free(val[4] // BLOCK, _blocks(val[3]), data=True)
+    def _unwritten_data(self) -> list[tuple[int, bytes]]:
+        """The writes of every extent whose data is still in memory; their entries get the
+        checksum and lose the bytes.  In key order, so a file's extents are written in one
+        pass over contiguous blocks."""
+        writes = []
+        tree = self._tree
+        for k in sorted(self._unwritten):
+            path, leaf, i = tree.locate(k)
+            if i < 0 or leaf.keys[i] != k:
+                continue  # dropped since
+            v = leaf.vals[i]
+            if not v[4] or v[6] is None:
+                continue  # replaced since (by an inline or written value)
+            pad = -v[3] % BLOCK
+            buf = v[6] + bytes(pad) if pad else v[6]
+            tree.set_val_at(path, leaf, i, (*v[:5], checksum(buf), None))
+            writes.append((extent_off(v[4]), buf))
+        self._unwritten.clear()
+        self._unwritten_bytes = 0
+        return writes
+
+    def _free_data(self, k: FullKey, val: LeafVal | None) -> None:
+        """Release the blocks of a version just removed or replaced in the tree: all of
+        them, or for a shared extent those no other version in its window references."""
+        if val is None or not val[4]:
+            return
+        first, count = val[4] // BLOCK, _blocks(val[3])
+        if not val[4] & EXT_SHARED:
+            self._alloc.free(first, count, data=True)
+            return
+        lo, hi = share_window(k[3])
+        taken = bytearray(count)
+        for _, v in self._tree.collect((*k[:3], lo, 0), (*k[:3], hi, MAX_U64), 1 << 30):
+            if v[4] & EXT_SHARED:
+                b, n = v[4] // BLOCK, _blocks(v[3])
+                for x in range(max(b, first), min(b + n, first + count)):
+                    taken[x - first] = 1
+        run = None
+        for x in range(count + 1):
+            if x < count and not taken[x]:
+                run = x if run is None else run
+            elif run is not None:
+                self._alloc.free(first + run, x - run, data=True)
+                run = None
 
     def _need(self, data_blocks: int, privileged: bool = False) -> None:
         """Refuse a change that could leave the commit without room for its B-tree nodes.
@@ -573,8 +774,14 @@ class Store(PfsTable):
     def space(self) -> SpaceInfo:
         with self._lock:
             free = self._alloc.free_blocks
+            tree = self._tree
+            # What ordinary writes can still use: the reserve for deletes and commits and
+            # the B-tree entries of the data (one per 4 KiB at worst, 1/32 of it) held back.
+            spare = free - self._reserve - tree.dirty_count - 2 * (tree.height() + 2)
+            avail = max(0, spare - spare // 32)
             return SpaceInfo(self._nblocks * BLOCK, (self._nblocks - free) * BLOCK, free * BLOCK,
-                             BLOCK, BIGBLOCK, self._alloc.bb_count, self._alloc.bigblocks_free())
+                             BLOCK, BIGBLOCK, self._alloc.bb_count, self._alloc.bigblocks_free(),
+                             avail * BLOCK)
 
     def bigblock_fill(self) -> list[int]:
         """Blocks in use per big-block (for `hammer info`)."""
@@ -638,6 +845,16 @@ def used_extents(tree: BTree) -> Iterator[tuple[int, int]]:
             for v in node.vals:
                 if v[4]:
                     yield v[4] // BLOCK, _blocks(v[3])
+
+
+def _distinct_runs(extents: Iterator[tuple[int, int]], nblocks: int) -> Iterator[tuple[int, int]]:
+    """The runs of blocks covered by ``extents``, each block once (shared extents overlap)."""
+    used = np.zeros(nblocks + 1, dtype=np.int8)
+    for block, count in extents:
+        used[block:block + count] = 1
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], used))))
+    for start, end in zip(edges[::2], edges[1::2], strict=True):
+        yield int(start), int(end - start)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,165 @@
+"""Reblock: move live data extents and B-tree nodes out of sparsely used big-blocks.
+
+Freed blocks are reused directly, but after much create/delete/prune a volume ends up with
+most big-blocks partly used: free space in small holes, no long run for a 64 KiB extent (the
+file layer then stores 4 KiB extents) and reads of a file scattered over the disk.  Reblock
+empties the least-filled big-blocks one at a time (HAMMER's ``hammer reblock`` with a fill
+level): every extent and node stored in it is copied to blocks outside it (the allocator
+avoids it meanwhile), the leaf entries and parents are repointed, and a commit makes that
+durable.  The old blocks are freed by that commit.
+
+Each big-block is one step: at most 8 MiB copied and one commit, under the store's lock (or
+the mount's, ``lock``), so a mount serves its users between steps.  A crash at any point
+leaves the last committed state, which is always valid (copies go to blocks free in it); a
+run stops at a deadline and the next run simply starts again from the then least-filled
+big-block (nothing to resume: reblock keeps no state).
+
+Shared extents (format 2) move as a group: every version of the same 64 KiB key window
+whose blocks overlap is moved together, keeping their offsets relative to each other, so a
+shared block is still copied once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from hammerfs.errors import CorruptionError, NoSpace
+from hammerfs.store.alloc import DATA
+from hammerfs.store.format import (
+    BLOCK,
+    BLOCKS_PER_BIGBLOCK,
+    EXT_SHARED,
+    FullKey,
+    LeafVal,
+    checksum,
+    extent_off,
+    share_window,
+)
+from hammerfs.store.records import MAX_U64
+
+
+@dataclass
+class ReblockResult:
+    bigblocks: int = 0  # big-blocks emptied
+    extents: int = 0  # data extents moved
+    nodes: int = 0  # B-tree nodes rewritten elsewhere
+    bytes_moved: int = 0
+    complete: bool = True  # False: the deadline stopped it (run again to go on)
+
+
+def candidates(store, fill_percent: int) -> list[int]:
+    """Big-blocks in use below ``fill_percent`` % full, least filled first (never one that
+    holds the headers and free-map)."""
+    fill = store.allocator.bb_used
+    hdr = store.header
+    fixed = -(-(hdr.fm_region1 + hdr.fm_table_blocks + hdr.fm_pages) // BLOCKS_PER_BIGBLOCK)
+    limit = BLOCKS_PER_BIGBLOCK * fill_percent / 100
+    found = [bb for bb in range(fixed, len(fill)) if 0 < fill[bb] < limit]
+    return sorted(found, key=lambda bb: int(fill[bb]))
+
+
+def reblock(store, fill_percent: int = 90, *, deadline: float | None = None,
+            lock=None) -> ReblockResult:
+    """Empty every big-block below ``fill_percent`` % (least filled first), one commit per
+    big-block, until done or ``deadline`` (time.monotonic()).  ``lock``: held per step
+    instead of just the store's own (a mount's lock, so its views stay consistent)."""
+    result = ReblockResult()
+    tried: set[int] = set()
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            result.complete = False
+            return result
+        with lock if lock is not None else contextlib.nullcontext(), store._lock:
+            todo = [bb for bb in candidates(store, fill_percent) if bb not in tried]
+            if not todo:
+                return result
+            bb = todo[0]
+            tried.add(bb)
+            if not empty_bigblock(store, bb, result):
+                return result  # no room outside it: nothing more can move now
+
+
+def empty_bigblock(store, bb: int, result: ReblockResult) -> bool:
+    """Move everything stored in big-block ``bb`` elsewhere and commit.  False if the free
+    space outside it cannot take what it holds."""
+    alloc, tree = store.allocator, store.tree
+    store.commit()  # nothing pending: every extent is on disk, freed blocks are free
+    first, end = bb * BLOCKS_PER_BIGBLOCK, (bb + 1) * BLOCKS_PER_BIGBLOCK
+    held = int(alloc.bb_used[bb])
+    outside = alloc.free_blocks - (BLOCKS_PER_BIGBLOCK - held)
+    if outside < held + 4 * (tree.height() + 2) + store._reserve:
+        return False
+    alloc.set_avoid(bb)
+    try:
+        dirty_before = tree.dirty_count
+        entries = tree.relocate_scan(first, end)
+        result.nodes += tree.dirty_count - dirty_before
+        moved: set[FullKey] = set()
+        for k, v in entries:
+            if k in moved:
+                continue
+            group = _group(tree, k, v)
+            for base, count, members in _components(group):
+                if first <= base < end:
+                    _move(store, base, count, members)
+                    result.extents += len(members)
+                    result.bytes_moved += count * BLOCK
+                moved.update(mk for mk, _ in members)
+        store._dirty = True
+        store.commit()
+    except NoSpace:
+        store.commit()  # what moved so far is valid; the rest stays
+        return False
+    finally:
+        alloc.set_avoid(-1)
+    result.bigblocks += 1
+    return True
+
+
+def _group(tree, k: FullKey, v: LeafVal) -> list[tuple[FullKey, LeafVal]]:
+    """The versions whose blocks may overlap this entry's: itself, or for a shared extent
+    every shared version in its key window."""
+    if not v[4] & EXT_SHARED:
+        return [(k, v)]
+    lo, hi = share_window(k[3])
+    return [(gk, gv) for gk, gv in tree.collect((*k[:3], lo, 0), (*k[:3], hi, MAX_U64),
+                                                 1 << 30) if gv[4] & EXT_SHARED]
+
+
+def _components(group: list[tuple[FullKey, LeafVal]]):
+    """(first block, block count, members) of each set of entries whose blocks overlap."""
+    spans = sorted((v[4] // BLOCK, -(-v[3] // BLOCK), k, v) for k, v in group)
+    comp: list = []
+    start = stop = -1
+    for b, n, k, v in spans:
+        if comp and b < stop:
+            comp.append((k, v))
+            stop = max(stop, b + n)
+            continue
+        if comp:
+            yield start, stop - start, comp
+        comp, start, stop = [(k, v)], b, b + n
+    if comp:
+        yield start, stop - start, comp
+
+
+def _move(store, base: int, count: int, members: list[tuple[FullKey, LeafVal]]) -> None:
+    """Copy blocks [base, base + count) to a new run, verifying every member's checksum on
+    the way, and repoint the members.  The old run is freed by the commit."""
+    raw = store.device.read(base * BLOCK, count * BLOCK)
+    for _, v in members:
+        at = v[4] // BLOCK - base
+        if checksum(raw[at * BLOCK:(at + -(-v[3] // BLOCK)) * BLOCK]) != v[5]:
+            off = extent_off(v[4])
+            raise CorruptionError(f"reblock: data extent at offset {off:#x} failed checksum "
+                                  f"verification (scrub the volume)", off)
+    alloc, tree = store.allocator, store.tree
+    new = alloc.alloc(count, DATA)
+    store.device.write(new * BLOCK, raw)
+    for k, v in members:
+        path, leaf, i = tree.locate(k)
+        off = (new + v[4] // BLOCK - base) * BLOCK | (v[4] & EXT_SHARED)
+        tree.set_val_at(path, leaf, i, (*v[:4], off, *v[5:]))
+    alloc.free(base, count, data=False)
