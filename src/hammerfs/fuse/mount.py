@@ -30,6 +30,37 @@ COMMIT_INTERVAL = 1.0
 FUSE_DEVICE = "/dev/fuse"
 
 
+CACHE_ENV = "HAMMERFS_CACHE_MB"
+DEFAULT_CACHE_MB = 64
+INODE_BYTES = 512  # about what one cached decoded inode costs (dict slot + Inode)
+NODE_BYTES = 48 << 10  # about what one decoded B-tree node costs (measured: leaf of 4 KiB)
+NODE_SHARE = 3 / 4  # of the budget for decoded B-tree nodes, the rest for inodes
+
+
+def cache_budget_mb() -> int:
+    """The mount's cache budget in MiB: ``HAMMERFS_CACHE_MB`` (default 64)."""
+    text = os.environ.get(CACHE_ENV, "")
+    if not text:
+        return DEFAULT_CACHE_MB
+    try:
+        mb = int(text)
+    except ValueError:
+        raise HammerError(f"{CACHE_ENV}={text!r}: expected a number of MiB") from None
+    if not 4 <= mb <= 1 << 20:
+        raise HammerError(f"{CACHE_ENV}={text!r}: must be between 4 and 1048576 (MiB)")
+    return mb
+
+
+def apply_cache_budget() -> None:
+    """Size the caches of this process from the budget: decoded B-tree nodes (the store)
+    and decoded inodes (each view); what the kernel forgets is given back at once."""
+    from hammerfs.fs import filesystem
+    from hammerfs.store import btree
+    budget = cache_budget_mb() << 20
+    btree.CACHE_NODES = max(256, int(budget * NODE_SHARE) // NODE_BYTES)
+    filesystem.INODE_CACHE = max(1024, int(budget * (1 - NODE_SHARE)) // INODE_BYTES)
+
+
 class MountFailed(HammerError):
     """FUSE could not mount (or serve) the volume; the message says why when we can tell."""
 
@@ -125,17 +156,20 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
           readonly: bool = False, on_ready: Callable[[], None] | None = None,
           debug: bool = False, nfs: bool = False, history_perms: str = "current") -> None:
     """Mount and serve until unmounted; then commit and close the store.  ``nfs`` makes
-    the mount exportable by an NFS server (see ``fuse.adapter.run``); ``history_perms``
+    the mount exportable by an NFS server (its file handles hold the kernel inode numbers,
+    which ``fuse.inodes`` computes from object ids: they stay valid across remounts);
+    ``history_perms``
     see fs/asof.py."""
     from hammerfs.fuse.adapter import HammerOperations, run
 
     mountpoint = os.path.realpath(mountpoint)
     ensure_runtime_dir()  # refuse a squatted one now, not in the middle of FUSE init
+    apply_cache_budget()
     ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
-    ops = HammerOperations(ns, on_ready=lambda: ready())
-    ctx.invalidator = ops.invalidate
+    ops = HammerOperations(ns, on_ready=lambda: ready(), nfs=nfs)
+    ctx.changes = ops
     server = ControlServer(ctx, control_ops(), info={"asof": asof, "readonly": ns.readonly})
     committer = Committer(ns)
     ready_once = threading.Event()
@@ -152,8 +186,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
         if not ns.readonly:
             committer.start()
         try:
-            run(ops, mountpoint, fsname=volume,
-                readonly=ns.readonly, debug=debug, nfs=nfs)
+            run(ops, mountpoint, fsname=volume, readonly=ns.readonly, debug=debug)
         except HammerError:
             raise
         except Exception as exc:  # the FUSE binding's own errors (e.g. RuntimeError(4))
