@@ -462,6 +462,10 @@ class FileSystem:
         extents = sum(1 for _ in self.store.scan(lo, hi, self.asof, with_data=False))
         return min(extents * BLOCK, ino.size + 511 & ~511)
 
+    def regular_file(self, obj: int) -> Inode:
+        """The inode of ``obj``; EISDIR/EINVAL unless a regular file."""
+        return self._file(obj)
+
     def _file(self, obj: int) -> Inode:
         ino = self.getattr(obj)
         if ino.is_dir:
@@ -471,7 +475,12 @@ class FileSystem:
         return ino
 
     def read(self, obj: int, offset: int, size: int) -> bytes:
-        ino = self._file(obj)
+        return self.read_data(self._file(obj), offset, size)
+
+    def read_data(self, ino: Inode, offset: int, size: int) -> bytes:
+        """``read`` of a regular file whose inode the caller has: touches no cache of this
+        view, so it may run without the caller's lock (the store serialises its calls)."""
+        obj = ino.obj_id
         end = min(ino.size, offset + size)
         if offset >= end:
             return b""

@@ -376,7 +376,13 @@ class HammerOperations(pyfuse3.Operations):
     def _read(self, fh: int, off: int, size: int) -> bytes:
         with self.ns.lock:
             h = self._handle(fh)
-            return h.fs.read(h.obj_id, off, size)
+            if h.fs.asof is not None:  # a history view: prune may destroy its versions
+                return h.fs.read(h.obj_id, off, size)
+            ino = h.fs.regular_file(h.obj_id)
+        # The data of the live view is read without the filesystem lock (each store call
+        # is atomic under the store's own lock; prune destroys only history): metadata
+        # requests go on meanwhile.
+        return h.fs.read_data(ino, off, size)
 
     def _write(self, fh: int, off: int, buf: bytes) -> int:
         with self.ns.lock:
