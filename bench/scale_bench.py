@@ -78,52 +78,75 @@ def rss_mb(system) -> float:
     return 0.0
 
 
-def remount_cold(system) -> str:
-    system.umount()
-    drop_caches()
-    return system.mount()
-
-
-def scale(system, n: int) -> dict:
-    out: dict = {}
-    mnt = system.mount()
-    try:
-        os.makedirs(f"{mnt}/tree")
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", CREATE, f"{mnt}/tree", str(n),
-                               str(DIR_FILES), str(BATCH)], capture_output=True, text=True,
-                              check=True)
-        sh(f"sync -f {mnt}")
-        out["create"] = time.perf_counter() - t
-        out["batches"] = [float(x) for x in proc.stdout.split()]
-        out["rss_create"] = rss_mb(system)
-        mnt = remount_cold(system)
-        out["du_cold"] = timed(f"du -s {mnt}/tree")
-        out["rss_du"] = rss_mb(system)
-        out["du_warm"] = timed(f"du -s {mnt}/tree")
-        out["tar"] = timed(f"tar cf - -C {mnt} tree | wc -c")
-        out["rss_tar"] = rss_mb(system)
-        out["rm"] = timed(f"rm -rf {mnt}/tree && sync -f {mnt}")
-        out["rss_rm"] = rss_mb(system)
-    finally:
+def remount_cold(systems) -> None:
+    for system in systems:
         system.umount()
+    drop_caches()
+    for system in systems:
+        system.mount()
+
+
+def each(systems, results: dict, phase: str, cmd: str) -> None:
+    """One phase on every system, back to back (the load of this shared machine moves:
+    phases, not whole runs, are what the ratios compare)."""
+    for system in systems:
+        results[system.name][phase] = timed(cmd.format(mnt=system.mnt))
+
+
+def scale(systems, n: int) -> dict:
+    out: dict = {system.name: {} for system in systems}
+    for system in systems:
+        system.mount()
+    try:
+        for system in systems:
+            r = out[system.name]
+            os.makedirs(f"{system.mnt}/tree")
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", CREATE, f"{system.mnt}/tree", str(n),
+                                   str(DIR_FILES), str(BATCH)], capture_output=True, text=True,
+                                  check=True)
+            sh(f"sync -f {system.mnt}")
+            r["create"] = time.perf_counter() - t
+            r["batches"] = [float(x) for x in proc.stdout.split()]
+            r["rss_create"] = rss_mb(system)
+        remount_cold(systems)
+        each(systems, out, "du_cold", "du -s {mnt}/tree")
+        for system in systems:
+            out[system.name]["rss_du"] = rss_mb(system)
+        each(systems, out, "du_warm", "du -s {mnt}/tree")
+        each(systems, out, "tar", "tar cf - -C {mnt} tree | wc -c")
+        for system in systems:
+            out[system.name]["rss_tar"] = rss_mb(system)
+        each(systems, out, "rm", "rm -rf {mnt}/tree && sync -f {mnt}")
+        for system in systems:
+            out[system.name]["rss_rm"] = rss_mb(system)
+    finally:
+        for system in systems:
+            system.umount()
     return out
 
 
-def readers(system, read_mb: int) -> dict:
-    mnt = system.mount()
+def readers(systems, read_mb: int) -> dict:
+    out: dict = {system.name: {} for system in systems}
+    for system in systems:
+        system.mount()
     try:
-        for name in ("r1", "r2"):
-            sh(f"dd if=/dev/urandom of={mnt}/{name} bs=1M count={read_mb} conv=fsync")
-        mnt = remount_cold(system)
-        one = timed(f"cat {mnt}/r1 > /dev/null")
-        mnt = remount_cold(system)
-        two = timed(f"cat {mnt}/r1 > /dev/null & cat {mnt}/r2 > /dev/null; wait")
-        sh(f"rm -f {mnt}/r1 {mnt}/r2")
-        return {"read1": one, "read2": two, "read1_mbs": read_mb / one,
-                "read2_mbs": 2 * read_mb / two}
+        for system in systems:
+            for name in ("r1", "r2"):
+                sh(f"dd if=/dev/urandom of={system.mnt}/{name} bs=1M count={read_mb} "
+                   "conv=fsync")
+        remount_cold(systems)
+        each(systems, out, "read1", "cat {mnt}/r1 > /dev/null")
+        remount_cold(systems)
+        each(systems, out, "read2", "cat {mnt}/r1 > /dev/null & cat {mnt}/r2 > /dev/null; wait")
+        for system in systems:
+            sh(f"rm -f {system.mnt}/r1 {system.mnt}/r2")
+            r = out[system.name]
+            r["read1_mbs"], r["read2_mbs"] = read_mb / r["read1"], 2 * read_mb / r["read2"]
     finally:
-        system.umount()
+        for system in systems:
+            system.umount()
+    return out
 
 
 def latency_during(cmd: list[str], mnt: str) -> dict:
@@ -168,24 +191,24 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("run as root (drop_caches)")
     work = tempfile.mkdtemp(prefix="scale-bench-", dir=args.work)
-    results: dict = {}
     try:
         systems = [Hammer(work, True, args.volume_mb), Gocryptfs(work)]
         for n in args.files:
+            res = scale(systems, n)
             for system in systems:
-                r = scale(system, n)
-                results[(system.name, n)] = r
+                r = res[system.name]
                 print(f"{system.name:14s} N={n:>7d} create {r['create']:7.1f}s "
                       f"du cold {r['du_cold']:6.2f}s warm {r['du_warm']:6.2f}s "
                       f"tar {r['tar']:6.2f}s rm {r['rm']:6.2f}s  RSS MB create "
                       f"{r['rss_create']:.0f} du {r['rss_du']:.0f} tar {r['rss_tar']:.0f} "
                       f"rm {r['rss_rm']:.0f}  s/10k batch "
                       f"{' '.join(f'{b:.1f}' for b in r['batches'])}", flush=True)
-            hm, gc = results[(systems[0].name, n)], results[(systems[1].name, n)]
+            hm, gc = res[systems[0].name], res[systems[1].name]
             print("  ratios hammerfs/gocryptfs: " + "  ".join(
                 f"{k} {hm[k] / gc[k]:.2f}x" for k in
                 ("create", "du_cold", "du_warm", "tar", "rm", "rss_create", "rss_tar")),
                 flush=True)
+            print(f"  load average {os.getloadavg()[0]:.1f}", flush=True)
             mnt = systems[0].mount()
             try:
                 lat = latency_during([*HAMMER, "prune-everything", mnt], mnt)
@@ -194,8 +217,9 @@ def main() -> int:
             print(f"  hammerfs prune-everything after N={n}: {lat['op_s']:.1f}s, "
                   f"{lat['n']} probes, stat+readdir+statfs p50 {lat['p50_ms']:.1f} ms "
                   f"p99 {lat['p99_ms']:.1f} ms max {lat['max_ms']:.1f} ms", flush=True)
+        res = readers(systems, args.read_mb)
         for system in systems:
-            r = readers(system, args.read_mb)
+            r = res[system.name]
             print(f"{system.name:14s} cold readers of {args.read_mb} MiB: one "
                   f"{r['read1']:.2f}s ({r['read1_mbs']:.0f} MB/s), two at once "
                   f"{r['read2']:.2f}s ({r['read2_mbs']:.0f} MB/s together; one after the "

@@ -458,11 +458,14 @@ class HammerOperations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, b"..", self._attrs(fs, up, kino), 2):
                 return
         after = start - 3 if start >= 3 else -1
+        direct = self.table.is_current(fs)  # the same for every entry: asked once
         for n, entry in enumerate(fs.readdir(obj, after)):
             if n >= READDIR_BATCH:  # the kernel asks again from the last offset
                 break
             child = fs.getattr(entry.obj_id)
-            kino = self.table.ino_of(fs, child.obj_id)
+            kino = direct_ino(fs.pfs, child.obj_id, self.ns.pfs) if direct else None
+            if kino is None:
+                kino = self.table.ino_of(fs, child.obj_id)
             if not pyfuse3.readdir_reply(token, entry.name, self._attrs(fs, child, kino),
                                          entry.key + 3):
                 self.table.unused(kino)
