@@ -129,3 +129,12 @@ class ForkedMount:
 def slurp(path, mode="rb"):
     with open(path, mode) as f:
         return f.read()
+
+
+def errno_of(func, *args) -> int:
+    """The errno ``func(*args)`` fails with, 0 if it succeeds."""
+    try:
+        func(*args)
+    except OSError as exc:
+        return exc.errno
+    return 0

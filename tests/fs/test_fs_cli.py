@@ -156,8 +156,7 @@ def test_undo_restores_a_directory_tree_through_the_mount(mnt, tmp_path):
     mp = mnt.mountpoint
     make_tree(f"{mp}/d")
     tid = run_hammer("synctid", mp).stdout.strip()
-    # The copy kept at the TID is built the same way on a plain filesystem ('cp -a' from the
-    # mount would read a hard link's attributes from a kernel cache stale for up to 1 s).
+    # The copy kept at the TID is built the same way on a plain filesystem.
     make_tree(str(tmp_path / "copy"))
     then = tree_state(str(tmp_path / "copy"))
     wreck_tree(f"{mp}/d")

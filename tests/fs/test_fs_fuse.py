@@ -9,7 +9,7 @@ import random
 import stat
 
 import pytest
-from fs_helpers import ForkedMount, slurp, store_kinds
+from fs_helpers import ForkedMount, errno_of, slurp, store_kinds
 
 from hammerfs.control import ControlClient, find_mount
 
@@ -28,13 +28,6 @@ def synctid(path: str) -> int:
     info = find_mount(path)
     return ControlClient(info.socket_path).call("synctid")["tid"]
 
-
-def errno_of(func, *args):
-    try:
-        func(*args)
-    except OSError as exc:
-        return exc.errno
-    return 0
 
 
 def test_posix_basics_through_the_kernel(mnt):

@@ -1,18 +1,28 @@
-"""Hard links through the mount: every name shows the new link count as soon as the
-link/unlink/rename returns (libfuse's high-level API gives each name its own kernel inode)."""
+"""Hard links through the mount: one kernel inode per file, however many names, so every
+change through one name (link count, mode, owner, times, size) shows through the others at
+once, including in the kernel's permission checks for other users."""
 
 from __future__ import annotations
 
+import errno
 import os
+import pathlib
+import shutil
+import stat
 import subprocess
+import tempfile
 
-from fs_helpers import ForkedMount, memory_store
+from fs_helpers import ForkedMount, disk_store, memory_store
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hammerfs.fuse.adapter import LinkNames
-
-NAMES = [b"/a", b"/b", b"/c", b"/d", b"/e"]
+from hammerfs.fuse.inodes import (
+    OBJ_MASK,
+    ROOT_INODE,
+    SYNTHETIC,
+    direct_ino,
+    split_direct,
+)
 
 
 def test_other_names_show_link_count_and_cp_keeps_links(tmp_path):
@@ -53,39 +63,62 @@ def test_other_names_show_link_count_and_cp_keeps_links(tmp_path):
             assert os.stat(d / "z").st_nlink == 1
 
 
-@st.composite
-def ops(draw):
-    return draw(st.lists(st.tuples(st.sampled_from(["link", "unlink", "rename"]),
-                                   st.sampled_from(NAMES), st.sampled_from(NAMES)),
-                         max_size=40))
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           *argv], capture_output=True, text=True)
+
+
+def test_attribute_changes_through_one_name_show_through_every_name_at_once(tmp_path):
+    """chmod/chown/utimens/truncate of ``a`` are what ``b`` shows right away, and another
+    user's access through ``b`` is refused at once (the path-addressed adapter gave each
+    name its own kernel inode: ``b`` kept the old mode for up to a second)."""
+    top = tempfile.mkdtemp(prefix="hammerfs-links-", dir="/tmp")  # walkable by nobody
+    os.chmod(top, 0o755)
+    mp = pathlib.Path(top) / "m"
+    mp.mkdir()
+    with ForkedMount(lambda: disk_store(tmp_path), mp):
+        os.chmod(mp, 0o755)
+        a, b = mp / "a", mp / "b"
+        a.write_bytes(b"secret data")
+        os.chmod(a, 0o644)
+        os.link(a, b)
+        assert as_nobody("cat", str(b)).stdout == "secret data"  # b's attributes now cached
+        os.chmod(a, 0o600)
+        assert stat.S_IMODE(os.stat(b).st_mode) == 0o600
+        denied = as_nobody("cat", str(b))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        os.chown(a, 65534, 65534)
+        assert (os.stat(b).st_uid, os.stat(b).st_gid) == (65534, 65534)
+        assert as_nobody("cat", str(b)).stdout == "secret data"
+        os.utime(a, ns=(1_000_000_007, 2_000_000_009))
+        assert os.stat(b).st_mtime_ns == 2_000_000_009
+        os.truncate(a, 6)
+        assert os.stat(b).st_size == 6 and b.read_bytes() == b"secret"
+        assert os.stat(a).st_ino == os.stat(b).st_ino
+        os.unlink(a)
+        assert os.stat(b).st_nlink == 1
+    shutil.rmtree(top)
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops())
-def test_link_names_returns_exactly_the_other_names_whose_count_changed(steps):
-    """Against a flat namespace model: each op returns the other current names of the file
-    whose link count changed (every name of a multi-linked file was made by link)."""
-    files = {b"/a": 1, b"/b": 2}  # name -> file
-    table = LinkNames()
+@given(st.integers(0, 0x7FFF), st.integers(1, OBJ_MASK), st.integers(0, 0x7FFF))
+def test_inode_numbers_are_a_bijection_with_the_root_at_one(pfs, obj, root_pfs):
+    ino = direct_ino(pfs, obj, root_pfs)
+    assert ino is not None and 0 < ino < SYNTHETIC
+    assert split_direct(ino, root_pfs) == (pfs, obj)
+    assert (ino == ROOT_INODE) == ((pfs, obj) == (root_pfs, 1))
+    assert direct_ino(pfs, OBJ_MASK + 1, root_pfs) is None
+    assert direct_ino(0x8000, obj, root_pfs) is None
 
-    def others(file, but):
-        return sorted(n for n, f in files.items() if f == file and n != but)
 
-    for op, x, y in steps:
-        if op == "link" and x in files and y not in files:
-            files[y] = files[x]
-            got, want = table.linked((0, files[x]), x, y), others(files[x], y)
-        elif op == "unlink" and x in files:
-            file = files.pop(x)
-            got, want = table.removed(x), others(file, x)
-        elif op == "rename" and x in files:
-            if files.get(y) == files[x]:
-                got, want = table.renamed(x, y), []
-            else:
-                replaced = files.pop(y, None)
-                files[y] = files.pop(x)
-                want = [] if replaced is None else others(replaced, y)
-                got = table.renamed(x, y)
-        else:
-            continue
-        assert got == want, (op, x, y)
+def test_unknown_inode_numbers_are_refused(tmp_path):
+    from hammerfs.fs.namespace import Namespace
+    from hammerfs.fuse.inodes import InodeTable
+    from hammerfs.store.memory import MemoryStore
+    table = InodeTable(Namespace(MemoryStore(label="t")))
+    try:
+        table.resolve(SYNTHETIC | 12345)
+    except OSError as exc:
+        assert exc.errno == errno.ESTALE
+    else:
+        raise AssertionError("a synthetic number nobody handed out resolved")

@@ -88,7 +88,7 @@ def nfs_read(tmp_path, url: str) -> bytes:
 
 def drop_kernel_caches() -> None:
     """Make the kernel forget the mount's inodes, so that the NFS server's handles must be
-    opened by handle again (the case export support and noforget are for)."""
+    opened by handle again (the case export support is for)."""
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3")

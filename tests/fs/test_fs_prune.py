@@ -167,3 +167,52 @@ def test_full_store_unlinks_after_a_commit_and_prune_makes_room(tmp_path):
         assert fs.read(new, 0, 3 << 20) == chunk * 2
     finally:
         store.close()
+
+
+class StepLock:
+    """A lock that records how often it is taken and whether the store is scanned under it."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.taken = 0
+
+    def __enter__(self):
+        self.held = True
+        self.taken += 1
+
+    def __exit__(self, *exc):
+        self.held = False
+
+
+def test_prunes_take_the_lock_per_bounded_step_never_across_the_scan(store):
+    """Through a mount the prunes get the filesystem lock: they must take it per batch of
+    destroys, and scan between batches without it, so the mount keeps serving."""
+    from hammerfs.fs.history import prune
+
+    fs = FileSystem(store, 0)
+    obj = fs.create(R, b"f", 0o644).obj_id
+    for i in range(60):  # 60 committed rewrites: 60+ versions of history
+        fs.write(obj, 0, b"%d" % i)
+        store.commit()
+    take_snapshot(fs, "keep")
+    fs.write(obj, 0, b"after the snapshot")
+    store.commit()
+    lock = StepLock()
+    real_scan = store.scan
+
+    def scan(*args, **kwargs):
+        if kwargs.get("history"):  # the long scan over all versions of the PFS
+            assert not lock.held, "the store is scanned under the filesystem lock"
+        return real_scan(*args, **kwargs)
+
+    store.scan = scan
+    try:
+        assert prune(store, 0, lock=lock, batch=8).destroyed > 8
+        steps = lock.taken
+        assert steps > 3
+        destroyed = prune_everything(store, 0, lock=lock, batch=8)
+    finally:
+        del store.scan
+    assert destroyed > 1 and lock.taken - steps > 3
+    assert history_records(store, 0) == []
+    assert fs.read(obj, 0, 100) == b"after the snapshot"

@@ -156,7 +156,8 @@ def op_snaprm(ctx: ControlContext, args: dict, conn) -> dict:
 @takes(relpath="str")
 def op_prune_everything(ctx: ControlContext, args: dict, conn) -> dict:
     """Destroy all history of the PFS that ``relpath`` is in; report the space it freed."""
-    return _prune_pfs(ctx, args, history.prune_everything)
+    return _prune_pfs(ctx, args,
+                      lambda store, pfs, lock: history.prune_everything(store, pfs, lock=lock))
 
 
 @takes(relpath="str", force="bool")
@@ -246,17 +247,20 @@ def op_reblock(ctx: ControlContext, args: dict, conn) -> dict:
 @takes(relpath="str")
 def op_prune(ctx: ControlContext, args: dict, conn) -> dict:
     """Snapshot-driven prune of the PFS that ``relpath`` is in (fs.history.prune)."""
-    return _prune_pfs(ctx, args, lambda store, pfs: history.prune(store, pfs).destroyed)
+    return _prune_pfs(ctx, args,
+                      lambda store, pfs, lock: history.prune(store, pfs, lock=lock).destroyed)
 
 
 def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
-    """Run ``prune(store, pfs) -> versions destroyed`` and report the space it freed."""
+    """Run ``prune(store, pfs, lock) -> versions destroyed`` and report the space it freed.
+    The prune takes the filesystem lock per bounded step: the mount keeps serving."""
     relpath = args.get("relpath", "")
     with ctx.lock:
         fs = _pfs_view(ctx, relpath, changes=True)
         _require_writable_volume(ctx)
         before = ctx.store.space().free_bytes
-        destroyed = prune(ctx.store, fs.pfs)
+    destroyed = prune(ctx.store, fs.pfs, ctx.lock)
+    with ctx.lock:
         after = ctx.store.space().free_bytes
         ctx.ns.forget()  # cached views may hold versions that no longer exist
     ctx.invalidate(relpath)

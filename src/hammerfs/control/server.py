@@ -52,6 +52,9 @@ class ControlContext:
     lock: threading.RLock = field(default_factory=threading.RLock)
     extra: dict = field(default_factory=dict)
     invalidator: Callable[[str], None] | None = None
+    # the FUSE adapter (``begin_change() -> mark``, ``end_change(mark)``): after an op it
+    # invalidates the kernel's caches of whatever the op changed behind the kernel
+    changes: Any = None
 
     def invalidate(self, relpath: str) -> None:
         """Tell the kernel that ``relpath`` changed behind its back (call without the lock)."""
@@ -244,6 +247,7 @@ class ControlServer:
                                      "errno": 22})
                     return
                 check_args(op, handler, args)
+                mark = self.ctx.changes.begin_change() if self.ctx.changes else None
                 try:
                     if stream:
                         send_json(conn, {"ok": True, "stream": True})
@@ -252,6 +256,8 @@ class ControlServer:
                     result = handler(self.ctx, args, None)
                 finally:
                     self._after_op()
+                    if mark is not None:
+                        self.ctx.changes.end_change(mark)
                 send_json(conn, {"ok": True, "result": result or {}})
             except (HammerError, OSError, ValueError) as exc:
                 if not isinstance(exc, HammerError):

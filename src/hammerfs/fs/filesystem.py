@@ -51,6 +51,7 @@ XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 MAX_REC_TYPE = 0xFFFF
+INODE_CACHE = 65536  # decoded inodes a view keeps at most (~512 bytes each)
 
 
 class FsError(ErrnoError):
@@ -143,6 +144,11 @@ class FileSystem:
             return ino
         return self._put_inode(ino.evolve(flags=flags, ctime=now_ns()))
 
+    def drop(self, obj: int) -> None:
+        """Drop the cached inode of ``obj`` (the FUSE kernel forgot it: memory goes back)."""
+        self._inodes.pop(obj, None)
+        self._no_xattrs.discard(obj)
+
     # -- helpers -------------------------------------------------------------------------------
     def _key(self, obj: int, rec_type: int, key: int = 0) -> tuple[int, int, int, int]:
         return (self.pfs, obj, rec_type, key)
@@ -191,7 +197,7 @@ class FileSystem:
             live = self.store.get(self._key(obj, REC_INODE))
             if live is not None:
                 ino = restrict_to_live(ino, Inode.decode(obj, live.data))
-        if len(self._inodes) > 65536:
+        if len(self._inodes) > INODE_CACHE:
             self._inodes.clear()
         self._inodes[obj] = ino
         return ino
@@ -493,6 +499,21 @@ class FileSystem:
         return len(orphans)
 
     # -- file data -------------------------------------------------------------------------------
+    def allocated(self, ino: Inode) -> int:
+        """Bytes of file data ``ino`` has stored (``st_blocks``): holes count nothing.
+        A file of at most one extent is taken as dense (its only record is its data: no
+        scan on the hot path of small files); a larger one counts its extents (each up to
+        BLOCK bytes), capped at its size rounded to 512."""
+        if not ino.is_reg or ino.size <= BLOCK:
+            return ino.size
+        lo, hi = self._key(ino.obj_id, REC_DATA, 0), self._key(ino.obj_id, REC_DATA, MAX_U64)
+        extents = sum(1 for _ in self.store.scan(lo, hi, self.asof, with_data=False))
+        return min(extents * BLOCK, ino.size + 511 & ~511)
+
+    def regular_file(self, obj: int) -> Inode:
+        """The inode of ``obj``; EISDIR/EINVAL unless a regular file."""
+        return self._file(obj)
+
     def _file(self, obj: int) -> Inode:
         ino = self.getattr(obj)
         if ino.is_dir:
@@ -502,7 +523,12 @@ class FileSystem:
         return ino
 
     def read(self, obj: int, offset: int, size: int) -> bytes:
-        ino = self._file(obj)
+        return self.read_data(self._file(obj), offset, size)
+
+    def read_data(self, ino: Inode, offset: int, size: int) -> bytes:
+        """``read`` of a regular file whose inode the caller has: touches no cache of this
+        view, so it may run without the caller's lock (the store serialises its calls)."""
+        obj = ino.obj_id
         end = min(ino.size, offset + size)
         if offset >= end:
             return b""

@@ -13,6 +13,8 @@ import bisect
 import errno
 import stat
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from hammerfs.errors import ReadOnly
@@ -363,24 +365,41 @@ def set_history_interval(fs: FileSystem, seconds: int) -> None:
 
 
 # -- prune-everything ----------------------------------------------------------------------------
-def prune_everything(store: RecordStore, pfs: int) -> int:
+NO_LOCK = nullcontext()  # prunes of a volume this process alone uses take no lock
+
+
+def prune_everything(store: RecordStore, pfs: int, *,
+                     lock: AbstractContextManager = NO_LOCK, batch: int = 1024) -> int:
     """Destroy every version of ``pfs`` that is history (``delete_tid != 0``) and its
     snapshot records (their TIDs no longer name a readable state); keep the live state.
     The descriptor's ``sync_beg_tid`` moves to the current TID: nothing older is complete.
-    Commits; returns how many versions were destroyed.  Space comes back with the commit."""
-    pd = _prunable_pfs(store, pfs)
-    store.commit()  # uncommitted changes become ordinary versions first
+    Commits; returns how many versions were destroyed.  Space comes back with the commit.
+
+    ``lock`` (the mount's filesystem lock) is taken per bounded step (a commit, one batch
+    of destroys), never for the whole run: the mount keeps serving meanwhile.  The scan
+    between steps needs no lock (history does not change; new history is left for later)."""
+    with lock:
+        pd = _prunable_pfs(store, pfs)
+        store.commit()  # uncommitted changes become ordinary versions first
     lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)  # rec_type is u16
-    # Collected before destroying: a B-tree scan must not run under its own removals.
-    doomed = [(rec.reckey, rec.create_tid)
-              for rec in store.scan(lo, hi, history=True, with_data=False) if _prunable(rec)]
-    for reckey, create_tid in doomed:
-        store.destroy(reckey, create_tid)
-    store.commit()  # frees the space first: on a full volume the descriptor update needs it
-    store.put_pfs(pfs, pd.evolve(sync_beg_tid=store.current_tid, sync_beg_ts=time.time_ns()))
-    store.commit()
-    store.thin_commit_log()  # old commit times go coarse, not away (store/commitlog.py)
-    return len(doomed)
+    destroyed = 0
+    while True:
+        doomed, resume = _doomed_batch(store, lo, hi, _prunable, batch)
+        with lock:
+            for reckey, create_tid, _delete_tid in doomed:
+                store.destroy(reckey, create_tid)
+        destroyed += len(doomed)
+        if resume is None:
+            break
+        lo = resume
+    with lock:
+        store.commit()  # frees the space first: on a full volume the descriptor update needs it
+        pd = store.get_pfs(pfs)
+        store.put_pfs(pfs, pd.evolve(sync_beg_tid=store.current_tid, sync_beg_ts=time.time_ns()))
+        store.commit()
+    with lock:
+        store.thin_commit_log()  # old commit times go coarse, not away (store/commitlog.py)
+    return destroyed
 
 
 # -- prune (keep what the snapshots see) -----------------------------------------------------------
@@ -391,7 +410,8 @@ class PruneResult:
 
 
 def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
-          deadline: float | None = None, batch: int = 4096) -> PruneResult:
+          deadline: float | None = None, batch: int = 4096,
+          lock: AbstractContextManager = NO_LOCK) -> PruneResult:
     """HAMMER's snapshot-driven prune: destroy the history of ``pfs`` that no snapshot needs.
 
     The kept TIDs are the PFS's live snapshot records (REC_SNAPSHOT).  A version that ended
@@ -406,25 +426,29 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
     Works in batches (destroy, commit: the space comes back as it goes) and stops after
     ``deadline`` (time.monotonic()); the rule is stateless, so the next run continues.  The
     descriptor's ``sync_beg_tid`` moves past the latest destroyed deletion: a slave synced
-    to before it would miss that deletion, and the mirror refuses such an increment."""
-    pd = _prunable_pfs(store, pfs)
-    store.commit()
+    to before it would miss that deletion, and the mirror refuses such an increment.
+    ``lock`` is taken per step, as in ``prune_everything``."""
     now = time.time_ns() if now_ns is None else now_ns
-    store.thin_commit_log(now)  # the store's own history ages too (store/commitlog.py)
-    keep = sorted(snap.tid for snap in _snapshots(store, pfs))
+    with lock:
+        pd = _prunable_pfs(store, pfs)
+        store.commit()
+        store.thin_commit_log(now)  # the store's own history ages too (store/commitlog.py)
+        keep = sorted(snap.tid for snap in _snapshots(store, pfs))
     if not keep:
         return PruneResult(0, True)
     fine_after_ts = now - pd.prune_min * 1_000_000_000 if pd.prune_min else None
     lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
     destroyed, last_deleted, complete = 0, 0, True
     while True:
-        doomed, resume = _doomed_batch(store, lo, hi, keep, fine_after_ts, batch)
-        for reckey, create_tid, delete_tid in doomed:
-            store.destroy(reckey, create_tid)
-            if reckey[2] != REC_CONFIG:  # never mirrored: no slave misses its deletion
-                last_deleted = max(last_deleted, delete_tid)
+        doomed, resume = _doomed_batch(
+            store, lo, hi, lambda rec: _unneeded(rec, keep, fine_after_ts), batch)
+        with lock:
+            for reckey, create_tid, delete_tid in doomed:
+                store.destroy(reckey, create_tid)
+                if reckey[2] != REC_CONFIG:  # never mirrored: no slave misses its deletion
+                    last_deleted = max(last_deleted, delete_tid)
+            store.commit()
         destroyed += len(doomed)
-        store.commit()
         if resume is None:
             break
         if deadline is not None and time.monotonic() >= deadline:
@@ -432,14 +456,15 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
             break
         lo = resume
     if last_deleted:
-        pd = store.get_pfs(pfs)
-        if pd.sync_beg_tid <= last_deleted:
-            store.put_pfs(pfs, pd.evolve(sync_beg_tid=last_deleted + 1, sync_beg_ts=now))
-            store.commit()
+        with lock:
+            pd = store.get_pfs(pfs)
+            if pd.sync_beg_tid <= last_deleted:
+                store.put_pfs(pfs, pd.evolve(sync_beg_tid=last_deleted + 1, sync_beg_ts=now))
+                store.commit()
     return PruneResult(destroyed, complete)
 
 
-def _doomed_batch(store: RecordStore, lo, hi, keep: list[int], fine_after_ts: int | None,
+def _doomed_batch(store: RecordStore, lo, hi, doomed_if: Callable[[Record], bool],
                   batch: int):
     """Up to ``batch`` versions to destroy from ``lo`` on, and the key to resume at (None at
     the end).  Collected first: the versions are destroyed after the scan is closed."""
@@ -449,7 +474,7 @@ def _doomed_batch(store: RecordStore, lo, hi, keep: list[int], fine_after_ts: in
         for rec in scan:
             if len(doomed) >= batch:
                 return doomed, rec.reckey
-            if _unneeded(rec, keep, fine_after_ts):
+            if doomed_if(rec):
                 doomed.append((rec.reckey, rec.create_tid, rec.delete_tid))
     finally:
         scan.close()

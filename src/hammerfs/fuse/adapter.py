@@ -1,85 +1,52 @@
-"""The thin FUSE adapter: maps mfusepy's path-based requests onto a ``Namespace``.
+"""The FUSE adapter: pyfuse3's low-level, inode-addressed requests onto hammerfs views.
 
-This is the only module that imports the binding.  Requests are served one at a time (the
-single-threaded libfuse loop), each under the namespace's coarse lock, which the control
-channel and the commit thread share; errors become errno values (never tracebacks): OSErrors keep their errno,
-CorruptionError is EIO and is logged with its location, anything unexpected is logged and
-returned as EIO.
+This is the only module that imports the binding.  The kernel addresses files by inode number
+(``fuse.inodes``: stable numbers computed from PFS and object id, lookup counts), so a file
+has one kernel inode however many names it has, and an open file stays reachable after its
+last name is gone.
+
+Requests run on pyfuse3's trio loop.  Metadata requests are short and run inline under the
+namespace's lock (which the control channel and the commit thread share); big reads and
+writes and fsync run in worker threads (``trio.to_thread``), so the loop goes on taking
+requests while they wait.  Errors become errno values (never tracebacks): OSErrors keep their
+errno, CorruptionError is EIO and is logged with its location, anything unexpected is logged
+and returned as EIO.
+
+Caches are long (``CACHE_TTL``) and exact: every change made through the kernel updates its
+caches itself, and every change made behind it (control ops such as ``undo -r``, prune and
+cleanup, mirroring into a mounted slave, a chmod of an object whose history views the kernel
+holds) is invalidated precisely (``Invalidator``), from a thread outside the request loop.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
 import os
 import queue
-import stat
-import struct
+import signal
 import threading
-import time
 from collections.abc import Callable
-from ctypes.util import find_library
 from dataclasses import dataclass
 
-# Prefer libfuse3 (1 MiB requests, rename flags) when both major versions are installed.
-if "FUSE_LIBRARY_PATH" not in os.environ and "FUSE_LIBRARY_NAME" not in os.environ \
-        and find_library("fuse3"):
-    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
-
-import mfusepy  # noqa: E402  (must follow the library choice above)
+import pyfuse3
+import trio
 
 from hammerfs.errors import CorruptionError, HammerError
 from hammerfs.fs.filesystem import FileSystem, FsError
-from hammerfs.fs.layout import BLOCK, Inode
-from hammerfs.fs.namespace import Namespace
+from hammerfs.fs.layout import BLOCK, REC_DIRENT, Inode, decode_dirent
+from hammerfs.fs.namespace import Namespace, parse_magic
+from hammerfs.fuse.inodes import SYNTHETIC, InodeTable, direct_ino, generation
+from hammerfs.store.records import MAX_U64, ROOT_OBJ
 
 log = logging.getLogger("hammerfs.fuse")
 
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
-RENAME_EXCHANGE = 2
-SYNTHETIC_INO = 1 << 56  # inode numbers of history/other-PFS views start here
-MAX_REQUEST = 1 << 20  # largest read/write request the kernel may send
-FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asked for READDIRPLUS
-FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
-ENTRY_TTL = 60.0  # seconds the kernel keeps a name of a tree that changes only through it
-ATTR_TTL = 1.0  # seconds it keeps attributes that may change behind it (see run())
-READDIR_BATCH = 256  # entries produced per readdir call at most (a request holds fewer)
-FUSE_CAP_EXPORT_SUPPORT = 1 << 4  # libfuse3: the kernel may LOOKUP "." and ".." by node id
-INVALIDATE_WAIT = 0.2  # seconds a link/unlink/rename waits for its names' invalidation
-MAX_LINKED_NAMES = 65536  # names of multi-linked files remembered for invalidation
-
-
-def _stat_layout() -> tuple[struct.Struct, tuple[str, ...]]:
-    """A struct that writes a whole ``struct stat`` in one call (laid out from the binding's
-    c_stat, so it follows the platform), and the value names in the order it takes them."""
-    parts: list[tuple[int, str, type]] = []
-    for name, ctype, *_ in mfusepy.c_stat._fields_:
-        offset = getattr(mfusepy.c_stat, name).offset
-        if name.endswith("timespec"):
-            for sub, stype in ctype._fields_:
-                parts.append((offset + getattr(ctype, sub).offset, f"{name[:-4]}_{sub}", stype))
-        elif not name.startswith(("__", "reserved")):
-            parts.append((offset, name, ctype))
-    fmt, pos, names = "=", 0, []
-    for offset, name, ctype in sorted(parts):
-        fmt += "x" * (offset - pos)
-        size = ctypes.sizeof(ctype)
-        code = {8: "q", 4: "i", 2: "h"}[size]
-        fmt += code if ctype._type_.islower() else code.upper()
-        names.append(name)
-        pos = offset + size
-    fmt += "x" * (ctypes.sizeof(mfusepy.c_stat) - pos)
-    return struct.Struct(fmt), tuple(names)
-
-
-_STAT, _STAT_FIELDS = _stat_layout()
-
-
-def _b(path: str) -> bytes:
-    return path.encode("utf-8", "surrogateescape")
+CACHE_TTL = 3600.0  # seconds the kernel keeps names and attributes (invalidated exactly)
+THREADED_IO = 128 * 1024  # reads/writes of at least this many bytes run in a worker thread
+READDIR_BATCH = 256  # entries produced per readdir request at most
+ACL_XATTR = b"system.posix_acl_"  # POSIX ACLs are refused: cp -a / rsync -A fall back to chmod
+INVALIDATE_WAIT = 2.0  # seconds a control op waits for its invalidations to reach the kernel
 
 
 def _errno(exc: Exception, what: str, args: tuple) -> int:
@@ -100,16 +67,16 @@ def _errno(exc: Exception, what: str, args: tuple) -> int:
     return errno.EIO
 
 
-def _op(func: Callable) -> Callable:
-    """Serialise the request and turn every failure into an errno."""
+def _locked(func: Callable) -> Callable:
+    """A request served inline on the loop, under the namespace lock; failures -> errno."""
 
     @functools.wraps(func)
-    def wrapper(self: HammerOperations, *args):
+    async def wrapper(self: HammerOperations, *args):
         try:
             with self.ns.lock:
                 return func(self, *args)
         except Exception as exc:
-            raise mfusepy.FuseOSError(_errno(exc, func.__name__, args)) from None
+            raise pyfuse3.FUSEError(_errno(exc, func.__name__, args)) from None
 
     return wrapper
 
@@ -119,294 +86,282 @@ class Handle:
     fs: FileSystem
     obj_id: int
     append: bool = False
-    written: bool = False  # since the last flush: other names' attributes are stale
 
 
-class HammerOperations(mfusepy.Operations):
-    use_ns = True  # times in ns; unlinked-but-open files come with a None path and a handle
+class Invalidator:
+    """Sends the kernel its cache invalidations from a thread of its own: the kernel may
+    hold an invalidation until requests related to it are answered, so it must never run in
+    the request loop or under the namespace lock.  ``barrier`` lets a control op wait until
+    its invalidations are through (so the change shows when the command returns)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="hammerfs-invalidate",
+                                        daemon=True)
+        self._alive = False
+
+    def start(self) -> None:
+        self._alive = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Before the session is closed: nothing is sent after this returns."""
+        if self._alive:
+            self._alive = False
+            self._queue.put(None)
+            self._thread.join()
+
+    def inode(self, ino: int, attr_only: bool = False) -> None:
+        if self._alive:
+            self._queue.put(("inode", ino, attr_only))
+
+    def entry(self, parent: int, name: bytes) -> None:
+        if self._alive:
+            self._queue.put(("entry", parent, name))
+
+    def barrier(self, timeout: float = INVALIDATE_WAIT) -> None:
+        if self._alive:
+            done = threading.Event()
+            self._queue.put(("barrier", done))
+            done.wait(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            kind = item[0]
+            try:
+                if kind == "barrier":
+                    item[1].set()
+                elif kind == "inode":
+                    pyfuse3.invalidate_inode(item[1], item[2])
+                else:
+                    pyfuse3.invalidate_entry(item[1], item[2])
+            except OSError as exc:  # ENOENT: the kernel does not hold it (any more)
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF):
+                    log.warning("cache invalidation %s failed: %s", item[:2], exc)
+
+
+class HammerOperations(pyfuse3.Operations):
+    enable_acl = False
+    enable_writeback_cache = False
 
     def __init__(self, ns: Namespace, on_ready: Callable[[], None] | None = None,
-                 on_destroy: Callable[[], None] | None = None):
+                 *, nfs: bool = False):
+        super().__init__()
         self.ns = ns
+        self.supports_dot_lookup = nfs  # export support: NFS handles, LOOKUP of "." / ".."
         self._on_ready = on_ready
-        self._on_destroy = on_destroy
+        self.table = InodeTable(ns, on_forget=lambda fs, obj: fs.drop(obj))
+        self.invalidator = Invalidator()
         self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, tuple[FileSystem, int]] = {}
         self._next_fh = 1
-        self._inos: dict[tuple[int, int | None, int], int] = {}
-        self._packed: dict[int, tuple[Inode, bytes]] = {}  # st_ino -> (inode, its stat)
-        self._fh_lock = threading.Lock()
-        self._fuse_ptr: ctypes.c_void_p | None = None
-        self.export_support = False  # set by run(nfs=True)
-        self._links = LinkNames()
-        self._pending: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = \
-            queue.SimpleQueue()
+        self._blocks: dict[tuple[int, int | None, int], tuple[Inode, int]] = {}
+        self._slave_ends: dict[int, int] = {}  # slave PFS -> the sync point the kernel saw
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _ino(self, fs: FileSystem, obj: int) -> int:
-        if fs.pfs == self.ns.pfs and fs.asof is None:
-            return obj
-        key = (fs.pfs, fs.asof, obj)
-        ino = self._inos.get(key)
-        if ino is None:
-            ino = self._inos[key] = SYNTHETIC_INO + len(self._inos)
-        return ino
+    # -- helpers ---------------------------------------------------------------------------------
+    def _attrs(self, fs: FileSystem, ino: Inode, kino: int) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = kino
+        e.generation = generation(ino.btime)
+        e.entry_timeout = CACHE_TTL
+        e.attr_timeout = CACHE_TTL
+        e.st_mode = ino.mode
+        e.st_nlink = ino.nlink
+        e.st_uid = ino.uid
+        e.st_gid = ino.gid
+        e.st_rdev = ino.rdev
+        size = ino.size
+        if ino.is_symlink:  # exactly what readlink returns (PFS links report their state)
+            size = len(self.ns.readlink(fs, ino))
+        e.st_size = size
+        e.st_blksize = BLOCK
+        e.st_blocks = (self._allocated(fs, ino) + 511) // 512
+        e.st_atime_ns = ino.atime
+        e.st_mtime_ns = ino.mtime
+        e.st_ctime_ns = ino.ctime
+        return e
 
-    def _stat(self, fs: FileSystem, ino: Inode) -> bytes:
-        """``struct stat`` of ``ino``, packed, and kept while the view hands out the same
-        Inode object (views replace the object on every change)."""
-        st_ino = self._ino(fs, ino.obj_id)
-        cached = self._packed.get(st_ino)
+    def _allocated(self, fs: FileSystem, ino: Inode) -> int:
+        if not ino.is_reg or ino.size <= BLOCK:
+            return ino.size
+        key = (fs.pfs, fs.asof, ino.obj_id)
+        cached = self._blocks.get(key)
         if cached is not None and cached[0] is ino:
             return cached[1]
-        if len(self._packed) > 65536:
-            self._packed.clear()
-        packed = self._pack_stat(st_ino, ino)
-        self._packed[st_ino] = (ino, packed)
-        return packed
+        if len(self._blocks) > 4096:
+            self._blocks.clear()
+        n = fs.allocated(ino)
+        self._blocks[key] = (ino, n)
+        return n
 
-    @staticmethod
-    def _pack_stat(st_ino: int, ino: Inode) -> bytes:
-        """``struct stat`` of ``ino`` (st_dev stays 0: the kernel reports the mount's device
-        for every file of a FUSE mount, whatever we say)."""
-        atime_s, atime_ns = divmod(ino.atime, 1_000_000_000)
-        mtime_s, mtime_ns = divmod(ino.mtime, 1_000_000_000)
-        ctime_s, ctime_ns = divmod(ino.ctime, 1_000_000_000)
-        values = {
-            "st_dev": 0, "st_ino": st_ino, "st_nlink": ino.nlink,
-            "st_mode": ino.mode, "st_uid": ino.uid, "st_gid": ino.gid, "st_rdev": ino.rdev,
-            "st_size": ino.size, "st_blksize": BLOCK, "st_blocks": (ino.size + 511) // 512,
-            "st_atime_tv_sec": atime_s, "st_atime_tv_nsec": atime_ns,
-            "st_mtime_tv_sec": mtime_s, "st_mtime_tv_nsec": mtime_ns,
-            "st_ctime_tv_sec": ctime_s, "st_ctime_tv_nsec": ctime_ns,
-        }
-        return _STAT.pack(*[values.get(name, 0) for name in _STAT_FIELDS])
+    def _entry(self, fs: FileSystem, ino: Inode) -> pyfuse3.EntryAttributes:
+        """An entry handed to the kernel: one more lookup reference."""
+        kino = self.table.ino_of(fs, ino.obj_id)
+        self.table.looked_up(kino)
+        return self._attrs(fs, ino, kino)
+
+    def _get(self, kino: int) -> tuple[FileSystem, Inode]:
+        fs, obj = self.table.resolve(kino)
+        return fs, fs.getattr(obj)
+
+    def _dir(self, kino: int) -> tuple[FileSystem, Inode]:
+        fs, ino = self._get(kino)
+        if not ino.is_dir:
+            raise FsError(errno.ENOTDIR, "not a directory")
+        return fs, ino
+
+    def _new_name(self, parent: int, name: bytes) -> tuple[FileSystem, Inode]:
+        fs, dir_ino = self._dir(parent)
+        if parse_magic(name) is not None:
+            raise FsError(errno.EROFS if b"@@" in name else errno.EINVAL,
+                          "history and PFS names are read-only")
+        return fs, dir_ino
 
     def _new_fh(self, handle: Handle) -> int:
-        with self._fh_lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._handles[fh] = handle
-            return fh
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
 
-    def _handle(self, fh) -> Handle:
+    def _handle(self, fh: int) -> Handle:
         handle = self._handles.get(fh)
         if handle is None:
             raise FsError(errno.EBADF, "stale file handle")
         return handle
 
-    def _target(self, path: bytes | None, fh: int | None) -> tuple[FileSystem, Inode]:
-        """What a request is about: the open file ``fh`` if the kernel named one, else the
-        object at ``path``."""
-        handle = self._handles.get(fh) if fh else None
-        if handle is not None:
-            return handle.fs, handle.fs.getattr(handle.obj_id)
-        if path is None:
-            raise FsError(errno.ENOENT, "no path")
-        return self.ns.resolve(path)
-
-    def _resolve(self, path: str | None, fh=None) -> tuple[FileSystem, Inode]:
-        return self._target(None if path is None else _b(path), fh)
-
-    def _parent(self, path: str) -> tuple[FileSystem, Inode, bytes]:
-        return self.ns.resolve_parent(_b(path))
-
-    @staticmethod
-    def _caller() -> tuple[int, int]:
-        uid, gid, _pid = mfusepy.fuse_get_context()
-        return uid, gid
+    def _live_changed(self, fs: FileSystem, obj: int) -> None:
+        """A live object's attributes changed: history views restrict their permission
+        bits by the live ones (fs/asof.py), so the kernel's copies of those go stale."""
+        for kino in self.table.synthetic_of(fs.pfs, obj):
+            self.invalidator.inode(kino, attr_only=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def init(self, path):
-        if hasattr(mfusepy._libfuse, "fuse_invalidate_path"):
-            self._fuse_ptr = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
-            threading.Thread(target=self._invalidate_loop, name="hammerfs-invalidate",
-                             daemon=True).start()
+    def init(self) -> None:
+        self.invalidator.start()
+        with self.ns.lock:
+            self._slave_ends = self._sync_points()
         if self._on_ready:
             self._on_ready()
 
-    def invalidate(self, path: str) -> None:
-        """Drop the kernel's cached attributes and pages of ``path`` after a change made
-        outside FUSE requests (undo restore through the control channel).  Call it without
-        holding the namespace lock: the kernel may wait for requests that need it."""
-        if self._fuse_ptr is not None:
-            mfusepy._libfuse.fuse_invalidate_path(self._fuse_ptr, _b("/" + path.strip("/")))
-
-    def _invalidate_loop(self) -> None:
-        """Invalidate the names queued by requests, outside the request thread: the kernel
-        may wait for page locks held by requests queued behind the one being served."""
-        while (item := self._pending.get()) is not None:
-            paths, done = item
-            for path in paths:
-                if self._fuse_ptr is not None:
-                    mfusepy._libfuse.fuse_invalidate_path(self._fuse_ptr, path)
-            done.set()
-
-    def _invalidate_later(self, paths: list[bytes]) -> None:
-        """Have the other names of a file whose link count changed re-read their attributes.
-
-        libfuse's high-level API gives each name its own kernel inode, so the kernel does not
-        know that ``a`` changed when ``b`` was linked or removed.  The invalidation runs in
-        the background thread; the request waits for it a short while, so in the normal case
-        the change is visible when the syscall returns (``ln a b && cp -a a b dst`` keeps the
-        link), and when the kernel holds it up the request returns anyway (no deadlock) and
-        the invalidation lands right after."""
-        if not paths or self._fuse_ptr is None:
-            return
-        done = threading.Event()
-        self._pending.put((paths, done))
-        done.wait(INVALIDATE_WAIT)
-
-    def init_with_config(self, conn, config):
-        if conn is not None:
-            # libfuse3 insists that the session's max_read matches the mount option
-            if hasattr(conn, "max_read"):
-                conn.max_read = MAX_REQUEST
-            conn.max_readahead = MAX_REQUEST
-            if self.export_support:
-                if conn.capable & FUSE_CAP_EXPORT_SUPPORT:
-                    conn.want |= FUSE_CAP_EXPORT_SUPPORT
-                else:
-                    log.error("-o nfs: this kernel cannot export a FUSE mount (no export "
-                              "support); NFS clients will see stale file handles")
-        self.init("/")
-
-    def destroy(self, path):
-        self._fuse_ptr = None
-        self._pending.put(None)
-        if self._on_destroy:
-            self._on_destroy()
-
-    # -- attributes ------------------------------------------------------------------------------
-    def stat_into(self, path: bytes | None, fh: int | None, buf) -> int:
-        """getattr straight into libfuse's ``struct stat`` buffer (the hottest request)."""
+    async def statfs(self, ctx):
         try:
             with self.ns.lock:
-                packed = self._stat(*self._target(path, fh))
+                values = self.ns.root()[0].statfs()
         except Exception as exc:
-            return -_errno(exc, "getattr", (path,))
-        ctypes.memmove(buf, packed, _STAT.size)
-        return 0
+            raise pyfuse3.FUSEError(_errno(exc, "statfs", ())) from None
+        st = pyfuse3.StatvfsData()
+        for name, value in values.items():
+            setattr(st, name, value)
+        return st
 
-    @_op
-    def access(self, path, amode):
-        self._resolve(path)
-        return 0
+    # -- names -----------------------------------------------------------------------------------
+    @_locked
+    def lookup(self, parent: int, name: bytes, ctx=None):
+        fs, dir_ino = self._get(parent)
+        if name == b".":  # export support: the kernel reopens a handle by node id
+            return self._entry(fs, dir_ino)
+        if not dir_ino.is_dir:
+            raise FsError(errno.ENOTDIR, "not a directory")
+        if name == b"..":
+            up = dir_ino.parent if dir_ino.obj_id != ROOT_OBJ and dir_ino.parent else ROOT_OBJ
+            return self._entry(fs, fs.getattr(up))
+        fs2, ino = self.ns.step(fs, dir_ino, name)
+        entry = self._entry(fs2, ino)
+        if entry.st_ino & SYNTHETIC:
+            self.table.magic_names.setdefault(entry.st_ino, set()).add((parent, name))
+        return entry
 
-    def setattr_at(self, path: bytes | None, fh: int | None, **changes) -> int:
-        """chmod/chown/utimens (``fs.setattr`` arguments) of a path, or of an open file
-        when the kernel names its handle (then it may be unlinked already)."""
-        try:
-            with self.ns.lock:
-                fs, ino = self._target(path, fh)
-                fs.setattr(ino.obj_id, **changes)
-        except Exception as exc:
-            return -_errno(exc, "setattr", (path,))
-        return 0
+    async def forget(self, inode_list):
+        with self.ns.lock:
+            self.table.forget(inode_list)
 
-    def utimens_at(self, path: bytes | None, fh: int | None, atime: tuple[int, int] | None,
-                   mtime: tuple[int, int] | None) -> int:
-        """Times as (seconds, nanoseconds) with UTIME_NOW/UTIME_OMIT in the nanoseconds;
-        None for both means now."""
-        now = time.time_ns()
-        return self.setattr_at(path, fh, atime=_time_arg(atime, now),
-                               mtime=_time_arg(mtime, now))
+    @_locked
+    def getattr(self, kino: int, ctx=None):
+        fs, ino = self._get(kino)
+        return self._attrs(fs, ino, kino)
 
-    @_op
-    def truncate(self, path, length, fh=None):
-        fs, ino = self._resolve(path, fh)
-        fs.truncate(ino.obj_id, length)
-        return 0
+    @_locked
+    def setattr(self, kino: int, attr, fields, fh, ctx):
+        handle = self._handles.get(fh) if fh is not None else None
+        fs, obj = (handle.fs, handle.obj_id) if handle is not None else self.table.resolve(kino)
+        if fields.update_size:
+            fs.truncate(obj, attr.st_size)
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns
+        if changes or fields.update_ctime:
+            fs.setattr(obj, **changes)
+        if changes.keys() & {"mode", "uid", "gid"}:
+            self._live_changed(fs, obj)
+        return self._attrs(fs, fs.getattr(obj), kino)
 
-    # -- names -------------------------------------------------------------------------------------
-    @_op
-    def readlink(self, path):
-        fs, ino = self._resolve(path)
-        return self.ns.readlink(fs, ino).decode("utf-8", "surrogateescape")
+    @_locked
+    def readlink(self, kino: int, ctx):
+        fs, ino = self._get(kino)
+        return self.ns.readlink(fs, ino)
 
-    @_op
-    def mknod(self, path, mode, dev):
-        fs, parent, name = self._parent(path)
-        uid, gid = self._caller()
-        fs.create(parent.obj_id, name, mode, uid, gid, dev)
-        return 0
+    @_locked
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx):
+        fs, dir_ino = self._new_name(parent, name)
+        return self._entry(fs, fs.create(dir_ino.obj_id, name, mode, ctx.uid, ctx.gid, rdev))
 
-    @_op
-    def mkdir(self, path, mode):
-        fs, parent, name = self._parent(path)
-        uid, gid = self._caller()
-        ino = fs.mkdir(parent.obj_id, name, mode, uid, gid)
-        self.ns.created(fs, _b(path), ino.obj_id)
-        return 0
+    @_locked
+    def mkdir(self, parent: int, name: bytes, mode: int, ctx):
+        fs, dir_ino = self._new_name(parent, name)
+        return self._entry(fs, fs.mkdir(dir_ino.obj_id, name, mode, ctx.uid, ctx.gid))
 
-    @_op
-    def symlink(self, target, source):
-        fs, parent, name = self._parent(target)
-        uid, gid = self._caller()
-        fs.symlink(parent.obj_id, name, _b(source), uid, gid)
-        return 0
+    @_locked
+    def symlink(self, parent: int, name: bytes, target: bytes, ctx):
+        fs, dir_ino = self._new_name(parent, name)
+        return self._entry(fs, fs.symlink(dir_ino.obj_id, name, target, ctx.uid, ctx.gid))
 
-    def link(self, target, source):
-        """link, then the other names' invalidation (outside the namespace lock: requests
-        queued behind this one may need it before the kernel lets the invalidation finish)."""
-        self._invalidate_later(self._link(target, source))
-        return 0
-
-    @_op
-    def _link(self, target, source) -> list[bytes]:
-        src_fs, src = self._resolve(source)
-        fs, parent, name = self._parent(target)
+    @_locked
+    def link(self, kino: int, new_parent: int, new_name: bytes, ctx):
+        src_fs, obj = self.table.resolve(kino)
+        fs, dir_ino = self._new_name(new_parent, new_name)
         if fs is not src_fs:
             raise FsError(errno.EXDEV, "cannot link across views")
-        fs.link(src.obj_id, parent.obj_id, name)
-        return self._links.linked((fs.pfs, src.obj_id), _b(source), _b(target))
+        return self._entry(fs, fs.link(obj, dir_ino.obj_id, new_name))
 
-    def unlink(self, path):
-        self._invalidate_later(self._unlink(path))
-        return 0
+    @_locked
+    def unlink(self, parent: int, name: bytes, ctx):
+        fs, dir_ino = self._new_name(parent, name)
+        fs.unlink(dir_ino.obj_id, name)
 
-    @_op
-    def _unlink(self, path) -> list[bytes]:
-        fs, parent, name = self._parent(path)
-        fs.unlink(parent.obj_id, name)
-        self.ns.forget_path(_b(path))
-        return self._links.removed(_b(path))
+    @_locked
+    def rmdir(self, parent: int, name: bytes, ctx):
+        fs, dir_ino = self._new_name(parent, name)
+        fs.rmdir(dir_ino.obj_id, name)
 
-
-    @_op
-    def rmdir(self, path):
-        fs, parent, name = self._parent(path)
-        fs.rmdir(parent.obj_id, name)
-        self.ns.forget_path(_b(path), subtree=True)
-        return 0
-
-    def rename(self, old, new, flags=0):
-        self._invalidate_later(self._rename(old, new, flags))
-        return 0
-
-    @_op
-    def _rename(self, old, new, flags=0) -> list[bytes]:
-        ofs, oparent, oname = self._parent(old)
-        nfs, nparent, nname = self._parent(new)
+    @_locked
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               flags: int, ctx):
+        ofs, odir = self._new_name(old_parent, old_name)
+        nfs, ndir = self._new_name(new_parent, new_name)
         if ofs is not nfs:
             raise FsError(errno.EXDEV, "cannot rename across PFSs or views")
-        ofs.rename(oparent.obj_id, oname, nparent.obj_id, nname, flags)
-        self.ns.forget_path(_b(old), subtree=True)
-        self.ns.forget_path(_b(new), subtree=True)
-        return self._links.renamed(_b(old), _b(new), exchange=bool(flags & RENAME_EXCHANGE))
+        ofs.rename(odir.obj_id, old_name, ndir.obj_id, new_name, flags)
 
-    # -- files -------------------------------------------------------------------------------------
-    @_op
-    def create(self, path, mode, flags=0):
-        fs, parent, name = self._parent(path)
-        uid, gid = self._caller()
-        ino = fs.create(parent.obj_id, name, mode, uid, gid)
-        self.ns.created(fs, _b(path), ino.obj_id)
+    # -- files -----------------------------------------------------------------------------------
+    @_locked
+    def create(self, parent: int, name: bytes, mode: int, flags: int, ctx):
+        fs, dir_ino = self._new_name(parent, name)
+        ino = fs.create(dir_ino.obj_id, name, mode, ctx.uid, ctx.gid)
         fs.open(ino.obj_id)
-        return self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
+        fh = self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(fs, ino)
 
-    @_op
-    def open(self, path, flags):
-        fs, ino = self._resolve(path)
+    @_locked
+    def open(self, kino: int, flags: int, ctx):
+        fs, ino = self._get(kino)
         if fs.readonly and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             raise FsError(errno.EROFS, "read-only")
         if ino.is_dir:
@@ -414,325 +369,258 @@ class HammerOperations(mfusepy.Operations):
         if flags & os.O_TRUNC and ino.size:  # libfuse3 asks the kernel for atomic O_TRUNC:
             fs.truncate(ino.obj_id, 0)       # no separate truncate request comes
         fs.open(ino.obj_id)
-        return self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
+        fh = self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
+        # pages stay cached across opens: every change behind the kernel invalidates them
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
-    @_op
-    def read(self, path, size, offset, fh):
-        h = self._handle(fh)
-        return h.fs.read(h.obj_id, offset, size)
+    def _read(self, fh: int, off: int, size: int) -> bytes:
+        with self.ns.lock:
+            h = self._handle(fh)
+            if h.fs.asof is not None:  # a history view: prune may destroy its versions
+                return h.fs.read(h.obj_id, off, size)
+            ino = h.fs.regular_file(h.obj_id)
+        # The data of the live view is read without the filesystem lock (each store call
+        # is atomic under the store's own lock; prune destroys only history): metadata
+        # requests go on meanwhile.
+        return h.fs.read_data(ino, off, size)
 
-    @_op
-    def write(self, path, data, offset, fh):
-        h = self._handle(fh)
-        if h.append:  # O_APPEND: always at the current end, whatever the kernel thinks
-            offset = h.fs.getattr(h.obj_id).size
-        h.written = True
-        return h.fs.write(h.obj_id, offset, data)
+    def _write(self, fh: int, off: int, buf: bytes) -> int:
+        with self.ns.lock:
+            h = self._handle(fh)
+            if h.append:  # O_APPEND: always at the current end, whatever the kernel thinks
+                off = h.fs.getattr(h.obj_id).size
+            return h.fs.write(h.obj_id, off, buf)
 
-    def flush(self, path, fh):
-        """close(): a file written through one name has its other known names' size and
-        mtime invalidated (here, not at release, which the kernel sends after close returned)."""
-        self._invalidate_later(self._written_names(path, fh))
-        return 0
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._io(self._read, size, fh, off, size)
 
-    @_op
-    def _written_names(self, path, fh) -> list[bytes]:
-        h = self._handles.get(fh)
-        if h is None or not h.written:
-            return []
-        h.written = False
-        this = None if path is None else _b(path)
-        return [n for n in self._links.names_of((h.fs.pfs, h.obj_id)) if n != this]
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._io(self._write, len(buf), fh, off, buf)
 
-    @_op
-    def release(self, path, fh):
-        with self._fh_lock:
-            h = self._handles.pop(fh, None)
+    async def _io(self, func: Callable, size: int, *args):
+        try:
+            if size >= THREADED_IO:  # the loop keeps serving while this one waits
+                return await trio.to_thread.run_sync(func, *args)
+            return func(*args)
+        except Exception as exc:
+            raise pyfuse3.FUSEError(_errno(exc, func.__name__[1:], args)) from None
+
+    async def flush(self, fh: int) -> None:
+        """Nothing to do at close (changes are in the open transaction, committed within a
+        second): ENOSYS makes the kernel stop sending FLUSH, one request less per file."""
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    @_locked
+    def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
         if h is not None:
             h.fs.release(h.obj_id)
-        return 0
 
-    @_op
-    def fsync(self, path, datasync, fh):
-        if not self.ns.readonly:
-            self.ns.store.commit()
-        return 0
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._commit()
 
-    @_op
-    def fsyncdir(self, path, datasync, fh):
-        if not self.ns.readonly:
-            self.ns.store.commit()
-        return 0
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self._commit()
 
-    @_op
-    def statfs(self, path):
-        return self.ns.root()[0].statfs()
-
-    # -- directories -------------------------------------------------------------------------------
-    @_op
-    def opendir(self, path):
-        fs, ino = self._resolve(path)
-        if not ino.is_dir:
-            raise FsError(errno.ENOTDIR, "not a directory")
-        return 0
-
-    def fill_dir(self, path: bytes, buf, filler, offset: int, plus: bool) -> int:
-        """readdir(plus): entries after ``offset`` into libfuse's buffer until it is full.
-        With ``plus`` each entry carries its attributes, which saves the kernel a LOOKUP per
-        name (``find``, ``ls -l``, ``rm -r``)."""
-        st = mfusepy.c_stat()
-        try:
+    async def _commit(self) -> None:
+        def commit() -> None:
             with self.ns.lock:
-                fs, ino = self.ns.resolve(path)
-                if not ino.is_dir:
-                    return -errno.ENOTDIR
-                if offset < 1:
-                    self._fill_mode(st, stat.S_IFDIR, self._ino(fs, ino.obj_id))
-                    if filler(buf, b".", st, 1, 0):
-                        return 0
-                if offset < 2:
-                    self._fill_mode(st, stat.S_IFDIR, 0)
-                    if filler(buf, b"..", st, 2, 0):
-                        return 0
-                after = offset - 3 if offset >= 3 else -1
-                for n, entry in enumerate(fs.readdir(ino.obj_id, after)):
-                    if n >= READDIR_BATCH:  # the kernel asks again from the last offset
-                        break
-                    if plus:
-                        child = fs.getattr(entry.obj_id)
-                        ctypes.memmove(ctypes.byref(st), self._stat(fs, child), _STAT.size)
-                        flags = FUSE_FILL_DIR_PLUS
-                    else:
-                        self._fill_mode(st, entry.mode_type, self._ino(fs, entry.obj_id))
-                        flags = 0
-                    if filler(buf, entry.name, st, entry.key + 3, flags):
-                        break
-        except Exception as exc:
-            return -_errno(exc, "readdir", (path,))
-        return 0
-
-    @staticmethod
-    def _fill_mode(st, mode: int, ino: int) -> None:
-        ctypes.memset(ctypes.byref(st), 0, _STAT.size)
-        st.st_mode = mode
-        st.st_ino = ino
-
-    @_op
-    def releasedir(self, path, fh):
-        return 0
-
-    # -- xattrs --------------------------------------------------------------------------------------
-    @_op
-    def setxattr(self, path, name, value, options, position=0):
-        fs, ino = self._resolve(path)
-        fs.setxattr(ino.obj_id, _b(name), value, options)
-        return 0
-
-    def getxattr_into(self, path: bytes, name: bytes, buf, size: int) -> int:
-        """getxattr into libfuse's buffer (size 0 asks for the length).  Hot: the kernel
-        asks for security.capability before every write and chown."""
+                if not self.ns.readonly:
+                    self.ns.store.commit()
         try:
-            with self.ns.lock:
-                fs, ino = self.ns.resolve(path)
-                value = fs.getxattr(ino.obj_id, name)
+            await trio.to_thread.run_sync(commit)
         except Exception as exc:
-            return -_errno(exc, "getxattr", (path,))
-        if not buf:
-            return len(value)
-        if len(value) > size:
-            return -errno.ERANGE
-        ctypes.memmove(buf, value, len(value))
-        return len(value)
+            raise pyfuse3.FUSEError(_errno(exc, "fsync", ())) from None
 
-    @_op
-    def listxattr(self, path):
-        fs, ino = self._resolve(path)
-        return [n.decode("utf-8", "surrogateescape") for n in fs.listxattr(ino.obj_id)]
+    # -- directories -----------------------------------------------------------------------------
+    @_locked
+    def opendir(self, kino: int, ctx):
+        fs, ino = self._dir(kino)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = (fs, ino.obj_id)
+        return fh
 
-    @_op
-    def removexattr(self, path, name):
-        fs, ino = self._resolve(path)
-        fs.removexattr(ino.obj_id, _b(name))
-        return 0
+    @_locked
+    def readdir(self, fh: int, start: int, token) -> None:
+        """Entries after ``start`` (``.`` is 1, ``..`` 2, an entry its key + 3), each with
+        its attributes (the kernel asks for READDIRPLUS): one lookup reference each, except
+        ``.`` and ``..``, which the kernel does not keep."""
+        fs, obj = self._dirs[fh]
+        dir_ino = fs.getattr(obj)
+        if start < 1:
+            kino = self.table.peek(fs, obj) or 0
+            if not pyfuse3.readdir_reply(token, b".", self._attrs(fs, dir_ino, kino), 1):
+                return
+        if start < 2:
+            up = fs.getattr(dir_ino.parent) if dir_ino.parent and obj != ROOT_OBJ else dir_ino
+            kino = self.table.peek(fs, up.obj_id) or self.table.peek(fs, obj) or 0
+            if not pyfuse3.readdir_reply(token, b"..", self._attrs(fs, up, kino), 2):
+                return
+        after = start - 3 if start >= 3 else -1
+        direct = self.table.is_current(fs)  # the same for every entry: asked once
+        for n, entry in enumerate(fs.readdir(obj, after)):
+            if n >= READDIR_BATCH:  # the kernel asks again from the last offset
+                break
+            child = fs.getattr(entry.obj_id)
+            kino = direct_ino(fs.pfs, child.obj_id, self.ns.pfs) if direct else None
+            if kino is None:
+                kino = self.table.ino_of(fs, child.obj_id)
+            if not pyfuse3.readdir_reply(token, entry.name, self._attrs(fs, child, kino),
+                                         entry.key + 3):
+                self.table.unused(kino)
+                break
+            self.table.looked_up(kino)
 
-    # The binding registers a libfuse callback only for operations defined here; _Fuse
-    # serves these (with libfuse's own arguments) through the methods named.
-    getattr = stat_into
-    readdir_with_offset = fill_dir
-    chmod = chown = setattr_at
-    utimens = utimens_at
-    getxattr = getxattr_into
+    async def releasedir(self, fh: int) -> None:
+        with self.ns.lock:
+            self._dirs.pop(fh, None)
+
+    # -- xattrs ----------------------------------------------------------------------------------
+    @_locked
+    def setxattr(self, kino: int, name: bytes, value: bytes, ctx):
+        if name.startswith(ACL_XATTR):
+            raise FsError(errno.EOPNOTSUPP, "POSIX ACLs are not supported")
+        fs, obj = self.table.resolve(kino)
+        fs.setxattr(obj, name, value)
+
+    @_locked
+    def getxattr(self, kino: int, name: bytes, ctx):
+        if name.startswith(ACL_XATTR):
+            raise FsError(errno.EOPNOTSUPP, "POSIX ACLs are not supported")
+        fs, obj = self.table.resolve(kino)
+        return fs.getxattr(obj, name)
+
+    @_locked
+    def listxattr(self, kino: int, ctx):
+        fs, obj = self.table.resolve(kino)
+        return [n for n in fs.listxattr(obj) if not n.startswith(ACL_XATTR)]
+
+    @_locked
+    def removexattr(self, kino: int, name: bytes, ctx):
+        if name.startswith(ACL_XATTR):
+            raise FsError(errno.EOPNOTSUPP, "POSIX ACLs are not supported")
+        fs, obj = self.table.resolve(kino)
+        fs.removexattr(obj, name)
+
+    # -- changes behind the kernel -----------------------------------------------------------------
+    def _sync_points(self) -> dict[int, int]:
+        """The sync point of every slave PFS the kernel may hold objects of."""
+        ends = {}
+        for pfs in self.table.pfs_known():
+            pd = self.ns.store.get_pfs(pfs)
+            if pd is not None and pd.is_slave:
+                ends[pfs] = pd.sync_end_tid
+        return ends
+
+    def begin_change(self) -> dict:
+        """Before a control op: what the kernel's view is based on."""
+        with self.ns.lock:
+            return {"tid": self.ns.store.current_tid, "ends": dict(self._slave_ends)}
+
+    def end_change(self, mark: dict) -> None:
+        """After a control op (without the lock): invalidate what it changed, and wait
+        (briefly) until the kernel has it."""
+        with self.ns.lock:
+            tid = self.ns.store.current_tid
+            if tid == mark["tid"] and self._sync_points() == self._slave_ends:
+                return
+            self.table.refresh()
+            self._invalidate_changes(mark["tid"])
+        self.invalidator.barrier()
+
+    def poll_slaves(self) -> None:
+        """Mirroring into a mounted slave moves its sync point (a stream may run for
+        hours): invalidate what changed as soon as it shows."""
+        with self.ns.lock:
+            if self._slave_ends and self._sync_points() != self._slave_ends:
+                self.ns.forget()
+                self.table.refresh()
+                self._invalidate_changes(None)
+
+    def _invalidate_changes(self, since_tid: int | None) -> None:
+        """Queue the invalidation of every record of a PFS the kernel knows that changed
+        since ``since_tid`` (masters; None: only slaves), or since the sync point the kernel
+        saw (slaves), and of every history inode (prune and cleanup remove versions)."""
+        ends = self._sync_points()
+        for pfs in self.table.pfs_known():
+            if pfs in ends:
+                since = self._slave_ends.get(pfs, 0) + 1
+                if ends[pfs] == self._slave_ends.get(pfs):
+                    continue
+            elif since_tid is None:
+                continue
+            else:
+                since = since_tid
+            self._invalidate_pfs(pfs, since)
+        self._slave_ends = ends
+        if since_tid is not None:
+            for kino in self.table.synthetic():
+                self.invalidator.inode(kino)
+                for parent, name in self.table.magic_names.get(kino, ()):
+                    self.invalidator.entry(parent, name)
+
+    def _invalidate_pfs(self, pfs: int, since: int) -> None:
+        known = self.table.lookups
+        seen: set[int] = set()
+        lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
+        for rec in self.ns.store.changed_since(lo, hi, since):
+            kino = direct_ino(pfs, rec.obj_id, self.ns.pfs)
+            if kino is None or (kino not in known and kino != pyfuse3.ROOT_INODE):
+                continue
+            if kino not in seen:
+                seen.add(kino)
+                self.invalidator.inode(kino)
+                for syn in self.table.synthetic_of(pfs, rec.obj_id):
+                    self.invalidator.inode(syn, attr_only=True)
+            if rec.rec_type == REC_DIRENT and rec.data is not None:
+                self.invalidator.entry(kino, decode_dirent(rec.key, rec.data).name)
 
 
-class LinkNames:
-    """The names of multi-linked files that this mount created links for, so that a link,
-    unlink or rename through one name can invalidate the kernel's attributes of the others.
-    Names linked before the mount (or forgotten when the table is full) are not known: their
-    link count lags by ATTR_TTL at most, as before.  Every method returns the names to
-    invalidate."""
-
-    def __init__(self) -> None:
-        self._obj: dict[bytes, tuple[int, int]] = {}  # name -> (pfs, obj_id)
-        self._names: dict[tuple[int, int], set[bytes]] = {}
-
-    def linked(self, key: tuple[int, int], source: bytes, target: bytes) -> list[bytes]:
-        if len(self._obj) > MAX_LINKED_NAMES:
-            self._obj.clear()
-            self._names.clear()
-        self.removed(target)  # a stale entry (the name was replaced behind us)
-        old = self._obj.get(source)
-        if old is not None and old != key:
-            self.removed(source)
-        names = self._names.setdefault(key, set())
-        names.update((source, target))
-        self._obj[source] = self._obj[target] = key
-        return sorted(names - {target})
-
-    def names_of(self, key: tuple[int, int]) -> list[bytes]:
-        return sorted(self._names.get(key, ()))
-
-    def removed(self, name: bytes) -> list[bytes]:
-        key = self._obj.pop(name, None)
-        if key is None:
-            return []
-        names = self._names[key]
-        names.discard(name)
-        if len(names) <= 1:  # a single name left: its own inode is the only one
-            del self._names[key]
-            for left in names:
-                self._obj.pop(left, None)
-        return sorted(names)
-
-    def renamed(self, old: bytes, new: bytes, exchange: bool = False) -> list[bytes]:
-        """A rename moves a name (keeping the link count) and removes the replaced one."""
-        key_old, key_new = self._obj.get(old), self._obj.get(new)
-        if key_old is not None and key_old == key_new:
-            return []  # two names of one file: rename does nothing
-        if exchange:
-            for name, key in ((new, key_old), (old, key_new)):
-                self._forget_name(name)
-                if key is not None:
-                    self._add_name(key, name)
-            return []
-        stale = [] if key_new is None or key_new == key_old else self.removed(new)
-        if key_old is not None:
-            self._forget_name(old)
-            self._forget_name(new)
-            self._add_name(key_old, new)
-        return stale
-
-    def _forget_name(self, name: bytes) -> None:
-        key = self._obj.pop(name, None)
-        if key is not None:
-            self._names[key].discard(name)
-
-    def _add_name(self, key: tuple[int, int], name: bytes) -> None:
-        self._obj[name] = key
-        self._names.setdefault(key, set()).add(name)
+async def _serve_until_signalled(ops: HammerOperations) -> None:
+    """pyfuse3's loop, ended cleanly by SIGINT, SIGTERM or SIGHUP (as libfuse's own loop
+    is): the kernel unmounts and the final commit runs.  Mirroring into a mounted slave is
+    watched here too."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signal)
+        nursery.start_soon(_watch_slaves, ops)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
 
 
-def _time_arg(value: tuple[int, int] | None, now: int) -> int | None:
-    if value is None:
-        return now
-    sec, nsec = value
-    if nsec == UTIME_OMIT:
-        return None
-    if nsec == UTIME_NOW:
-        return now
-    return sec * 1_000_000_000 + nsec
+async def _on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for _sig in signals:
+            pyfuse3.terminate()
+            return
 
 
-class _Fuse(mfusepy.FUSE):
-    """The binding with our hot paths: getattr packs ``struct stat`` in one call, readdir
-    answers READDIRPLUS, create skips the binding's per-call signature inspection, and
-    rename flags (RENAME_NOREPLACE), which the binding drops, are passed on."""
-
-    def getattr_fuse_3(self, path: bytes | None, buf, fip) -> int:
-        return self.operations.stat_into(path, fip.contents.fh if fip else None, buf)
-
-    def readdir_fuse_3(self, path: bytes, buf, filler, offset: int, fip, flags: int) -> int:
-        return self.operations.fill_dir(path, buf, filler, offset,
-                                        bool(flags & FUSE_READDIR_PLUS))
-
-    def chmod_fuse_3(self, path: bytes | None, mode: int, fip) -> int:
-        return self.operations.setattr_at(path, fip.contents.fh if fip else None, mode=mode)
-
-    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip) -> int:
-        return self.operations.setattr_at(path, fip.contents.fh if fip else None,
-                                          uid=uid, gid=gid)
-
-    def utimens_fuse_3(self, path: bytes | None, buf, fip) -> int:
-        times = buf.contents if buf else None
-        atime = (times.actime.tv_sec, times.actime.tv_nsec) if times else None
-        mtime = (times.modtime.tv_sec, times.modtime.tv_nsec) if times else None
-        return self.operations.utimens_at(path, fip.contents.fh if fip else None, atime, mtime)
-
-    def getxattr(self, path: bytes, name: bytes, value, size: int, *args) -> int:
-        return self.operations.getxattr_into(path, name, value, size)
-
-    def create(self, path: bytes, mode: int, fip) -> int:
-        fi = fip.contents
-        fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
-        return 0
-
-    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-        return self.operations.rename(old.decode(self.encoding, self.errors),
-                                      new.decode(self.encoding, self.errors), flags)
-
-
-def kernel_cache_timeouts(ns: Namespace) -> dict[str, float]:
-    """How long the kernel may keep names and attributes without asking us again.
-
-    The high-level libfuse API is path based: a cached name only maps to a path, which we
-    resolve afresh on every request, so a long entry timeout cannot show a removed or
-    replaced file's contents; what the kernel keeps is attributes (and pages, which
-    auto_cache checks against mtime and size on open).  Hence:
-
-    * live master: every change comes through the kernel (which updates its cache) except
-      control-channel ops, which invalidate what they change; names stay ENTRY_TTL,
-      attributes ATTR_TTL (the bound for anything else, e.g. ``@@-1:NNNNN`` slave views);
-    * as-of mount: nothing ever changes: both ENTRY_TTL;
-    * slave: mirroring rewrites the tree behind the kernel: both ATTR_TTL.
-
-    Negative lookups are never cached: ``undo`` and mirroring create names behind the
-    kernel, and a cached "no such file" could not be invalidated through this API."""
-    root = ns.root_view()
-    if ns.asof is not None:
-        entry, attr = ENTRY_TTL, ENTRY_TTL
-    elif root.asof is None:
-        entry, attr = ENTRY_TTL, ATTR_TTL
-    else:
-        entry, attr = ATTR_TTL, ATTR_TTL
-    return {"entry_timeout": entry, "attr_timeout": attr, "negative_timeout": 0.0}
+async def _watch_slaves(ops: HammerOperations, interval: float = 0.25) -> None:
+    while True:
+        await trio.sleep(interval)
+        if ops._slave_ends:
+            try:
+                await trio.to_thread.run_sync(ops.poll_slaves)
+            except Exception:
+                log.exception("watching the slave's sync point failed")
 
 
 def run(ops: HammerOperations, mountpoint: str, *, fsname: str, readonly: bool,
-        foreground: bool = True, debug: bool = False, nfs: bool = False) -> None:
-    """Mount and serve until unmounted (or SIGINT/SIGTERM).
-
-    ``nfs``: an NFS server hands out file handles holding the kernel's FUSE node id and
-    later opens them by handle (open_by_handle_at), possibly after the kernel dropped the
-    inode.  That needs export support (the kernel then asks libfuse to LOOKUP "." in the
-    node id) and node ids that stay valid as long as the mount lives (``noforget``: libfuse
-    keeps a node, about 160 bytes, for every name ever looked up, which is why it is not the
-    default).  Node ids are handed out afresh by every mount: handles do not survive a
-    remount (the NFS server must be restarted and its clients remount)."""
-    with ops.ns.lock:
-        timeouts = kernel_cache_timeouts(ops.ns)
-    options = {
-        "fsname": fsname, "subtype": "hammerfs", "default_permissions": True,
-        "use_ino": True, "hard_remove": True, "auto_cache": True,
-        "max_read": MAX_REQUEST, **timeouts,
-    }
+        debug: bool = False) -> None:
+    """Mount and serve until unmounted (or SIGINT/SIGTERM/SIGHUP)."""
+    options = {f"fsname={fsname}", "subtype=hammerfs", "default_permissions"}
     if os.geteuid() == 0:
-        options["allow_other"] = True
+        options.add("allow_other")
     if readonly:
-        options["ro"] = True
-    if nfs:
-        options["noforget"] = True
-        ops.export_support = True
-    # One request at a time: every request takes the coarse lock anyway, and with several
-    # libfuse threads the GIL and that lock convoy (measured: metadata ops 1.5-2.5x slower,
-    # no gain for sequential I/O).  Nothing served here may wait for this mount's own
-    # requests (control ops release the lock before invalidating kernel caches).
-    _Fuse(ops, mountpoint, foreground=foreground, debug=debug, nothreads=True, **options)
+        options.add("ro")
+    if debug:
+        options.add("debug")
+    pyfuse3.init(ops, mountpoint, options)
+    try:
+        trio.run(_serve_until_signalled, ops)
+    except BaseException:
+        ops.invalidator.stop()
+        pyfuse3.close(unmount=False)
+        raise
+    ops.invalidator.stop()
+    pyfuse3.close()

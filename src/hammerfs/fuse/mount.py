@@ -126,7 +126,9 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
           readonly: bool = False, on_ready: Callable[[], None] | None = None,
           debug: bool = False, nfs: bool = False, history_perms: str = "current") -> None:
     """Mount and serve until unmounted; then commit and close the store.  ``nfs`` makes
-    the mount exportable by an NFS server (see ``fuse.adapter.run``); ``history_perms``
+    the mount exportable by an NFS server (its file handles hold the kernel inode numbers,
+    which ``fuse.inodes`` computes from object ids: they stay valid across remounts);
+    ``history_perms``
     see fs/asof.py."""
     from hammerfs.fuse.adapter import HammerOperations, run
 
@@ -135,8 +137,8 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
     ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
-    ops = HammerOperations(ns, on_ready=lambda: ready())
-    ctx.invalidator = ops.invalidate
+    ops = HammerOperations(ns, on_ready=lambda: ready(), nfs=nfs)
+    ctx.changes = ops
     server = ControlServer(ctx, control_ops(), info={"asof": asof, "readonly": ns.readonly})
     committer = Committer(ns)
     ready_once = threading.Event()
@@ -153,8 +155,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
         if not ns.readonly:
             committer.start()
         try:
-            run(ops, mountpoint, fsname=volume,
-                readonly=ns.readonly, debug=debug, nfs=nfs)
+            run(ops, mountpoint, fsname=volume, readonly=ns.readonly, debug=debug)
         except HammerError:
             raise
         except Exception as exc:  # the FUSE binding's own errors (e.g. RuntimeError(4))

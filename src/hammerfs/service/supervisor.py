@@ -115,10 +115,11 @@ def mount_owner(mountpoint: str) -> dict | None:
 
 
 def is_stale_mount(mountpoint: str) -> bool:
-    """A FUSE mount whose process died: every access fails with ENOTCONN (ECONNABORTED
-    while the kernel is still tearing the connection down)."""
+    """A FUSE mount whose process died: every request fails with ENOTCONN (ECONNABORTED
+    while the kernel is still tearing the connection down).  statfs, not stat: the kernel
+    answers stat from attributes it keeps (an hour on a hammerfs mount) without asking."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False

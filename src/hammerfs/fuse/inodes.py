@@ -1,0 +1,199 @@
+"""Kernel inode numbers of a mount and the kernel's references to them (no FUSE binding here).
+
+The kernel addresses a low-level FUSE filesystem by inode number.  hammerfs objects already
+have stable ids, so the number of an object in the *current* view of a PFS (the live tree of a
+master, a slave at its sync point, the mount's own ``-o asof`` state) is computed, not
+allocated: ``pfs << 48 | obj_id``, the same on every mount of the volume (NFS handles hold it
+and stay valid across a remount).  The mount's root is inode 1 (FUSE's root); the number it
+would have had is given to what would have been 1 (PFS 0's root), so the mapping stays a
+bijection.  The *generation* is taken from the object's birth time, so a handle of a removed
+object never reaches a later object that got the same id (mirroring copies the birth time,
+undo restores it: the same object keeps its generation).
+
+Objects seen through other views (``name@@0x<tid>`` history, a past slave state, object ids
+beyond 48 bits, PFS ids beyond 15 bits) get *synthetic* numbers (bit 63 set), allocated
+while the kernel holds them and released when it forgets them; they are valid for one mount.
+
+``lookup`` counts follow the FUSE protocol: every entry handed to the kernel (lookup, create,
+mkdir, mknod, symlink, link, readdirplus) adds one; ``forget`` takes them back.  What the
+kernel forgot is given back here: synthetic numbers, their views, and the views' cached
+inodes.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable, Iterable
+
+from hammerfs.fs.filesystem import FileSystem, FsError
+from hammerfs.fs.namespace import ROOT_TTL, Namespace
+from hammerfs.store.records import ROOT_OBJ
+
+ROOT_INODE = 1  # FUSE's root
+OBJ_BITS = 48
+OBJ_MASK = (1 << OBJ_BITS) - 1
+DIRECT_PFS_LIMIT = 1 << 15  # PFS ids below this get computed numbers (bit 63 stays clear)
+SYNTHETIC = 1 << 63
+GENERATION_MASK = 0xFFFFFFFF  # the kernel keeps 32 bits of it in an export handle
+
+ViewKey = tuple[int, int | None]  # (pfs, asof)
+
+
+def direct_ino(pfs: int, obj: int, root_pfs: int) -> int | None:
+    """The computed inode number of ``obj`` in the current view of ``pfs`` (None when it
+    does not fit: then it gets a synthetic one)."""
+    if pfs >= DIRECT_PFS_LIMIT or not 0 < obj <= OBJ_MASK:
+        return None
+    ino = pfs << OBJ_BITS | obj
+    root = root_pfs << OBJ_BITS | ROOT_OBJ
+    if ino == root:
+        return ROOT_INODE
+    if ino == ROOT_INODE:  # PFS 0's root, seen from a mount of another PFS
+        return root
+    return ino
+
+
+def split_direct(ino: int, root_pfs: int) -> tuple[int, int]:
+    """(pfs, obj) of a computed inode number (the inverse of ``direct_ino``)."""
+    root = root_pfs << OBJ_BITS | ROOT_OBJ
+    if ino == ROOT_INODE:
+        return root_pfs, ROOT_OBJ
+    if ino == root:
+        return 0, ROOT_OBJ
+    return ino >> OBJ_BITS, ino & OBJ_MASK
+
+
+def generation(btime: int) -> int:
+    return btime & GENERATION_MASK
+
+
+class InodeTable:
+    """The mount's inode numbers and the kernel's lookup counts.  Callers hold the
+    namespace lock."""
+
+    def __init__(self, ns: Namespace, on_forget: Callable[[FileSystem, int], None] | None = None):
+        self.ns = ns
+        self.lookups: dict[int, int] = {}  # inode number -> the kernel's lookup count
+        self._syn: dict[int, tuple[ViewKey, int]] = {}
+        self._syn_of: dict[tuple[ViewKey, int], int] = {}
+        self._views: dict[ViewKey, FileSystem] = {}  # held by synthetic numbers
+        self._view_refs: dict[ViewKey, int] = {}
+        self._next_syn = SYNTHETIC | 2
+        self._current: dict[int, tuple[float, FileSystem]] = {}  # other PFSs' current views
+        # names under which the kernel looked up synthetic inodes (``f@@0x...``): invalidated
+        # when history changes behind the kernel (prune, cleanup)
+        self.magic_names: dict[int, set[tuple[int, bytes]]] = {}
+        self._on_forget = on_forget
+
+    # -- views ----------------------------------------------------------------------------------
+    def current(self, pfs: int) -> FileSystem:
+        """The view of ``pfs`` that computed numbers address."""
+        if pfs == self.ns.pfs:
+            return self.ns.root_view()
+        now = time.monotonic()
+        cached = self._current.get(pfs)
+        if cached is not None and now - cached[0] < ROOT_TTL:
+            return cached[1]
+        fs = self.ns.view(pfs, None)
+        self._current[pfs] = (now, fs)
+        return fs
+
+    def refresh(self) -> None:
+        """Views are re-read (records changed behind the mount: a slave moved on)."""
+        self._current.clear()
+
+    def pfs_known(self) -> set[int]:
+        """PFSs whose objects the kernel may hold (for invalidation)."""
+        known = {self.ns.pfs, *self._current}
+        known.update(key[0] for key in self._views)
+        return known
+
+    def is_current(self, fs: FileSystem) -> bool:
+        try:
+            return fs.asof == self.current(fs.pfs).asof
+        except FsError:  # the PFS is gone
+            return False
+
+    # -- numbers --------------------------------------------------------------------------------
+    def ino_of(self, fs: FileSystem, obj: int) -> int:
+        """The inode number of ``obj`` in view ``fs`` (allocating a synthetic one)."""
+        if self.is_current(fs):
+            ino = direct_ino(fs.pfs, obj, self.ns.pfs)
+            if ino is not None:
+                return ino
+        key = (fs.pfs, fs.asof)
+        ino = self._syn_of.get((key, obj))
+        if ino is None:
+            ino = self._next_syn
+            self._next_syn += 1
+            self._syn[ino] = (key, obj)
+            self._syn_of[(key, obj)] = ino
+            self._views.setdefault(key, fs)
+            self._view_refs[key] = self._view_refs.get(key, 0) + 1
+        return ino
+
+    def peek(self, fs: FileSystem, obj: int) -> int | None:
+        """Like ``ino_of`` but never allocates."""
+        if self.is_current(fs):
+            ino = direct_ino(fs.pfs, obj, self.ns.pfs)
+            if ino is not None:
+                return ino
+        return self._syn_of.get(((fs.pfs, fs.asof), obj))
+
+    def resolve(self, ino: int) -> tuple[FileSystem, int]:
+        """(view, obj) of an inode number the kernel sent."""
+        if ino & SYNTHETIC:
+            found = self._syn.get(ino)
+            if found is None:
+                raise FsError(errno.ESTALE, f"inode {ino:#x} is not known")
+            key, obj = found
+            return self._views[key], obj
+        pfs, obj = split_direct(ino, self.ns.pfs)
+        return self.current(pfs), obj
+
+    def synthetic_of(self, pfs: int, obj: int) -> list[int]:
+        """Synthetic numbers the kernel holds for ``obj`` of ``pfs`` in other views."""
+        return [ino for (key, o), ino in self._syn_of.items() if o == obj and key[0] == pfs] \
+            if self._syn_of else []
+
+    def synthetic(self) -> list[int]:
+        return list(self._syn)
+
+    # -- the kernel's references ----------------------------------------------------------------
+    def looked_up(self, ino: int) -> None:
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def unused(self, ino: int) -> None:
+        """An allocated number was not handed to the kernel after all."""
+        if ino not in self.lookups:
+            self._release(ino)
+
+    def forget(self, items: Iterable[tuple[int, int]]) -> None:
+        for ino, n in items:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            self._release(ino)
+
+    def _release(self, ino: int) -> None:
+        if ino & SYNTHETIC:
+            found = self._syn.pop(ino, None)
+            self.magic_names.pop(ino, None)
+            if found is None:
+                return
+            key, obj = found
+            del self._syn_of[(key, obj)]
+            self._view_refs[key] -= 1
+            if self._view_refs[key] == 0:
+                del self._view_refs[key]
+                self._views.pop(key, None)
+            return
+        if self._on_forget is not None:
+            pfs, obj = split_direct(ino, self.ns.pfs)
+            cached = self._current.get(pfs)
+            fs = self.ns.root_view() if pfs == self.ns.pfs else cached[1] if cached else None
+            if fs is not None:
+                self._on_forget(fs, obj)
