@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,9 @@ class StoreClock:
     def time_ns(self) -> int:
         self.now += 1000
         return self.now
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)  # monotonic() etc.: the real clock
 
 
 @pytest.fixture
