@@ -233,6 +233,8 @@ class HammerOperations(pyfuse3.Operations):
         """A live object's attributes changed: history views restrict their permission
         bits by the live ones (fs/asof.py), so the kernel's copies of those go stale."""
         for kino in self.table.synthetic_of(fs.pfs, obj):
+            view, _ = self.table.resolve(kino)
+            view.drop(obj)  # its restricted copy is computed again from the live inode
             self.invalidator.inode(kino, attr_only=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
