@@ -85,3 +85,24 @@ def test_nohistory_keeps_no_versions_and_is_inherited(tmp_path, store_clock):
     fs.fsync()
     assert not _versions(store, 0, old, REC_DATA)
     store.close()
+
+
+def test_a_cache_invalidation_scan_does_not_pin_history(tmp_path, store_clock):
+    """The mount scans changed_since after every control op to invalidate the kernel's
+    caches; unlike a mirror's read, that must not make every committed version permanent
+    (nohistory files kept every version written before a synctid)."""
+    store, fs = _volume(tmp_path)
+    d = fs.mkdir(ROOT_OBJ, b"scratch", 0o755).obj_id
+    fs.set_nohistory(d, True)
+    f = fs.create(d, b"f", 0o644).obj_id
+    scan = (0, 0, 0, 0), (0, MAX_U64, 0xFFFF, MAX_U64)
+    for i in range(3):
+        fs.write(f, 0, bytes([65 + i]) * 3000)
+        fs.fsync()
+        list(store.changed_since(*scan, 0, pin_history=False))
+    assert len(_versions(store, 0, f, REC_DATA)) == 1
+    list(store.changed_since(*scan, 0))  # a mirror's read pins what it may have copied
+    fs.write(f, 0, b"Z" * 3000)
+    fs.fsync()
+    assert len(_versions(store, 0, f, REC_DATA)) == 2
+    store.close()

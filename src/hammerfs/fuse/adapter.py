@@ -566,7 +566,7 @@ class HammerOperations(pyfuse3.Operations):
         known = self.table.lookups
         seen: set[int] = set()
         lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
-        for rec in self.ns.store.changed_since(lo, hi, since):
+        for rec in self.ns.store.changed_since(lo, hi, since, pin_history=False):
             kino = direct_ino(pfs, rec.obj_id, self.ns.pfs)
             if kino is None or (kino not in known and kino != pyfuse3.ROOT_INODE):
                 continue

@@ -98,10 +98,14 @@ class RecordStore(Protocol):
         version visible at ``asof``; with it every version (create_tid order within a key).
         ``with_data=False`` leaves ``data`` as None (no data blocks are read)."""
 
-    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
+    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
+                      pin_history: bool = True) -> Iterator[Record]:
         """Every version in range with ``create_tid >= since_tid`` or
         ``delete_tid >= since_tid``, in key order, skipping whole subtrees whose aggregated
-        max TID is older (cost proportional to the change, for mirroring)."""
+        max TID is older (cost proportional to the change, for mirroring).  A mirror may now
+        hold every committed version, so none of them is dropped later by a history
+        interval; ``pin_history=False`` (a cache invalidation scan, not a mirror) leaves
+        that rule alone."""
 
     # -- changes in the current transaction -------------------------------------------------
     def put(self, reckey: RecKey, data: bytes, history_ns: int = 0) -> Record:

@@ -126,9 +126,11 @@ class MemoryStore(PfsTable):
             if history or rec.visible_at(tid):
                 yield rec if with_data else _without_data(rec)
 
-    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
-        with self._lock:
-            self._history_floor = max(self._history_floor, self._last_committed)
+    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
+                      pin_history: bool = True) -> Iterator[Record]:
+        with self._lock:  # a mirror may now hold every committed version
+            if pin_history:
+                self._history_floor = max(self._history_floor, self._last_committed)
         for rec in self.scan(lo, hi, history=True):
             if rec.create_tid >= since_tid or rec.delete_tid >= since_tid:
                 yield rec

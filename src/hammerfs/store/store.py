@@ -331,11 +331,13 @@ class Store(PfsTable):
         yield from self._batches(lo, hi, None, SCAN_BATCH_DATA if with_data else SCAN_BATCH,
                                  wanted, with_data)
 
-    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
+    def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
+                      pin_history: bool = True) -> Iterator[Record]:
         _check_key(lo)
         _check_key(hi)
         with self._lock:  # a mirror may now hold every committed version
-            self._history_floor = max(self._history_floor, self._last_committed)
+            if pin_history:
+                self._history_floor = max(self._history_floor, self._last_committed)
         yield from self._batches(lo, hi, since_tid, SCAN_BATCH_DATA, lambda k, v: True, True)
 
     def _batches(self, lo: RecKey, hi: RecKey, since: int | None, batch: int, wanted,
