@@ -329,3 +329,24 @@ def test_argon2_memory_cap_follows_available_memory(monkeypatch):
     kdf.check_params(params)
     monkeypatch.undo()
     assert (kdf.available_memory_kib() or 0) > 0
+
+
+@pytest.mark.parametrize("damage", [
+    {"iterations": 2**32 + 1000}, {"iterations": 0}, {"salt": "AAAA"},
+], ids=["iterations-2^32", "iterations-0", "salt-3-bytes"])
+def test_convert_refuses_a_slot_luks1_cannot_hold_untouched(tmp_path, damage):
+    """Reading accepts any integer cost (as cryptsetup); converting to LUKS1, whose fields
+    are 32-bit, refuses such a slot before moving any material."""
+    image, kf = make_file(tmp_path / "v.img", 20 * MiB), keyfile(tmp_path)
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", *CS_PBKDF2,
+        "--sector-size", "512", "--key-file", kf, image)
+    with open(image, "r+b") as f:
+        head = bytearray(f.read(2 * MiB))
+        kdf_set(0, **damage)(head)
+        f.seek(0)
+        f.write(head)
+    before = digest(image)
+    proc = run_hammer("luks", "convert", "-q", "--type", "luks1", image, check=False)
+    assert proc.returncode == 1 and "cannot convert to LUKS1: key slot 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert digest(image) == before
