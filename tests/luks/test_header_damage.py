@@ -446,3 +446,21 @@ def test_cryptsetup_accepting_any_passphrase_is_not_followed(bases, tmp_path):
         assert got is None and isinstance(error, HammerError)
     cryptsetup_says = cs_opens(image, keyfile(tmp_path, WRONG, "wrong.txt"))
     print(f"cryptsetup --test-passphrase with a wrong passphrase: exit 0 = {cryptsetup_says}")
+
+
+def test_key_management_around_a_damaged_slot(bases, tmp_path):
+    """LUKS1, slot 0 with 2^31 iterations, slot 2's state byte damaged: add-key fills the
+    damaged-state slot 2 (cryptsetup then opens it), and kill-slot 1 is proved by the
+    passphrase of slot 2 although slot 0, tried first, cannot be computed."""
+    image = damaged(bases, tmp_path, 1, lambda b: (u32_or(SLOT + 4, 1 << 31)(b),
+                                                   byte_xor(SLOT + 2 * 48 + 3, 0x01)(b)))
+    kfb, kfc = keyfile(tmp_path, PASS_B, "b.txt"), keyfile(tmp_path, b"third", "c.txt")
+    run_hammer("luks", "add-key", "--key-file", kfb, *CS_PBKDF2, "--key-slot", "2", image,
+               kfc)
+    # (cryptsetup itself would grind through slot 0 first: asked for slot 2 only)
+    assert cryptsetup_ok(image, "open", "--test-passphrase", "--key-slot", "2",
+                         "--key-file", str(kfc))
+    proc = run_hammer("luks", "kill-slot", "--key-file", kfc, image, "1", check=False)
+    assert proc.returncode == 0, proc.stderr
+    dump = run("cryptsetup", "luksDump", image).stdout.decode()
+    assert "Key Slot 1: DISABLED" in dump and "Key Slot 2: ENABLED" in dump

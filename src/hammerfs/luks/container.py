@@ -27,24 +27,23 @@ LUKS2_MAX_SLOTS = 32
 WIPE_CHUNK = 1024 * 1024
 
 
-class WrongPassphrase(HammerError):
-    """No key slot opens with the passphrase (cryptsetup exits 2 here too).  ``failures``:
-    why each tried slot failed (None: the passphrase did not match it)."""
-
-    exit_code = 2
+class UnlockFailed(HammerError):
+    """No key slot opened.  ``failures``: why each tried slot failed (None: the passphrase
+    did not match it)."""
 
     def __init__(self, message: str, failures: dict[int, HammerError | None] | None = None):
         super().__init__(message)
         self.failures = failures or {}
 
 
-class NoUsableKeySlot(HammerError):
-    """Every key slot that could open the volume is damaged or unsupported; ``failures``
-    says why each one failed."""
+class WrongPassphrase(UnlockFailed):
+    """No key slot opens with the passphrase (cryptsetup exits 2 here too)."""
 
-    def __init__(self, message: str, failures: dict[int, HammerError | None]):
-        super().__init__(message)
-        self.failures = failures
+    exit_code = 2
+
+
+class NoUsableKeySlot(UnlockFailed):
+    """Every key slot that could open the volume is damaged or unsupported."""
 
 
 def _unlock_error(failures: dict[int, HammerError | None]) -> HammerError:
