@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 import shutil
 import subprocess
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import run_hammer
 from hammerfs.errors import HammerError
-from hammerfs.luks import kdf, luks2
+from hammerfs.luks import kdf, luks1, luks2
 from hammerfs.luks.container import (
     NoUsableKeySlot,
     WrongPassphrase,
@@ -180,23 +183,27 @@ def damaged(bases, tmp_path, version, change):
     return image
 
 
-def cryptsetup_ok(image, *args: str) -> bool:
-    """cryptsetup's opinion, on a copy: it repairs a damaged LUKS2 header copy when it
-    reads one (even for luksDump), hammer never writes while reading."""
-    work = image.parent / "cs-copy.img"
-    shutil.copy(image, work)
+def cryptsetup_ok(image, *args: str, on_copy: bool = True) -> bool:
+    """cryptsetup's opinion, on a copy unless the caller rewrites the image anyway: it
+    repairs a damaged LUKS2 header copy when it reads one (even for luksDump), hammer
+    never writes while reading."""
+    work = image.parent / "cs-copy.img" if on_copy else image
+    if on_copy:
+        shutil.copy(image, work)
     try:
         proc = subprocess.run(["cryptsetup", *args, str(work)], capture_output=True,
                               timeout=CS_TIMEOUT)
     except subprocess.TimeoutExpired:
         return False
     finally:
-        work.unlink()
+        if on_copy:
+            work.unlink()
     return proc.returncode == 0
 
 
-def cs_opens(image, kf) -> bool:
-    return cryptsetup_ok(image, "open", "--test-passphrase", "--key-file", str(kf))
+def cs_opens(image, kf, on_copy: bool = True) -> bool:
+    return cryptsetup_ok(image, "open", "--test-passphrase", "--key-file", str(kf),
+                         on_copy=on_copy)
 
 
 def cs_dumps(image) -> bool:
@@ -250,7 +257,8 @@ def test_failures_name_each_slot(bases, tmp_path):
     image = damaged(bases, tmp_path, 1, u32_or(SLOT + 4, 1 << 31))
     _, error = hammer_unlock(image, PASS)
     assert isinstance(error, WrongPassphrase)
-    assert error.failures[1] is None and "iteration count" in error.failures[0]
+    assert error.failures[1] is None and isinstance(error.failures[0], kdf.KdfError)
+    assert "iteration count" in str(error.failures[0])
     proc = run_hammer("luks", "test-passphrase", "--key-file", keyfile(tmp_path), image,
                       check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -327,5 +335,132 @@ def test_argon2_memory_cap_follows_available_memory(monkeypatch):
         kdf.check_params(params)
     monkeypatch.setenv(kdf.UNLIMITED_ENV, "1")
     kdf.check_params(params)
+    # new slots never ask for more than is available (format would refuse its own choice)
+    assert kdf.default_argon2_memory() == 1024
     monkeypatch.undo()
     assert (kdf.available_memory_kib() or 0) > 0
+
+
+@pytest.mark.parametrize("damage", [
+    {"iterations": 2**32 + 1000}, {"iterations": 0}, {"salt": "AAAA"},
+], ids=["iterations-2^32", "iterations-0", "salt-3-bytes"])
+def test_convert_refuses_a_slot_luks1_cannot_hold_untouched(tmp_path, damage):
+    """Reading accepts any integer cost (as cryptsetup); converting to LUKS1, whose fields
+    are 32-bit, refuses such a slot before moving any material."""
+    image, kf = make_file(tmp_path / "v.img", 20 * MiB), keyfile(tmp_path)
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", *CS_PBKDF2,
+        "--sector-size", "512", "--key-file", kf, image)
+    with open(image, "r+b") as f:
+        head = bytearray(f.read(2 * MiB))
+        kdf_set(0, **damage)(head)
+        f.seek(0)
+        f.write(head)
+    before = digest(image)
+    proc = run_hammer("luks", "convert", "-q", "--type", "luks1", image, check=False)
+    assert proc.returncode == 1 and "cannot convert to LUKS1: key slot 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert digest(image) == before
+
+
+# ---- random damage, cryptsetup as the oracle ------------------------------------------------
+
+JSON_TOKEN = re.compile(rb'"[^"\\]*"|-?[0-9]+')
+TOKENS = [b"0", b"-1", b"2147484648", b"4294968296", b"1e400", b'"scrypt"', b'"pbkdf2"',
+          b'"argon2i"', b'"***"', b'""', b"null", b"[]", b"{}", b"true", b"3999", b'"4096"']
+
+
+def _json_token_damage(data, head: bytearray) -> None:
+    """Replace whole JSON tokens (values or keys) in both copies, checksums fixed: the
+    damage reaches cryptsetup's and hammer's JSON validation alike."""
+    hdr = luks2.read_header(_BytesDev(bytes(head)))
+    text = bytearray(luks2.serialize_json(hdr.meta, hdr.json_size).split(b"\0", 1)[0])
+    for _ in range(data.draw(st.integers(1, 2))):
+        tokens = list(JSON_TOKEN.finditer(text))
+        token = tokens[data.draw(st.integers(0, len(tokens) - 1))]
+        text[token.start():token.end()] = data.draw(st.sampled_from(TOKENS))
+    json_area = (bytes(text) + bytes(hdr.json_size))[:hdr.json_size]
+    for offset in (0, hdr.hdr_size):
+        binary = bytearray(head[offset:offset + luks2.BINARY_SIZE])
+        binary[luks2.CSUM_OFFSET:luks2.CSUM_OFFSET + 32] = luks2.checksum(binary, json_area)
+        head[offset:offset + luks2.BINARY_SIZE] = binary
+        head[offset + luks2.BINARY_SIZE:offset + hdr.hdr_size] = json_area
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_damage_hammer_opens_what_cryptsetup_opens(bases, tmp_path, monkeypatch,
+                                                          data):
+    """Random bytes of a LUKS1 phdr or of either LUKS2 copy, or whole JSON tokens of the
+    LUKS2 metadata: whenever cryptsetup opens with a passphrase, hammer does too (with the
+    same slot), only HammerErrors, nothing written.  cryptsetup is asked only where hammer
+    refuses (the oracle is slow).  The KDF caps are lowered to keep examples fast (a
+    damaged digest count just below the real cap costs minutes per slot, in both tools);
+    a passphrase for which hammer refused a cost above them (KdfCostRefused, which the
+    user can override) is not compared."""
+    monkeypatch.setattr(kdf, "PBKDF2_SANE_ITERATIONS", 1 << 17)
+    monkeypatch.setattr(kdf, "ARGON2_SANE_WORK", 1 << 16)
+    monkeypatch.delenv(kdf.UNLIMITED_ENV, raising=False)
+    version = data.draw(st.sampled_from([1, 2, 2]))
+    image = tmp_path / f"fuzz{version}.img"
+    if not image.exists():
+        shutil.copy(bases[version], image)
+    head = bytearray(bases[version].read_bytes()[:64 * 1024])
+    if version == 2 and data.draw(st.booleans()):
+        _json_token_damage(data, head)
+    else:
+        limit = luks1.PHDR_SIZE if version == 1 else 2 * luks2.HDR_SIZES[0]
+        for _ in range(data.draw(st.integers(1, 3))):
+            head[data.draw(st.integers(0, limit - 1))] = data.draw(st.integers(0, 255))
+    with open(image, "r+b") as f:
+        f.write(head)
+    results = {}
+    for name, passphrase in PASSES.items():
+        results[name] = hammer_unlock(image, passphrase)
+        with open(image, "rb") as f:
+            assert f.read(len(head)) == head
+    for name, passphrase in PASSES.items():
+        got, error = results[name]
+        # last use of the image in this example: cryptsetup may repair it in place
+        capped = any(isinstance(f, kdf.KdfCostRefused)
+                     for f in getattr(error, "failures", {}).values())
+        if got is None and not capped and cs_opens(
+                image, keyfile(tmp_path, passphrase, f"{name}.txt"), on_copy=False) \
+                and not cs_opens(image, keyfile(tmp_path, WRONG, "wrong.txt"), on_copy=False):
+            raise AssertionError(f"cryptsetup opens with {name}, hammer: {error}")
+        assert got in (None, 0 if name == "A" else 1)
+
+
+WRONG = b"not a passphrase of this volume"
+
+
+def test_cryptsetup_accepting_any_passphrase_is_not_followed(bases, tmp_path):
+    """cryptsetup 2.6.1 says "opens" to ANY passphrase (exit 0 of --test-passphrase) when
+    the digest's salt, digest or hash is a JSON number instead of a string: its digest
+    check is bypassed.  Such a header is no oracle (the random-damage test above checks
+    that cryptsetup refuses a wrong passphrase before trusting it); hammer refuses it."""
+    image = damaged(bases, tmp_path, 2,
+                    rewrite_json(lambda m: m["digests"]["0"].update(salt=0)))
+    for passphrase in (PASS, PASS_B, WRONG):
+        got, error = hammer_unlock(image, passphrase)
+        assert got is None and isinstance(error, HammerError)
+    cryptsetup_says = cs_opens(image, keyfile(tmp_path, WRONG, "wrong.txt"))
+    print(f"cryptsetup --test-passphrase with a wrong passphrase: exit 0 = {cryptsetup_says}")
+
+
+def test_key_management_around_a_damaged_slot(bases, tmp_path):
+    """LUKS1, slot 0 with 2^31 iterations, slot 2's state byte damaged: add-key fills the
+    damaged-state slot 2 (cryptsetup then opens it), and kill-slot 1 is proved by the
+    passphrase of slot 2 although slot 0, tried first, cannot be computed."""
+    image = damaged(bases, tmp_path, 1, lambda b: (u32_or(SLOT + 4, 1 << 31)(b),
+                                                   byte_xor(SLOT + 2 * 48 + 3, 0x01)(b)))
+    kfb, kfc = keyfile(tmp_path, PASS_B, "b.txt"), keyfile(tmp_path, b"third", "c.txt")
+    run_hammer("luks", "add-key", "--key-file", kfb, *CS_PBKDF2, "--key-slot", "2", image,
+               kfc)
+    # (cryptsetup itself would grind through slot 0 first: asked for slot 2 only)
+    assert cryptsetup_ok(image, "open", "--test-passphrase", "--key-slot", "2",
+                         "--key-file", str(kfc))
+    proc = run_hammer("luks", "kill-slot", "--key-file", kfc, image, "1", check=False)
+    assert proc.returncode == 0, proc.stderr
+    dump = run("cryptsetup", "luksDump", image).stdout.decode()
+    assert "Key Slot 1: DISABLED" in dump and "Key Slot 2: ENABLED" in dump

@@ -512,12 +512,12 @@ def cmd_kill_slot(args: argparse.Namespace) -> int:
 
 
 def _opens_any(container, passphrase: bytes, slots: list[int]) -> bool:
-    from hammerfs.luks.container import WrongPassphrase
+    from hammerfs.luks.container import UnlockFailed
 
     for slot in slots:
         try:
             container.unlock(passphrase, slot)
-        except WrongPassphrase:
+        except UnlockFailed:     # wrong passphrase, or that slot is damaged: try the next
             continue
         return True
     return False

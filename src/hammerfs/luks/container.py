@@ -27,27 +27,26 @@ LUKS2_MAX_SLOTS = 32
 WIPE_CHUNK = 1024 * 1024
 
 
-class WrongPassphrase(HammerError):
-    """No key slot opens with the passphrase (cryptsetup exits 2 here too).  ``failures``:
-    why each tried slot failed (None: the passphrase did not match it)."""
+class UnlockFailed(HammerError):
+    """No key slot opened.  ``failures``: why each tried slot failed (None: the passphrase
+    did not match it)."""
 
-    exit_code = 2
-
-    def __init__(self, message: str, failures: dict[int, str | None] | None = None):
+    def __init__(self, message: str, failures: dict[int, HammerError | None] | None = None):
         super().__init__(message)
         self.failures = failures or {}
 
 
-class NoUsableKeySlot(HammerError):
-    """Every key slot that could open the volume is damaged or unsupported; ``failures``
-    says why each one failed."""
+class WrongPassphrase(UnlockFailed):
+    """No key slot opens with the passphrase (cryptsetup exits 2 here too)."""
 
-    def __init__(self, message: str, failures: dict[int, str | None]):
-        super().__init__(message)
-        self.failures = failures
+    exit_code = 2
 
 
-def _unlock_error(failures: dict[int, str | None]) -> HammerError:
+class NoUsableKeySlot(UnlockFailed):
+    """Every key slot that could open the volume is damaged or unsupported."""
+
+
+def _unlock_error(failures: dict[int, HammerError | None]) -> HammerError:
     """The error after no slot opened: wrong passphrase, unless no slot could even be
     compared with it; the reasons of damaged slots are named."""
     if all(reason is None for reason in failures.values()):
@@ -201,16 +200,17 @@ class Container:
         candidates = self._unlock_order() if slot is None else [slot]
         if slot is not None and slot not in self.active_slots():
             raise HammerError(f"key slot {slot} is not active")
-        failures: dict[int, str | None] = {}
+        failures: dict[int, HammerError | None] = {}
         for candidate in candidates:
             try:
                 key = self._try_slot(candidate, passphrase)
             except HammerError as exc:
-                failures[candidate] = str(exc)
+                failures[candidate] = exc
                 continue
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 # Metadata the header checks let through but this slot cannot use.
-                failures[candidate] = f"malformed key slot ({type(exc).__name__}: {exc})"
+                failures[candidate] = keyslots.KeySlotError(
+                    f"malformed key slot ({type(exc).__name__}: {exc})")
                 continue
             if key is not None:
                 return candidate, key

@@ -21,6 +21,7 @@ from hammerfs.luks.container import (
     Luks2Container,
     open_container,
 )
+from hammerfs.luks.kdf import check_pbkdf2
 
 LUKS2_HDR_SIZE = 16384
 MATERIAL_SHIFT = 2 * LUKS2_HDR_SIZE - 8 * luks1.SECTOR     # 28 KiB
@@ -77,7 +78,7 @@ def luks2_meta_from_luks1(hdr: luks1.Luks1Header) -> dict:
 def _check_luks1_convertible(container: Luks1Container) -> None:
     """Refuses what does not fit a LUKS2 layout."""
     hdr = container.hdr
-    container.check_usable()
+    container.check_writable()
     payload = hdr.payload_offset * luks1.SECTOR
     if payload == 0:
         raise _refuse(2, "the header is detached (payload offset 0); this is not supported")
@@ -118,7 +119,20 @@ def _luks1_hash(container: Luks2Container) -> str:
         raise _refuse(1, f"the digest type '{digest['type']}' does not exist in LUKS1")
     if len(luks2.b64decode(digest["digest"], "digest")) < luks1.DIGEST_SIZE:
         raise _refuse(1, "the volume-key digest is shorter than LUKS1's 20 bytes")
+    _check_pbkdf2_fields(digest, "the volume-key digest", digest["hash"])
     return digest["hash"]
+
+
+def _check_pbkdf2_fields(obj: dict, what: str, hash_name: str) -> None:
+    """Iterations and salt LUKS1's fixed fields hold (reading checked only their types)."""
+    try:
+        check_pbkdf2(hash_name, obj.get("iterations"))
+        salt = luks2.b64decode(obj.get("salt"), "salt")
+    except HammerError as exc:
+        raise _refuse(1, f"{what}: {exc}") from None
+    if len(salt) != luks1.SALT_SIZE:
+        raise _refuse(1, f"{what} has a {len(salt)}-byte salt; LUKS1 stores "
+                      f"{luks1.SALT_SIZE} bytes")
 
 
 def _check_luks2_keyslot(slot_id: str, ks: dict, hash_name: str, cipher: str, key_size: int,
@@ -134,6 +148,7 @@ def _check_luks2_keyslot(slot_id: str, ks: dict, hash_name: str, cipher: str, ke
     if kdf.get("hash") != hash_name or af.get("hash") != hash_name:
         raise _refuse(1, f"key slot {slot} hashes differ from the digest's {hash_name} "
                       "(LUKS1 uses one hash for all)")
+    _check_pbkdf2_fields(kdf, f"key slot {slot}", hash_name)
     if af.get("type") != "luks1" or af.get("stripes") != luks1.STRIPES:
         raise _refuse(1, f"key slot {slot} has an anti-forensic layout LUKS1 cannot express")
     if area.get("type") != "raw" or area.get("encryption") != cipher \
@@ -149,7 +164,7 @@ def _check_luks2_keyslot(slot_id: str, ks: dict, hash_name: str, cipher: str, ke
 
 def _check_luks2_convertible(container: Luks2Container) -> tuple[str, int]:
     """(hash, data offset) of a LUKS2 volume LUKS1 can represent; refuses anything else."""
-    container.check_usable()
+    container.check_writable()
     meta = container.hdr.meta
     if meta["tokens"]:
         raise _refuse(1, f"the header holds {len(meta['tokens'])} token(s), which LUKS1 "
@@ -204,6 +219,7 @@ def to_luks1(container: Luks2Container) -> Luks1Container:
                             luks2.b64decode(digest["salt"], "salt"), digest["iterations"],
                             container.uuid, slots)
     dev = container.dev
+    luks1.check_layout(hdr, dev.size)     # refuse before the first write
     # Everything between the headers and the data moves, as cryptsetup moves it.
     material = dev.read(2 * LUKS2_HDR_SIZE, offset - 2 * LUKS2_HDR_SIZE)
     # The LUKS1 phdr is one sector: zero the rest of the first 4 KiB (old LUKS2 binary

@@ -34,6 +34,10 @@ class KdfError(KeySlotError):
     """The key slot's (or digest's) KDF parameters are invalid, unsupported or refused."""
 
 
+class KdfCostRefused(KdfError):
+    """Valid KDF costs above the soft caps (UNLIMITED_ENV lifts them)."""
+
+
 @dataclass
 class KdfParams:
     """One key slot's KDF: type, salt and costs (memory in KiB, parallel = lanes)."""
@@ -64,8 +68,8 @@ def available_memory_kib() -> int | None:
 
 def _refuse_cost(what: str) -> None:
     if not unlimited():
-        raise KdfError(f"{what}; refusing it (a damaged header?). Set {UNLIMITED_ENV}=1 to "
-                       "try anyway")
+        raise KdfCostRefused(f"{what}; refusing it (a damaged header?). Set {UNLIMITED_ENV}=1 "
+                             "to try anyway")
 
 
 def _cost(value: object, name: str, low: int, high: int) -> int:
@@ -147,8 +151,11 @@ def physical_memory_kib() -> int:
 
 
 def default_argon2_memory() -> int:
-    """cryptsetup caps Argon2 memory at 1 GiB and at half of the physical RAM."""
-    return max(ARGON2_MIN_MEMORY, min(DEFAULT_MAX_MEMORY, physical_memory_kib() // 2))
+    """cryptsetup caps Argon2 memory at 1 GiB and at half of the physical RAM; we also
+    stay within the memory available now, which check_params demands."""
+    available = available_memory_kib() or DEFAULT_MAX_MEMORY
+    return max(ARGON2_MIN_MEMORY, min(DEFAULT_MAX_MEMORY, physical_memory_kib() // 2,
+                                      available))
 
 
 def default_parallel() -> int:

@@ -106,12 +106,7 @@ def _material_range(hdr: Luks1Header, slot: Luks1Slot) -> tuple[int, int]:
     return start, start + hdr.material_sectors() * SECTOR
 
 
-def slot_problem(hdr: Luks1Header, index: int, device_size: int | None) -> str | None:
-    """Why key slot ``index`` cannot be used, or None.  A slot whose state field is neither
-    enabled nor disabled (a damaged byte) counts as disabled, as in cryptsetup."""
-    slot = hdr.slots[index]
-    if slot.active not in (SLOT_ENABLED, SLOT_DISABLED):
-        return f"invalid state 0x{slot.active:08x}"
+def _layout_problem(hdr: Luks1Header, slot: Luks1Slot, device_size: int | None) -> str | None:
     if slot.stripes != STRIPES:
         return f"{slot.stripes} AF stripes (not {STRIPES})"
     start, end = _material_range(hdr, slot)
@@ -119,16 +114,26 @@ def slot_problem(hdr: Luks1Header, index: int, device_size: int | None) -> str |
         return "key material lies outside the header area"
     if device_size is not None and end > device_size:
         return "key material lies beyond the device end"
-    if slot.enabled and slot.iterations < 1:
-        return "no iterations"
     return None
 
 
+def slot_problem(hdr: Luks1Header, index: int, device_size: int | None) -> str | None:
+    """Why key slot ``index`` cannot be used, or None.  A slot whose state field is neither
+    enabled nor disabled (a damaged byte) counts as disabled, as in cryptsetup."""
+    slot = hdr.slots[index]
+    if slot.active not in (SLOT_ENABLED, SLOT_DISABLED):
+        return f"invalid state 0x{slot.active:08x}"
+    if slot.enabled and slot.iterations < 1:
+        return "no iterations"
+    return _layout_problem(hdr, slot, device_size)
+
+
 def check_layout(hdr: Luks1Header, device_size: int | None) -> None:
-    """cryptsetup's checks of all eight slots (used or not) and of their overlaps: what a
-    header we write must pass, and what must hold before we write into any slot area."""
-    for i in range(SLOT_COUNT):
-        problem = slot_problem(hdr, i, device_size)
+    """cryptsetup's checks of all eight slots' areas (used or not) and of their overlaps:
+    what a header we write must pass, and what must hold before we write into any slot
+    area.  A damaged state field is no obstacle: that slot counts as free."""
+    for i, slot in enumerate(hdr.slots):
+        problem = _layout_problem(hdr, slot, device_size)
         if problem:
             raise HammerError(f"LUKS1 header: key slot {i}: {problem}")
     ranges = sorted((*_material_range(hdr, slot), i) for i, slot in enumerate(hdr.slots))
