@@ -2,7 +2,9 @@
 """Offsite copy to Ceph: `hammer mirror-copy` of 1 GiB from a local encrypted master to an
 encrypted slave on an RBD image and on an S3 bucket (radosgw), next to the raw upload tools
 of the same data in the same run (`rbd import` of a 1 GiB file; boto3's upload_file, the
-transfer engine of `aws s3 cp`), and the incremental mirror-copy after changing 10 files.
+transfer engine of `aws s3 cp`), and the incremental mirror-copy after changing 10 files;
+then the same for a tree of 10,000 small files (`tar | rbd import -`; one PUT per file, 10 at
+a time, as `aws s3 cp --recursive`).
 
 Run by hand (root, Debian's Ceph packages from scripts/bootstrap):
 ``.venv/bin/python bench/ceph_bench.py [--size 1G] [--rounds 3]``.  It starts a throwaway
@@ -104,6 +106,51 @@ def shared_uuid(master: Path, key: Path) -> str:
     return out.split("shared-uuid=")[1].split()[0]
 
 
+def make_tree_master(tmp: Path, files: int, key: Path) -> tuple[Path, Path]:
+    """A second master whose PFS #1 holds ``files`` files of 200 B-4 KiB in 100 directories,
+    and the same tree as a plain directory (for the raw tools)."""
+    master, plain = tmp / "tree-master.img", tmp / "tree"
+    hammer("newfs", "--encrypt", "--key-file", key, *FAST_KDF, "--size", "512M", master)
+    hammer("pfs-master", "--key-file", key, f"{master}:1")
+    store = Store.open(open_payload(FileDevice(str(master)), KEY))
+    fs = FileSystem(store, 1)
+    rnd = random.Random(5)
+    for d in range(100):
+        sub = fs.mkdir(ROOT_OBJ, b"d%03d" % d, 0o755)
+        (plain / f"d{d:03d}").mkdir(parents=True)
+        for i in range(files // 100):
+            data = rnd.randbytes(rnd.randint(200, 4096))
+            fs.write(fs.create(sub.obj_id, b"f%04d" % i, 0o644).obj_id, 0, data)
+            (plain / f"d{d:03d}" / f"f{i:04d}").write_bytes(data)
+        store.commit()
+    store.close()
+    return master, plain
+
+
+def upload_tree_s3(plain: Path, prefix: str) -> float:
+    """What `aws s3 cp --recursive` does: one PUT per file, 10 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    from botocore.config import Config
+    s3 = boto3.client("s3", config=Config(max_pool_connections=10))
+    paths = [p for p in plain.rglob("*") if p.is_file()]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda p: s3.upload_file(str(p), "hammerfs",
+                                               f"{prefix}/{p.relative_to(plain)}"), paths))
+    return time.perf_counter() - t0
+
+
+def tar_to_rbd(plain: Path, image: str, conf: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(f"tar -C {plain} -cf - . | rbd --conf {conf} import - {image}", shell=True,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    took = time.perf_counter() - t0
+    subprocess.run(["rbd", "--conf", conf, "rm", image], check=True, capture_output=True)
+    return took
+
+
 def upload_s3(raw: Path, name: str) -> float:
     import boto3
     s3 = boto3.client("s3")
@@ -118,6 +165,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1G", help="data to copy (multiple of 64M)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--files", type=int, default=10_000,
+                    help="also copy a tree of this many small files (0: skip)")
     ap.add_argument("--cluster", help="an already started scripts/ceph-test-cluster DIR")
     opts = ap.parse_args()
     size = parse_size(opts.size) // BIG * BIG
@@ -130,13 +179,13 @@ def main() -> None:
             for line in (cluster / "env").read_text().splitlines():
                 name, _, value = line.removeprefix("export ").partition("=")
                 os.environ[name] = value
-            run(tmp, size, opts.rounds)
+            run(tmp, size, opts.rounds, opts.files)
         finally:
             if not opts.cluster:
                 subprocess.run([str(SCRIPT), "stop", str(cluster)], check=True)
 
 
-def run(tmp: Path, size: int, rounds: int) -> None:
+def run(tmp: Path, size: int, rounds: int, files: int) -> None:
     key = tmp / "key"
     key.write_bytes(KEY)
     key.chmod(0o600)
@@ -157,16 +206,35 @@ def run(tmp: Path, size: int, rounds: int) -> None:
         subprocess.run(["rbd", "--conf", conf, "rm", f"hammerfs/raw{r}"], check=True,
                        capture_output=True)
         results.setdefault("s3 upload_file", []).append(upload_s3(raw, f"raw{r}"))
+    if files:
+        tree_master, plain = make_tree_master(tmp, files, key)
+        tree_uuid = shared_uuid(tree_master, key)
+        for r in range(rounds):
+            for kind, spec in (("rbd", f"rbd:hammerfs/tree{r}"),
+                               ("s3", f"s3://hammerfs/tree{r}")):
+                new_slave(spec, key, 256 << 20, tree_uuid)
+                results.setdefault(f"{kind} tree mirror-copy", []).append(
+                    hammer("mirror-copy", "-q", "--key-file", key, f"{tree_master}:1",
+                           f"{spec}:1"))
+            results.setdefault("rbd tree tar|import", []).append(
+                tar_to_rbd(plain, f"hammerfs/rawtree{r}", conf))
+            results.setdefault("s3 tree PUT x10", []).append(
+                upload_tree_s3(plain, f"rawtree{r}"))
     med = {name: statistics.median(times) for name, times in results.items()}
     mib = size / (1 << 20)
     print(f"\n{mib:.0f} MiB, median of {rounds} rounds")
     for name, took in med.items():
-        rate = f"{mib / took:7.1f} MiB/s" if "incremental" not in name else ""
+        rate = f"{mib / took:7.1f} MiB/s" if name.split()[1] in ("mirror-copy", "import", "upload_file") else ""
         print(f"  {name:22s} {took:7.2f} s  {rate}")
     print(f"  rbd: mirror-copy / rbd import throughput = "
           f"{med['rbd import'] / med['rbd mirror-copy']:.2f}x")
     print(f"  s3:  mirror-copy / upload_file throughput = "
           f"{med['s3 upload_file'] / med['s3 mirror-copy']:.2f}x")
+    if files:
+        print(f"  {files} files: rbd mirror-copy / tar|rbd import = "
+              f"{med['rbd tree tar|import'] / med['rbd tree mirror-copy']:.2f}x, "
+              f"s3 mirror-copy / PUT x10 = "
+              f"{med['s3 tree PUT x10'] / med['s3 tree mirror-copy']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A real single-node Ceph cluster (scripts/ceph-test-cluster), started once per test process
 and only if a test needs it: RADOS pool and S3 bucket `hammerfs`, its environment exported to
-this process (and so to every `hammer` the tests run); stopped when the process exits.
+this process (and so to every `hammer` the tests run); stopped at the end of the session (or
+when the process exits, also on SIGTERM).
 Skipped only when Debian's Ceph packages are missing (scripts/bootstrap installs them).
 
 (Not a conftest.py: a second module named conftest would shadow tests/conftest.py for
@@ -11,7 +12,9 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -30,11 +33,16 @@ def _missing() -> list[str]:
 _cluster: dict[str, str] | None = None
 
 
-def _start(where: Path) -> dict[str, str]:
+def _start(where: Path, session: pytest.Session) -> dict[str, str]:
+    def stop() -> None:
+        subprocess.run([str(SCRIPT), "stop", str(where)], capture_output=True, timeout=120)
+
     started = subprocess.run([str(SCRIPT), "start", str(where)], capture_output=True,
                              text=True, timeout=300)
-    atexit.register(subprocess.run, [str(SCRIPT), "stop", str(where)], capture_output=True,
-                    timeout=120)
+    session.addfinalizer(stop)  # at the end of the session
+    atexit.register(stop)  # if the session is cut short (harmless when already stopped)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a killed run stops it too
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     assert started.returncode == 0, started.stdout + started.stderr
     env = {}
     for line in (where / "env").read_text().splitlines():
@@ -45,14 +53,14 @@ def _start(where: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def ceph(tmp_path_factory) -> dict[str, str]:
+def ceph(tmp_path_factory, request) -> dict[str, str]:
     """The cluster's environment (CEPH_CONF, AWS_*, and DIR, its directory)."""
     global _cluster
     if _missing():
         pytest.skip(f"Debian's Ceph packages are missing ({', '.join(_missing())}): "
                     "run scripts/bootstrap")
     if _cluster is None:
-        _cluster = _start(tmp_path_factory.mktemp("ceph"))
+        _cluster = _start(tmp_path_factory.mktemp("ceph"), request.session)
     return _cluster
 
 

@@ -52,6 +52,8 @@ def test_stream_to_a_slave_on_ceph(ceph, key, unique, tmp_path, kind):
         (mm / "tree").mkdir()
         (mm / "tree" / "file").write_bytes(first)
         wait_for(sm / "pfs" / "slave" / "tree" / "file", first)
+        info = run_hammer("info", spec)  # the mount holds the volume: read through it
+        assert f"is mounted on {sm}" in info.stderr and "offsite" in info.stdout
         (mm / "tree" / "file").write_bytes(second)
         wait_for(sm / "pfs" / "slave" / "tree" / "file", second)
         stream.terminate()

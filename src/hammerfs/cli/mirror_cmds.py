@@ -498,6 +498,9 @@ def cmd_mirror_stream(args: argparse.Namespace) -> int:
         except Interrupted:
             raise
         except HammerError as exc:
+            # a session that ran (not one refused at once) and then failed, e.g. its target
+            # lost its storage mid-commit: retried, the target reopened at its last commit
+            started = started or time.monotonic() - t0 > delay
             if not started:
                 raise
             both_gone_since = _both_gone(args, both_gone_since)

@@ -235,8 +235,14 @@ def serving_mount(path: str):
 
 
 def same_file(a: str, b: str) -> bool:
-    """The same image file or the same block device (by-id links, /dev/sdX, ...)."""
+    """The same image file or the same block device (by-id links, /dev/sdX, ...), or the
+    same RBD image or S3 volume (by name)."""
     import stat
+
+    from hammerfs.blockdev.spec import is_remote
+
+    if is_remote(a) or is_remote(b):
+        return a == b
 
     try:
         sa, sb = os.stat(a), os.stat(b)
