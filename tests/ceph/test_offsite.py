@@ -18,7 +18,7 @@ from conftest import hammer_env, run_hammer
 MARKER = b"PLAINTEXT-MARKER-7f3a9c"  # must never reach the cluster
 
 
-def wait_for(path, content: bytes, timeout: float = 30) -> None:
+def wait_for(path, content: bytes, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not (os.path.exists(path) and path.read_bytes() == content):
         assert time.monotonic() < deadline, f"{path} never got the mirrored content"

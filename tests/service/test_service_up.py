@@ -525,7 +525,8 @@ def test_metrics_endpoint_textfile_and_the_scheduled_scrub(setup, tmp_path):
         assert value(samples, "hammerfs_stream_sent_bytes_total", stream="backup") > 0
         assert 0 <= value(samples, "hammerfs_stream_seconds_behind", stream="backup") < 60
         # the node_exporter textfile says the same
-        text = wait_for(lambda: read_text(prom), 5, "the textfile")
+        text = wait_for(lambda: (t := read_text(prom)) and "hammerfs_stream_seconds_behind" in t
+                        and t, 10, "the textfile with the stream's metrics")
         names = {fam.name for fam in text_string_to_metric_families(text)}
         assert {"hammerfs_volume_used_bytes", "hammerfs_stream_seconds_behind"} <= names
         run_hammer("down", "--config", setup["config"], timeout=120)
