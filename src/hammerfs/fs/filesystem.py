@@ -562,12 +562,15 @@ class FileSystem:
                         key + len(rdata) >= lo and (key < lo or key + len(rdata) > hi):
                     lo, hi = min(lo, key), max(hi, key + len(rdata))
                     grown = True
-        buf = bytearray(hi - lo)
-        for key, rdata, _ in recs:  # what the new extent keeps of the old bytes
-            s, e = max(key, lo), min(key + len(rdata), hi)
-            if s < e:
-                buf[s - lo:e - lo] = memoryview(rdata)[s - key:e - key]
-        buf[a - lo:b - lo] = chunk
+        if lo == a and hi == b:  # nothing of the old bytes is kept (whole pages)
+            buf = chunk
+        else:
+            buf = bytearray(hi - lo)
+            for key, rdata, _ in recs:  # what the new extent keeps of the old bytes
+                s, e = max(key, lo), min(key + len(rdata), hi)
+                if s < e:
+                    buf[s - lo:e - lo] = memoryview(rdata)[s - key:e - key]
+            buf[a - lo:b - lo] = chunk
         room = self.store.room_for(len(buf))
         for key, rdata, _ in recs:
             rend = key + len(rdata)
