@@ -126,6 +126,9 @@ class MemoryStore(PfsTable):
             if history or rec.visible_at(tid):
                 yield rec if with_data else _without_data(rec)
 
+    def extent_lengths(self, lo: RecKey, hi: RecKey) -> list[tuple[int, int, int]]:
+        return [(r.key, len(r.data), r.create_tid) for r in self.scan(lo, hi)]
+
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int) -> Iterator[Record]:
         with self._lock:
             self._history_floor = max(self._history_floor, self._last_committed)
