@@ -96,10 +96,11 @@ def _scrub_extent(store: Store, k, v, report: ScrubReport, alloc) -> None:
     report.extents += 1
     report.data_bytes += v[3]
     first, count = v[4] // BLOCK, -(-v[3] // BLOCK)
+    off = first * BLOCK  # without the shared-extent flag bit (format 2)
     if not all(alloc.is_used(b) for b in (first, first + count - 1)):
-        report.errors.append(f"data extent at offset {v[4]:#x} is not marked in use "
+        report.errors.append(f"data extent at offset {off:#x} is not marked in use "
                              f"in the free-map")
     try:
         store.data_of(k, v)
     except CorruptionError as exc:
-        report.damage(exc, v[4])
+        report.damage(exc, off)
