@@ -267,3 +267,23 @@ def test_node_cache_is_sized_in_bytes():
         assert "HAMMERFS_NODE_CACHE" in str(exc)
     else:
         raise AssertionError("a bad size was accepted")
+
+
+def test_scrub_reports_a_damaged_shared_extent_at_its_real_offset(tmp_path):
+    store = _new_disk(str(tmp_path / "v.img"))
+    fs = FileSystem(store)
+    f = fs.create(R, b"f", 0o644).obj_id
+    fs.write(f, 0, os.urandom(BLOCK))
+    fs.fsync()
+    fs.write(f, 4 * PAGE, os.urandom(PAGE))  # the rest of the extent becomes shared slices
+    fs.fsync()
+    shared = [v[4] for _, n in store.tree.walk_nodes() if not n.level for v in n.vals
+              if v[4] & fmt.EXT_SHARED]
+    assert shared
+    target = fmt.extent_off(shared[0])
+    store.device.write(target, bytes(PAGE))  # damage the first shared block
+    report = scrub(store)
+    assert not report.ok
+    assert target in report.damaged_offsets
+    assert all(off % PAGE == 0 for off in report.damaged_offsets)
+    store.close()

@@ -78,6 +78,8 @@ def test_reblock_empties_sparse_bigblocks_and_keeps_every_version(tmp_path):
                        for v in n.vals if v[4] & EXT_SHARED)
     assert shared_after == shared_before  # moved as groups, still shared
     assert store.room_for(65536) == 65536  # contiguous space again
+    again = reblock(store, 90)  # packed into the fullest big-blocks: no churn
+    assert again.bigblocks <= 1 and everything(store) == before and scrub(store).ok
     store.close()
     store = Store.open(FileDevice(str(tmp_path / "v.img")))
     assert everything(store) == before and scrub(store).ok

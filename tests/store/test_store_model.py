@@ -192,6 +192,7 @@ class StoreVsModel(RuleBasedStateMachine):
         assert (s.current_tid, s.last_committed_tid) == (m.current_tid, m.last_committed_tid)
         assert list(s.scan(*ALL, history=True)) == list(m.scan(*ALL, history=True))
         assert list(s.scan(*ALL, with_data=False)) == list(m.scan(*ALL, with_data=False))
+        assert s.extent_lengths(*ALL) == m.extent_lengths(*ALL)
         assert s.list_pfs() == m.list_pfs()
         assert s.tree.dirty_count == s.tree.count_dirty()  # commits rely on this count
         alloc = s.allocator  # no block freed twice (shared extents)

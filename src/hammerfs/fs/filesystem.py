@@ -571,8 +571,8 @@ class FileSystem:
         version).  Extents of earlier transactions keep their untouched parts as slices of
         their blocks (put_slice: nothing copied), so a 4 KiB write costs about 4 KiB."""
         win = a - a % BLOCK
-        recs = [(r.key, r.data, r.create_tid) for r in self.store.scan(
-            self._key(obj, REC_DATA, win), self._key(obj, REC_DATA, win + BLOCK - 1))]
+        recs = self.store.extent_lengths(self._key(obj, REC_DATA, win),
+                                         self._key(obj, REC_DATA, win + BLOCK - 1))
         cur = self.store.current_tid
         if self._fresh_tid != cur:
             self._fresh.clear()
@@ -583,20 +583,24 @@ class FileSystem:
         grown = True
         while grown:  # take in the new extents of this transaction touching [lo, hi)
             grown = False
-            for key, rdata, ctid in recs:
+            for key, n, ctid in recs:
                 if ctid == cur and (obj, key) in fresh and key <= hi and \
-                        key + len(rdata) >= lo and (key < lo or key + len(rdata) > hi):
-                    lo, hi = min(lo, key), max(hi, key + len(rdata))
+                        key + n >= lo and (key < lo or key + n > hi):
+                    lo, hi = min(lo, key), max(hi, key + n)
                     grown = True
-        buf = bytearray(hi - lo)
-        for key, rdata, _ in recs:  # what the new extent keeps of the old bytes
-            s, e = max(key, lo), min(key + len(rdata), hi)
-            if s < e:
-                buf[s - lo:e - lo] = memoryview(rdata)[s - key:e - key]
-        buf[a - lo:b - lo] = chunk
+        if lo == a and hi == b:  # nothing of the old bytes is kept (whole pages)
+            buf = chunk
+        else:
+            buf = bytearray(hi - lo)
+            for key, n, _ in recs:  # what the new extent keeps of the old bytes: read only
+                s, e = max(key, lo), min(key + n, hi)  # the extents the write leaves a
+                if s < e and (s < a or e > b):  # part of
+                    rdata = self.store.get(self._key(obj, REC_DATA, key)).data
+                    buf[s - lo:e - lo] = memoryview(rdata)[s - key:e - key]
+            buf[a - lo:b - lo] = chunk
         room = self.store.room_for(len(buf))
-        for key, rdata, _ in recs:
-            rend = key + len(rdata)
+        for key, n, _ in recs:
+            rend = key + n
             if rend <= lo or key >= hi:
                 continue
             at = self._key(obj, REC_DATA, key)

@@ -187,6 +187,11 @@ class Allocator:
         if self.avoid >= 0:
             capacity[self.avoid] = 0
         candidates = np.flatnonzero(capacity >= count)
+        if self.avoid >= 0:  # reblock packs what it moves into the fullest big-blocks
+            for cand in candidates[np.argsort(-self.bb_used[candidates], kind="stable")]:
+                hit = self._run_in_bigblock(int(cand), count, 0)
+                if hit is not None:
+                    return hit
         # prefer empty big-blocks (keeps data contiguous), then any not used by the other kind
         empty = candidates[self.bb_used[candidates] == 0]
         for group in (empty[empty != other_bb], candidates[candidates != other_bb],

@@ -98,6 +98,10 @@ class RecordStore(Protocol):
         version visible at ``asof``; with it every version (create_tid order within a key).
         ``with_data=False`` leaves ``data`` as None (no data blocks are read)."""
 
+    def extent_lengths(self, lo: RecKey, hi: RecKey) -> list[tuple[int, int, int]]:
+        """(key, data length, create_tid) of each live record with ``lo <= reckey <= hi``,
+        in key order, without reading any data (the file layer's map of a window)."""
+
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
                       pin_history: bool = True) -> Iterator[Record]:
         """Every version in range with ``create_tid >= since_tid`` or

@@ -126,6 +126,9 @@ class MemoryStore(PfsTable):
             if history or rec.visible_at(tid):
                 yield rec if with_data else _without_data(rec)
 
+    def extent_lengths(self, lo: RecKey, hi: RecKey) -> list[tuple[int, int, int]]:
+        return [(r.key, len(r.data), r.create_tid) for r in self.scan(lo, hi)]
+
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
                       pin_history: bool = True) -> Iterator[Record]:
         with self._lock:  # a mirror may now hold every committed version

@@ -5,8 +5,9 @@ most big-blocks partly used: free space in small holes, no long run for a 64 KiB
 file layer then stores 4 KiB extents) and reads of a file scattered over the disk.  Reblock
 empties the least-filled big-blocks one at a time (HAMMER's ``hammer reblock`` with a fill
 level): every extent and node stored in it is copied to blocks outside it (the allocator
-avoids it meanwhile), the leaf entries and parents are repointed, and a commit makes that
-durable.  The old blocks are freed by that commit.
+avoids it meanwhile and packs the copies into the fullest big-blocks that take them, so
+they do not land in a fresh big-block that would be sparse in turn), the leaf entries and
+parents are repointed, and a commit makes that durable.  The old blocks are freed by that commit.
 
 Each big-block is one step: at most 8 MiB copied and one commit, under the store's lock (or
 the mount's, ``lock``), so a mount serves its users between steps.  A crash at any point

@@ -238,16 +238,17 @@ class Scrubber:
             if not v[4]:
                 continue
             first, count = v[4] // BLOCK, -(-v[3] // BLOCK)
+            off = first * BLOCK  # without the shared-extent flag bit (format 2)
             if self._reached is not None:
                 self._reached[first:first + count] = True
             r.extents += 1
             r.data_bytes += v[3]
             self._budget -= count * BLOCK
             if not (alloc.is_used(first) and alloc.is_used(first + count - 1)):
-                r.errors.append(f"data extent at offset {v[4]:#x} is not marked in use "
+                r.errors.append(f"data extent at offset {off:#x} is not marked in use "
                                 f"in the free-map")
             if not store.verify_extent(k, v):
-                damage = Damage("extent", v[4], k, f"data extent at offset {v[4]:#x} "
+                damage = Damage("extent", off, k, f"data extent at offset {off:#x} "
                                 f"({v[3]} bytes) of record {_fmt_key(k)} failed checksum "
                                 "verification")
                 self._broken.append((k, v, damage))

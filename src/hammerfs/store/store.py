@@ -332,6 +332,15 @@ class Store(PfsTable):
         yield from self._batches(lo, hi, None, SCAN_BATCH_DATA if with_data else SCAN_BATCH,
                                  wanted, with_data)
 
+    def extent_lengths(self, lo: RecKey, hi: RecKey) -> list[tuple[int, int, int]]:
+        _check_key(lo)
+        _check_key(hi)
+        with self._lock:
+            tid = self._current
+            found = self._tree.collect((*lo, 0), (*hi, MAX_U64 + 1), 1 << 30)
+            return [(k[3], v[3], k[4]) for k, v in found
+                    if k[4] <= tid and (v[0] == 0 or tid < v[0])]
+
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
                       pin_history: bool = True) -> Iterator[Record]:
         _check_key(lo)
