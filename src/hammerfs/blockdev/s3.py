@@ -75,6 +75,19 @@ def _is_missing(exc: BaseException) -> bool:
         "404", "NoSuchKey", "NotFound")
 
 
+def parse_meta(body: bytes, where: str) -> int:
+    """The volume size from ``volume.json`` as read from the bucket (untrusted bytes)."""
+    try:
+        meta = json.loads(body)
+        size, object_size = int(meta["size"]), int(meta["object_size"])
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        raise HammerError(f"{where}: {META} is not a hammerfs volume description") from None
+    if object_size != OBJECT_SIZE or size <= 0 or size % BLOCK:
+        raise HammerError(f"{where}: unsupported volume description (size {size}, object "
+                          f"size {object_size})")
+    return size
+
+
 class _Obj:
     """One cached object: its bytes, which blocks are known (None: all), dirty or not."""
 
@@ -145,15 +158,7 @@ class S3Device:
                 raise HammerError(f"{self.path}: no volume there (newfs --size N creates "
                                   "one)") from None
             raise
-        try:
-            meta = json.loads(body)
-            size, object_size = int(meta["size"]), int(meta["object_size"])
-        except (ValueError, KeyError, TypeError):
-            raise HammerError(f"{self.path}: {META} is not a hammerfs volume "
-                              "description") from None
-        if object_size != OBJECT_SIZE or size <= 0 or size % BLOCK:
-            raise HammerError(f"{self.path}: unsupported volume description {meta}")
-        return size
+        return parse_meta(body, self.path)
 
     def _list_objects(self) -> set[int]:
         found = set()
@@ -163,8 +168,8 @@ class S3Device:
             for page in pages:
                 for item in page.get("Contents", ()):
                     tail = item["Key"][len(self.prefix) + 4:]
-                    if len(tail) == 10:
-                        found.add(int(tail, 16))
+                    if len(tail) == 10 and all(c in "0123456789abcdef" for c in tail):
+                        found.add(int(tail, 16))  # anything else is not ours: ignored
         except _errors() as exc:
             raise HammerError(f"{self.path}: listing the bucket failed: {exc}") from None
         return found
