@@ -169,7 +169,7 @@ def test_s3_crash_while_uploading_leaves_the_last_commit(ceph, unique, survivors
     with pytest.raises(HammerError):  # the lost upload fails every later flush too
         dev.flush()
     dev._cache.clear()  # the process is gone: its cache with it
-    reopened = Store.open(S3Device("hammerfs", prefix), readonly=True)
+    reopened = Store.open(S3Device("hammerfs", prefix, readonly=True), readonly=True)
     try:
         assert reopened.last_committed_tid == committed
         assert reopened.get((1, 100, 1, 0)) is not None
@@ -178,3 +178,32 @@ def test_s3_crash_while_uploading_leaves_the_last_commit(ceph, unique, survivors
         assert report.ok and report.records >= 40, report
     finally:
         reopened.close()
+
+
+def test_s3_second_writer_refused_until_it_breaks_the_lock(ceph, key, unique):
+    import boto3
+    spec = volume_spec("s3", unique)
+    run_hammer("newfs", "--size", "64M", spec)
+    first = S3Device("hammerfs", unique + "/")
+    try:
+        refused = run_hammer("pfs-master", f"{spec}:1", check=False)  # another writer
+        assert refused.returncode != 0 and "in use by" in refused.stderr, refused.stderr
+        assert f"pid {os.getpid()}" in refused.stderr
+        run_hammer("info", spec)  # readers are not refused (browsing a live replica)
+        with pytest.raises(VolumeLocked):
+            S3Device("hammerfs", unique + "/")
+        S3Device("hammerfs", unique + "/", break_lock=True).close()
+    finally:
+        first.close()
+    s3 = boto3.client("s3")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = {"host": os.uname().nodename, "pid": dead.pid, "token": "x"}
+    s3.put_object(Bucket="hammerfs", Key=f"{unique}/lock", Body=json.dumps(lock).encode())
+    S3Device("hammerfs", unique + "/").close()  # a holder on this host that is gone
+    lock["host"] = "elsewhere"
+    s3.put_object(Bucket="hammerfs", Key=f"{unique}/lock", Body=json.dumps(lock).encode())
+    with pytest.raises(VolumeLocked):  # another host: only --break-lock takes it
+        S3Device("hammerfs", unique + "/")
+    run_hammer("pfs-master", "--break-lock", f"{spec}:1")
+    assert s3.list_objects_v2(Bucket="hammerfs", Prefix=f"{unique}/lock")["KeyCount"] == 0

@@ -20,7 +20,13 @@ whatever was uploaded before a crash, the newest durable header references only 
 objects.  A block the cache does not know is fetched with its object when first read, or
 merged in just before the object is uploaded.
 
-Fencing: none beyond the caller's (an S3 volume is the target of one mirror stream).
+Writer lock: a writable open stores ``PREFIX/lock`` (host, pid, a token) and a second writer
+is refused (VolumeLocked) while the holder lives; a holder on the same host that is gone is
+taken over, one on another host only with ``break_lock``.  S3 has no atomic create-if-absent
+here, so two writers opening in the same instant could both pass: the lock is advisory, not a
+fence like RBD's.  Read-only opens neither take nor check it: a replica is browsed from any
+machine while its mirror stream writes (a read that meets a half-updated state fails with a
+checksum error and can be retried).
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import sys
 import threading
+import uuid
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from hammerfs.blockdev.base import BLOCK
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, VolumeLocked
 
 OBJECT_SIZE = 1 << 20
 BLOCKS_PER_OBJECT = OBJECT_SIZE // BLOCK
@@ -41,6 +50,8 @@ DEFAULT_CACHE_BYTES = 64 << 20
 UPLOADERS = 8  # parallel PUTs/GETs: a single stream is latency-bound
 MAX_PENDING = 2 * UPLOADERS  # uploads in flight (copies held) beyond the cache bound
 META = "volume.json"
+LOCK = "lock"  # the writer's lock object, PREFIX/lock
+_held_tokens: set[str] = set()  # lock tokens this process holds (open writable devices)
 
 
 def parse_s3_spec(spec: str) -> tuple[str, str]:
@@ -75,6 +86,29 @@ def _is_missing(exc: BaseException) -> bool:
         "404", "NoSuchKey", "NotFound")
 
 
+def parse_meta(body: bytes, where: str) -> int:
+    """The volume size from ``volume.json`` as read from the bucket (untrusted bytes)."""
+    try:
+        meta = json.loads(body)
+        size, object_size = int(meta["size"]), int(meta["object_size"])
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        raise HammerError(f"{where}: {META} is not a hammerfs volume description") from None
+    if object_size != OBJECT_SIZE or size <= 0 or size % BLOCK:
+        raise HammerError(f"{where}: unsupported volume description (size {size}, object "
+                          f"size {object_size})")
+    return size
+
+
+def _alive(pid) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, e.g. a killed daemon nobody
+    reaps, does not)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, ValueError, TypeError, IndexError):
+        return False
+
+
 class _Obj:
     """One cached object: its bytes, which blocks are known (None: all), dirty or not."""
 
@@ -88,7 +122,8 @@ class _Obj:
 
 class S3Device:
     def __init__(self, bucket: str, prefix: str, *, readonly: bool = False,
-                 create_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 create_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 break_lock: bool = False):
         self.bucket, self.prefix = bucket, prefix
         self.path = f"s3://{bucket}/{prefix}"
         self.readonly = readonly
@@ -100,17 +135,82 @@ class S3Device:
         self._failed: HammerError | None = None
         self._pid = -1
         self._s3 = self._pool = None
-        if create_size is not None:
-            self._create(create_size)
-        self.size = self._read_meta()
-        self._stored = self._list_objects()  # indices of the objects that exist
+        self._token: str | None = None  # our writer lock's token while we hold it
+        if not readonly:
+            self._lock(break_lock)
+        try:
+            if create_size is not None:
+                self._create(create_size)
+            self.size = self._read_meta()
+            self._stored = self._list_objects()  # indices of the objects that exist
+        except BaseException:
+            self._unlock()
+            raise
+
+    # -- the writer lock ----------------------------------------------------------------------------
+    def _lock(self, break_lock: bool) -> None:
+        """Take ``PREFIX/lock`` (host, pid, token).  Held by a live process, or by another
+        host: VolumeLocked unless ``break_lock``.  A holder on this host that is gone (or a
+        lock left by this very process, e.g. after a failed session) is taken over."""
+        held = self._read_lock()
+        if held is not None and not break_lock and not self._stale(held):
+            raise VolumeLocked(f"volume {self.path} is in use by {held.get('host', '?')} pid "
+                               f"{held.get('pid', '?')} ({held.get('cmd', '?')}); if that "
+                               "host is down or the writer must stop, --break-lock takes "
+                               "the volume over")
+        self._token = uuid.uuid4().hex
+        self._write_lock()
+        _held_tokens.add(self._token)
+
+    def _stale(self, held: dict) -> bool:
+        if held.get("host") != socket.gethostname():
+            return False
+        pid = held.get("pid")
+        if pid == os.getpid():
+            return held.get("token") not in _held_tokens
+        return not _alive(pid)
+
+    def _read_lock(self) -> dict | None:
+        try:
+            body = self._call("reading the volume's lock", self._client().get_object,
+                              Bucket=self.bucket, Key=self.prefix + LOCK)["Body"].read()
+        except _errors() as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        try:
+            held = json.loads(body)
+        except (ValueError, RecursionError):
+            return {}  # unreadable: someone's lock all the same
+        return held if isinstance(held, dict) else {}
+
+    def _write_lock(self) -> None:
+        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "token": self._token, "cmd": " ".join(sys.argv)[:200]})
+        self._call("taking the volume's lock", self._client().put_object, Bucket=self.bucket,
+                   Key=self.prefix + LOCK, Body=body.encode())
+
+    def _unlock(self) -> None:
+        """Remove the lock if it is still ours (not broken by another host meanwhile)."""
+        if self._token is None:
+            return
+        token, self._token = self._token, None
+        _held_tokens.discard(token)
+        with contextlib.suppress(HammerError, *_errors()):
+            held = self._read_lock()
+            if held is not None and held.get("token") == token:
+                self._client().delete_object(Bucket=self.bucket, Key=self.prefix + LOCK)
 
     # -- the bucket -------------------------------------------------------------------------------
     def _client(self):
         """The client and thread pool of this process (neither survives a fork)."""
         if self._pid != os.getpid():
+            forked = self._pid != -1
             self._s3, self._pool = _client(), ThreadPoolExecutor(UPLOADERS)
             self._pid = os.getpid()
+            if forked and self._token is not None:  # the lock names the process that writes
+                _held_tokens.add(self._token)
+                self._write_lock()
         return self._s3
 
     def _call(self, what: str, fn, *args, **kw):
@@ -145,15 +245,7 @@ class S3Device:
                 raise HammerError(f"{self.path}: no volume there (newfs --size N creates "
                                   "one)") from None
             raise
-        try:
-            meta = json.loads(body)
-            size, object_size = int(meta["size"]), int(meta["object_size"])
-        except (ValueError, KeyError, TypeError):
-            raise HammerError(f"{self.path}: {META} is not a hammerfs volume "
-                              "description") from None
-        if object_size != OBJECT_SIZE or size <= 0 or size % BLOCK:
-            raise HammerError(f"{self.path}: unsupported volume description {meta}")
-        return size
+        return parse_meta(body, self.path)
 
     def _list_objects(self) -> set[int]:
         found = set()
@@ -163,8 +255,8 @@ class S3Device:
             for page in pages:
                 for item in page.get("Contents", ()):
                     tail = item["Key"][len(self.prefix) + 4:]
-                    if len(tail) == 10:
-                        found.add(int(tail, 16))
+                    if len(tail) == 10 and all(c in "0123456789abcdef" for c in tail):
+                        found.add(int(tail, 16))  # anything else is not ours: ignored
         except _errors() as exc:
             raise HammerError(f"{self.path}: listing the bucket failed: {exc}") from None
         return found
@@ -298,8 +390,10 @@ class S3Device:
                 self._finish_all()
             self._cache.clear()
             self._pending.clear()
-            if self._pool is not None and self._pid == os.getpid():
-                self._pool.shutdown(wait=True)
+            if self._pid == os.getpid():
+                self._unlock()
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
             self._pool = self._s3 = None
             self._pid = -1
 

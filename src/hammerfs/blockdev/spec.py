@@ -18,7 +18,7 @@ S3_PREFIX = "s3://"
 class RemoteOptions:
     ceph_conf: str | None = None  # default: $CEPH_CONF, then Ceph's own search
     ceph_id: str | None = None  # default: admin
-    break_lock: bool = False  # RBD: take the lock over from a holder that is gone
+    break_lock: bool = False  # take the writer lock over from a holder that is gone
     s3_cache_bytes: int | None = None
 
 
@@ -57,6 +57,7 @@ def open_device(spec: str, *, readonly: bool = False, create_size: int | None = 
         from hammerfs.blockdev.s3 import DEFAULT_CACHE_BYTES, S3Device, parse_s3_spec
         bucket, prefix = parse_s3_spec(spec)
         return S3Device(bucket, prefix, readonly=readonly, create_size=create_size,
-                        cache_bytes=options.s3_cache_bytes or DEFAULT_CACHE_BYTES)
+                        cache_bytes=options.s3_cache_bytes or DEFAULT_CACHE_BYTES,
+                        break_lock=options.break_lock)
     from hammerfs.blockdev.file import FileDevice
     return FileDevice(spec, readonly=readonly, create_size=create_size)

@@ -58,8 +58,8 @@ def add_remote_args(parser: argparse.ArgumentParser) -> None:
                        help="Ceph configuration (default: $CEPH_CONF, /etc/ceph/ceph.conf)")
     group.add_argument("--ceph-id", metavar="ID", help="Ceph client id (default: admin)")
     group.add_argument("--break-lock", action="store_true",
-                       help="RBD: take the volume over from the host holding its lock, "
-                       "fencing that host out (only when it is down or must stop)")
+                       help="take the volume over from the host holding its lock (RBD: "
+                       "fencing that host out); only when it is down or must stop")
     group.add_argument("--s3-cache", metavar="SIZE", type=parse_size,
                        help="S3: size of the local write-back cache (default 64M)")
 
