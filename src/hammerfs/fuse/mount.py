@@ -11,7 +11,6 @@ import importlib
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -28,7 +27,6 @@ from hammerfs.fs.namespace import Namespace, parse_tid
 
 log = logging.getLogger("hammerfs.mount")
 COMMIT_INTERVAL = 1.0
-SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval)
 FUSE_DEVICE = "/dev/fuse"
 
 
@@ -167,9 +165,6 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
     mountpoint = os.path.realpath(mountpoint)
     ensure_runtime_dir()  # refuse a squatted one now, not in the middle of FUSE init
     apply_cache_budget()
-    # A request arriving while a control op computes (prune, mirror-write) waits for the
-    # interpreter lock up to this long, not the default 5 ms, each time it needs it.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
