@@ -6,10 +6,10 @@ Run by hand as root (it drops the page cache):
 
     .venv/bin/python bench/scale_bench.py --files 10000 100000 [--read-mb 512]
 
-Per N: create N 4-KiB files in directories of 1,000 (and the seconds per 10k-file batch),
-``du -s`` cold (unmount, drop caches, mount) and warm, ``tar c | wc -c``, ``rm -rf``; the
-mount process's RSS after each step.  Then 1 and 2 concurrent cold sequential readers of
-READ_MB files, and (hammerfs only) the latency of a stat + readdir + statfs loop while
+First 1 and 2 concurrent cold sequential readers of READ_MB files.  Then per N: create N
+4-KiB files in directories of 1,000 (and the seconds per 10k-file batch), ``du -s`` cold
+(unmount, drop caches, mount) and warm, ``tar c | wc -c``, ``rm -rf``; the mount process's
+RSS after each step; and (hammerfs only) the latency of a stat + readdir + statfs loop while
 ``hammer prune-everything`` destroys the history the run left (every removed file's records).
 Prints a table and the ratios against gocryptfs.
 """
@@ -193,6 +193,13 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="scale-bench-", dir=args.work)
     try:
         systems = [Hammer(work, True, args.volume_mb), Gocryptfs(work)]
+        res = readers(systems, args.read_mb)
+        for system in systems:
+            r = res[system.name]
+            print(f"{system.name:14s} cold readers of {args.read_mb} MiB: one "
+                  f"{r['read1']:.2f}s ({r['read1_mbs']:.0f} MB/s), two at once "
+                  f"{r['read2']:.2f}s ({r['read2_mbs']:.0f} MB/s together; one after the "
+                  f"other would take {2 * r['read1']:.2f}s)", flush=True)
         for n in args.files:
             res = scale(systems, n)
             for system in systems:
@@ -217,13 +224,6 @@ def main() -> int:
             print(f"  hammerfs prune-everything after N={n}: {lat['op_s']:.1f}s, "
                   f"{lat['n']} probes, stat+readdir+statfs p50 {lat['p50_ms']:.1f} ms "
                   f"p99 {lat['p99_ms']:.1f} ms max {lat['max_ms']:.1f} ms", flush=True)
-        res = readers(systems, args.read_mb)
-        for system in systems:
-            r = res[system.name]
-            print(f"{system.name:14s} cold readers of {args.read_mb} MiB: one "
-                  f"{r['read1']:.2f}s ({r['read1_mbs']:.0f} MB/s), two at once "
-                  f"{r['read2']:.2f}s ({r['read2_mbs']:.0f} MB/s together; one after the "
-                  f"other would take {2 * r['read1']:.2f}s)", flush=True)
     finally:
         subprocess.run(["rm", "-rf", work])
     return 0

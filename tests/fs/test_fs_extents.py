@@ -255,20 +255,6 @@ def test_a_cold_1mib_read_is_one_data_read(tmp_path):
     store.close()
 
 
-def test_node_cache_is_sized_in_bytes():
-    from hammerfs.errors import HammerError
-    from hammerfs.store.btree import NODE_MEMORY, cache_nodes
-    assert cache_nodes({}) == (256 << 20) // NODE_MEMORY
-    assert cache_nodes({"HAMMERFS_NODE_CACHE": "1g"}) == (1 << 30) // NODE_MEMORY
-    assert cache_nodes({"HAMMERFS_NODE_CACHE": "64k"}) == 64  # a floor
-    try:
-        cache_nodes({"HAMMERFS_NODE_CACHE": "lots"})
-    except HammerError as exc:
-        assert "HAMMERFS_NODE_CACHE" in str(exc)
-    else:
-        raise AssertionError("a bad size was accepted")
-
-
 def test_scrub_reports_a_damaged_shared_extent_at_its_real_offset(tmp_path):
     store = _new_disk(str(tmp_path / "v.img"))
     fs = FileSystem(store)

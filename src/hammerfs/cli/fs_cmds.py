@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `hammer` parser."""
     p = sub.add_parser("mount", help="mount a volume (or one PFS) through FUSE",
                        description="Mount VOLUME[:PFS] on MOUNTPOINT.  Returns once the mount "
-                       "is ready unless -f is given.",
+                       "is ready unless -f is given.  The mount process keeps at most "
+                       "$HAMMERFS_CACHE_MB MiB of decoded metadata cached (default 64).",
                        epilog=RUNTIME_DIR_HELP)
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="comma-separated: ro, asof=0x<tid> (read-only view as of a TID), "

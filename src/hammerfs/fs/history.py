@@ -369,7 +369,7 @@ NO_LOCK = nullcontext()  # prunes of a volume this process alone uses take no lo
 
 
 def prune_everything(store: RecordStore, pfs: int, *,
-                     lock: AbstractContextManager = NO_LOCK, batch: int = 1024) -> int:
+                     lock: AbstractContextManager = NO_LOCK, batch: int = 256) -> int:
     """Destroy every version of ``pfs`` that is history (``delete_tid != 0``) and its
     snapshot records (their TIDs no longer name a readable state); keep the live state.
     The descriptor's ``sync_beg_tid`` moves to the current TID: nothing older is complete.

@@ -13,7 +13,6 @@ child's offset, checksum and aggregated max TID (HAMMER's mirror_tid) into its p
 
 from __future__ import annotations
 
-import os
 from bisect import bisect_left, bisect_right
 
 from hammerfs.errors import CorruptionError
@@ -33,20 +32,10 @@ from hammerfs.store.format import (
     leaf_entry_bytes,
 )
 
-# The cache of decoded clean nodes is sized in bytes: HAMMERFS_NODE_CACHE (a size such as
-# 512m; default 256 MiB), counted at NODE_MEMORY per node, what a decoded full leaf takes in
-# memory (its 4 KiB block holds ~45 entries, each a key and a value tuple of Python ints).
-NODE_CACHE_DEFAULT = 256 << 20
-NODE_MEMORY = 16 << 10
-
-
-def cache_nodes(env: dict[str, str] | None = None) -> int:
-    """How many decoded nodes the cache holds (HAMMERFS_NODE_CACHE / NODE_MEMORY)."""
-    from hammerfs.quantity import parse_size
-    raw = (os.environ if env is None else env).get("HAMMERFS_NODE_CACHE", "")
-    size = parse_size(raw, what="HAMMERFS_NODE_CACHE", minimum=NODE_MEMORY) if raw.strip() \
-        else NODE_CACHE_DEFAULT
-    return max(64, size // NODE_MEMORY)
+# How many decoded clean nodes the cache keeps.  A mount sizes it from its cache budget
+# (fuse/mount.py: $HAMMERFS_CACHE_MB, in bytes of decoded nodes); this default is what the
+# default budget gives.  Read at every eviction, so a budget applied after open counts.
+CACHE_NODES = 2730
 
 
 class Node:
@@ -71,7 +60,6 @@ class BTree:
         self.alloc = alloc
         self.root = root
         self.cache: dict[int, Node] = {}
-        self.cache_max = cache_nodes()
         self.dirty_count = 1 if root.dirty else 0
         self.node_reads = 0
 
@@ -111,8 +99,8 @@ class BTree:
 
     def _cache_put(self, node: Node) -> None:
         cache = self.cache
-        if len(cache) >= self.cache_max:  # the oldest quarter goes
-            for old in list(cache)[: self.cache_max // 4]:
+        if len(cache) >= CACHE_NODES:  # the oldest quarter goes
+            for old in list(cache)[: CACHE_NODES // 4]:
                 del cache[old]
         cache[node.off] = node
 
