@@ -89,8 +89,12 @@ DESCRIPTIONS = {
                "cleanup, reload an edited config, show the running state.",
     "service install": "Write hammerfs.service (runs `hammer up`), hammerfs-cleanup.service "
                        "and hammerfs-cleanup.timer (daily `hammer service cleanup`, "
-                       "Persistent=) into DIR.  Nothing is enabled: run systemctl "
-                       "daemon-reload and enable them.",
+                       "Persistent=), hammerfs-scrub.service and hammerfs-scrub.timer "
+                       "(monthly `hammer service scrub`, Persistent=) into DIR.  Nothing is "
+                       "enabled: run systemctl daemon-reload and enable them.",
+    "service scrub": "Run `hammer scrub` on the paths of the config's [scrub] section (every "
+                     "mount by default), through each mount, which heals from the other end "
+                     "of its [[stream]]; what hammerfs-scrub.timer runs monthly.",
     "service cleanup": "Run `hammer cleanup` on the paths of the config's [cleanup] section "
                        "(default: every writable [[mount]]): what the systemd timer runs "
                        "daily.",
@@ -176,6 +180,7 @@ EXAMPLES = {
     "service install": ["hammer service install && systemctl daemon-reload && "
                         "systemctl enable --now hammerfs.service hammerfs-cleanup.timer"],
     "service cleanup": ["hammer service cleanup"],
+    "service scrub": ["hammer service scrub --config /etc/hammerfs/hammerfs.toml"],
     "service reload": ["hammer service reload"],
     "service status": ["hammer service status"],
     "demo": ["hammer demo ./hammer-demo"],

@@ -44,6 +44,8 @@ class ScrubJob:
                          report.bytes_verified, len(report.damaged_offsets), report.repaired,
                          report.unrepairable)
         except Exception as exc:  # reported by scrub-status
+            if getattr(self.store, "closed", False):
+                return  # unmounted under it: its cursor was committed, the next one goes on
             self.error = str(exc) if isinstance(exc, HammerError) else repr(exc)
             log.exception("scrub failed")
         finally:
