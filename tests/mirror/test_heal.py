@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from test_cli import FAST_KDF
@@ -184,3 +185,28 @@ def test_scrub_killed_with_its_mount_continues_after_remount(pair):
     done = run_hammer("scrub", fk)
     assert "continuing the interrupted scrub" in done.stderr
     assert done.stdout.rstrip().endswith("no damage found")
+
+
+def test_unmounting_during_a_scrub_keeps_its_place_and_stop_works(pair):
+    fk = pair["fk"]
+    stop(pair["stream"])
+    scrub = start("scrub", "--rate", "512K", fk)
+    time.sleep(2)
+    stopped = run_hammer("scrub", "--stop", fk).stdout
+    assert "stopped at" in stopped and "`hammer scrub` continues it" in stopped
+    scrub.wait(30)
+    assert scrub.returncode == 0  # the command reports the stopped scrub and ends
+    again = start("scrub", "--rate", "512K", fk)  # continues, then the volume goes away
+    time.sleep(2)
+    run_hammer("umount", fk)
+    again.wait(30)
+    run_hammer("mount", "--key-file", pair["k1"], pair["m"], fk)
+    status = run_hammer("scrub", "--status", fk).stdout
+    assert "stopped at" in status, status
+    done = run_hammer("scrub", "--rate", "0", fk)
+    assert "continuing the interrupted scrub" in done.stderr
+    assert done.stdout.rstrip().endswith("no damage found")
+    # the mount unmounted under the scrub logged nothing worth keeping (its log would be
+    # kept, and moved to .log.1 by the next mount)
+    old_log = os.path.join(runtime_dir(), mount_key(os.path.realpath(fk)) + ".log.1")
+    assert not os.path.exists(old_log), Path(old_log).read_text()
