@@ -210,3 +210,49 @@ def test_unmounting_during_a_scrub_keeps_its_place_and_stop_works(pair):
     # kept, and moved to .log.1 by the next mount)
     old_log = os.path.join(runtime_dir(), mount_key(os.path.realpath(fk)) + ".log.1")
     assert not os.path.exists(old_log), Path(old_log).read_text()
+
+
+NODE = re.compile(r"^( *)NODE (0x[0-9a-f]+) (INTERNAL|LEAF)", re.M)
+
+
+def pick_nodes(show: str) -> list[int]:
+    """Damage targets away from the rightmost path (which the scrub's own progress record
+    dirties, so the next commit rewrites it from memory): a level-1 internal node if the
+    tree has them, and two leaves under none of those."""
+    nodes = [(len(ind) // 2, int(off, 16), kind) for ind, off, kind in NODE.findall(show)]
+    top = [off for depth, off, kind in nodes if depth == 1 and kind == "INTERNAL"]
+    owner, leaves = None, []
+    for depth, off, kind in nodes:
+        if depth == 1:
+            owner = off
+        if kind == "LEAF":
+            leaves.append((owner, off))
+    hit_internal = top[:1] if len(top) >= 3 else []
+    spared = [off for own, off in leaves if own not in hit_internal and own != (top or [0])[-1]]
+    if not top:
+        spared = spared[:-1]  # a two-level tree: not the last leaf
+    assert len(spared) >= 2, show[:2000]
+    return hit_internal + [spared[0], spared[len(spared) // 2]]
+
+
+def test_damaged_b_tree_nodes_are_found_and_reported_with_their_key_range(pair):
+    """Leaf and internal nodes: the scrub reads every node from disk (not the mount's cache)
+    and reports each damaged one; rebuilding nodes from the replica is not done, so they
+    stay reported (exit 1), and no data extent is claimed repaired."""
+    fk = pair["fk"]
+    stop(pair["stream"])
+    many = fk / "many"
+    many.mkdir()
+    for i in range(400):  # enough records for a tree of more than one level
+        (many / f"n{i:03d}").write_bytes(os.urandom(700))
+    run_hammer("synctid", fk)
+    time.sleep(1.5)
+    victims = pick_nodes(run_hammer("show", fk).stdout)
+    base = luks_offset(pair["m"], pair["k1"])
+    for off in victims:
+        flip(pair["m"], base + off)
+    res = run_hammer("scrub", "--rate", "0", "--from", pair["slave"], fk, check=False)
+    assert res.returncode == 1
+    found = {int(x, 16) for x in re.findall(r"B-tree node at offset (0x[0-9a-f]+)", res.stdout)}
+    assert set(victims) <= found, res.stdout
+    assert "DAMAGED: records from" in res.stdout and "REPAIRED" not in res.stdout

@@ -117,6 +117,7 @@ def status(ctx: ControlContext) -> dict:
             "found": len(r.damaged_offsets), "repaired": r.repaired,
             "unrepairable": r.unrepairable, "errors": r.errors[-50:],
             "damage": describe(ctx.store, ctx.pfs, ctx.mountpoint, r.damage), "resumed": r.resumed,
+            "resumed_at": sc.resumed_at,
             "started_ns": r.started_ns, "finished_ns": r.finished_ns, "error": job.error,
             "healing": sc.healer is not None}
 
