@@ -4,8 +4,9 @@ Reads every B-tree node from disk (not the cache) against the checksum in its pa
 data extent against the checksum in its leaf entry, and checks that each reachable block is
 marked in use in the free-map.  A damaged node hides its subtree: that is reported too.
 
-The walk goes in key order in bounded steps (about ``STEP_BYTES`` verified per hold of the
-store lock, then the lock is released and the walk sleeps as long as ``rate`` requires), so
+The walk goes in key order in bounded steps (at most about ``STEP_BYTES`` verified per hold
+of the store lock, a tenth of a second's worth at low rates; then the lock is released and
+the walk sleeps as long as ``rate`` requires), so
 a mounted volume stays responsive while it is scrubbed.  Each step resumes at a key, not at
 a node: the tree may change between steps (records written behind the cursor are new and
 were checksummed as they were written).  On a writable volume the cursor and the counts are
