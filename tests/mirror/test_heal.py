@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from test_cli import FAST_KDF
@@ -184,3 +185,74 @@ def test_scrub_killed_with_its_mount_continues_after_remount(pair):
     done = run_hammer("scrub", fk)
     assert "continuing the interrupted scrub" in done.stderr
     assert done.stdout.rstrip().endswith("no damage found")
+
+
+def test_unmounting_during_a_scrub_keeps_its_place_and_stop_works(pair):
+    fk = pair["fk"]
+    stop(pair["stream"])
+    scrub = start("scrub", "--rate", "512K", fk)
+    time.sleep(2)
+    stopped = run_hammer("scrub", "--stop", fk).stdout
+    assert "stopped at" in stopped and "`hammer scrub` continues it" in stopped
+    scrub.wait(30)
+    assert scrub.returncode == 0  # the command reports the stopped scrub and ends
+    again = start("scrub", "--rate", "512K", fk)  # continues, then the volume goes away
+    time.sleep(2)
+    run_hammer("umount", fk)
+    again.wait(30)
+    run_hammer("mount", "--key-file", pair["k1"], pair["m"], fk)
+    status = run_hammer("scrub", "--status", fk).stdout
+    assert "stopped at" in status, status
+    done = run_hammer("scrub", "--rate", "0", fk)
+    assert "continuing the interrupted scrub" in done.stderr
+    assert done.stdout.rstrip().endswith("no damage found")
+    # the mount unmounted under the scrub logged nothing worth keeping (its log would be
+    # kept, and moved to .log.1 by the next mount)
+    old_log = os.path.join(runtime_dir(), mount_key(os.path.realpath(fk)) + ".log.1")
+    assert not os.path.exists(old_log), Path(old_log).read_text()
+
+
+NODE = re.compile(r"^( *)NODE (0x[0-9a-f]+) (INTERNAL|LEAF)", re.M)
+
+
+def pick_nodes(show: str) -> list[int]:
+    """Damage targets away from the rightmost path (which the scrub's own progress record
+    dirties, so the next commit rewrites it from memory): a level-1 internal node if the
+    tree has them, and two leaves under none of those."""
+    nodes = [(len(ind) // 2, int(off, 16), kind) for ind, off, kind in NODE.findall(show)]
+    top = [off for depth, off, kind in nodes if depth == 1 and kind == "INTERNAL"]
+    owner, leaves = None, []
+    for depth, off, kind in nodes:
+        if depth == 1:
+            owner = off
+        if kind == "LEAF":
+            leaves.append((owner, off))
+    hit_internal = top[:1] if len(top) >= 3 else []
+    spared = [off for own, off in leaves if own not in hit_internal and own != (top or [0])[-1]]
+    if not top:
+        spared = spared[:-1]  # a two-level tree: not the last leaf
+    assert len(spared) >= 2, show[:2000]
+    return hit_internal + [spared[0], spared[len(spared) // 2]]
+
+
+def test_damaged_b_tree_nodes_are_found_and_reported_with_their_key_range(pair):
+    """Leaf and internal nodes: the scrub reads every node from disk (not the mount's cache)
+    and reports each damaged one; rebuilding nodes from the replica is not done, so they
+    stay reported (exit 1), and no data extent is claimed repaired."""
+    fk = pair["fk"]
+    stop(pair["stream"])
+    many = fk / "many"
+    many.mkdir()
+    for i in range(400):  # enough records for a tree of more than one level
+        (many / f"n{i:03d}").write_bytes(os.urandom(700))
+    run_hammer("synctid", fk)
+    time.sleep(1.5)
+    victims = pick_nodes(run_hammer("show", fk).stdout)
+    base = luks_offset(pair["m"], pair["k1"])
+    for off in victims:
+        flip(pair["m"], base + off)
+    res = run_hammer("scrub", "--rate", "0", "--from", pair["slave"], fk, check=False)
+    assert res.returncode == 1
+    found = {int(x, 16) for x in re.findall(r"B-tree node at offset (0x[0-9a-f]+)", res.stdout)}
+    assert set(victims) <= found, res.stdout
+    assert "DAMAGED: records from" in res.stdout and "REPAIRED" not in res.stdout

@@ -92,14 +92,15 @@ DESCRIPTIONS = {
                "cleanup, reload an edited config, show the running state.",
     "service install": "Write hammerfs.service (runs `hammer up`), hammerfs-cleanup.service "
                        "and hammerfs-cleanup.timer (daily `hammer service cleanup`, "
-                       "Persistent=) into DIR.  Nothing is enabled: run systemctl "
-                       "daemon-reload and enable them.",
+                       "Persistent=), hammerfs-scrub.service and hammerfs-scrub.timer "
+                       "(monthly `hammer service scrub`, Persistent=) into DIR.  Nothing is "
+                       "enabled: run systemctl daemon-reload and enable them.",
+    "service scrub": "Run `hammer scrub` on the paths of the config's [scrub] section (every "
+                     "mount by default), through each mount, which heals from the other end "
+                     "of its [[stream]]; what hammerfs-scrub.timer runs monthly.",
     "service cleanup": "Run `hammer cleanup` on the paths of the config's [cleanup] section "
                        "(default: every writable [[mount]]): what the systemd timer runs "
                        "daily.",
-    "service scrub": "Run `hammer scrub` on the paths of the config's [scrub] section "
-                     "(default: every [[mount]]), at its rate, repairing from the other end of "
-                     "a mount's [[stream]]: what the monthly systemd timer runs.",
     "service reload": "Make the running `hammer up` apply the edited config (SIGHUP, as "
                       "`systemctl reload hammerfs`): only what changed is restarted.",
     "service status": "Show what `hammer up` runs: each mount (mounted or not, its pid), "

@@ -73,9 +73,9 @@ def cmd_scrub(args: argparse.Namespace) -> int:
         return 0
     st = client.call("scrub", rate=args.rate, heal_from=replica_spec(args.heal_from),
                      port=args.port, restart=args.restart)
-    if st.get("resumed") and st["state"] == "running":
-        print(f"scrub {where}: continuing the interrupted scrub at {_pct(st)}",
-              file=sys.stderr)
+    if st.get("resumed") and not args.restart:
+        print(f"scrub {where}: continuing the interrupted scrub at "
+              f"{100 * st.get('resumed_at', 0):.1f}%", file=sys.stderr)
     tty = sys.stderr.isatty()
     try:
         while st["state"] == "running":

@@ -44,6 +44,8 @@ class ScrubJob:
                          report.bytes_verified, len(report.damaged_offsets), report.repaired,
                          report.unrepairable)
         except Exception as exc:  # reported by scrub-status
+            if getattr(self.store, "closed", False):
+                return  # unmounted under it: its cursor was committed, the next one goes on
             self.error = str(exc) if isinstance(exc, HammerError) else repr(exc)
             log.exception("scrub failed")
         finally:
@@ -115,6 +117,7 @@ def status(ctx: ControlContext) -> dict:
             "found": len(r.damaged_offsets), "repaired": r.repaired,
             "unrepairable": r.unrepairable, "errors": r.errors[-50:],
             "damage": describe(ctx.store, ctx.pfs, ctx.mountpoint, r.damage), "resumed": r.resumed,
+            "resumed_at": sc.resumed_at,
             "started_ns": r.started_ns, "finished_ns": r.finished_ns, "error": job.error,
             "healing": sc.healer is not None}
 

@@ -4,8 +4,9 @@ Reads every B-tree node from disk (not the cache) against the checksum in its pa
 data extent against the checksum in its leaf entry, and checks that each reachable block is
 marked in use in the free-map.  A damaged node hides its subtree: that is reported too.
 
-The walk goes in key order in bounded steps (about ``STEP_BYTES`` verified per hold of the
-store lock, then the lock is released and the walk sleeps as long as ``rate`` requires), so
+The walk goes in key order in bounded steps (at most about ``STEP_BYTES`` verified per hold
+of the store lock, a tenth of a second's worth at low rates; then the lock is released and
+the walk sleeps as long as ``rate`` requires), so
 a mounted volume stays responsive while it is scrubbed.  Each step resumes at a key, not at
 a node: the tree may change between steps (records written behind the cursor are new and
 were checksummed as they were written).  On a writable volume the cursor and the counts are
@@ -112,12 +113,16 @@ class Scrubber:
                  persist: bool | None = None, restart: bool = False, leaks: bool = False):
         self.store = store
         self.rate = rate or None
+        # a slow rate in small steps: smooth pacing, and a stop or crash loses little
+        self.step_bytes = min(STEP_BYTES, max(64 << 10, self.rate // 10)) if self.rate \
+            else STEP_BYTES
         self.healer = healer
         self.persist = (not store.readonly) if persist is None else persist
         self.report = ScrubReport(started_ns=time.time_ns())
         self.cursor: FullKey | None = START
         self.total = max(1, store.space().used_bytes)
         self.stopping = threading.Event()
+        self.resumed_at = 0.0  # the fraction an interrupted scrub had done
         self._reached = np.zeros(store.allocator.nblocks, dtype=bool) if leaks else None
         state = load_state(store)
         if state.get("cursor") is not None and not restart:
@@ -134,6 +139,7 @@ class Scrubber:
         r.damaged_offsets = [d.offset for d in r.damage]
         r.errors = [d.message for d in r.damage if not d.repaired]
         self._reached = None  # blocks seen before the interruption are not known
+        self.resumed_at = self.fraction()
 
     # -- the walk --------------------------------------------------------------------------
     def run(self, progress: Callable[[Scrubber], None] | None = None) -> ScrubReport:
@@ -180,7 +186,7 @@ class Scrubber:
     def _step(self) -> list[tuple[FullKey, LeafVal, Damage]]:
         """Verify from the cursor on until the step's budget is spent; move the cursor to
         the first key not verified (None at the end).  Holds the store lock."""
-        self._budget = STEP_BYTES
+        self._budget = self.step_bytes
         self._broken: list[tuple[FullKey, LeafVal, Damage]] = []
         root = self.store.tree.root
         if self.cursor == START:

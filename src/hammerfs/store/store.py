@@ -811,6 +811,10 @@ class Store(PfsTable):
                 self._closed = True
                 self.device.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def __enter__(self) -> Store:
         return self
 
