@@ -74,30 +74,32 @@ def test_attribute_changes_through_one_name_show_through_every_name_at_once(tmp_
     name its own kernel inode: ``b`` kept the old mode for up to a second)."""
     top = tempfile.mkdtemp(prefix="hammerfs-links-", dir="/tmp")  # walkable by nobody
     os.chmod(top, 0o755)
-    mp = pathlib.Path(top) / "m"
-    mp.mkdir()
-    with ForkedMount(lambda: disk_store(tmp_path), mp):
-        os.chmod(mp, 0o755)
-        a, b = mp / "a", mp / "b"
-        a.write_bytes(b"secret data")
-        os.chmod(a, 0o644)
-        os.link(a, b)
-        assert as_nobody("cat", str(b)).stdout == "secret data"  # b's attributes now cached
-        os.chmod(a, 0o600)
-        assert stat.S_IMODE(os.stat(b).st_mode) == 0o600
-        denied = as_nobody("cat", str(b))
-        assert denied.returncode != 0 and "Permission denied" in denied.stderr
-        os.chown(a, 65534, 65534)
-        assert (os.stat(b).st_uid, os.stat(b).st_gid) == (65534, 65534)
-        assert as_nobody("cat", str(b)).stdout == "secret data"
-        os.utime(a, ns=(1_000_000_007, 2_000_000_009))
-        assert os.stat(b).st_mtime_ns == 2_000_000_009
-        os.truncate(a, 6)
-        assert os.stat(b).st_size == 6 and b.read_bytes() == b"secret"
-        assert os.stat(a).st_ino == os.stat(b).st_ino
-        os.unlink(a)
-        assert os.stat(b).st_nlink == 1
-    shutil.rmtree(top)
+    try:
+        mp = pathlib.Path(top) / "m"
+        mp.mkdir()
+        with ForkedMount(lambda: disk_store(tmp_path), mp):
+            os.chmod(mp, 0o755)
+            a, b = mp / "a", mp / "b"
+            a.write_bytes(b"secret data")
+            os.chmod(a, 0o644)
+            os.link(a, b)
+            assert as_nobody("cat", str(b)).stdout == "secret data"  # b's attributes now cached
+            os.chmod(a, 0o600)
+            assert stat.S_IMODE(os.stat(b).st_mode) == 0o600
+            denied = as_nobody("cat", str(b))
+            assert denied.returncode != 0 and "Permission denied" in denied.stderr
+            os.chown(a, 65534, 65534)
+            assert (os.stat(b).st_uid, os.stat(b).st_gid) == (65534, 65534)
+            assert as_nobody("cat", str(b)).stdout == "secret data"
+            os.utime(a, ns=(1_000_000_007, 2_000_000_009))
+            assert os.stat(b).st_mtime_ns == 2_000_000_009
+            os.truncate(a, 6)
+            assert os.stat(b).st_size == 6 and b.read_bytes() == b"secret"
+            assert os.stat(a).st_ino == os.stat(b).st_ino
+            os.unlink(a)
+            assert os.stat(b).st_nlink == 1
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @settings(max_examples=300, deadline=None)

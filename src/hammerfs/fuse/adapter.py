@@ -104,6 +104,10 @@ class Invalidator:
         self._alive = True
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
     def stop(self) -> None:
         """Before the session is closed: nothing is sent after this returns."""
         if self._alive:
@@ -274,8 +278,11 @@ class HammerOperations(pyfuse3.Operations):
         return entry
 
     async def forget(self, inode_list):
-        with self.ns.lock:
-            self.table.forget(inode_list)
+        try:  # no reply goes back: a failure here must never end the loop
+            with self.ns.lock:
+                self.table.forget(inode_list)
+        except Exception:
+            log.exception("forget failed")
 
     @_locked
     def getattr(self, kino: int, ctx=None):
@@ -522,13 +529,19 @@ class HammerOperations(pyfuse3.Operations):
 
     def end_change(self, mark: dict) -> None:
         """After a control op (without the lock): invalidate what it changed, and wait
-        (briefly) until the kernel has it."""
-        with self.ns.lock:
-            tid = self.ns.store.current_tid
-            if tid == mark["tid"] and self._sync_points() == self._slave_ends:
-                return
-            self.table.refresh()
-            self._invalidate_changes(mark["tid"])
+        (briefly) until the kernel has it.  Never fails the op."""
+        if not self.invalidator.alive:  # the mount is gone (await-unmount outlives it)
+            return
+        try:
+            with self.ns.lock:
+                tid = self.ns.store.current_tid
+                if tid == mark["tid"] and self._sync_points() == self._slave_ends:
+                    return
+                self.table.refresh()
+                self._invalidate_changes(mark["tid"])
+        except Exception:
+            log.warning("cache invalidation after a control op failed", exc_info=True)
+            return
         self.invalidator.barrier()
 
     def poll_slaves(self) -> None:
