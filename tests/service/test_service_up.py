@@ -493,6 +493,7 @@ def test_metrics_endpoint_textfile_and_the_scheduled_scrub(setup, tmp_path):
     try:
         notify.wait("READY=1", 60)
         (mm / "notes.txt").write_text("metered")
+        assert not (mm / "no-such-file").exists()  # a lookup answered ENOENT
         wait_for(lambda: read_text(slave_pfs / "notes.txt") == "metered", 15, "the stream")
         scrub = run_hammer("service", "scrub", "--config", setup["config"])
         assert scrub.stdout.count("no damage found") == 2, scrub.stdout
@@ -519,6 +520,11 @@ def test_metrics_endpoint_textfile_and_the_scheduled_scrub(setup, tmp_path):
                          mount=mount) > time.time() - 120
             assert value(samples, "hammerfs_scrub_last_unrepairable", mount=mount) == 0
             assert value(samples, "hammerfs_volume_damage_unrepairable_total", mount=mount) == 0
+        assert value(samples, "hammerfs_fuse_requests_total", mount="master", op="write") >= 1
+        assert value(samples, "hammerfs_fuse_requests_total", mount="master",
+                     op="lookup") >= 1
+        assert value(samples, "hammerfs_fuse_errors_total", mount="master", op="lookup",
+                     errno="ENOENT") >= 1
         assert value(samples, "hammerfs_stream_up", stream="backup") == 1
         assert value(samples, "hammerfs_stream_restarts_total", stream="backup") == 0
         assert value(samples, "hammerfs_stream_sent_records_total", stream="backup") > 0

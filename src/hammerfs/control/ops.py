@@ -469,6 +469,8 @@ def op_metrics(ctx: ControlContext, args: dict, conn) -> dict:
                    damage_unrepairable=damage.unrepairable)
     if hasattr(store, "private_record"):
         out["scrub"] = scrubbing.summary(ctx)
+    if ctx.fuse_requests is not None:
+        out["fuse"] = ctx.fuse_requests()
     return out
 
 

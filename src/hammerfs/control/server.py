@@ -55,6 +55,8 @@ class ControlContext:
     # the FUSE adapter (``begin_change() -> mark``, ``end_change(mark)``): after an op it
     # invalidates the kernel's caches of whatever the op changed behind the kernel
     changes: Any = None
+    # FUSE requests served and failed, by type: () -> {"requests": {op: n}, "errors": {...}}
+    fuse_requests: Callable[[], dict] | None = None
 
     def invalidate(self, relpath: str) -> None:
         """Tell the kernel that ``relpath`` changed behind its back (call without the lock)."""

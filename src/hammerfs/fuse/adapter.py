@@ -27,6 +27,7 @@ import os
 import queue
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,13 +71,16 @@ def _errno(exc: Exception, what: str, args: tuple) -> int:
 def _locked(func: Callable) -> Callable:
     """A request served inline on the loop, under the namespace lock; failures -> errno."""
 
+    name = func.__name__
+
     @functools.wraps(func)
     async def wrapper(self: HammerOperations, *args):
+        self.requests[name] += 1
         try:
             with self.ns.lock:
                 return func(self, *args)
         except Exception as exc:
-            raise pyfuse3.FUSEError(_errno(exc, func.__name__, args)) from None
+            raise self.failed(name, _errno(exc, name, args)) from None
 
     return wrapper
 
@@ -161,6 +165,20 @@ class HammerOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._blocks: dict[tuple[int, int | None, int], tuple[Inode, int]] = {}
         self._slave_ends: dict[int, int] = {}  # slave PFS -> the sync point the kernel saw
+        self.requests: Counter[str] = Counter()  # served, by request type (metrics)
+        self.errors: Counter[tuple[str, str]] = Counter()  # (type, errno name) answered
+
+    def failed(self, request: str, code: int) -> pyfuse3.FUSEError:
+        """The error a request answers with, counted (ENOENT of a lookup included: a
+        Prometheus query can leave it out)."""
+        self.errors[request, errno.errorcode.get(code, str(code))] += 1
+        return pyfuse3.FUSEError(code)
+
+    def request_counts(self) -> dict:
+        """For the control op `metrics`: requests and errors so far (read from another
+        thread: copies of counters only the loop thread changes)."""
+        return {"requests": dict(self.requests),
+                "errors": [[op, name, n] for (op, name), n in dict(self.errors).items()]}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _attrs(self, fs: FileSystem, ino: Inode, kino: int) -> pyfuse3.EntryAttributes:
@@ -250,11 +268,12 @@ class HammerOperations(pyfuse3.Operations):
             self._on_ready()
 
     async def statfs(self, ctx):
+        self.requests["statfs"] += 1
         try:
             with self.ns.lock:
                 values = self.ns.root()[0].statfs()
         except Exception as exc:
-            raise pyfuse3.FUSEError(_errno(exc, "statfs", ())) from None
+            raise self.failed("statfs", _errno(exc, "statfs", ())) from None
         st = pyfuse3.StatvfsData()
         for name, value in values.items():
             setattr(st, name, value)
@@ -401,18 +420,19 @@ class HammerOperations(pyfuse3.Operations):
             return h.fs.write(h.obj_id, off, buf)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._io(self._read, size, fh, off, size)
+        return await self._io("read", self._read, size, fh, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self._io(self._write, len(buf), fh, off, buf)
+        return await self._io("write", self._write, len(buf), fh, off, buf)
 
-    async def _io(self, func: Callable, size: int, *args):
+    async def _io(self, name: str, func: Callable, size: int, *args):
+        self.requests[name] += 1
         try:
             if size >= THREADED_IO:  # the loop keeps serving while this one waits
                 return await trio.to_thread.run_sync(func, *args)
             return func(*args)
         except Exception as exc:
-            raise pyfuse3.FUSEError(_errno(exc, func.__name__[1:], args)) from None
+            raise self.failed(name, _errno(exc, name, args)) from None
 
     async def flush(self, fh: int) -> None:
         """Nothing to do at close (changes are in the open transaction, committed within a
@@ -426,20 +446,21 @@ class HammerOperations(pyfuse3.Operations):
             h.fs.release(h.obj_id)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._commit()
+        await self._commit("fsync")
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self._commit()
+        await self._commit("fsyncdir")
 
-    async def _commit(self) -> None:
+    async def _commit(self, name: str) -> None:
         def commit() -> None:
             with self.ns.lock:
                 if not self.ns.readonly:
                     self.ns.store.commit()
+        self.requests[name] += 1
         try:
             await trio.to_thread.run_sync(commit)
         except Exception as exc:
-            raise pyfuse3.FUSEError(_errno(exc, "fsync", ())) from None
+            raise self.failed(name, _errno(exc, name, ())) from None
 
     # -- directories -----------------------------------------------------------------------------
     @_locked

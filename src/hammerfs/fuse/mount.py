@@ -173,6 +173,7 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
                          volume=volume, lock=ns.lock)
     ops = HammerOperations(ns, on_ready=lambda: ready(), nfs=nfs)
     ctx.changes = ops
+    ctx.fuse_requests = ops.request_counts
     server = ControlServer(ctx, control_ops(), info={"asof": asof, "readonly": ns.readonly})
     committer = Committer(ns)
     ready_once = threading.Event()

@@ -81,6 +81,13 @@ class HammerCollector:
                         ("unrepairable", "damaged data extents that could not be repaired")):
                     g.counter(f"volume_damage_{key}", help_text + " since mounted", labels,
                               info[f"damage_{key}"])
+            for op, n in sorted(info.get("fuse", {}).get("requests", {}).items()):
+                g.counter("fuse_requests", "FUSE requests served, by type", [*labels, op], n,
+                          names=("mount", "mountpoint", "op"))
+            for op, name, n in sorted(info.get("fuse", {}).get("errors", [])):
+                g.counter("fuse_errors", "FUSE requests answered with an error, by type and "
+                          "errno", [*labels, op, name], n,
+                          names=("mount", "mountpoint", "op", "errno"))
             scrub = info.get("scrub")
             if scrub:
                 g.gauge("scrub_last_finished_timestamp_seconds",
