@@ -86,9 +86,6 @@ def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None)
     return {}
 
 
-MAX_INVALIDATIONS = 1000  # past this many changed names, dropping the top one is cheaper
-
-
 @takes(relpath="str", tid="tid", required=("relpath", "tid"))
 def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
     """undo -r: a file or a whole directory tree as of a TID (fs.history.restore)."""
@@ -96,9 +93,6 @@ def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         done = history.restore(ctx.ns, relpath, int(args["tid"]))
         tid = ctx.store.commit()
-    changed = done.changed if len(done.changed) <= MAX_INVALIDATIONS else []
-    for path in [*changed, history.split_path(relpath)]:
-        ctx.invalidate(path.decode("utf-8", "surrogateescape"))
     return {"obj_id": done.inode.obj_id, "tid": tid, "created": done.created,
             "removed": done.removed, "updated": done.updated}
 
@@ -173,7 +167,6 @@ def op_cleanup(ctx: ControlContext, args: dict, conn) -> dict:
         ctx.ns.forget()  # pruned versions may be cached in views
         pd = ctx.store.get_pfs(fs.pfs)
         free = ctx.store.space().free_bytes
-    ctx.invalidate(relpath)
     snap = report.snapshot
     return {"pfs": report.pfs, "config_created": report.config_created,
             "lines": report.lines, "expired": report.expired, "destroyed": report.destroyed,
@@ -263,7 +256,6 @@ def _prune_pfs(ctx: ControlContext, args: dict, prune) -> dict:
     with ctx.lock:
         after = ctx.store.space().free_bytes
         ctx.ns.forget()  # cached views may hold versions that no longer exist
-    ctx.invalidate(relpath)
     return {"pfs": fs.pfs, "destroyed": destroyed, "freed_bytes": max(0, after - before),
             "free_bytes": after}
 

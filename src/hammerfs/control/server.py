@@ -51,20 +51,11 @@ class ControlContext:
     volume: str
     lock: threading.RLock = field(default_factory=threading.RLock)
     extra: dict = field(default_factory=dict)
-    invalidator: Callable[[str], None] | None = None
     # the FUSE adapter (``begin_change() -> mark``, ``end_change(mark)``): after an op it
     # invalidates the kernel's caches of whatever the op changed behind the kernel
     changes: Any = None
-    # FUSE requests served and failed, by type: () -> {"requests": {op: n}, "errors": {...}}
+    # FUSE requests served and failed, by type: () -> {"requests": {op: n}, "errors": [[op, errno, n], ...]}
     fuse_requests: Callable[[], dict] | None = None
-
-    def invalidate(self, relpath: str) -> None:
-        """Tell the kernel that ``relpath`` changed behind its back (call without the lock)."""
-        if self.invalidator is not None:
-            try:
-                self.invalidator(relpath)
-            except Exception:  # a stale cache for one second is no reason to fail the op
-                log.exception("cache invalidation of %s failed", relpath)
 
 
 def read_line(conn: socket.socket) -> bytes:

@@ -84,9 +84,8 @@ class Namespace:
         self.readonly = readonly or store.readonly or asof is not None
         self.lock = threading.RLock()
         self._live: dict[int, FileSystem] = {}
-        # path -> obj_id of live paths in the mounted PFS (canonical, no @@ names); the
-        # path (and what lies below it) is dropped when its name is removed or moved
-        # (``forget_path``), everything when records change behind us (``forget``).
+        # path -> obj_id of live paths in the mounted PFS (canonical, no @@ names), for the
+        # control ops' path lookups; dropped when records change behind us (``forget``).
         self._paths: dict[bytes, int] = {}
         self._root: tuple[float, FileSystem] | None = None
 
@@ -148,17 +147,6 @@ class Namespace:
         for fs in self._live.values():
             fs.forget()
 
-    def forget_path(self, path: bytes, *, subtree: bool = False) -> None:
-        """Drop the cached lookup of ``path`` (a name that was just removed or moved through
-        this namespace), and with ``subtree`` every cached path below it (a moved or
-        replaced directory).  Inodes stay cached: the fs writes its own changes through."""
-        path = path.rstrip(b"/")
-        self._paths.pop(path, None)
-        if subtree:
-            prefix = path + b"/"
-            for stale in [p for p in self._paths if p.startswith(prefix)]:
-                del self._paths[stale]
-
     def resolve(self, path: bytes) -> tuple[FileSystem, Inode]:
         """Walk an absolute path (relative to the mount root); symlinks are not followed."""
         fs = self.root_view()
@@ -188,12 +176,6 @@ class Namespace:
         if cacheable and fs.pfs == self.pfs and fs.asof is None:
             self._remember(path, ino.obj_id)
         return fs, ino
-
-    def created(self, fs: FileSystem, path: bytes, obj: int) -> None:
-        """``path`` was just created as ``obj`` in view ``fs`` (the kernel's next requests
-        name it by path: write, setattr, getxattr)."""
-        if fs is self._live.get(self.pfs) and fs is self.root_view() and _canonical(path):
-            self._remember(path, obj)
 
     def _remember(self, path: bytes, obj: int) -> None:
         if len(self._paths) > 100_000:
