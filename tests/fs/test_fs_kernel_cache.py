@@ -11,10 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
+import time
 
 from fs_helpers import ForkedMount, disk_store, errno_of, slurp
 
-from conftest import run_hammer
+from conftest import hammer_env, run_hammer
 
 
 def drop_kernel_caches() -> None:
@@ -137,5 +140,49 @@ def test_mirror_into_a_mounted_slave_shows_when_the_mirror_returns(tmp_path):
             assert (slurp(ms / "f"), slurp(ms / "new")) == (b"third", b"newer")
         finally:
             run_hammer("umount", ms)
+    finally:
+        run_hammer("umount", ma)
+
+
+def test_a_slave_reached_through_its_pfs_link_shows_every_mirrored_change(tmp_path):
+    """The README's layout: the slave PFS is a link in a mount of PFS 0, a stream feeds it,
+    and nothing else talks to that mount.  The kernel keeps what it read through the link
+    an hour; every sync point the stream moves must reach it."""
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    ma, mb = tmp_path / "ma", tmp_path / "mb"
+    for d in (ma, mb):
+        d.mkdir()
+    for img in (a, b):
+        run_hammer("newfs", "--size", "256M", img)
+    run_hammer("mount", a, ma)
+    stream = None
+    try:
+        run_hammer("mount", b, mb)
+        try:
+            uuid = run_hammer("pfs-status", ma).stdout.split("shared-uuid=")[1].split()[0]
+            run_hammer("pfs-slave", mb / "slave", f"shared-uuid={uuid}")
+            (ma / "f").write_bytes(b"first version")
+            run_hammer("synctid", ma)
+            run_hammer("mirror-copy", ma, mb / "slave")
+            assert slurp(mb / "slave" / "f") == b"first version"  # cached: computed numbers
+            (ma / "f").write_bytes(b"second, longer version")
+            run_hammer("synctid", ma)
+            run_hammer("mirror-copy", ma, mb / "slave")  # a control op moves the sync point
+            assert slurp(mb / "slave" / "f") == b"second, longer version"
+            stream = subprocess.Popen(
+                [sys.executable, "-m", "hammerfs", "mirror-stream", "-q", str(ma),
+                 str(mb / "slave")], stderr=subprocess.PIPE, env=hammer_env())
+            for text in (b"third", b"fourth version, longest of all"):
+                (ma / "f").write_bytes(text)  # only the stream tells the slave's mount
+                deadline = time.monotonic() + 60
+                while slurp(mb / "slave" / "f") != text:
+                    assert time.monotonic() < deadline, (slurp(mb / "slave" / "f"), text)
+                    time.sleep(0.1)
+                assert os.stat(mb / "slave" / "f").st_size == len(text)
+        finally:
+            if stream is not None:
+                stream.terminate()
+                stream.wait(timeout=30)
+            run_hammer("umount", mb)
     finally:
         run_hammer("umount", ma)

@@ -569,7 +569,7 @@ class HammerOperations(pyfuse3.Operations):
         """Mirroring into a mounted slave moves its sync point (a stream may run for
         hours): invalidate what changed as soon as it shows."""
         with self.ns.lock:
-            if self._slave_ends and self._sync_points() != self._slave_ends:
+            if self._sync_points() != self._slave_ends:
                 self.ns.forget()
                 self.table.refresh()
                 self._invalidate_changes(None)
@@ -581,9 +581,12 @@ class HammerOperations(pyfuse3.Operations):
         ends = self._sync_points()
         for pfs in self.table.pfs_known():
             if pfs in ends:
-                since = self._slave_ends.get(pfs, 0) + 1
-                if ends[pfs] == self._slave_ends.get(pfs):
+                seen = self._slave_ends.get(pfs)
+                if ends[pfs] == seen:
                     continue
+                if seen is None:  # a slave the kernel got numbers of since the last look
+                    seen = self.table.direct_since(pfs)
+                since = seen + 1 if seen is not None else since_tid or 1
             elif since_tid is None:
                 continue
             else:
@@ -600,7 +603,8 @@ class HammerOperations(pyfuse3.Operations):
         known = self.table.lookups
         seen: set[int] = set()
         lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
-        for rec in self.ns.store.changed_since(lo, hi, since, pin_history=False):
+        for rec in self.ns.store.changed_since(lo, hi, since, pin_history=False,
+                                               with_data=False):
             kino = direct_ino(pfs, rec.obj_id, self.ns.pfs)
             if kino is None or (kino not in known and kino != pyfuse3.ROOT_INODE):
                 continue
@@ -632,13 +636,14 @@ async def _on_signal() -> None:
 
 
 async def _watch_slaves(ops: HammerOperations, interval: float = 0.25) -> None:
+    # Always: the kernel may get numbers of a slave PFS (through a PFS link) at any time,
+    # and a stream into it changes nothing this mount is told about.
     while True:
         await trio.sleep(interval)
-        if ops._slave_ends:
-            try:
-                await trio.to_thread.run_sync(ops.poll_slaves)
-            except Exception:
-                log.exception("watching the slave's sync point failed")
+        try:
+            await trio.to_thread.run_sync(ops.poll_slaves)
+        except Exception:
+            log.exception("watching the slave's sync point failed")
 
 
 def run(ops: HammerOperations, mountpoint: str, *, fsname: str, readonly: bool,

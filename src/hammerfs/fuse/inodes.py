@@ -81,6 +81,10 @@ class InodeTable:
         self._view_refs: dict[ViewKey, int] = {}
         self._next_syn = SYNTHETIC | 2
         self._current: dict[int, tuple[float, FileSystem]] = {}  # other PFSs' current views
+        # PFS -> the state (asof) of the first current view whose computed numbers the kernel
+        # got: those numbers outlive any cached view, so invalidation must know the PFS even
+        # when no view of it is cached right now
+        self._direct_since: dict[int, int | None] = {}
         # names under which the kernel looked up synthetic inodes (``f@@0x...``): invalidated
         # when history changes behind the kernel (prune, cleanup)
         self.magic_names: dict[int, set[tuple[int, bytes]]] = {}
@@ -105,9 +109,14 @@ class InodeTable:
 
     def pfs_known(self) -> set[int]:
         """PFSs whose objects the kernel may hold (for invalidation)."""
-        known = {self.ns.pfs, *self._current}
+        known = {self.ns.pfs, *self._current, *self._direct_since}
         known.update(key[0] for key in self._views)
         return known
+
+    def direct_since(self, pfs: int) -> int | None:
+        """The state of ``pfs`` the kernel's computed numbers of it were first handed out at
+        (None: a live master view, or none handed out)."""
+        return self._direct_since.get(pfs)
 
     def is_current(self, fs: FileSystem) -> bool:
         try:
@@ -121,6 +130,7 @@ class InodeTable:
         if self.is_current(fs):
             ino = direct_ino(fs.pfs, obj, self.ns.pfs)
             if ino is not None:
+                self._direct_since.setdefault(fs.pfs, fs.asof)
                 return ino
         key = (fs.pfs, fs.asof)
         ino = self._syn_of.get((key, obj))

@@ -103,13 +103,14 @@ class RecordStore(Protocol):
         in key order, without reading any data (the file layer's map of a window)."""
 
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
-                      pin_history: bool = True) -> Iterator[Record]:
+                      pin_history: bool = True, with_data: bool = True) -> Iterator[Record]:
         """Every version in range with ``create_tid >= since_tid`` or
         ``delete_tid >= since_tid``, in key order, skipping whole subtrees whose aggregated
         max TID is older (cost proportional to the change, for mirroring).  A mirror may now
         hold every committed version, so none of them is dropped later by a history
         interval; ``pin_history=False`` (a cache invalidation scan, not a mirror) leaves
-        that rule alone."""
+        that rule alone.  ``with_data=False``: a record's data is what costs no read (inline
+        data, as of a directory entry), None for data kept in an extent."""
 
     # -- changes in the current transaction -------------------------------------------------
     def put(self, reckey: RecKey, data: bytes, history_ns: int = 0) -> Record:

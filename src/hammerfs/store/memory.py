@@ -130,7 +130,7 @@ class MemoryStore(PfsTable):
         return [(r.key, len(r.data), r.create_tid) for r in self.scan(lo, hi)]
 
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
-                      pin_history: bool = True) -> Iterator[Record]:
+                      pin_history: bool = True, with_data: bool = True) -> Iterator[Record]:
         with self._lock:  # a mirror may now hold every committed version
             if pin_history:
                 self._history_floor = max(self._history_floor, self._last_committed)

@@ -342,19 +342,20 @@ class Store(PfsTable):
                     if k[4] <= tid and (v[0] == 0 or tid < v[0])]
 
     def changed_since(self, lo: RecKey, hi: RecKey, since_tid: int, *,
-                      pin_history: bool = True) -> Iterator[Record]:
+                      pin_history: bool = True, with_data: bool = True) -> Iterator[Record]:
         _check_key(lo)
         _check_key(hi)
         with self._lock:  # a mirror may now hold every committed version
             if pin_history:
                 self._history_floor = max(self._history_floor, self._last_committed)
-        yield from self._batches(lo, hi, since_tid, SCAN_BATCH_DATA, lambda k, v: True, True)
+        yield from self._batches(lo, hi, since_tid, SCAN_BATCH_DATA if with_data else SCAN_BATCH,
+                                 lambda k, v: True, with_data, inline=not with_data)
 
     def _batches(self, lo: RecKey, hi: RecKey, since: int | None, batch: int, wanted,
-                 with_data: bool) -> Iterator[Record]:
+                 with_data: bool, inline: bool = False) -> Iterator[Record]:
         """Records built (data read and verified) in batches under the lock, so callers may
         change the store, even commit, while iterating: each batch resumes after the last
-        key seen."""
+        key seen.  ``inline``: records carry the data their leaf holds, no extent is read."""
         cursor: FullKey = (*lo, 0)
         end: FullKey = (*hi, MAX_U64 + 1)
         while True:
@@ -363,7 +364,8 @@ class Store(PfsTable):
                 picked = [(k, v) for k, v in found if wanted(k, v)]
                 if with_data:
                     self._prefetch(picked)
-                records = [self._record(k, v, with_data) for k, v in picked]
+                records = [self._record(k, v, with_data) for k, v in picked] if not inline \
+                    else [_make_record(*k, v[0], v[1], v[2], v[6]) for k, v in picked]
                 self._prefetched.clear()
             yield from records
             if len(found) < batch:
