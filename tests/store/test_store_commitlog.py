@@ -177,6 +177,7 @@ def test_thinning_a_read_only_store_is_refused():
 
 def test_crash_at_any_point_of_a_batched_thinning(monkeypatch):
     monkeypatch.setattr(store_mod, "COMMITLOG_BATCH", 500)
+    monkeypatch.setattr(store_mod, "COMMITLOG_COMMIT", 400)  # a commit per batch
     store = new_store(4 << 20)
     entries = [(1000 + i, BASE_TS + i * 20 * NS_PER_S) for i in range(2000)]
     inject(store, entries)

@@ -14,7 +14,7 @@ import errno
 import stat
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from hammerfs.errors import ReadOnly
@@ -29,6 +29,7 @@ from hammerfs.fs.layout import (
     encode_history_config,
 )
 from hammerfs.fs.namespace import Namespace, format_tid
+from hammerfs.steps import NO_LOCK, Steps
 from hammerfs.store.api import RecordStore
 from hammerfs.store.records import (
     MAX_U64,
@@ -365,9 +366,6 @@ def set_history_interval(fs: FileSystem, seconds: int) -> None:
 
 
 # -- prune-everything ----------------------------------------------------------------------------
-NO_LOCK = nullcontext()  # prunes of a volume this process alone uses take no lock
-
-
 def prune_everything(store: RecordStore, pfs: int, *,
                      lock: AbstractContextManager = NO_LOCK, batch: int = 256) -> int:
     """Destroy every version of ``pfs`` that is history (``delete_tid != 0``) and its
@@ -380,25 +378,25 @@ def prune_everything(store: RecordStore, pfs: int, *,
     between steps needs no lock (history does not change; new history is left for later)."""
     with lock:
         pd = _prunable_pfs(store, pfs)
-        store.commit()  # uncommitted changes become ordinary versions first
+    store.commit_outside(lock)  # uncommitted changes become ordinary versions first
     lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)  # rec_type is u16
     destroyed = 0
     while True:
         doomed, resume = _doomed_batch(store, lo, hi, _prunable, batch)
-        with lock:
+        with Steps(lock) as steps:
             for reckey, create_tid, _delete_tid in doomed:
                 store.destroy(reckey, create_tid)
+                steps.tick()
         destroyed += len(doomed)
         if resume is None:
             break
         lo = resume
+    store.commit_outside(lock)  # frees the space first: a full volume needs it for the next
     with lock:
-        store.commit()  # frees the space first: on a full volume the descriptor update needs it
         pd = store.get_pfs(pfs)
         store.put_pfs(pfs, pd.evolve(sync_beg_tid=store.current_tid, sync_beg_ts=time.time_ns()))
-        store.commit()
-    with lock:
-        store.thin_commit_log()  # old commit times go coarse, not away (store/commitlog.py)
+    store.commit_outside(lock)
+    store.thin_commit_log(lock=lock)  # old commit times go coarse, not away (store/commitlog.py)
     return destroyed
 
 
@@ -431,8 +429,9 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
     now = time.time_ns() if now_ns is None else now_ns
     with lock:
         pd = _prunable_pfs(store, pfs)
-        store.commit()
-        store.thin_commit_log(now)  # the store's own history ages too (store/commitlog.py)
+    store.commit_outside(lock)
+    store.thin_commit_log(now, lock=lock)  # the store's own history ages too (commitlog.py)
+    with lock:
         keep = sorted(snap.tid for snap in _snapshots(store, pfs))
     if not keep:
         return PruneResult(0, True)
@@ -442,12 +441,13 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
     while True:
         doomed, resume = _doomed_batch(
             store, lo, hi, lambda rec: _unneeded(rec, keep, fine_after_ts), batch)
-        with lock:
+        with Steps(lock) as steps:
             for reckey, create_tid, delete_tid in doomed:
                 store.destroy(reckey, create_tid)
                 if reckey[2] != REC_CONFIG:  # never mirrored: no slave misses its deletion
                     last_deleted = max(last_deleted, delete_tid)
-            store.commit()
+                steps.tick()
+        store.commit_outside(lock)
         destroyed += len(doomed)
         if resume is None:
             break
@@ -460,7 +460,7 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
             pd = store.get_pfs(pfs)
             if pd.sync_beg_tid <= last_deleted:
                 store.put_pfs(pfs, pd.evolve(sync_beg_tid=last_deleted + 1, sync_beg_ts=now))
-                store.commit()
+        store.commit_outside(lock)
     return PruneResult(destroyed, complete)
 
 

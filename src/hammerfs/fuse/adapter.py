@@ -453,9 +453,8 @@ class HammerOperations(pyfuse3.Operations):
 
     async def _commit(self, name: str) -> None:
         def commit() -> None:
-            with self.ns.lock:
-                if not self.ns.readonly:
-                    self.ns.store.commit()
+            if not self.ns.readonly:  # the flush waits without the lock
+                self.ns.store.commit_outside(self.ns.lock)
         self.requests[name] += 1
         try:
             await trio.to_thread.run_sync(commit)
