@@ -1,10 +1,12 @@
 """Long work under a shared lock, in bounded steps (usable from every layer).
 
 The mount serves every request under one lock (``Namespace.lock``).  Maintenance that runs
-for seconds or minutes (``undo -r`` of a tree, cleanup, commit-log thinning, prune) must not
-stop the mount that long: it works in steps of about ``STEP_SECONDS`` of work (S3QL's 50 ms),
-each of which leaves a consistent state, and gives the lock to whoever waits for it between
-steps.
+for seconds or minutes (``undo -r`` of a tree, cleanup, reblock, commit-log thinning, prune)
+must not stop the mount that long: it works in steps of about ``STEP_SECONDS`` of work, each
+of which leaves a consistent state, and gives the lock to whoever waits for it between
+steps.  S3QL uses 50 ms; the mount's goal is a request never waits more than 50 ms, and a
+request that arrives just after a step began waits for all of it (plus the scheduler on a
+loaded machine), so steps are shorter.
 
 ``SteppedLock`` is the mount's lock: a reentrant lock that knows whether another thread
 waits for it, so a step can hand it over (``yield_``) instead of releasing and taking it back
@@ -19,7 +21,7 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from time import monotonic
 
-STEP_SECONDS = 0.05  # work per hold of the lock (S3QL: 50 ms)
+STEP_SECONDS = 0.02  # work per hold of the lock
 HANDOVER_WAIT = 0.05  # at most this long for a waiting thread to take the lock
 NO_LOCK: AbstractContextManager = nullcontext()  # work on a volume no other thread uses
 

@@ -213,3 +213,28 @@ def test_blocks_freed_by_a_commit_in_flight_are_held_until_its_header_is_durable
     assert not taken & held, "a block the previous header references was handed out"
     store.commit_end(prepared)
     assert all(not alloc.is_used(b) for b in held)  # free once the header is durable
+
+
+def test_data_held_in_memory_is_written_out_in_steps_before_the_commit_takes_the_lock():
+    store = Store.create(MemDevice(32 << 20), "out")
+    data = {i: random.Random(i).randbytes(300_000) for i in range(20)}  # ~6 MiB
+    for i, d in data.items():
+        store.put((1, i + 2, 0x10, 0), d)
+    assert store.unwritten_bytes >= 6_000_000
+    left = store.unwritten_bytes
+    assert store.write_out(1 << 20)  # a step: about 1 MiB, some left
+    assert 0 < store.unwritten_bytes < left - 900_000
+    assert all(store.get((1, i + 2, 0x10, 0)).data == d for i, d in data.items())
+    lock = SteppedLock()
+    seen = []
+    real_acquire = lock.acquire
+
+    def acquire(*args):
+        seen.append(store.unwritten_bytes)
+        return real_acquire(*args)
+    lock.acquire = acquire
+    tid = store.commit_outside(lock)
+    assert seen == [0]  # all of it was written before the mount's lock was taken
+    reopened = Store.open(MemDevice(32 << 20, bytes(store.device.buf)))
+    assert reopened.last_committed_tid == tid
+    assert all(reopened.get((1, i + 2, 0x10, 0)).data == d for i, d in data.items())

@@ -67,6 +67,14 @@ class RecordStore(Protocol):
         """Make all changes durable.  Returns the TID whose state is now durable: the
         transaction just committed, or ``last_committed_tid`` when there was nothing to do."""
 
+    @property
+    def unwritten_bytes(self) -> int:
+        """Data of the open transaction kept in memory, not yet written to the device."""
+
+    def write_out(self, limit: int = ...) -> bool:
+        """Write about ``limit`` bytes of that data out (its content does not change, so a
+        mount does it without its own lock); True if some is left."""
+
     def commit_outside(self, lock: AbstractContextManager) -> int:
         """``commit()``, holding ``lock`` (the caller's, e.g. the mount's filesystem lock)
         only while the state to commit is captured: the wait for the device (flushes, the

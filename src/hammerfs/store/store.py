@@ -80,6 +80,10 @@ COMMITLOG_COMMIT = 16384  # entries removed per commit (each commit adds one ent
 # allocated at once, so space is accounted and contiguity known): rewrites of the same record
 # before the commit cost no device write.  Past this many bytes it is written out early.
 UNWRITTEN_MAX = 32 << 20
+# A mount writes it out in steps of this much, under the store's lock only (``write_out``):
+# encrypting and writing 32 MiB at once would stop every request for a few 100 ms (a
+# loaded machine, or the kernel throttling a writer of much dirty data: 1 MiB takes 5-30 ms).
+WRITE_OUT_STEP = 1 << 20
 PREFETCH_EXTENTS = 64  # adjacent extents read with one device read (scans, at most 4 MiB)
 
 
@@ -202,6 +206,8 @@ class Store(PfsTable):
         flushes and the header write run after it is released, so the mount serves on."""
         with self._lock:  # not while holding ``lock``: the flush of the commit in flight
             self._committed.wait_for(lambda: self._in_flight is None)
+        while self.write_out():  # the data first, in steps, without ``lock``
+            pass
         with lock:
             prepared = self.commit_begin()
         return self._last_committed if prepared is None else self.commit_end(prepared)
@@ -774,13 +780,36 @@ class Store(PfsTable):
         self.device.write(block * BLOCK, buf)
         return (dtid, cts, dts, n, block * BLOCK, checksum(buf), None)
 
-    def _unwritten_data(self) -> list[tuple[int, bytes]]:
-        """The writes of every extent whose data is still in memory; their entries get the
-        checksum and lose the bytes.  In key order, so a file's extents are written in one
-        pass over contiguous blocks."""
+    @property
+    def unwritten_bytes(self) -> int:
+        """Extent data of the open transaction still in memory (about)."""
+        return self._unwritten_bytes
+
+    def write_out(self, limit: int = WRITE_OUT_STEP) -> bool:
+        """Write about ``limit`` bytes of the extent data still in memory to its blocks
+        (what the commit, or a write past UNWRITTEN_MAX, would do), under the store's lock
+        only: the content does not change, so a mount calls it without its own lock, in
+        steps.  True if some is left."""
+        with self._lock:
+            if not self._unwritten or self._broken is not None or self._closed:
+                return False
+            _write_coalesced(self.device, self._unwritten_data(limit))
+            return bool(self._unwritten)
+
+    def _unwritten_data(self, limit: int | None = None) -> list[tuple[int, bytes]]:
+        """The writes of the extents whose data is still in memory (all, or the first in
+        key order up to about ``limit`` bytes); their entries get the checksum and lose the
+        bytes.  In key order, so a file's extents are written in one pass over contiguous
+        blocks."""
         writes = []
         tree = self._tree
-        for k in sorted(self._unwritten):
+        done = 0
+        keys = sorted(self._unwritten)
+        for n, k in enumerate(keys):
+            if limit is not None and done >= limit:
+                self._unwritten.difference_update(keys[:n])
+                self._unwritten_bytes = max(0, self._unwritten_bytes - done)
+                return writes
             path, leaf, i = tree.locate(k)
             if i < 0 or leaf.keys[i] != k:
                 continue  # dropped since
@@ -791,6 +820,7 @@ class Store(PfsTable):
             buf = v[6] + bytes(pad) if pad else v[6]
             tree.set_val_at(path, leaf, i, (*v[:5], checksum(buf), None))
             writes.append((extent_off(v[4]), buf))
+            done += len(buf)
         self._unwritten.clear()
         self._unwritten_bytes = 0
         return writes
