@@ -7,9 +7,42 @@ import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
+import time
 import traceback
+from collections.abc import Callable
 
 from hammerfs.store.memory import MemoryStore
+
+
+def lock_handovers(lock, work: Callable[[], object]) -> int:
+    """Run ``work()`` in this thread while another keeps asking for ``lock`` (as the
+    mount's requests do): how often that thread got the lock while ``work`` ran.  Work that
+    holds the lock for its whole run scores 0."""
+    running, stop = threading.Event(), threading.Event()
+    got = [0]
+
+    def contender() -> None:
+        while not stop.is_set():
+            with lock:
+                if running.is_set():
+                    got[0] += 1
+            time.sleep(0)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # the contender gets the GIL to ask often, as FUSE threads do
+    thread = threading.Thread(target=contender, daemon=True)
+    thread.start()
+    try:
+        running.set()
+        work()
+        running.clear()
+    finally:
+        stop.set()
+        thread.join(10)
+        sys.setswitchinterval(interval)
+    return got[0]
 
 
 def memory_store(tmp_path):

@@ -10,10 +10,11 @@ import errno
 import time
 
 import pytest
-from fs_helpers import disk_store, rooted_store, store_kinds
+from fs_helpers import disk_store, lock_handovers, rooted_store, store_kinds
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from hammerfs import steps as steps_mod
 from hammerfs.errors import HammerError
 from hammerfs.fs import FileSystem, FsError, Namespace, init_pfs_root
 from hammerfs.fs import cleanup as cl
@@ -348,3 +349,25 @@ def test_mirroring_after_a_snapshot_prune():
         FileSystem(current, 1, end).lookup(R, b"doomed")
     with pytest.raises(HammerError, match="pruned"):  # it would keep 'doomed' forever
         copy_local(master, 1, lagging, 1)
+
+
+def test_cleanup_hands_the_mount_lock_over_in_steps(store, monkeypatch):
+    """cleanup through a mount: prune, reblock and the commit-log thinning hold the
+    mount's lock in steps (STEP_SECONDS, 0 here: every version destroyed), never the run."""
+    monkeypatch.setattr(steps_mod, "STEP_SECONDS", 0.0)
+    ns = Namespace(store, 0)
+    fs = ns.live(0)
+    cl.save_config(store, 0, "snapshots 0 0\nprune 1d 0\n")  # prune-everything
+    for gen in range(4):
+        for i in range(300):
+            with contextlib.suppress(FsError):
+                fs.unlink(R, b"f%d" % i)
+            fs.write(fs.create(R, b"f%d" % i, 0o644).obj_id, 0, bytes([gen]) * 5000)
+        store.commit()
+    live = visible(store, 0)
+    done = []
+    handed = lock_handovers(ns.lock, lambda: done.append(cl.cleanup(fs, lock=ns.lock)))
+    assert done[0].destroyed >= 600
+    assert handed >= 10, f"the lock went to another thread only {handed} times"
+    assert {v for v in visible(store, 0) if v[1] != REC_CONFIG} == \
+        {v for v in live if v[1] != REC_CONFIG}

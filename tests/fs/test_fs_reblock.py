@@ -10,11 +10,14 @@ import os
 import random
 import re
 import sys
+import threading
+import time
 from pathlib import Path
 
 from conftest import run_hammer
+from hammerfs import steps as steps_mod
 from hammerfs.blockdev.file import FileDevice
-from hammerfs.fs import FileSystem, init_pfs_root
+from hammerfs.fs import FileSystem, Namespace, init_pfs_root
 from hammerfs.fs.history import prune_everything, take_snapshot
 from hammerfs.store import Store
 from hammerfs.store.format import EXT_SHARED
@@ -165,3 +168,62 @@ def test_reblock_command_through_a_mount(tmp_path):
     out = run_hammer("reblock", vol, "--time", "5").stdout  # unmounted: opened here
     assert out.startswith("reblock: ")
     run_hammer("scrub", vol)  # exits non-zero on any damage
+
+
+def test_reblock_in_steps_while_files_change_between_them(tmp_path, monkeypatch):
+    """Through a mount reblock takes the lock in steps (STEP_SECONDS, 0 here: every move);
+    users overwrite parts of files (new extents sharing blocks with the old ones), remove
+    and recreate files in between.  Every file reads what was last written, the volume
+    scrubs clean, before and after a reopen."""
+    monkeypatch.setattr(steps_mod, "STEP_SECONDS", 0.0)
+    store = Store.create(FileDevice(str(tmp_path / "v.img"), create_size=64 << 20), "rb")
+    init_pfs_root(store, 0)
+    fragment(store, 5, seed=4)
+    store.commit()
+    ns = Namespace(store, 0)
+    fs = ns.live(0)
+    expect = {}
+    for e in fs.readdir(ROOT_OBJ):
+        expect[e.name] = fs.read(e.obj_id, 0, fs.getattr(e.obj_id).size)
+    rng = random.Random(5)
+    running, stop = threading.Event(), threading.Event()
+    changes = [0]
+
+    def user() -> None:
+        while not stop.is_set():
+            with ns.lock:
+                name = rng.choice(sorted(expect))
+                if rng.random() < 0.7 and len(expect[name]) > 8192:
+                    at = rng.randrange(0, len(expect[name]) - 4096) // 4096 * 4096
+                    data = rng.randbytes(4096)
+                    fs.write(fs.lookup(ROOT_OBJ, name).obj_id, at, data)
+                    expect[name] = expect[name][:at] + data + expect[name][at + 4096:]
+                else:
+                    fs.unlink(ROOT_OBJ, name)
+                    expect[name] = rng.randbytes(rng.choice([3000, 70000]))
+                    fs.write(fs.create(ROOT_OBJ, name, 0o644).obj_id, 0, expect[name])
+                changes[0] += running.is_set()
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=user, daemon=True)
+    thread.start()
+    try:
+        running.set()
+        result = reblock(store, 90, lock=ns.lock)
+        running.clear()
+    finally:
+        stop.set()
+        thread.join(10)
+    assert result.bigblocks >= 2 and result.extents > 0
+    assert changes[0] >= 10, f"only {changes[0]} changes got the lock during the reblock"
+    store.commit()
+    for name, data in expect.items():
+        assert fs.read(fs.lookup(ROOT_OBJ, name).obj_id, 0, len(data) + 10) == data
+    assert scrub(store).ok
+    store.close()
+    store = Store.open(FileDevice(str(tmp_path / "v.img")))
+    fs = FileSystem(store)
+    for name, data in expect.items():
+        assert fs.read(fs.lookup(ROOT_OBJ, name).obj_id, 0, len(data) + 10) == data
+    assert scrub(store).ok
+    store.close()

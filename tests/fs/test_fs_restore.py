@@ -9,10 +9,11 @@ import errno
 import stat
 
 import pytest
-from fs_helpers import rooted_store, store_kinds
+from fs_helpers import lock_handovers, rooted_store, store_kinds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hammerfs import steps as steps_mod
 from hammerfs.fs import FileSystem, FsError, Namespace, init_pfs_root
 from hammerfs.fs import history as history_mod
 from hammerfs.fs.history import restore, stored_inode
@@ -287,3 +288,25 @@ def test_restore_of_a_big_sparse_file_in_windows(store, monkeypatch):
     done = restore(ns, "big", tid)
     assert done.updated == 1 and fs.read(f, 0, 50 * BLOCK) == expect
     assert fs.getattr(f).size == 19 * BLOCK
+
+
+def test_restore_of_a_big_tree_hands_the_lock_over_between_steps(store, monkeypatch):
+    """undo -r of a tree through a mount: the mount's lock is given to waiting requests
+    between entries (steps of STEP_SECONDS, 0 here: every entry), never held for the run."""
+    monkeypatch.setattr(steps_mod, "STEP_SECONDS", 0.0)
+    ns = Namespace(store, 0)
+    fs = ns.live(0)
+    d = fs.mkdir(R, b"d", 0o755).obj_id
+    for i in range(400):
+        fs.write(fs.create(d, b"f%d" % i, 0o644).obj_id, 0, b"v1 %d" % i)
+    tid = store.commit()
+    then = dump(FileSystem(store, 0, tid), subtree(FileSystem(store, 0, tid), b"d"))
+    for i in range(0, 400, 2):
+        fs.unlink(d, b"f%d" % i)
+    for i in range(1, 400, 2):
+        fs.write(fs.lookup(d, b"f%d" % i).obj_id, 0, b"v2")
+    fs.mkdir(d, b"new", 0o755)
+    store.commit()
+    handed = lock_handovers(ns.lock, lambda: restore(ns, "d", tid, lock=ns.lock))
+    assert handed >= 10, f"the lock went to another thread only {handed} times"
+    assert dump(fs, subtree(fs, b"d")) == then

@@ -11,6 +11,7 @@ import hypothesis.strategies as st
 from devices import MemDevice, crash_image
 from hypothesis import HealthCheck, given, settings
 
+from hammerfs.steps import SteppedLock
 from hammerfs.store import Store, memory
 from hammerfs.store import store as store_mod
 from hammerfs.store.commitlog import (
@@ -177,6 +178,7 @@ def test_thinning_a_read_only_store_is_refused():
 
 def test_crash_at_any_point_of_a_batched_thinning(monkeypatch):
     monkeypatch.setattr(store_mod, "COMMITLOG_BATCH", 500)
+    monkeypatch.setattr(store_mod, "COMMITLOG_COMMIT", 400)  # a commit per batch
     store = new_store(4 << 20)
     entries = [(1000 + i, BASE_TS + i * 20 * NS_PER_S) for i in range(2000)]
     inject(store, entries)
@@ -234,3 +236,23 @@ def test_cleanup_thins_the_log_on_a_slave_and_with_prune_disabled():
         cleanup(FileSystem(store, pfs), now_ns=BASE_TS + 60 * DAY)
         assert 1 <= len([e for e in log_entries(store) if e[0] < 1 << 40]) <= 3, pfs
     store.close()
+
+
+def test_thinning_takes_the_callers_lock_per_batch(monkeypatch):
+    """Through a mount (prune, cleanup) the mount's lock is taken per batch of entries
+    (and offered to waiting requests after each), never for the whole log."""
+    monkeypatch.setattr(store_mod, "COMMITLOG_BATCH", 500)
+    store = new_store(8 << 20)
+    inject(store, [(1000 + i, BASE_TS + i * NS_PER_S) for i in range(10_000)])
+    lock = SteppedLock()
+    holds = []
+    real_acquire = lock.acquire
+
+    def acquire(*args):
+        holds.append(len(log_entries(store)))  # entries left when each step begins
+        return real_acquire(*args)
+    lock.acquire = acquire
+    dropped = store.thin_commit_log(BASE_TS + 40 * DAY, lock=lock)
+    assert dropped > 9_000
+    assert len(holds) >= 10_000 // 500  # one hold per batch at least
+    assert holds[0] > holds[len(holds) // 2] > holds[-1]  # the work spread over the holds

@@ -4,11 +4,17 @@ holding everything that was committed before the crash."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 
 from devices import MemDevice, crash_image
 
+from hammerfs.errors import NoSpace
+from hammerfs.steps import SteppedLock
 from hammerfs.store import Store
+from hammerfs.store import store as store_mod
+from hammerfs.store.records import Record
 from hammerfs.store.scrub import scrub
 
 ALL = ((0, 0, 0, 0), (0xFFFF, (1 << 64) - 1, 0xFFFF, (1 << 64) - 1))
@@ -89,3 +95,146 @@ def check_crash_image(image, upto, states, durable_at):
     again = Store.open(MemDevice(SIZE, bytes(store.device.buf)))
     assert again.last_committed_tid == tid
     assert again.get((2, 5, 0x10, 0)).data == b"after crash" * 1000
+
+
+def change(store: Store, rng: random.Random) -> None:
+    """One random change: a put (inline or extent), a raw insert (its extent is written at
+    once), a delete or a destroy."""
+    k = (1, rng.randint(2, 40), 0x10, rng.randint(0, 3))
+    roll = rng.random()
+    if roll < 0.6:
+        with contextlib.suppress(NoSpace):  # the volume is kept nearly full
+            if roll < 0.45:
+                store.put(k, rng.randbytes(rng.choice([10, 5000, 20000])),
+                          rng.choice([0, 0, -1]))
+            else:
+                store.insert_raw(Record(*k[:3], rng.randint(4, 9), store.current_tid, 0, 1,
+                                        0, rng.randbytes(9000)))
+    elif roll < 0.85:
+        store.delete(k)
+    else:
+        versions = list(store.scan(k, k, history=True, with_data=False))
+        if versions:
+            store.destroy(k, rng.choice(versions).create_tid)
+
+
+def test_changes_made_while_a_commit_flushes_never_reach_its_predecessors_blocks(monkeypatch):
+    """The mount's commit flushes without the lock (commit_begin / commit_end): the next
+    transaction changes, frees and writes (early written data, raw inserts) meanwhile.  A
+    crash anywhere must still open at a committed state: blocks the previous header
+    references are never handed out before the new header is durable."""
+    monkeypatch.setattr(store_mod, "UNWRITTEN_MAX", 8192)  # puts write their data early
+    rng = random.Random(99)
+    dev = MemDevice(SIZE)
+    store = Store.create(dev, "overlap")
+    for i in range(30):
+        store.put((1, i + 2, 0x10, 0), rng.randbytes(rng.choice([8, 6000, 20000])))
+    ballast = 100
+    while store.space().avail_bytes > 300_000:  # nearly full: freed blocks get reused soon
+        store.put((1, ballast, 0x10, 0), bytes(16384))
+        ballast += 1
+    store.commit()
+    base = bytes(dev.buf)
+    dev.log.clear()
+    states = {store.last_committed_tid: snapshot(store)}
+    order = []
+    for _ in range(8):
+        for _ in range(rng.randint(1, 15)):
+            change(store, rng)
+        prepared = store.commit_begin()
+        states[prepared.tid] = snapshot(store)  # what this commit makes durable
+        order.append(prepared.tid)
+        for _ in range(rng.randint(1, 15)):  # the next transaction, during the flush
+            change(store, rng)
+        store.commit_end(prepared)
+    log = list(dev.log)
+    flushes = [i for i, (kind, _, _) in enumerate(log) if kind == "f"]
+    durable_at = {tid: flushes[2 * n + 1] + 1 for n, tid in enumerate(order)}
+    points = [(i, None) for i in range(len(log) + 1)]
+    points += [(rng.randint(0, len(log)), random.Random(seed)) for seed in range(150)]
+    for upto, subset_rng in points:
+        check_crash_image(crash_image(base, log, upto, subset_rng), upto, states, durable_at)
+
+
+def test_the_commit_flushes_without_the_callers_lock():
+    """``commit_outside``: the lock (the mount's) is free while the device flushes, and
+    the store serves reads and changes meanwhile; the changes go to the next commit."""
+    gate, flushing = threading.Event(), threading.Event()
+
+    class SlowFlush(MemDevice):
+        def flush(self) -> None:
+            flushing.set()
+            assert gate.wait(10)
+            super().flush()
+
+    store = Store.create(MemDevice(SIZE), "slow")
+    store.put((1, 2, 0x10, 0), b"first" * 1000)
+    store.device = dev = SlowFlush(SIZE, bytes(store.device.buf))
+    lock = SteppedLock()
+    done = []
+    committer = threading.Thread(target=lambda: done.append(store.commit_outside(lock)))
+    committer.start()
+    try:
+        assert flushing.wait(10)
+        got = lock.acquire(timeout=5)  # held across the flush before: this waited
+        assert got, "the commit held the lock across the device flush"
+        try:
+            assert store.get((1, 2, 0x10, 0)).data == b"first" * 1000
+            store.put((1, 3, 0x10, 0), b"second" * 1000)
+        finally:
+            lock.release()
+        assert not done  # still flushing
+    finally:
+        gate.set()
+        committer.join(10)
+    first = done[0]
+    assert store.last_committed_tid == first
+    second = store.commit()
+    assert second > first
+    reopened = Store.open(MemDevice(SIZE, bytes(dev.buf)))
+    assert reopened.get((1, 3, 0x10, 0)).data == b"second" * 1000
+
+
+def test_blocks_freed_by_a_commit_in_flight_are_held_until_its_header_is_durable():
+    store = Store.create(MemDevice(SIZE), "held")
+    for i in range(20):
+        store.put((1, i + 2, 0x10, 0), bytes([i]) * 20000)
+    store.commit()
+    for i in range(20):  # frees extents the durable header references
+        store.destroy((1, i + 2, 0x10, 0), store.get((1, i + 2, 0x10, 0)).create_tid)
+    prepared = store.commit_begin()
+    held = {b for first, count in prepared.held for b in range(first, first + count)}
+    assert len(held) >= 20 * 5
+    alloc = store.allocator
+    taken = set()
+    with contextlib.suppress(NoSpace):  # the next transaction takes every block it can
+        while True:
+            taken.add(alloc.alloc(1, 1))
+    assert not taken & held, "a block the previous header references was handed out"
+    store.commit_end(prepared)
+    assert all(not alloc.is_used(b) for b in held)  # free once the header is durable
+
+
+def test_data_held_in_memory_is_written_out_in_steps_before_the_commit_takes_the_lock():
+    store = Store.create(MemDevice(32 << 20), "out")
+    data = {i: random.Random(i).randbytes(300_000) for i in range(20)}  # ~6 MiB
+    for i, d in data.items():
+        store.put((1, i + 2, 0x10, 0), d)
+    assert store.unwritten_bytes >= 6_000_000
+    left = store.unwritten_bytes
+    assert store.write_out(1 << 20)  # a step: about 1 MiB, some left
+    assert 0 < store.unwritten_bytes < left - 900_000
+    assert all(store.get((1, i + 2, 0x10, 0)).data == d for i, d in data.items())
+    lock = SteppedLock()
+    seen = []
+    real_acquire = lock.acquire
+
+    def acquire(*args):
+        seen.append(store.unwritten_bytes)
+        return real_acquire(*args)
+    lock.acquire = acquire
+    tid = store.commit_outside(lock)
+    assert seen == [0]  # all of it was written before the mount's lock was taken
+    reopened = Store.open(MemDevice(32 << 20, bytes(store.device.buf)))
+    assert reopened.last_committed_tid == tid
+    assert all(reopened.get((1, i + 2, 0x10, 0)).data == d for i, d in data.items())

@@ -99,9 +99,16 @@ def test_batched_release_of_single_blocks_matches_freeing_one_by_one(blocks):
     one_by_one, batched = _full_allocator(), _full_allocator()
     for block in blocks:
         one_by_one._mark(block, 1, False)
-    batched._free_singles(np.array(sorted(blocks), dtype=np.int64))
+    singles = np.array(sorted(blocks), dtype=np.int64)
+    batched._mark_singles(singles, False)
     assert bytes(batched.bits) == bytes(one_by_one.bits)
     assert batched.bb_used.tolist() == one_by_one.bb_used.tolist()
     assert batched.free_blocks == one_by_one.free_blocks
     assert batched.dirty_pages == one_by_one.dirty_pages
     assert batched.free_blocks == 70_000 - 69_040 + len(blocks)
+    # held again (a commit in flight keeps the blocks it freed): back to the full map
+    full = _full_allocator()
+    batched._mark_singles(singles, True)
+    assert bytes(batched.bits) == bytes(full.bits)
+    assert batched.bb_used.tolist() == full.bb_used.tolist()
+    assert batched.free_blocks == full.free_blocks

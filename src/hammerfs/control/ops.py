@@ -90,9 +90,9 @@ def op_read_version(ctx: ControlContext, args: dict, conn: socket.socket | None)
 def op_restore(ctx: ControlContext, args: dict, conn) -> dict:
     """undo -r: a file or a whole directory tree as of a TID (fs.history.restore)."""
     relpath = args["relpath"]
-    with ctx.lock:
-        done = history.restore(ctx.ns, relpath, int(args["tid"]))
-        tid = ctx.store.commit()
+    # the lock is held in steps: the mount serves its users during a long restore
+    done = history.restore(ctx.ns, relpath, int(args["tid"]), lock=ctx.lock)
+    tid = ctx.store.commit_outside(ctx.lock)
     return {"obj_id": done.inode.obj_id, "tid": tid, "created": done.created,
             "removed": done.removed, "updated": done.updated}
 

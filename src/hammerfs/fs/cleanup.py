@@ -23,10 +23,10 @@ at its next run.  docs/format.md documents both.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from hammerfs import quantity
@@ -34,6 +34,7 @@ from hammerfs.errors import HammerError
 from hammerfs.fs import history
 from hammerfs.fs.filesystem import FileSystem, FsError
 from hammerfs.fs.layout import Snapshot
+from hammerfs.steps import NO_LOCK
 from hammerfs.store.api import RecordStore
 from hammerfs.store.reblock import reblock
 from hammerfs.store.records import MAX_U64, REC_CONFIG, REC_SNAPSHOT, ROOT_OBJ
@@ -199,38 +200,48 @@ class CleanupReport:
 
 
 def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
-            note: str = "cleanup", lock=None) -> CleanupReport:
+            note: str = "cleanup", lock: AbstractContextManager = NO_LOCK) -> CleanupReport:
     """Run the due directives of ``fs``'s PFS (a live, writable view of a master).
-    ``lock`` (a mount's) is held for each directive, and released between reblock's steps."""
-    with lock if lock is not None else contextlib.nullcontext():
-        report, state, before = _cleanup(fs, force, now_ns, note)
-    if state is None:
-        return report
+    ``lock`` (a mount's) is never held for the run: taken for the quick directives and the
+    config and state records, and in bounded steps by prune, reblock and the commit-log
+    thinning (hammerfs.steps), so the mount serves its users meanwhile.  Every step leaves a
+    consistent volume; an interrupted cleanup is simply run again (the state record says
+    which directives completed)."""
+    store = fs.store
     now = time.time_ns() if now_ns is None else now_ns
-    config = load_config(fs.store, fs.pfs)
+    with lock:
+        report, state, config, before = _cleanup_start(fs, force, now, note)
+    if state is None:  # a slave: nothing to do but age the commit log
+        _thin_commit_log(store, now, lock)
+        return report
+    _run_prune(store, fs.pfs, config, state, now, force, report, lock)
+    for name in ("rebalance", "dedup"):
+        d = config.get(name)
+        if d is None or d.period == 0:
+            report.say(name, "disabled")
+        else:
+            report.say(name, f"not applicable ({NOT_APPLICABLE[name]})")
     for name in ("reblock", "recopy"):  # online, in steps
-        _run_reblock(fs.store, name, config.get(name), state, now, force, report, lock)
-    with lock if lock is not None else contextlib.nullcontext():
-        store = fs.store
+        _run_reblock(store, name, config.get(name), state, now, force, report, lock)
+    with lock:
         save_state(store, fs.pfs, state)
-        store.commit()
-        _thin_commit_log(store, now)
+    store.commit_outside(lock)
+    _thin_commit_log(store, now, lock)
+    with lock:
         report.freed_bytes = max(0, store.space().free_bytes - before)
     return report
 
 
-def _cleanup(fs: FileSystem, force: bool, now_ns: int | None,
-             note: str) -> tuple[CleanupReport, dict[str, int] | None, int]:
-    """The directives before reblock: (report, state to save or None when done, free bytes
-    at the start)."""
+def _cleanup_start(fs: FileSystem, force: bool, now: int, note: str
+                   ) -> tuple[CleanupReport, dict[str, int] | None, Config, int]:
+    """The quick part, under the lock: (report, state to save or None for a slave, the
+    config, free bytes at the start).  Takes the due snapshot."""
     store, pfs = fs.store, fs.pfs
     report = CleanupReport(pfs)
-    now = time.time_ns() if now_ns is None else now_ns
     if _require_pfs(store, pfs).is_slave:  # nothing to do, and nothing may be written
         for name in DIRECTIVES:
             report.say(name, "skip (a slave: its snapshots and history come from its master)")
-        _thin_commit_log(store, now)
-        return report, None, 0
+        return report, None, parse_config(DEFAULT_CONFIG), 0
     fs.check_writable()
     config = load_config(store, pfs)
     if config is None:
@@ -239,14 +250,7 @@ def _cleanup(fs: FileSystem, force: bool, now_ns: int | None,
     state = load_state(store, pfs)
     before = store.space().free_bytes
     _run_snapshots(fs, config.get("snapshots"), state, now, force, note, report)
-    _run_prune(store, pfs, config, state, now, force, report)
-    for name in ("rebalance", "dedup"):
-        d = config.get(name)
-        if d is None or d.period == 0:
-            report.say(name, "disabled")
-        else:
-            report.say(name, f"not applicable ({NOT_APPLICABLE[name]})")
-    return report, state, before
+    return report, state, config, before
 
 
 def _run_reblock(store: RecordStore, name: str, d: Directive | None, state: dict[str, int],
@@ -272,11 +276,11 @@ def _run_reblock(store: RecordStore, name: str, d: Directive | None, state: dict
                    f"at the next run)")
 
 
-def _thin_commit_log(store: RecordStore, now: int) -> None:
+def _thin_commit_log(store: RecordStore, now: int, lock: AbstractContextManager) -> None:
     """The store's commit log is no PFS's history: it ages on every run, whatever the
     directives, and on a volume of slaves too (a backup disk commits as often as its master)."""
     if not store.readonly:
-        store.thin_commit_log(now)
+        store.thin_commit_log(now, lock=lock)
 
 
 def _run_snapshots(fs: FileSystem, d: Directive | None, state: dict[str, int], now: int,
@@ -310,7 +314,8 @@ def expire_snapshots(store: RecordStore, pfs: int, before_ns: int) -> list[int]:
 
 
 def _run_prune(store: RecordStore, pfs: int, config: Config, state: dict[str, int],
-               now: int, force: bool, report: CleanupReport) -> None:
+               now: int, force: bool, report: CleanupReport,
+               lock: AbstractContextManager) -> None:
     d = config.get("prune")
     if d is None or d.period == 0:
         report.say("prune", "disabled")
@@ -320,12 +325,12 @@ def _run_prune(store: RecordStore, pfs: int, config: Config, state: dict[str, in
         return
     snaps = config.get("snapshots")
     if snaps is None or (snaps.period == 0 and snaps.arg == 0):
-        report.destroyed = history.prune_everything(store, pfs)
+        report.destroyed = history.prune_everything(store, pfs, lock=lock)
         report.say("prune", f"run (snapshots off: all history, {report.destroyed} versions)")
         state["prune"] = now
         return
     deadline = time.monotonic() + d.arg if d.arg else None
-    result = history.prune(store, pfs, now_ns=now, deadline=deadline)
+    result = history.prune(store, pfs, now_ns=now, deadline=deadline, lock=lock)
     report.destroyed = result.destroyed
     if result.complete:
         state["prune"] = now

@@ -14,7 +14,7 @@ import errno
 import stat
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from hammerfs.errors import ReadOnly
@@ -29,6 +29,7 @@ from hammerfs.fs.layout import (
     encode_history_config,
 )
 from hammerfs.fs.namespace import Namespace, format_tid
+from hammerfs.steps import NO_LOCK, Steps
 from hammerfs.store.api import RecordStore
 from hammerfs.store.records import (
     MAX_U64,
@@ -99,7 +100,8 @@ class RestoreResult:
     changed: list[bytes] = field(default_factory=list)
 
 
-def restore(ns: Namespace, relpath: str, tid: int) -> RestoreResult:
+def restore(ns: Namespace, relpath: str, tid: int, *,
+            lock: AbstractContextManager = NO_LOCK) -> RestoreResult:
     """Make the live ``relpath`` exactly what it was as of ``tid`` (``undo -r``).
 
     A file, symlink or device node gets its bytes (holes stay holes), mode, owner, atime,
@@ -109,7 +111,18 @@ def restore(ns: Namespace, relpath: str, tid: int) -> RestoreResult:
     it did not have then is removed (with everything below it).  Objects are not moved back:
     a file renamed away since ``tid`` is restored as a new object, the renamed one stays.
     ctime is now (the restore is itself a change, undoable like any other).  If ``relpath``
-    now names a different kind of object it is refused (EEXIST): remove it first."""
+    now names a different kind of object it is refused (EEXIST): remove it first.
+
+    ``lock`` (the mount's filesystem lock) is held in steps (hammerfs.steps): between two
+    entries (or windows of a big file) the mount serves its users, and the periodic commit
+    may make the restore so far durable.  Each step leaves a consistent filesystem; entries
+    are looked up again after each step, so changes made meanwhile are taken as they are.  A
+    restore that was interrupted (crash, error) is finished by running it again."""
+    with Steps(lock) as steps:
+        return _restore(ns, relpath, tid, steps)
+
+
+def _restore(ns: Namespace, relpath: str, tid: int, steps: Steps) -> RestoreResult:
     old_fs, old = resolve_version(ns, relpath, tid)
     old = stored_inode(old_fs, old.obj_id)
     path = split_path(relpath)
@@ -126,7 +139,7 @@ def restore(ns: Namespace, relpath: str, tid: int) -> RestoreResult:
         if cur is not None and stat.S_IFMT(cur.mode) != stat.S_IFMT(old.mode):
             raise FsError(errno.EEXIST, "a different kind of object now has that name "
                           "(remove it first)")
-    rest = _Restorer(old_fs, live_fs)
+    rest = _Restorer(old_fs, live_fs, steps)
     ino = rest.restore_entry(parent_obj, name, old, cur, path)
     rest.finish()
     ns.forget()
@@ -162,8 +175,9 @@ class _Restorer:
     be deeper than Python's recursion limit) and sets directory attributes last, because
     creating and removing entries moves a directory's mtime."""
 
-    def __init__(self, old_fs: FileSystem, live_fs: FileSystem):
+    def __init__(self, old_fs: FileSystem, live_fs: FileSystem, steps: Steps):
         self.old, self.live = old_fs, live_fs
+        self.tick = steps.tick  # between units of work: the lock may be handed over
         self.result = RestoreResult(inode=Inode(0, 0))
         self.mapped: dict[int, int] = {}  # old obj_id -> live obj_id (hard links, dirs)
         self.dirs: list[tuple[Inode, int, bytes]] = []  # (old dir, live dir obj, path)
@@ -228,8 +242,10 @@ class _Restorer:
         """Contents (regular files), xattrs and attributes of ``old`` onto live ``cur``."""
         changed = False
         if old.is_reg:
-            changed |= _copy_records(self.old, old.obj_id, self.live, cur.obj_id, REC_DATA)
-        changed |= _copy_records(self.old, old.obj_id, self.live, cur.obj_id, REC_XATTR)
+            changed |= _copy_records(self.old, old.obj_id, self.live, cur.obj_id, REC_DATA,
+                                     self.tick)
+        changed |= _copy_records(self.old, old.obj_id, self.live, cur.obj_id, REC_XATTR,
+                                 self.tick)
         cur = self.live.getattr(cur.obj_id)
         wanted = cur.evolve(mode=old.mode, uid=old.uid, gid=old.gid, size=old.size,
                             rdev=old.rdev, atime=old.atime, mtime=old.mtime)
@@ -244,20 +260,32 @@ class _Restorer:
         self.result.changed.append(path)
         self.result.removed += 1
         if not cur.is_dir:
-            self.live.unlink(parent_obj, name)
+            self._gone_already_ok(self.live.unlink, parent_obj, name)
             return
         stack: list[tuple[int, bytes, int, bool]] = [(parent_obj, name, cur.obj_id, False)]
         while stack:
             p, n, obj, emptied = stack.pop()
             if emptied:
-                self.live.rmdir(p, n)
+                self._gone_already_ok(self.live.rmdir, p, n)
+                self.tick()
                 continue
             stack.append((p, n, obj, True))
             for entry in list(self.live.readdir(obj)):
                 if entry.mode_type == stat.S_IFDIR:
                     stack.append((obj, entry.name, entry.obj_id, False))
                 else:
-                    self.live.unlink(obj, entry.name)
+                    self._gone_already_ok(self.live.unlink, obj, entry.name)
+                    self.tick()
+
+    @staticmethod
+    def _gone_already_ok(remove: Callable[[int, bytes], object], dir_obj: int,
+                         name: bytes) -> None:
+        """Remove an entry; one removed by a user between two steps is fine."""
+        try:
+            remove(dir_obj, name)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
 
     def finish(self) -> None:
         """Restore the queued directories' entries (breadth-first), then their attributes."""
@@ -268,25 +296,37 @@ class _Restorer:
             self._restore_entries(old_dir, live_obj, path)
         for old_dir, live_obj, path in reversed(self.dirs):
             self._restore_object(old_dir, self.live.getattr(live_obj), path)
+            self.tick()
 
     def _restore_entries(self, old_dir: Inode, live_obj: int, path: bytes) -> None:
-        then = {e.name: e for e in self.old.readdir(old_dir.obj_id)}
-        now = {e.name: e for e in self.live.readdir(live_obj)}
+        then = {}
+        for e in self.old.readdir(old_dir.obj_id):  # history: steps do not change it
+            then[e.name] = e
+            self.tick()
+        made_since = []
+        for e in self.live.readdir(live_obj):
+            if e.name not in then:
+                made_since.append(e.name)
+            self.tick()
         prefix = path.rstrip(b"/") + b"/"
-        for name, entry in now.items():  # first free the names of entries made since
-            if name not in then:
-                self._remove(live_obj, name, self.live.getattr(entry.obj_id), prefix + name)
+        # Each name is looked up again: the lock may have been handed over since the listing.
+        for name in made_since:  # first free the names of entries made since
+            cur = _lookup_or_none(self.live, live_obj, name)
+            if cur is not None:
+                self._remove(live_obj, name, cur, prefix + name)
+            self.tick()
         for name, entry in then.items():
-            cur = self.live.getattr(now[name].obj_id) if name in now else None
+            cur = _lookup_or_none(self.live, live_obj, name)
             self.restore_entry(live_obj, name, stored_inode(self.old, entry.obj_id), cur,
                                prefix + name)
+            self.tick()
 
 
 COPY_WINDOW = 256  # records compared at a time: 16 MiB of file data at most
 
 
 def _copy_records(src: FileSystem, src_obj: int, dst: FileSystem, dst_obj: int,
-                  rec_type: int) -> bool:
+                  rec_type: int, tick: Callable[[], None] = lambda: None) -> bool:
     """Replace ``dst_obj``'s records of one type by ``src_obj``'s (holes stay holes).
     Unchanged records are left alone (no new version).  True if anything changed.
 
@@ -310,6 +350,7 @@ def _copy_records(src: FileSystem, src_obj: int, dst: FileSystem, dst_obj: int,
         if last is None or last == MAX_U64:
             return changed
         key = last + 1
+        tick()  # a window at a time: the file is partly restored, and consistent
 
 
 def _window(src: FileSystem, obj: int, rec_type: int, key: int) -> tuple[dict[int, bytes], int | None]:
@@ -365,9 +406,6 @@ def set_history_interval(fs: FileSystem, seconds: int) -> None:
 
 
 # -- prune-everything ----------------------------------------------------------------------------
-NO_LOCK = nullcontext()  # prunes of a volume this process alone uses take no lock
-
-
 def prune_everything(store: RecordStore, pfs: int, *,
                      lock: AbstractContextManager = NO_LOCK, batch: int = 256) -> int:
     """Destroy every version of ``pfs`` that is history (``delete_tid != 0``) and its
@@ -380,25 +418,25 @@ def prune_everything(store: RecordStore, pfs: int, *,
     between steps needs no lock (history does not change; new history is left for later)."""
     with lock:
         pd = _prunable_pfs(store, pfs)
-        store.commit()  # uncommitted changes become ordinary versions first
+    store.commit_outside(lock)  # uncommitted changes become ordinary versions first
     lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)  # rec_type is u16
     destroyed = 0
     while True:
         doomed, resume = _doomed_batch(store, lo, hi, _prunable, batch)
-        with lock:
+        with Steps(lock) as steps:
             for reckey, create_tid, _delete_tid in doomed:
                 store.destroy(reckey, create_tid)
+                steps.tick()
         destroyed += len(doomed)
         if resume is None:
             break
         lo = resume
+    store.commit_outside(lock)  # frees the space first: a full volume needs it for the next
     with lock:
-        store.commit()  # frees the space first: on a full volume the descriptor update needs it
         pd = store.get_pfs(pfs)
         store.put_pfs(pfs, pd.evolve(sync_beg_tid=store.current_tid, sync_beg_ts=time.time_ns()))
-        store.commit()
-    with lock:
-        store.thin_commit_log()  # old commit times go coarse, not away (store/commitlog.py)
+    store.commit_outside(lock)
+    store.thin_commit_log(lock=lock)  # old commit times go coarse, not away (store/commitlog.py)
     return destroyed
 
 
@@ -431,8 +469,9 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
     now = time.time_ns() if now_ns is None else now_ns
     with lock:
         pd = _prunable_pfs(store, pfs)
-        store.commit()
-        store.thin_commit_log(now)  # the store's own history ages too (store/commitlog.py)
+    store.commit_outside(lock)
+    store.thin_commit_log(now, lock=lock)  # the store's own history ages too (commitlog.py)
+    with lock:
         keep = sorted(snap.tid for snap in _snapshots(store, pfs))
     if not keep:
         return PruneResult(0, True)
@@ -442,12 +481,13 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
     while True:
         doomed, resume = _doomed_batch(
             store, lo, hi, lambda rec: _unneeded(rec, keep, fine_after_ts), batch)
-        with lock:
+        with Steps(lock) as steps:
             for reckey, create_tid, delete_tid in doomed:
                 store.destroy(reckey, create_tid)
                 if reckey[2] != REC_CONFIG:  # never mirrored: no slave misses its deletion
                     last_deleted = max(last_deleted, delete_tid)
-            store.commit()
+                steps.tick()
+        store.commit_outside(lock)
         destroyed += len(doomed)
         if resume is None:
             break
@@ -460,7 +500,7 @@ def prune(store: RecordStore, pfs: int, *, now_ns: int | None = None,
             pd = store.get_pfs(pfs)
             if pd.sync_beg_tid <= last_deleted:
                 store.put_pfs(pfs, pd.evolve(sync_beg_tid=last_deleted + 1, sync_beg_ts=now))
-                store.commit()
+        store.commit_outside(lock)
     return PruneResult(destroyed, complete)
 
 

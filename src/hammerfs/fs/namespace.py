@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import errno
 import re
-import threading
 import time
 from dataclasses import dataclass
 
 from hammerfs.fs.asof import HISTORY_PERMS
 from hammerfs.fs.filesystem import FileSystem, FsError
 from hammerfs.fs.layout import Inode
+from hammerfs.steps import SteppedLock
 from hammerfs.store.api import RecordStore
 from hammerfs.store.records import MAX_U64, ROOT_OBJ
 
@@ -82,7 +82,7 @@ class Namespace:
         # history views check the live object's permissions too (fs/asof.py)
         self.live_perms = history_perms == "current"
         self.readonly = readonly or store.readonly or asof is not None
-        self.lock = threading.RLock()
+        self.lock = SteppedLock()  # long maintenance hands it over in steps (steps.py)
         self._live: dict[int, FileSystem] = {}
         # path -> obj_id of live paths in the mounted PFS (canonical, no @@ names), for the
         # control ops' path lookups; dropped when records change behind us (``forget``).

@@ -45,6 +45,9 @@ log = logging.getLogger("hammerfs.fuse")
 
 CACHE_TTL = 3600.0  # seconds the kernel keeps names and attributes (invalidated exactly)
 THREADED_IO = 128 * 1024  # reads/writes of at least this many bytes run in a worker thread
+# Big writes (in worker threads) past this much data held in memory write it out in steps
+# without the lock (Store.write_out), not all at once under it (UNWRITTEN_MAX)
+WRITE_OUT_AT = 8 << 20
 READDIR_BATCH = 256  # entries produced per readdir request at most
 ACL_XATTR = b"system.posix_acl_"  # POSIX ACLs are refused: cp -a / rsync -A fall back to chmod
 INVALIDATE_WAIT = 2.0  # seconds a control op waits for its invalidations to reach the kernel
@@ -417,7 +420,11 @@ class HammerOperations(pyfuse3.Operations):
             h = self._handle(fh)
             if h.append:  # O_APPEND: always at the current end, whatever the kernel thinks
                 off = h.fs.getattr(h.obj_id).size
-            return h.fs.write(h.obj_id, off, buf)
+            done = h.fs.write(h.obj_id, off, buf)
+        store = self.ns.store
+        if len(buf) >= THREADED_IO and store.unwritten_bytes >= WRITE_OUT_AT:
+            store.write_out()  # in this worker thread, without the lock
+        return done
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return await self._io("read", self._read, size, fh, off, size)
@@ -453,9 +460,8 @@ class HammerOperations(pyfuse3.Operations):
 
     async def _commit(self, name: str) -> None:
         def commit() -> None:
-            with self.ns.lock:
-                if not self.ns.readonly:
-                    self.ns.store.commit()
+            if not self.ns.readonly:  # the flush waits without the lock
+                self.ns.store.commit_outside(self.ns.lock)
         self.requests[name] += 1
         try:
             await trio.to_thread.run_sync(commit)

@@ -92,8 +92,9 @@ class Committer(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
             try:
-                with self.ns.lock:
-                    self.ns.store.commit()
+                # the lock only while the commit's writes are built: the mount serves
+                # on while the device flushes (Store.commit_outside)
+                self.ns.store.commit_outside(self.ns.lock)
             except Exception:  # keep committing: ENOSPC may clear after deletes
                 log.exception("periodic commit failed")
 

@@ -102,13 +102,16 @@ class Allocator:
             self.dirty_pages[0].add(page)
             self.dirty_pages[1].add(page)
 
-    def _free_singles(self, blocks: np.ndarray) -> None:
-        """Mark many single blocks free at once: a commit replaces thousands of B-tree nodes,
+    def _mark_singles(self, blocks: np.ndarray, used: bool) -> None:
+        """Mark many single blocks at once: a commit replaces thousands of B-tree nodes,
         and one numpy pass beats a bit-unpacking ``_mark`` per block."""
-        masks = np.bitwise_not(np.left_shift(1, blocks & 7).astype(np.uint8))
-        np.bitwise_and.at(self.bits, blocks >> 3, masks)
-        np.add.at(self.bb_used, blocks // BLOCKS_PER_BIGBLOCK, -1)
-        self.free_blocks += len(blocks)
+        bits = np.left_shift(1, blocks & 7).astype(np.uint8)
+        if used:
+            np.bitwise_or.at(self.bits, blocks >> 3, bits)
+        else:
+            np.bitwise_and.at(self.bits, blocks >> 3, np.bitwise_not(bits))
+        np.add.at(self.bb_used, blocks // BLOCKS_PER_BIGBLOCK, 1 if used else -1)
+        self.free_blocks += -len(blocks) if used else len(blocks)
         for page in np.unique(blocks // BITS_PER_PAGE).tolist():
             self.dirty_pages[0].add(page)
             self.dirty_pages[1].add(page)
@@ -260,14 +263,34 @@ class Allocator:
     def release_pending(self) -> None:
         """Called by commit once no more blocks will be allocated before the header write:
         the map written now (and every later allocation) treats the freed blocks as free."""
-        singles = [block for block, count in self.pending if count == 1]
-        for block, count in self.pending:
-            if count != 1:
-                self._mark(block, count, False)
-        if singles:
-            self._free_singles(np.array(singles, dtype=np.int64))
+        self._mark_runs(self.pending, False)
         self.pending.clear()
         self.txn_allocated.clear()
+
+    def prepare_commit(self, slot: int) -> tuple[list[tuple[int, bytes]], bytes,
+                                                  list[tuple[int, int]]]:
+        """For a commit whose header is written later, while the next transaction already
+        allocates: the writes and table checksum of map region ``slot`` with the freed blocks
+        free (as the new header's state has them), and those blocks, which stay *held* (not
+        handed out) until ``release_held`` is called once that header is durable: until then
+        the previous header, which still references them, is the one a crash would find."""
+        held = list(self.pending)
+        self.release_pending()
+        writes, csum = self.persist(slot)
+        self._mark_runs(held, True)
+        return writes, csum, held
+
+    def release_held(self, held: list[tuple[int, int]]) -> None:
+        """The blocks ``prepare_commit`` held: free now that its header is durable."""
+        self._mark_runs(held, False)
+
+    def _mark_runs(self, runs: list[tuple[int, int]], used: bool) -> None:
+        singles = [block for block, count in runs if count == 1]
+        for block, count in runs:
+            if count != 1:
+                self._mark(block, count, used)
+        if singles:
+            self._mark_singles(np.array(singles, dtype=np.int64), used)
 
     def persist(self, slot: int) -> tuple[list[tuple[int, bytes]], bytes]:
         """Writes bringing region ``slot`` up to date, and that region's table checksum."""

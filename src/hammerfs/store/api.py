@@ -30,9 +30,11 @@ Thread safety: every method may be called from any thread (one internal lock).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from hammerfs.steps import NO_LOCK
 from hammerfs.store.pfs import PfsData
 from hammerfs.store.records import RecKey, Record
 
@@ -65,17 +67,32 @@ class RecordStore(Protocol):
         """Make all changes durable.  Returns the TID whose state is now durable: the
         transaction just committed, or ``last_committed_tid`` when there was nothing to do."""
 
+    @property
+    def unwritten_bytes(self) -> int:
+        """Data of the open transaction kept in memory, not yet written to the device."""
+
+    def write_out(self, limit: int = ...) -> bool:
+        """Write about ``limit`` bytes of that data out (its content does not change, so a
+        mount does it without its own lock); True if some is left."""
+
+    def commit_outside(self, lock: AbstractContextManager) -> int:
+        """``commit()``, holding ``lock`` (the caller's, e.g. the mount's filesystem lock)
+        only while the state to commit is captured: the wait for the device (flushes, the
+        header) runs without it."""
+
     def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
         """Block until ``last_committed_tid > after_tid`` (or timeout); return it."""
 
     def tid_time(self, tid: int) -> int:
         """Wall-clock ns of the commit that closed ``tid`` (or the nearest earlier one)."""
 
-    def thin_commit_log(self, now_ns: int | None = None) -> int:
+    def thin_commit_log(self, now_ns: int | None = None, *,
+                        lock: AbstractContextManager = NO_LOCK) -> int:
         """Drop old commit-log entries by the policy of ``store.commitlog`` (exact for a day,
         one a minute for 30 days, one an hour after that), so ``tid_time`` becomes at most
         that much earlier for old TIDs, never later, never 0.  The entries are destroyed
         (their space comes back) and committed, in batches; never touches PFS records.
+        ``lock`` (a mount's filesystem lock) is taken per batch, in steps (hammerfs.steps).
         Returns how many entries were dropped."""
 
     def alloc_obj_id(self) -> int:

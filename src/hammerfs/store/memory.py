@@ -11,8 +11,10 @@ import bisect
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 from hammerfs.errors import HammerError, NoSpace, ReadOnly
+from hammerfs.steps import NO_LOCK
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.commitlog import doomed_entries
 from hammerfs.store.format import SHARE_WINDOW
@@ -76,6 +78,15 @@ class MemoryStore(PfsTable):
             self._committed.notify_all()
             return done
 
+    unwritten_bytes = 0  # data is never kept back for the device
+
+    def write_out(self, limit: int = 0) -> bool:
+        return False
+
+    def commit_outside(self, lock: AbstractContextManager) -> int:
+        with lock:
+            return self.commit()
+
     def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
         with self._lock:
             self._committed.wait_for(lambda: self._last_committed > after_tid, timeout)
@@ -85,8 +96,9 @@ class MemoryStore(PfsTable):
         i = bisect.bisect_right(self._commit_times, (tid, 1 << 64)) - 1
         return self._commit_times[i][1] if i >= 0 else 0
 
-    def thin_commit_log(self, now_ns: int | None = None) -> int:
-        with self._lock:
+    def thin_commit_log(self, now_ns: int | None = None, *,
+                        lock: AbstractContextManager = NO_LOCK) -> int:
+        with lock, self._lock:
             self._writable()
             now = time.time_ns() if now_ns is None else now_ns
             doomed = set(doomed_entries(self._commit_times, now))

@@ -9,11 +9,14 @@ avoids it meanwhile and packs the copies into the fullest big-blocks that take t
 they do not land in a fresh big-block that would be sparse in turn), the leaf entries and
 parents are repointed, and a commit makes that durable.  The old blocks are freed by that commit.
 
-Each big-block is one step: at most 8 MiB copied and one commit, under the store's lock (or
-the mount's, ``lock``), so a mount serves its users between steps.  A crash at any point
-leaves the last committed state, which is always valid (copies go to blocks free in it); a
-run stops at a deadline and the next run simply starts again from the then least-filled
-big-block (nothing to resume: reblock keeps no state).
+Each big-block is emptied in steps of the mount's lock (``lock``, hammerfs.steps): the scan
+for what it holds, then the moves, a group of overlapping extents at a time, each leaving a
+consistent tree (an extent is looked up again before it moves: users may have changed or
+removed it between steps), then a commit whose flush runs without the lock.  The allocator
+avoids the big-block from the start, so nothing new lands in it meanwhile.  A crash at any
+point leaves the last committed state, which is always valid (copies go to blocks free in
+it); a run stops at a deadline and the next run simply starts again from the then
+least-filled big-block (nothing to resume: reblock keeps no state).
 
 Shared extents (format 2) move as a group: every version of the same 64 KiB key window
 whose blocks overlap is moved together, keeping their offsets relative to each other, so a
@@ -22,11 +25,12 @@ shared block is still copied once.
 
 from __future__ import annotations
 
-import contextlib
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from hammerfs.errors import CorruptionError, NoSpace
+from hammerfs.steps import NO_LOCK, Steps
 from hammerfs.store.alloc import DATA
 from hammerfs.store.format import (
     BLOCK,
@@ -62,61 +66,78 @@ def candidates(store, fill_percent: int) -> list[int]:
 
 
 def reblock(store, fill_percent: int = 90, *, deadline: float | None = None,
-            lock=None) -> ReblockResult:
+            lock: AbstractContextManager = NO_LOCK) -> ReblockResult:
     """Empty every big-block below ``fill_percent`` % (least filled first), one commit per
-    big-block, until done or ``deadline`` (time.monotonic()).  ``lock``: held per step
-    instead of just the store's own (a mount's lock, so its views stay consistent)."""
+    big-block, until done or ``deadline`` (time.monotonic()).  ``lock`` (a mount's, so its
+    views stay consistent) is taken in steps, never for a whole big-block."""
     result = ReblockResult()
     tried: set[int] = set()
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             result.complete = False
             return result
-        with lock if lock is not None else contextlib.nullcontext(), store._lock:
+        with lock, store._lock:
             todo = [bb for bb in candidates(store, fill_percent) if bb not in tried]
-            if not todo:
-                return result
-            bb = todo[0]
-            tried.add(bb)
-            if not empty_bigblock(store, bb, result):
-                return result  # no room outside it: nothing more can move now
+        if not todo:
+            return result
+        bb = todo[0]
+        tried.add(bb)
+        if not empty_bigblock(store, bb, result, lock):
+            return result  # no room outside it: nothing more can move now
 
 
-def empty_bigblock(store, bb: int, result: ReblockResult) -> bool:
+def empty_bigblock(store, bb: int, result: ReblockResult,
+                   lock: AbstractContextManager = NO_LOCK) -> bool:
     """Move everything stored in big-block ``bb`` elsewhere and commit.  False if the free
     space outside it cannot take what it holds."""
     alloc, tree = store.allocator, store.tree
-    store.commit()  # nothing pending: every extent is on disk, freed blocks are free
     first, end = bb * BLOCKS_PER_BIGBLOCK, (bb + 1) * BLOCKS_PER_BIGBLOCK
-    held = int(alloc.bb_used[bb])
-    outside = alloc.free_blocks - (BLOCKS_PER_BIGBLOCK - held)
-    if outside < held + 4 * (tree.height() + 2) + store._reserve:
-        return False
-    alloc.set_avoid(bb)
+    with lock, store._lock:
+        alloc.set_avoid(bb)  # from now on nothing new is allocated in it
     try:
-        dirty_before = tree.dirty_count
-        entries = tree.relocate_scan(first, end)
-        result.nodes += tree.dirty_count - dirty_before
-        moved: set[FullKey] = set()
-        for k, v in entries:
-            if k in moved:
-                continue
-            group = _group(tree, k, v)
-            for base, count, members in _components(group):
-                if first <= base < end:
-                    _move(store, base, count, members)
-                    result.extents += len(members)
-                    result.bytes_moved += count * BLOCK
-                moved.update(mk for mk, _ in members)
-        store._dirty = True
-        store.commit()
+        store.commit_outside(lock)  # nothing pending: every extent in it is on disk
+        with Steps(lock) as steps:
+            with store._lock:
+                held = int(alloc.bb_used[bb])
+                outside = alloc.free_blocks - (BLOCKS_PER_BIGBLOCK - held)
+                if outside < held + 4 * (tree.height() + 2) + store._reserve:
+                    return False
+                dirty_before = tree.dirty_count
+                entries = tree.relocate_scan(first, end)
+                result.nodes += tree.dirty_count - dirty_before
+            moved: set[FullKey] = set()
+            for k, _v in entries:
+                with store._lock:
+                    _move_entry(store, k, first, end, moved, result)
+                steps.tick()
+            with store._lock:
+                store._dirty = True
+        store.commit_outside(lock)
     except NoSpace:
-        store.commit()  # what moved so far is valid; the rest stays
+        store.commit_outside(lock)  # what moved so far is valid; the rest stays
         return False
     finally:
-        alloc.set_avoid(-1)
+        with store._lock:
+            alloc.set_avoid(-1)
     result.bigblocks += 1
     return True
+
+
+def _move_entry(store, k: FullKey, first: int, end: int, moved: set[FullKey],
+                result: ReblockResult) -> None:
+    """Move the extent of entry ``k`` (and every extent sharing blocks with it) out of
+    blocks [first, end), as the tree holds it now (it may have changed since the scan)."""
+    if k in moved:
+        return
+    v = store.tree.exact(k)
+    if v is None or not v[4] or v[6] is not None or not first <= v[4] // BLOCK < end:
+        return  # removed, replaced or moved since the scan
+    for base, count, members in _components(_group(store.tree, k, v)):
+        if first <= base < end:
+            _move(store, base, count, members)
+            result.extents += len(members)
+            result.bytes_moved += count * BLOCK
+        moved.update(mk for mk, _ in members)
 
 
 def _group(tree, k: FullKey, v: LeafVal) -> list[tuple[FullKey, LeafVal]]:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields, replace
 from time import monotonic  # commit latency: real time even where tests fake time_ns
 
@@ -28,6 +29,7 @@ from hammerfs.errors import (
     NoVolumeSignature,
     ReadOnly,
 )
+from hammerfs.steps import NO_LOCK, Steps
 from hammerfs.store.alloc import DATA, Allocator
 from hammerfs.store.api import SpaceInfo
 from hammerfs.store.btree import BTree
@@ -72,11 +74,16 @@ MIN_VOLUME = 1 << 20
 SCAN_BATCH = 256
 SCAN_BATCH_DATA = 32
 COMMITLOG_KEY = (STORE_PFS, COMMITLOG_OBJ, 0)  # + (tid, tid): the commit log's entries
-COMMITLOG_BATCH = 16384
+COMMITLOG_BATCH = 2048  # entries per step of the lock: removing them takes ~20 ms
+COMMITLOG_COMMIT = 16384  # entries removed per commit (each commit adds one entry)
 # Data of extents put in the open transaction is kept in memory until commit (blocks are
 # allocated at once, so space is accounted and contiguity known): rewrites of the same record
 # before the commit cost no device write.  Past this many bytes it is written out early.
 UNWRITTEN_MAX = 32 << 20
+# A mount writes it out in steps of this much, under the store's lock only (``write_out``):
+# encrypting and writing 32 MiB at once would stop every request for a few 100 ms (a
+# loaded machine, or the kernel throttling a writer of much dirty data: 1 MiB takes 5-30 ms).
+WRITE_OUT_STEP = 1 << 20
 PREFETCH_EXTENTS = 64  # adjacent extents read with one device read (scans, at most 4 MiB)
 
 
@@ -118,6 +125,7 @@ class Store(PfsTable):
         self._unwritten_bytes = 0
         self._last_extent: tuple[int, bytes, bytes] = (0, b"", b"")  # off, csum, padded data
         self._prefetched: dict[tuple[int, bytes], memoryview] = {}  # see _prefetch
+        self._in_flight: PreparedCommit | None = None  # between commit_begin and commit_end
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -187,9 +195,37 @@ class Store(PfsTable):
         return max(after + 1, self._max_tid_seen + 1, time.time_ns())
 
     def commit(self) -> int:
+        """Make the open transaction durable (see ``commit_outside`` for one that holds a
+        caller's lock only while its writes are built)."""
+        prepared = self.commit_begin()
+        return self._last_committed if prepared is None else self.commit_end(prepared)
+
+    def commit_outside(self, lock: AbstractContextManager) -> int:
+        """Commit, holding ``lock`` (the mount's filesystem lock, which makes the state it
+        captures consistent) only while the commit's writes are built and issued: the device
+        flushes and the header write run after it is released, so the mount serves on."""
+        with self._lock:  # not while holding ``lock``: the flush of the commit in flight
+            self._committed.wait_for(lambda: self._in_flight is None)
+        while self.write_out():  # the data first, in steps, without ``lock``
+            pass
+        with lock:
+            prepared = self.commit_begin()
+        return self._last_committed if prepared is None else self.commit_end(prepared)
+
+    def commit_begin(self) -> PreparedCommit | None:
+        """First half of a commit, under the store's lock: data, B-tree nodes and free-map
+        of the open transaction are written (not flushed) and its header is built; a new
+        transaction opens at once.  None when there is nothing to commit.  The caller must
+        pass the result to ``commit_end``.  One commit is in flight at a time: this waits
+        for the previous one's ``commit_end`` first.
+
+        While it is in flight the next transaction allocates and writes, but never into
+        blocks the previous header references: the blocks this commit frees stay held
+        (``Allocator.prepare_commit``) until its header is durable."""
         with self._lock:
+            self._committed.wait_for(lambda: self._in_flight is None)
             if not self._dirty or self.readonly:
-                return self._last_committed
+                return None
             self._writable()
             tree = self._tree
             if self._alloc.free_blocks < tree.dirty_count + 2 * (tree.height() + 2):
@@ -201,39 +237,57 @@ class Store(PfsTable):
             self._max_tid_seen = max(self._max_tid_seen, done)
             started = monotonic()
             try:
-                self._hdr = self._write_commit(done, ts)
+                prepared = self._write_commit(done, ts, started)
             except BaseException as exc:
                 # Memory now disagrees with the disk (nodes look written, freed blocks look
                 # reusable): refuse every further change; reopening gives the last commit.
                 self._broken = exc
                 raise
-            self.stats.commits += 1
-            self.stats.last_commit_seconds = monotonic() - started
-            self.stats.commit_seconds += self.stats.last_commit_seconds
-            self._last_committed = done
+            self._in_flight = prepared
             self._current = self._next_tid(done)
             self._dirty = False
-            self._committed.notify_all()
-            return done
+            return prepared
 
-    def _write_commit(self, done: int, ts: int) -> Header:
-        """Data, nodes and free-map, flush, header, flush: the new state is durable on
-        return."""
+    def commit_end(self, prepared: PreparedCommit) -> int:
+        """Second half, without the store's lock: flush, header, flush.  Readers and the
+        next transaction go on meanwhile (what they read was written by ``commit_begin``).
+        Returns the committed TID, durable on return."""
+        hdr = prepared.hdr
+        try:
+            self.device.flush()
+            self.device.write(hdr.slot * BLOCK, hdr.encode())
+            self.device.flush()
+        except BaseException as exc:
+            with self._lock:
+                self._broken = exc
+                self._in_flight = None
+                self._committed.notify_all()
+            raise
+        with self._lock:
+            self._alloc.release_held(prepared.held)
+            self.format_version = FORMAT_VERSION
+            self._hdr = replace(hdr, version=FORMAT_VERSION)
+            self.stats.commits += 1
+            self.stats.last_commit_seconds = monotonic() - prepared.started
+            self.stats.commit_seconds += self.stats.last_commit_seconds
+            self._last_committed = prepared.tid
+            self._in_flight = None
+            self._committed.notify_all()
+            return prepared.tid
+
+    def _write_commit(self, done: int, ts: int, started: float) -> PreparedCommit:
+        """Data, nodes and free-map written (a header that references them is written only
+        after a flush, in ``commit_end``)."""
         writes = self._unwritten_data()
         writes += self._tree.flush()
-        self._alloc.release_pending()
         seq = self._hdr.seq + 1
-        fm_writes, fm_csum = self._alloc.persist(seq % 2)
+        fm_writes, fm_csum, held = self._alloc.prepare_commit(seq % 2)
         _write_coalesced(self.device, writes + fm_writes)
-        self.device.flush()
         root = self._tree.root
         hdr = replace(self._hdr, seq=seq, root_off=root.off, root_csum=root.csum,
                       root_level=root.level, fm_table_csum=fm_csum, max_tid=self._max_tid_seen,
                       next_obj=self._next_obj, last_tid=done, last_ts=ts)
-        self.device.write(hdr.slot * BLOCK, hdr.encode())
-        self.device.flush()
-        self.format_version = FORMAT_VERSION
-        return replace(hdr, version=FORMAT_VERSION)
+        return PreparedCommit(done, hdr, held, started)
 
     def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
         with self._lock:
@@ -247,28 +301,36 @@ class Store(PfsTable):
             return 0
         return int.from_bytes(hit[1][6], "little")
 
-    def thin_commit_log(self, now_ns: int | None = None) -> int:
+    def thin_commit_log(self, now_ns: int | None = None, *,
+                        lock: AbstractContextManager = NO_LOCK) -> int:
         now = time.time_ns() if now_ns is None else now_ns
         cursor: FullKey = (*COMMITLOG_KEY, 0, 0)
         end: FullKey = (*COMMITLOG_KEY, MAX_U64, MAX_U64 + 1)
         prev: list[tuple[int, int]] = []  # the last entry of the previous batch
-        dropped = 0
+        dropped = uncommitted = 0
         while True:
-            # A batch per lock hold and per commit: a mount goes on between batches, and a
-            # crash leaves a partly thinned log, which is as valid as a fully thinned one.
-            with self._lock:
-                self._writable()
-                found = self._tree.collect(cursor, end, COMMITLOG_BATCH)
-                entries = prev + [(k[3], int.from_bytes(v[6], "little")) for k, v in found]
-                doomed = doomed_entries(entries, now)
-                for tid in doomed:
-                    self._need(0, privileged=True)
-                    self._tree.remove((*COMMITLOG_KEY, tid, tid))
-                    self._dirty = True
-                dropped += len(doomed)
-                if doomed:
-                    self.commit()
-            if len(found) < COMMITLOG_BATCH:
+            # A batch per step of the lock, a commit (its flush without the lock) every
+            # COMMITLOG_COMMIT removals: a mount goes on between batches, and a crash leaves
+            # a partly thinned log, which is as valid as a fully thinned one.
+            with Steps(lock) as steps:
+                with self._lock:
+                    self._writable()
+                    found = self._tree.collect(cursor, end, COMMITLOG_BATCH)
+                    entries = prev + [(k[3], int.from_bytes(v[6], "little"))
+                                      for k, v in found]
+                    doomed = doomed_entries(entries, now)
+                    for tid in doomed:
+                        self._need(0, privileged=True)
+                        self._tree.remove((*COMMITLOG_KEY, tid, tid))
+                        self._dirty = True
+                    dropped += len(doomed)
+                    uncommitted += len(doomed)
+                steps.pause()  # (never under the store's lock: its waiters hold ``lock``)
+            last = len(found) < COMMITLOG_BATCH
+            if uncommitted and (last or uncommitted >= COMMITLOG_COMMIT):
+                self.commit_outside(lock)
+                uncommitted = 0
+            if last:
                 return dropped
             prev = entries[-1:]
             cursor = (*COMMITLOG_KEY, prev[0][0] + 1, 0)
@@ -720,13 +782,36 @@ class Store(PfsTable):
         self.device.write(block * BLOCK, buf)
         return (dtid, cts, dts, n, block * BLOCK, checksum(buf), None)
 
-    def _unwritten_data(self) -> list[tuple[int, bytes]]:
-        """The writes of every extent whose data is still in memory; their entries get the
-        checksum and lose the bytes.  In key order, so a file's extents are written in one
-        pass over contiguous blocks."""
+    @property
+    def unwritten_bytes(self) -> int:
+        """Extent data of the open transaction still in memory (about)."""
+        return self._unwritten_bytes
+
+    def write_out(self, limit: int = WRITE_OUT_STEP) -> bool:
+        """Write about ``limit`` bytes of the extent data still in memory to its blocks
+        (what the commit, or a write past UNWRITTEN_MAX, would do), under the store's lock
+        only: the content does not change, so a mount calls it without its own lock, in
+        steps.  True if some is left."""
+        with self._lock:
+            if not self._unwritten or self._broken is not None or self._closed:
+                return False
+            _write_coalesced(self.device, self._unwritten_data(limit))
+            return bool(self._unwritten)
+
+    def _unwritten_data(self, limit: int | None = None) -> list[tuple[int, bytes]]:
+        """The writes of the extents whose data is still in memory (all, or the first in
+        key order up to about ``limit`` bytes); their entries get the checksum and lose the
+        bytes.  In key order, so a file's extents are written in one pass over contiguous
+        blocks."""
         writes = []
         tree = self._tree
-        for k in sorted(self._unwritten):
+        done = 0
+        keys = sorted(self._unwritten)
+        for n, k in enumerate(keys):
+            if limit is not None and done >= limit:
+                self._unwritten.difference_update(keys[:n])
+                self._unwritten_bytes = max(0, self._unwritten_bytes - done)
+                return writes
             path, leaf, i = tree.locate(k)
             if i < 0 or leaf.keys[i] != k:
                 continue  # dropped since
@@ -737,6 +822,7 @@ class Store(PfsTable):
             buf = v[6] + bytes(pad) if pad else v[6]
             tree.set_val_at(path, leaf, i, (*v[:5], checksum(buf), None))
             writes.append((extent_off(v[4]), buf))
+            done += len(buf)
         self._unwritten.clear()
         self._unwritten_bytes = 0
         return writes
@@ -834,6 +920,16 @@ class Store(PfsTable):
 
     def data_of(self, k: FullKey, v: LeafVal) -> bytes:
         return self._data(k, v)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCommit:
+    """A commit between ``Store.commit_begin`` and ``Store.commit_end``."""
+
+    tid: int
+    hdr: Header  # to write once the data, nodes and free-map are flushed
+    held: list[tuple[int, int]]  # blocks it freed, reusable once ``hdr`` is durable
+    started: float  # monotonic(), for CommitStats
 
 
 @dataclass
