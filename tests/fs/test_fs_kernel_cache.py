@@ -15,6 +15,7 @@ import stat
 from fs_helpers import ForkedMount, disk_store, errno_of, slurp
 
 from conftest import run_hammer
+from hammerfs.control import ControlClient, find_mount
 
 
 def drop_kernel_caches() -> None:
@@ -139,3 +140,46 @@ def test_mirror_into_a_mounted_slave_shows_when_the_mirror_returns(tmp_path):
             run_hammer("umount", ms)
     finally:
         run_hammer("umount", ma)
+
+
+def readdir_entries(mp) -> dict:
+    """How many READDIRPLUS entries the mount sent with attributes and as names only."""
+    info = find_mount(str(mp))
+    return ControlClient.for_mount(info).call("metrics")["fuse"]["readdir_entries"]
+
+
+def test_a_warm_walk_sends_names_only_and_stays_exact(tmp_path):
+    """A listing of inodes the kernel already holds carries no attributes (no inode read):
+    a warm `du` or `ls -l` is served from the kernel's exact caches.  What the kernel does
+    not hold (after it forgot it, or another name of a held file) still comes right."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with ForkedMount(lambda: disk_store(tmp_path), mp):
+        d = mp / "d"
+        d.mkdir()
+        for i in range(300):
+            (d / f"f{i:03d}").write_bytes(b"x" * i)
+        os.link(d / "f007", d / "hard")
+        drop_kernel_caches()
+        before = readdir_entries(mp)
+        want = {e.name: (e.stat(follow_symlinks=False).st_ino,
+                         e.stat(follow_symlinks=False).st_size) for e in os.scandir(d)}
+        cold = readdir_entries(mp)
+        assert cold["attributes"] - before["attributes"] >= 300
+        got = {e.name: (e.stat(follow_symlinks=False).st_ino,
+                        e.stat(follow_symlinks=False).st_size) for e in os.scandir(d)}
+        warm = readdir_entries(mp)
+        assert got == want and want["hard"] == want["f007"] == (want["f007"][0], 7)
+        assert warm["attributes"] == cold["attributes"]
+        assert warm["names_only"] - cold["names_only"] >= 301
+        # changes through the kernel reach its caches: a names-only listing stays exact
+        os.truncate(d / "f010", 5000)
+        os.chmod(d / "f011", 0o600)
+        st = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(d)}
+        assert st["f010"].st_size == 5000 and stat.S_IMODE(st["f011"].st_mode) == 0o600
+        # the kernel holds f007's inode but no longer the name "hard": looked up on use
+        drop_kernel_caches()
+        os.stat(d / "f007")
+        names = {e.name: e for e in os.scandir(d)}
+        assert names["hard"].stat(follow_symlinks=False).st_ino == want["f007"][0]
+        assert os.stat(d / "hard").st_nlink == 2 and slurp(d / "hard") == b"x" * 7

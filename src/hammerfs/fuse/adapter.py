@@ -20,6 +20,7 @@ holds) is invalidated precisely (``Invalidator``), from a thread outside the req
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -48,6 +49,38 @@ THREADED_IO = 128 * 1024  # reads/writes of at least this many bytes run in a wo
 READDIR_BATCH = 256  # entries produced per readdir request at most
 ACL_XATTR = b"system.posix_acl_"  # POSIX ACLs are refused: cp -a / rsync -A fall back to chmod
 INVALIDATE_WAIT = 2.0  # seconds a control op waits for its invalidations to reach the kernel
+
+
+def _nodeid_offset() -> int | None:
+    """Where an ``EntryAttributes`` keeps the node id it hands the kernel, apart from the
+    ``st_ino`` of its attributes (pyfuse3 sets both through ``st_ino``; its object starts
+    with libfuse's ``fuse_entry_param``: ino, generation, struct stat).  Checked on a live
+    object, so another layout only turns the names-only entries off (None)."""
+    probe = pyfuse3.EntryAttributes()
+    probe.st_ino, probe.generation = 0x5EED_1D00_0000_0F1E, 0x0BAD_CAFE
+    base = id(probe)
+    for offset in (16, 24, 32):  # after the object header (refcount, type[, GC links])
+        words = (ctypes.c_uint64 * 4).from_address(base + offset)
+        if words[0] == probe.st_ino and words[1] == probe.generation and \
+                words[3] == probe.st_ino:  # struct stat: st_dev, then st_ino
+            words[0] = 0
+            if probe.st_ino == 0:
+                return offset
+    return None
+
+
+NODEID_OFFSET = _nodeid_offset()
+
+
+def _names_only(kino: int, mode: int) -> pyfuse3.EntryAttributes:
+    """A READDIRPLUS entry that carries only the name, number and type: node id 0 tells
+    the kernel there are no attributes to take (its dentry and cached attributes of an
+    inode it already holds stay as they are; an unknown name is looked up when used)."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = kino
+    e.st_mode = mode
+    ctypes.c_uint64.from_address(id(e) + NODEID_OFFSET).value = 0
+    return e
 
 
 def _errno(exc: Exception, what: str, args: tuple) -> int:
@@ -167,6 +200,10 @@ class HammerOperations(pyfuse3.Operations):
         self._slave_ends: dict[int, int] = {}  # slave PFS -> the sync point the kernel saw
         self.requests: Counter[str] = Counter()  # served, by request type (metrics)
         self.errors: Counter[tuple[str, str]] = Counter()  # (type, errno name) answered
+        # READDIRPLUS entries sent with attributes, and as names only (inodes the kernel
+        # holds): a warm walk of a tree reads no inode
+        self.entries_with_attributes = 0
+        self.entries_names_only = 0
 
     def failed(self, request: str, code: int) -> pyfuse3.FUSEError:
         """The error a request answers with, counted (ENOENT of a lookup included: a
@@ -178,7 +215,9 @@ class HammerOperations(pyfuse3.Operations):
         """For the control op `metrics`: requests and errors so far (read from another
         thread: copies of counters only the loop thread changes)."""
         return {"requests": dict(self.requests),
-                "errors": [[op, name, n] for (op, name), n in dict(self.errors).items()]}
+                "errors": [[op, name, n] for (op, name), n in dict(self.errors).items()],
+                "readdir_entries": {"attributes": self.entries_with_attributes,
+                                    "names_only": self.entries_names_only}}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _attrs(self, fs: FileSystem, ino: Inode, kino: int) -> pyfuse3.EntryAttributes:
@@ -473,27 +512,39 @@ class HammerOperations(pyfuse3.Operations):
 
     @_locked
     def readdir(self, fh: int, start: int, token) -> None:
-        """Entries after ``start`` (``.`` is 1, ``..`` 2, an entry its key + 3), each with
-        its attributes (the kernel asks for READDIRPLUS): one lookup reference each, except
-        ``.`` and ``..``, which the kernel does not keep."""
+        """Entries after ``start`` (``.`` is 1, ``..`` 2, an entry its key + 3).  The kernel
+        asks for READDIRPLUS: an entry whose inode it does not hold comes with attributes
+        (one lookup reference); one it holds, and ``.`` and ``..``, which it never links,
+        come as names only."""
         fs, obj = self._dirs[fh]
         dir_ino = fs.getattr(obj)
-        if start < 1:
-            kino = self.table.peek(fs, obj) or 0
-            if not pyfuse3.readdir_reply(token, b".", self._attrs(fs, dir_ino, kino), 1):
-                return
-        if start < 2:
-            up = fs.getattr(dir_ino.parent) if dir_ino.parent and obj != ROOT_OBJ else dir_ino
-            kino = self.table.peek(fs, up.obj_id) or self.table.peek(fs, obj) or 0
-            if not pyfuse3.readdir_reply(token, b"..", self._attrs(fs, up, kino), 2):
-                return
+        if start < 2:  # the kernel takes no attributes of "." and ".." (never links them)
+            up = dir_ino.parent if dir_ino.parent and obj != ROOT_OBJ else obj
+            here = self.table.peek(fs, obj) or 0
+            for name, dot, off in ((b".", obj, 1), (b"..", up, 2)):
+                kino = self.table.peek(fs, dot) or here
+                e = _names_only(kino, dir_ino.mode) if NODEID_OFFSET is not None else \
+                    self._attrs(fs, fs.getattr(dot), kino)
+                if off > start and not pyfuse3.readdir_reply(token, name, e, off):
+                    return
         after = start - 3 if start >= 3 else -1
         direct = self.table.is_current(fs)  # the same for every entry: asked once
+        bare = direct and NODEID_OFFSET is not None
+        held = self.table.lookups
         for n, entry in enumerate(fs.readdir(obj, after)):
             if n >= READDIR_BATCH:  # the kernel asks again from the last offset
                 break
+            kino = direct_ino(fs.pfs, entry.obj_id, self.ns.pfs) if direct else None
+            if bare and kino in held:
+                # the kernel holds this inode with exact attributes (every change reaches
+                # it): the name alone, no inode read (a warm `du` or `ls -l` is this loop)
+                if not pyfuse3.readdir_reply(token, entry.name,
+                                             _names_only(kino, entry.mode_type),
+                                             entry.key + 3):
+                    break
+                self.entries_names_only += 1
+                continue
             child = fs.getattr(entry.obj_id)
-            kino = direct_ino(fs.pfs, child.obj_id, self.ns.pfs) if direct else None
             if kino is None:
                 kino = self.table.ino_of(fs, child.obj_id)
             if not pyfuse3.readdir_reply(token, entry.name, self._attrs(fs, child, kino),
@@ -501,6 +552,7 @@ class HammerOperations(pyfuse3.Operations):
                 self.table.unused(kino)
                 break
             self.table.looked_up(kino)
+            self.entries_with_attributes += 1
 
     async def releasedir(self, fh: int) -> None:
         with self.ns.lock:
