@@ -232,7 +232,7 @@ class HammerOperations(pyfuse3.Operations):
     def _attrs(self, fs: FileSystem, ino: Inode, kino: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = kino
-        e.generation = generation(ino.btime)
+        e.generation = generation(ino.btime, (fs.pfs, fs.asof) if kino & SYNTHETIC else None)
         e.entry_timeout = CACHE_TTL
         e.attr_timeout = CACHE_TTL
         e.st_mode = ino.mode
