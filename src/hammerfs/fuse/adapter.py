@@ -70,6 +70,21 @@ def _nodeid_offset() -> int | None:
 
 
 NODEID_OFFSET = _nodeid_offset()
+TRIM_AFTER = 16384  # forgotten inodes after which the freed heap goes back to the system
+
+
+def _libc_trim() -> Callable[[], None]:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+# What the kernel forgot frees cached inodes and table entries, but the C heap keeps the
+# pages (only its top is ever given back): malloc_trim returns the free ones, so the
+# mount's RSS comes down when a tree is removed or the kernel drops its caches.
+_trim_heap = _libc_trim()
 
 
 def _names_only(kino: int, mode: int) -> pyfuse3.EntryAttributes:
@@ -213,6 +228,7 @@ class HammerOperations(pyfuse3.Operations):
         self._missing = pyfuse3.EntryAttributes()
         self._missing.st_ino = 0
         self._missing.entry_timeout = CACHE_TTL
+        self._forgotten = 0  # since the heap was last trimmed
 
     def failed(self, request: str, code: int) -> pyfuse3.FUSEError:
         """The error a request answers with, counted (ENOENT of a lookup included: a
@@ -355,6 +371,10 @@ class HammerOperations(pyfuse3.Operations):
         try:  # no reply goes back: a failure here must never end the loop
             with self.ns.lock:
                 self.table.forget(inode_list)
+            self._forgotten += len(inode_list)
+            if self._forgotten >= TRIM_AFTER:
+                self._forgotten = 0
+                _trim_heap()
         except Exception:
             log.exception("forget failed")
 
