@@ -184,7 +184,7 @@ def latency_during(cmd: list[str], mnt: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, nargs="+", default=[10_000])
-    ap.add_argument("--read-mb", type=int, default=512)
+    ap.add_argument("--read-mb", type=int, default=512, help="0: no reader phase")
     ap.add_argument("--volume-mb", type=int, default=8192)
     ap.add_argument("--work", default=None, help="directory for volumes (default: a tmp dir)")
     args = ap.parse_args()
@@ -193,8 +193,8 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="scale-bench-", dir=args.work)
     try:
         systems = [Hammer(work, True, args.volume_mb), Gocryptfs(work)]
-        res = readers(systems, args.read_mb)
-        for system in systems:
+        res = readers(systems, args.read_mb) if args.read_mb else {}
+        for system in systems if res else ():
             r = res[system.name]
             print(f"{system.name:14s} cold readers of {args.read_mb} MiB: one "
                   f"{r['read1']:.2f}s ({r['read1_mbs']:.0f} MB/s), two at once "

@@ -4,6 +4,7 @@ and NFS file handles that outlive a remount."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -160,21 +161,33 @@ def open_by_handle(mount_fd: int, fh: FileHandle) -> int:
     return fd
 
 
-def test_nfs_file_handles_stay_valid_across_remount(tmp_path):
-    """What an NFS server keeps (the kernel's file handle: inode number and generation)
-    opens the same file after unmount and mount; a removed file's handle is stale even
-    when its object id could come back."""
+@contextlib.contextmanager
+def nfs_mount(tmp_path):
+    """A fresh volume mounted with export support: (volume, mount point, remount())."""
     vol, mp = tmp_path / "v.img", tmp_path / "mnt"
     mp.mkdir()
     run_hammer("newfs", "--size", "128M", vol)
     run_hammer("mount", "-o", "nfs", vol, mp)
+
+    def remount() -> None:
+        run_hammer("umount", mp)
+        run_hammer("mount", "-o", "nfs", vol, mp)
     try:
+        yield mp, remount
+    finally:
+        run_hammer("umount", mp, check=False)
+
+
+def test_nfs_file_handles_stay_valid_across_remount(tmp_path):
+    """What an NFS server keeps (the kernel's file handle: inode number and generation)
+    opens the same file after unmount and mount; a removed file's handle is stale even
+    when its object id could come back."""
+    with nfs_mount(tmp_path) as (mp, remount):
         (mp / "d").mkdir()
         (mp / "d" / "f").write_bytes(b"kept across remounts")
         (mp / "gone").write_bytes(b"removed")
         handles = {name: name_to_handle(str(mp / name)) for name in ("d", "d/f", "gone")}
-        run_hammer("umount", mp)
-        run_hammer("mount", "-o", "nfs", vol, mp)
+        remount()
         os.unlink(mp / "gone")
         mount_fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -192,5 +205,38 @@ def test_nfs_file_handles_stay_valid_across_remount(tmp_path):
         finally:
             os.close(mount_fd)
         assert slurp(mp / "d" / "f") == b"kept across remounts"
+
+
+def read_by_handle(mp, fh: FileHandle) -> bytes:
+    mount_fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = open_by_handle(mount_fd, fh)
     finally:
-        run_hammer("umount", mp, check=False)
+        os.close(mount_fd)
+    try:
+        return os.read(fd, 1000)
+    finally:
+        os.close(fd)
+
+
+def test_nfs_handles_of_history_views_stay_valid_across_remount(tmp_path):
+    """A handle of ``f@@0x<tid>`` (and of a file below ``d@@0x<tid>``) opens that version
+    after unmount and mount, also after other views were opened in between; the volume
+    keeps which view a number names."""
+    with nfs_mount(tmp_path) as (mp, remount):
+        (mp / "d").mkdir()
+        (mp / "d" / "f").write_bytes(b"first version")
+        t1 = run_hammer("synctid", mp).stdout.strip()
+        (mp / "d" / "f").write_bytes(b"second version")
+        t2 = run_hammer("synctid", mp).stdout.strip()
+        (mp / "d" / "f").write_bytes(b"live")
+        old = {t: name_to_handle(str(mp / "d" / f"f@@{t}")) for t in (t1, t2)}
+        below = name_to_handle(str(mp / f"d@@{t1}" / "f"))
+        assert read_by_handle(mp, old[t1]) == b"first version"
+        remount()
+        assert slurp(mp / "d" / f"f@@{t2}") == b"second version"  # another order of views
+        assert read_by_handle(mp, old[t1]) == b"first version"
+        assert read_by_handle(mp, below) == b"first version"
+        remount()
+        assert read_by_handle(mp, old[t2]) == b"second version"
+        assert slurp(mp / "d" / "f") == b"live"

@@ -292,6 +292,8 @@ class FileSystem:
         is_dir = stat.S_ISDIR(mode)
         ino = Inode(obj, mode, uid, gid, 2 if is_dir else 1, 0, rdev, t, t, t, t,
                     dir_obj if is_dir else 0, parent.flags & NOHISTORY)
+        if len(self._no_xattrs) > INODE_CACHE:  # a cache (bounded like the inodes')
+            self._no_xattrs.clear()
         self._no_xattrs.add(obj)
         return parent, ino, key
 

@@ -20,6 +20,7 @@ holds) is invalidated precisely (``Invalidator``), from a thread outside the req
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -51,6 +52,53 @@ WRITE_OUT_AT = 8 << 20
 READDIR_BATCH = 256  # entries produced per readdir request at most
 ACL_XATTR = b"system.posix_acl_"  # POSIX ACLs are refused: cp -a / rsync -A fall back to chmod
 INVALIDATE_WAIT = 2.0  # seconds a control op waits for its invalidations to reach the kernel
+
+
+def _nodeid_offset() -> int | None:
+    """Where an ``EntryAttributes`` keeps the node id it hands the kernel, apart from the
+    ``st_ino`` of its attributes (pyfuse3 sets both through ``st_ino``; its object starts
+    with libfuse's ``fuse_entry_param``: ino, generation, struct stat).  Checked on a live
+    object, so another layout only turns the names-only entries off (None)."""
+    probe = pyfuse3.EntryAttributes()
+    probe.st_ino, probe.generation = 0x5EED_1D00_0000_0F1E, 0x0BAD_CAFE
+    base = id(probe)
+    for offset in (16, 24, 32):  # after the object header (refcount, type[, GC links])
+        words = (ctypes.c_uint64 * 4).from_address(base + offset)
+        if words[0] == probe.st_ino and words[1] == probe.generation and \
+                words[3] == probe.st_ino:  # struct stat: st_dev, then st_ino
+            words[0] = 0
+            if probe.st_ino == 0:
+                return offset
+    return None
+
+
+NODEID_OFFSET = _nodeid_offset()
+TRIM_AFTER = 16384  # forgotten inodes after which the freed heap goes back to the system
+
+
+def _libc_trim() -> Callable[[], None]:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+# What the kernel forgot frees cached inodes and table entries, but the C heap keeps the
+# pages (only its top is ever given back): malloc_trim returns the free ones, so the
+# mount's RSS comes down when a tree is removed or the kernel drops its caches.
+_trim_heap = _libc_trim()
+
+
+def _names_only(kino: int, mode: int) -> pyfuse3.EntryAttributes:
+    """A READDIRPLUS entry that carries only the name, number and type: node id 0 tells
+    the kernel there are no attributes to take (its dentry and cached attributes of an
+    inode it already holds stay as they are; an unknown name is looked up when used)."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = kino
+    e.st_mode = mode
+    ctypes.c_uint64.from_address(id(e) + NODEID_OFFSET).value = 0
+    return e
 
 
 def _errno(exc: Exception, what: str, args: tuple) -> int:
@@ -170,6 +218,20 @@ class HammerOperations(pyfuse3.Operations):
         self._slave_ends: dict[int, int] = {}  # slave PFS -> the sync point the kernel saw
         self.requests: Counter[str] = Counter()  # served, by request type (metrics)
         self.errors: Counter[tuple[str, str]] = Counter()  # (type, errno name) answered
+        # READDIRPLUS entries sent with attributes, and as names only (inodes the kernel
+        # holds): a warm walk of a tree reads no inode
+        self.entries_with_attributes = 0
+        self.entries_names_only = 0
+        # The answer to a lookup of a name that does not exist in a directory of a current
+        # view: node id 0 with a timeout makes the kernel keep the negative entry (a second
+        # `stat` of a missing file, a PATH or `.git` search, never reaches the mount).  A
+        # name that appears there later does so through the kernel (which replaces the
+        # entry) or behind it (control ops, mirroring: its dirent is invalidated, as every
+        # changed dirent is).  @@ names are not cached: what they show moves with time.
+        self._missing = pyfuse3.EntryAttributes()
+        self._missing.st_ino = 0
+        self._missing.entry_timeout = CACHE_TTL
+        self._forgotten = 0  # since the heap was last trimmed
 
     def failed(self, request: str, code: int) -> pyfuse3.FUSEError:
         """The error a request answers with, counted (ENOENT of a lookup included: a
@@ -181,13 +243,15 @@ class HammerOperations(pyfuse3.Operations):
         """For the control op `metrics`: requests and errors so far (read from another
         thread: copies of counters only the loop thread changes)."""
         return {"requests": dict(self.requests),
-                "errors": [[op, name, n] for (op, name), n in dict(self.errors).items()]}
+                "errors": [[op, name, n] for (op, name), n in dict(self.errors).items()],
+                "readdir_entries": {"attributes": self.entries_with_attributes,
+                                    "names_only": self.entries_names_only}}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _attrs(self, fs: FileSystem, ino: Inode, kino: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = kino
-        e.generation = generation(ino.btime)
+        e.generation = generation(ino.btime, (fs.pfs, fs.asof) if kino & SYNTHETIC else None)
         e.entry_timeout = CACHE_TTL
         e.attr_timeout = CACHE_TTL
         e.st_mode = ino.mode
@@ -293,7 +357,14 @@ class HammerOperations(pyfuse3.Operations):
         if name == b"..":
             up = dir_ino.parent if dir_ino.obj_id != ROOT_OBJ and dir_ino.parent else ROOT_OBJ
             return self._entry(fs, fs.getattr(up))
-        fs2, ino = self.ns.step(fs, dir_ino, name)
+        try:
+            fs2, ino = self.ns.step(fs, dir_ino, name)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT and parent & SYNTHETIC == 0 and \
+                    parse_magic(name) is None:
+                self.errors["lookup", "ENOENT"] += 1  # answered as ENOENT is (metrics)
+                return self._missing
+            raise
         entry = self._entry(fs2, ino)
         if entry.st_ino & SYNTHETIC:
             self.table.magic_names.setdefault(entry.st_ino, set()).add((parent, name))
@@ -303,6 +374,10 @@ class HammerOperations(pyfuse3.Operations):
         try:  # no reply goes back: a failure here must never end the loop
             with self.ns.lock:
                 self.table.forget(inode_list)
+            self._forgotten += len(inode_list)
+            if self._forgotten >= TRIM_AFTER:
+                self._forgotten = 0
+                _trim_heap()
         except Exception:
             log.exception("forget failed")
 
@@ -479,27 +554,39 @@ class HammerOperations(pyfuse3.Operations):
 
     @_locked
     def readdir(self, fh: int, start: int, token) -> None:
-        """Entries after ``start`` (``.`` is 1, ``..`` 2, an entry its key + 3), each with
-        its attributes (the kernel asks for READDIRPLUS): one lookup reference each, except
-        ``.`` and ``..``, which the kernel does not keep."""
+        """Entries after ``start`` (``.`` is 1, ``..`` 2, an entry its key + 3).  The kernel
+        asks for READDIRPLUS: an entry whose inode it does not hold comes with attributes
+        (one lookup reference); one it holds, and ``.`` and ``..``, which it never links,
+        come as names only."""
         fs, obj = self._dirs[fh]
         dir_ino = fs.getattr(obj)
-        if start < 1:
-            kino = self.table.peek(fs, obj) or 0
-            if not pyfuse3.readdir_reply(token, b".", self._attrs(fs, dir_ino, kino), 1):
-                return
-        if start < 2:
-            up = fs.getattr(dir_ino.parent) if dir_ino.parent and obj != ROOT_OBJ else dir_ino
-            kino = self.table.peek(fs, up.obj_id) or self.table.peek(fs, obj) or 0
-            if not pyfuse3.readdir_reply(token, b"..", self._attrs(fs, up, kino), 2):
-                return
+        if start < 2:  # the kernel takes no attributes of "." and ".." (never links them)
+            up = dir_ino.parent if dir_ino.parent and obj != ROOT_OBJ else obj
+            here = self.table.peek(fs, obj) or 0
+            for name, dot, off in ((b".", obj, 1), (b"..", up, 2)):
+                kino = self.table.peek(fs, dot) or here
+                e = _names_only(kino, dir_ino.mode) if NODEID_OFFSET is not None else \
+                    self._attrs(fs, fs.getattr(dot), kino)
+                if off > start and not pyfuse3.readdir_reply(token, name, e, off):
+                    return
         after = start - 3 if start >= 3 else -1
         direct = self.table.is_current(fs)  # the same for every entry: asked once
+        bare = direct and NODEID_OFFSET is not None
+        held = self.table.lookups
         for n, entry in enumerate(fs.readdir(obj, after)):
             if n >= READDIR_BATCH:  # the kernel asks again from the last offset
                 break
+            kino = direct_ino(fs.pfs, entry.obj_id, self.ns.pfs) if direct else None
+            if bare and kino in held:
+                # the kernel holds this inode with exact attributes (every change reaches
+                # it): the name alone, no inode read (a warm `du` or `ls -l` is this loop)
+                if not pyfuse3.readdir_reply(token, entry.name,
+                                             _names_only(kino, entry.mode_type),
+                                             entry.key + 3):
+                    break
+                self.entries_names_only += 1
+                continue
             child = fs.getattr(entry.obj_id)
-            kino = direct_ino(fs.pfs, child.obj_id, self.ns.pfs) if direct else None
             if kino is None:
                 kino = self.table.ino_of(fs, child.obj_id)
             if not pyfuse3.readdir_reply(token, entry.name, self._attrs(fs, child, kino),
@@ -507,6 +594,7 @@ class HammerOperations(pyfuse3.Operations):
                 self.table.unused(kino)
                 break
             self.table.looked_up(kino)
+            self.entries_with_attributes += 1
 
     async def releasedir(self, fh: int) -> None:
         with self.ns.lock:

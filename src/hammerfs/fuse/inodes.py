@@ -10,9 +10,14 @@ bijection.  The *generation* is taken from the object's birth time, so a handle 
 object never reaches a later object that got the same id (mirroring copies the birth time,
 undo restores it: the same object keeps its generation).
 
-Objects seen through other views (``name@@0x<tid>`` history, a past slave state, object ids
-beyond 48 bits, PFS ids beyond 15 bits) get *synthetic* numbers (bit 63 set), allocated
-while the kernel holds them and released when it forgets them; they are valid for one mount.
+Objects seen through other views (``name@@0x<tid>`` history, a past slave state, PFS ids
+beyond 15 bits) get *synthetic* numbers (bit 63 set): ``1 << 63 | view << 48 | obj_id``,
+where ``view`` (1..32767) names the view's (PFS, as-of TID) in a store-private record of the
+volume (``ViewIds``), so an NFS handle of a history file opens the same version after a
+remount.  Their generation mixes a checksum of the view into the birth time, so a view id
+handed to another view later (after 32767 others) never aliases an old handle.  Where no id
+can be kept (a read-only volume meeting a new view, object ids beyond 48 bits) the number is
+allocated for the mount (view 0), valid while the kernel holds it.
 
 ``lookup`` counts follow the FUSE protocol: every entry handed to the kernel (lookup, create,
 mkdir, mknod, symlink, link, readdirplus) adds one; ``forget`` takes them back.  What the
@@ -24,10 +29,15 @@ from __future__ import annotations
 
 import errno
 import time
+import zlib
+from array import array
 from collections.abc import Callable, Iterable
 
+from hammerfs.errors import HammerError
 from hammerfs.fs.filesystem import FileSystem, FsError
 from hammerfs.fs.namespace import ROOT_TTL, Namespace
+from hammerfs.store.api import RecordStore
+from hammerfs.store.format import HISTORY_VIEW, HISTORY_VIEW_NEXT, HISTORY_VIEW_OBJ
 from hammerfs.store.records import ROOT_OBJ
 
 ROOT_INODE = 1  # FUSE's root
@@ -36,6 +46,8 @@ OBJ_MASK = (1 << OBJ_BITS) - 1
 DIRECT_PFS_LIMIT = 1 << 15  # PFS ids below this get computed numbers (bit 63 stays clear)
 SYNTHETIC = 1 << 63
 GENERATION_MASK = 0xFFFFFFFF  # the kernel keeps 32 bits of it in an export handle
+VIEW_SHIFT = OBJ_BITS
+VIEW_IDS = (1 << 15) - 1  # history view ids 1..32767 (bits 48-62 of a synthetic number)
 
 ViewKey = tuple[int, int | None]  # (pfs, asof)
 
@@ -64,8 +76,133 @@ def split_direct(ino: int, root_pfs: int) -> tuple[int, int]:
     return ino >> OBJ_BITS, ino & OBJ_MASK
 
 
-def generation(btime: int) -> int:
+def generation(btime: int, view: ViewKey | None = None) -> int:
+    """The generation of an object born at ``btime``, seen in ``view`` (None: a current
+    view, whose numbers are computed)."""
+    if view is not None:
+        btime ^= zlib.crc32(HISTORY_VIEW.pack(view[0], view[1] or 0))
     return btime & GENERATION_MASK
+
+
+class ViewIds:
+    """Ids of history views ((pfs, asof) -> 1..VIEW_IDS), kept in the volume's store-private
+    records so that an inode number means the same view on every mount.  Ids are handed out
+    in turn; after the last one the oldest not held by this mount's kernel is taken again
+    (the generation tells its old handles apart).  Read at first use."""
+
+    def __init__(self, store: RecordStore):
+        self.store = store
+        self._of: dict[ViewKey, int] | None = None
+        self._key: dict[int, ViewKey] = {}
+        self._used = 0
+        self._next = 1
+
+    def _load(self) -> dict[ViewKey, int]:
+        if self._of is not None:
+            return self._of
+        self._of = {}
+        read = getattr(self.store, "private_record", None)  # MemoryStore keeps none
+        raw = read(HISTORY_VIEW_OBJ, 0) if read is not None else None
+        if raw is None or len(raw) != HISTORY_VIEW_NEXT.size:
+            return self._of
+        self._used, self._next = HISTORY_VIEW_NEXT.unpack(raw)
+        for vid in range(1, min(self._used, VIEW_IDS) + 1):
+            rec = read(HISTORY_VIEW_OBJ, vid)
+            if rec is not None and len(rec) == HISTORY_VIEW.size:
+                pfs, asof = HISTORY_VIEW.unpack(rec)
+                key = (pfs, asof or None)
+                self._of[key], self._key[vid] = vid, key
+        return self._of
+
+    def key_of(self, vid: int) -> ViewKey | None:
+        self._load()
+        return self._key.get(vid)
+
+    def id_of(self, key: ViewKey, busy: Callable[[ViewKey], bool]) -> int | None:
+        """The id of view ``key``, handed out now if it has none (None: it cannot be kept,
+        the volume is read-only)."""
+        vid = self._load().get(key)
+        if vid is not None:
+            return vid
+        if self.store.readonly or not hasattr(self.store, "set_private_record"):
+            return None
+        for _ in range(VIEW_IDS):
+            vid, self._next = self._next, self._next % VIEW_IDS + 1
+            old = self._key.get(vid)
+            if old is None or not busy(old):
+                break
+        else:
+            return None  # every id is held by the kernel right now
+        try:
+            self.store.set_private_record(HISTORY_VIEW_OBJ, HISTORY_VIEW.pack(key[0], key[1] or 0),
+                                          key=vid)
+            self._used = max(self._used, vid)
+            self.store.set_private_record(HISTORY_VIEW_OBJ,
+                                          HISTORY_VIEW_NEXT.pack(self._used, self._next))
+        except HammerError:  # full or read-only after all: a number for this mount only
+            return None
+        if old is not None:
+            del self._of[old]
+        self._of[key], self._key[vid] = vid, key
+        return vid
+
+
+class LookupCounts:
+    """The kernel's lookup count of each inode number it holds, in runs of 128 neighbouring
+    numbers (an array of counts each, freed when the kernel forgot all of them).  Object
+    ids are handed out in sequence, so a walk of a tree holds runs of neighbours: 300,000
+    held inodes cost ~3 MB instead of a dict's ~25 MB, and the memory goes back as the
+    kernel forgets them (a dict never shrinks)."""
+
+    SHIFT = 7
+    MASK = (1 << SHIFT) - 1
+    USED = 1 << SHIFT  # the last slot of a run: how many of its numbers are held
+
+    def __init__(self) -> None:
+        self._runs: dict[int, array] = {}
+        self._held = 0
+
+    def __contains__(self, ino: int) -> bool:
+        run = self._runs.get(ino >> self.SHIFT)
+        return run is not None and run[ino & self.MASK] != 0
+
+    def __len__(self) -> int:
+        return self._held
+
+    def get(self, ino: int) -> int:
+        run = self._runs.get(ino >> self.SHIFT)
+        return 0 if run is None else run[ino & self.MASK]
+
+    def add(self, ino: int, n: int = 1) -> None:
+        run = self._runs.get(ino >> self.SHIFT)
+        if run is None:
+            run = self._runs[ino >> self.SHIFT] = array("Q", bytes(8 * (self.USED + 1)))
+        i = ino & self.MASK
+        if run[i] == 0:
+            run[self.USED] += 1
+            self._held += 1
+        run[i] += n
+
+    def sub(self, ino: int, n: int) -> int:
+        """Take ``n`` references back; returns how many are left (0: forgotten)."""
+        key = ino >> self.SHIFT
+        run = self._runs.get(key)
+        if run is None:
+            return 0
+        i = ino & self.MASK
+        if run[i] == 0:
+            return 0
+        if run[i] > n:
+            run[i] -= n
+            return run[i]
+        run[i] = 0
+        self._held -= 1
+        run[self.USED] -= 1
+        if run[self.USED] == 0:
+            del self._runs[key]
+            if not self._held:
+                self._runs = {}  # a dict keeps its peak size: this one goes back
+        return 0
 
 
 class InodeTable:
@@ -74,12 +211,13 @@ class InodeTable:
 
     def __init__(self, ns: Namespace, on_forget: Callable[[FileSystem, int], None] | None = None):
         self.ns = ns
-        self.lookups: dict[int, int] = {}  # inode number -> the kernel's lookup count
+        self.lookups = LookupCounts()  # inode number -> the kernel's lookup count
         self._syn: dict[int, tuple[ViewKey, int]] = {}
         self._syn_of: dict[tuple[ViewKey, int], int] = {}
         self._views: dict[ViewKey, FileSystem] = {}  # held by synthetic numbers
         self._view_refs: dict[ViewKey, int] = {}
-        self._next_syn = SYNTHETIC | 2
+        self._next_syn = SYNTHETIC | 2  # view 0: numbers of this mount only
+        self.view_ids = ViewIds(ns.store)
         self._current: dict[int, tuple[float, FileSystem]] = {}  # other PFSs' current views
         # PFS -> the state (asof) of the first current view whose computed numbers the kernel
         # got: those numbers outlive any cached view, so invalidation must know the PFS even
@@ -135,8 +273,13 @@ class InodeTable:
         key = (fs.pfs, fs.asof)
         ino = self._syn_of.get((key, obj))
         if ino is None:
-            ino = self._next_syn
-            self._next_syn += 1
+            vid = self.view_ids.id_of(key, self._view_refs.__contains__) \
+                if 0 < obj <= OBJ_MASK else None
+            if vid is not None:
+                ino = SYNTHETIC | vid << VIEW_SHIFT | obj
+            else:
+                ino = self._next_syn
+                self._next_syn += 1
             self._syn[ino] = (key, obj)
             self._syn_of[(key, obj)] = ino
             self._views.setdefault(key, fs)
@@ -155,10 +298,18 @@ class InodeTable:
         """(view, obj) of an inode number the kernel sent."""
         if ino & SYNTHETIC:
             found = self._syn.get(ino)
-            if found is None:
+            if found is not None:
+                key, obj = found
+                return self._views[key], obj
+            # a handle from an earlier mount (NFS): its view, if the volume still names it
+            key = self.view_ids.key_of(ino >> VIEW_SHIFT & VIEW_IDS)
+            if key is None:
                 raise FsError(errno.ESTALE, f"inode {ino:#x} is not known")
-            key, obj = found
-            return self._views[key], obj
+            try:
+                fs = self._views.get(key) or self.ns.view(*key)
+            except FsError:  # the PFS is gone
+                raise FsError(errno.ESTALE, f"inode {ino:#x}: its PFS is gone") from None
+            return fs, ino & OBJ_MASK
         pfs, obj = split_direct(ino, self.ns.pfs)
         return self.current(pfs), obj
 
@@ -172,7 +323,7 @@ class InodeTable:
 
     # -- the kernel's references ----------------------------------------------------------------
     def looked_up(self, ino: int) -> None:
-        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        self.lookups.add(ino)
 
     def unused(self, ino: int) -> None:
         """An allocated number was not handed to the kernel after all."""
@@ -181,12 +332,8 @@ class InodeTable:
 
     def forget(self, items: Iterable[tuple[int, int]]) -> None:
         for ino, n in items:
-            left = self.lookups.get(ino, 0) - n
-            if left > 0:
-                self.lookups[ino] = left
-                continue
-            self.lookups.pop(ino, None)
-            self._release(ino)
+            if self.lookups.sub(ino, n) == 0:
+                self._release(ino)
 
     def _release(self, ino: int) -> None:
         if ino & SYNTHETIC:

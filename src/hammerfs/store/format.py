@@ -39,6 +39,12 @@ BITS_PER_PAGE = BLOCK * 8  # free-map: 1 bit per 4 KiB block, 32768 blocks per p
 STORE_PFS = 1 << 16  # key space of the store's own records (beyond every user PFS)
 COMMITLOG_OBJ = 0  # (STORE_PFS, 0, 0, key=tid, create_tid=tid) -> commit wall-clock ns
 SCRUB_OBJ = 1  # (STORE_PFS, 1, 0, 0, 0) -> the scrub's progress and last result (store/scrub.py)
+# (STORE_PFS, 2, 0, key=id, 0) -> the history view a mount's inode numbers call ``id``
+# (fuse/inodes.py): HISTORY_VIEW (pfs, asof; 0 = now); key 0: HISTORY_VIEW_NEXT (ids in use,
+# the next one to hand out)
+HISTORY_VIEW_OBJ = 2
+HISTORY_VIEW = struct.Struct("<IQ")
+HISTORY_VIEW_NEXT = struct.Struct("<II")
 
 FullKey = tuple[int, int, int, int, int]
 
