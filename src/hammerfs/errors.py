@@ -68,6 +68,15 @@ class CorruptionError(ErrnoError):
         self.location = location
 
 
+class StorageUnavailable(ErrnoError):
+    """The storage under a volume failed an operation (a Ceph cluster or an S3 endpoint
+    out of reach, a request refused): what was committed is safe, and trying again later
+    may work, so a stream retries it instead of giving up."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EIO, message)
+
+
 class NoSpace(ErrnoError):
     """The volume is full.  The volume stays consistent and usable."""
 

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from mirror_helpers import assert_replica, visible
 
 from hammerfs.blockdev.file import FileDevice
+from hammerfs.errors import HammerError, StorageUnavailable
 from hammerfs.fs import FileSystem
 from hammerfs.mirror import pfs_ops
+from hammerfs.mirror import stream as wire
 from hammerfs.mirror.local import Thread, copy_local, serve_source, serve_target
 from hammerfs.mirror.reader import SourceOptions
 from hammerfs.store import Store
@@ -95,3 +97,14 @@ def test_random_fs_histories_replicate_on_disk(tmp_path_factory, steps):
     assert assert_replica(master, 1, slave, 1) == master.last_committed_tid
     master.close()
     slave.close()
+
+
+def test_an_error_frame_says_whether_trying_again_may_help():
+    """A target whose storage is out of reach (radosgw down mid-stream) must not end a
+    stream for good; a refusal must."""
+    cases = [(StorageUnavailable("s3://b/p/: storing an object failed"), False),
+             (wire.StreamError("mirror stream is corrupt"), False),
+             (HammerError("PFS 1 is not a slave"), True)]
+    for exc, fatal in cases:
+        err = wire.decode_error(wire.Frame(wire.ERROR, wire.error_payload(exc)), "mirror target")
+        assert (err.fatal, str(err)) == (fatal, f"mirror target: {exc}")

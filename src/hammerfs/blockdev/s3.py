@@ -42,7 +42,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from hammerfs.blockdev.base import BLOCK
-from hammerfs.errors import HammerError, VolumeLocked
+from hammerfs.errors import HammerError, StorageUnavailable, VolumeLocked
 
 OBJECT_SIZE = 1 << 20
 BLOCKS_PER_OBJECT = OBJECT_SIZE // BLOCK
@@ -219,7 +219,7 @@ class S3Device:
         except _errors() as exc:
             if _is_missing(exc):
                 raise
-            raise HammerError(f"{self.path}: {what} failed: {exc}") from None
+            raise StorageUnavailable(f"{self.path}: {what} failed: {exc}") from None
 
     def _key(self, index: int) -> str:
         return f"{self.prefix}obj/{index:010x}"
@@ -258,7 +258,7 @@ class S3Device:
                     if len(tail) == 10 and all(c in "0123456789abcdef" for c in tail):
                         found.add(int(tail, 16))  # anything else is not ours: ignored
         except _errors() as exc:
-            raise HammerError(f"{self.path}: listing the bucket failed: {exc}") from None
+            raise StorageUnavailable(f"{self.path}: listing the bucket failed: {exc}") from None
         return found
 
     def _fetch(self, index: int) -> bytes:
@@ -333,7 +333,7 @@ class S3Device:
             future.result()
         except BaseException as exc:
             if self._failed is None:
-                self._failed = exc if isinstance(exc, HammerError) else HammerError(
+                self._failed = exc if isinstance(exc, HammerError) else StorageUnavailable(
                     f"{self.path}: storing an object failed: {exc!r}")
             raise self._failed from None
         del self._pending[index]
@@ -418,5 +418,5 @@ def s3_volume_exists(bucket: str, prefix: str) -> bool:
     except _errors() as exc:
         if _is_missing(exc):
             return False
-        raise HammerError(f"s3://{bucket}/{prefix}: cannot reach the bucket: {exc}") from None
+        raise StorageUnavailable(f"s3://{bucket}/{prefix}: cannot reach the bucket: {exc}") from None
     return True

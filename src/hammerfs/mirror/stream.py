@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import xxhash
 
-from hammerfs.errors import HammerError
+from hammerfs.errors import HammerError, StorageUnavailable
 from hammerfs.store.format import BLOCK
 from hammerfs.store.pfs import PfsData
 from hammerfs.store.records import MAX_DATA, Record
@@ -302,7 +302,8 @@ def decode_tid(frame: Frame) -> int:
 
 
 def error_payload(exc: BaseException) -> bytes:
-    fatal = not isinstance(exc, StreamError)
+    # A broken link or the target's storage out of reach: the stream tries again.
+    fatal = not isinstance(exc, (StreamError, StorageUnavailable))
     return bytes([fatal]) + str(exc).encode()
 
 
