@@ -51,8 +51,8 @@ def drop_caches() -> None:
 
 
 class Hammer:
-    def __init__(self, work: str, encrypted: bool, volume_mb: int):
-        self.name = "hammerfs-luks" if encrypted else "hammerfs"
+    def __init__(self, work: str, encrypted: bool, volume_mb: int, name: str | None = None):
+        self.name = name or ("hammerfs-luks" if encrypted else "hammerfs")
         self.vol = os.path.join(work, self.name + ".img")
         self.mnt = os.path.join(work, self.name + "-mnt")
         self.key = os.path.join(work, "key")
