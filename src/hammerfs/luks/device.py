@@ -109,6 +109,32 @@ class LuksDevice:
                                         self.sector_size // IV_UNIT, decrypt=False)
                 self.container.write(self.data_offset + offset + pos, piece)
 
+    def write_parts(self, offset: int, parts: list) -> None:
+        """``write(offset, b"".join(parts))``: each part is encrypted straight into the
+        scratch buffer (no joined plaintext copy), written a CHUNK at a time."""
+        views = [memoryview(p).cast("B") for p in parts]
+        if self.readonly or offset % self.sector_size or \
+                any(len(v) % self.sector_size for v in views):
+            self.write(offset, b"".join(views))
+            return
+        self._check_range(offset, sum(len(v) for v in views))
+        step = self.sector_size // IV_UNIT
+        with self._scratch(CHUNK) as out:
+            base, fill = offset, 0
+            for view in views:
+                pos = 0
+                while pos < len(view):
+                    n = min(CHUNK - fill, len(view) - pos)
+                    self._cipher.crypt_into(view[pos:pos + n], out[fill:fill + n],
+                                            self._first_iv(base + fill), self.sector_size,
+                                            step, decrypt=False)
+                    fill, pos = fill + n, pos + n
+                    if fill == CHUNK:
+                        self.container.write(self.data_offset + base, out)
+                        base, fill = base + fill, 0
+            if fill:
+                self.container.write(self.data_offset + base, out[:fill])
+
     def flush(self) -> None:
         self.container.flush()
 

@@ -19,7 +19,7 @@ from time import monotonic  # commit latency: real time even where tests fake ti
 
 import numpy as np
 
-from hammerfs.blockdev.base import BlockDevice
+from hammerfs.blockdev.base import BlockDevice, write_parts
 from hammerfs.errors import (
     CorruptionError,
     HammerError,
@@ -1022,7 +1022,7 @@ def _write_coalesced(device, writes: list[tuple[int, bytes]]) -> None:
             parts.append(writes[i][1])
             end += len(writes[i][1])
             i += 1
-        device.write(start, b"".join(parts) if len(parts) > 1 else parts[0])
+        write_parts(device, start, parts)
 
 
 def _record_factory():
