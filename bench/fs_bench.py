@@ -51,13 +51,13 @@ def drop_caches() -> None:
 
 
 class Hammer:
-    def __init__(self, work: str, encrypted: bool, volume_mb: int):
-        self.name = "hammerfs-luks" if encrypted else "hammerfs"
+    def __init__(self, work: str, encrypted: bool, volume_mb: int, name: str | None = None):
+        self.name = name or ("hammerfs-luks" if encrypted else "hammerfs")
         self.vol = os.path.join(work, self.name + ".img")
         self.mnt = os.path.join(work, self.name + "-mnt")
         self.key = os.path.join(work, "key")
         os.makedirs(self.mnt, exist_ok=True)
-        with open(self.key, "wb") as f:
+        with open(os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(PASS)
         extra = ["--encrypt", "--key-file", self.key] if encrypted else []
         sh([*HAMMER, "newfs", *extra, "--size", f"{volume_mb}M", self.vol])

@@ -34,8 +34,8 @@ def mbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6
 
 
-# (tweak backend, lanes) pairs measured for the cipher alone.
-CONFIGS = (("compiled", 1), ("compiled", 2), ("numpy", 1))
+# (backend, threads) pairs measured for the cipher alone.
+CONFIGS = (("openssl", 1), ("openssl", 2), ("compiled", 1), ("compiled", 2), ("numpy", 1))
 
 
 def cipher_rate(sector: int, decrypt: bool, seconds: float, backend: str, threads: int

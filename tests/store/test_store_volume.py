@@ -13,7 +13,7 @@ import pytest
 
 from conftest import hammer_env, run_hammer
 from hammerfs.blockdev.file import FileDevice
-from hammerfs.errors import NoSpace, NotAVolume, VolumeLocked
+from hammerfs.errors import HammerError, NoSpace, NotAVolume, VolumeLocked
 from hammerfs.store import Store
 from hammerfs.store.format import BLOCK, HEADER_SIZE
 from hammerfs.store.scrub import scrub
@@ -197,3 +197,15 @@ def test_lock_inherited_by_a_daemon_names_the_daemon(tmp_path):
         assert f"in use by process {daemon} (" in out.stderr and "(?)" not in out.stderr
     finally:
         os.kill(daemon, 9)
+
+
+def test_gathered_file_writes_equal_joined_writes(tmp_path):
+    """FileDevice.write_parts (pwritev, how a commit writes adjacent extents) = write()."""
+    dev = FileDevice(str(tmp_path / "g.img"), create_size=4 << 20)
+    parts = [os.urandom(BLOCK * n) for n in (1, 16, 3, 40)]
+    dev.write_parts(BLOCK * 5, parts)
+    dev.write_parts(0, [bytes(BLOCK)])
+    assert dev.read(BLOCK * 5, sum(map(len, parts))) == b"".join(parts)
+    with pytest.raises(HammerError):
+        dev.write_parts(4 << 20, parts)  # beyond the end: refused, nothing written
+    dev.close()

@@ -29,3 +29,14 @@ class BlockDevice(Protocol):
 
     def close(self) -> None:
         """Release the device (and its lock).  Does not flush implicitly."""
+
+
+def write_parts(device: BlockDevice, offset: int, parts: list) -> None:
+    """Write ``parts`` back to back from ``offset``: through the device's own
+    ``write_parts`` when it has one (a gathered write: no joined copy of a commit's data),
+    else as one joined write."""
+    gather = getattr(device, "write_parts", None)
+    if gather is not None:
+        gather(offset, parts)
+    else:
+        device.write(offset, b"".join(parts) if len(parts) > 1 else parts[0])

@@ -72,6 +72,20 @@ class FileDevice:
             raise HammerError(f"{self.path}: write error at offset {offset:#x}: "
                               f"{exc.strerror}") from None
 
+    def write_parts(self, offset: int, parts: list) -> None:
+        """``write(offset, b"".join(parts))`` without the joined copy (pwritev)."""
+        total = sum(len(p) for p in parts)
+        self._check_range(offset, total)
+        if self.readonly or len(parts) > 512:
+            self.write(offset, b"".join(parts))
+            return
+        try:
+            done = os.pwritev(self._fd, parts, offset)
+        except OSError:
+            done = 0  # write() reports it, with the same errors as a plain write
+        if done < total:
+            self.write(offset + done, b"".join(parts)[done:])
+
     def flush(self) -> None:
         if not self.readonly:
             try:

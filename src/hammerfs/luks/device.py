@@ -5,6 +5,8 @@ chunk, not one cipher call per sector); the key schedule lives as long as the de
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hammerfs.blockdev.base import BLOCK, BlockDevice
 from hammerfs.errors import HammerError, ReadOnly
@@ -38,14 +40,23 @@ class LuksDevice:
         except BaseException:
             self._key.close()
             raise
-        # Reused between requests: fresh MiB-sized buffers cost page faults on every call.
-        self._lock = threading.Lock()
-        self._buffer = bytearray(0)
+        # Scratch buffers reused between requests (fresh MiB-sized buffers cost page faults
+        # on every call): a request takes an idle one or makes one, so concurrent reads and
+        # writes never wait for each other here.
+        self._idle: list[bytearray] = []
+        self._idle_lock = threading.Lock()
 
-    def _scratch(self, size: int) -> memoryview:
-        if len(self._buffer) < size:
-            self._buffer = bytearray(size)
-        return memoryview(self._buffer)[:size]
+    @contextmanager
+    def _scratch(self, size: int) -> Iterator[memoryview]:
+        with self._idle_lock:
+            buf = self._idle.pop() if self._idle else bytearray(0)
+        if len(buf) < size:
+            buf = bytearray(size)
+        try:
+            yield memoryview(buf)[:size]
+        finally:
+            with self._idle_lock:
+                self._idle.append(buf)
 
     def _first_iv(self, offset: int) -> int:
         # plain64 counts 512-byte units even for larger sectors (cryptsetup never sets
@@ -73,8 +84,7 @@ class LuksDevice:
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         start, end = self._aligned(offset, length)
-        with self._lock:
-            plain = self._scratch(end - start)
+        with self._scratch(end - start) as plain:
             self._read_sectors_into(start, end, plain)
             return bytes(plain[offset - start:offset - start + length])
 
@@ -90,8 +100,7 @@ class LuksDevice:
             self._read_sectors_into(start, end, memoryview(plain))
             plain[offset - start:offset - start + len(data)] = data
             data, offset = memoryview(plain), start
-        with self._lock:
-            out = self._scratch(min(CHUNK, len(data)))
+        with self._scratch(min(CHUNK, len(data))) as out:
             for pos in range(0, len(data), CHUNK):
                 size = min(CHUNK, len(data) - pos)
                 piece = out[:size]
@@ -100,11 +109,40 @@ class LuksDevice:
                                         self.sector_size // IV_UNIT, decrypt=False)
                 self.container.write(self.data_offset + offset + pos, piece)
 
+    def write_parts(self, offset: int, parts: list) -> None:
+        """``write(offset, b"".join(parts))``: each part is encrypted straight into the
+        scratch buffer (no joined plaintext copy), written a CHUNK at a time."""
+        views = [memoryview(p).cast("B") for p in parts]
+        if self.readonly or offset % self.sector_size or \
+                any(len(v) % self.sector_size for v in views):
+            self.write(offset, b"".join(views))
+            return
+        self._check_range(offset, sum(len(v) for v in views))
+        step = self.sector_size // IV_UNIT
+        with self._scratch(CHUNK) as out:
+            base, fill = offset, 0
+            for view in views:
+                pos = 0
+                while pos < len(view):
+                    n = min(CHUNK - fill, len(view) - pos)
+                    self._cipher.crypt_into(view[pos:pos + n], out[fill:fill + n],
+                                            self._first_iv(base + fill), self.sector_size,
+                                            step, decrypt=False)
+                    fill, pos = fill + n, pos + n
+                    if fill == CHUNK:
+                        self.container.write(self.data_offset + base, out)
+                        base, fill = base + fill, 0
+            if fill:
+                self.container.write(self.data_offset + base, out[:fill])
+
     def flush(self) -> None:
         self.container.flush()
 
     def close(self) -> None:
         self._cipher = None  # type: ignore[assignment]  # drop the key schedule
         self._key.close()
-        self._buffer = bytearray(0)   # plaintext of the last request
+        with self._idle_lock:  # plaintext of the last requests
+            for buf in self._idle:
+                buf[:] = bytes(len(buf))
+            self._idle.clear()
         self.container.close()

@@ -1,5 +1,9 @@
 """Batched AES-XTS with the ``plain64`` IV, as dm-crypt/cryptsetup use it.
 
+By default the whole computation below runs in C (``_xtsfast.xts_crypt``: libcrypto's
+AES-ECB and the tweak XOR in 64 KiB pieces, the GIL released, so concurrent readers decrypt
+in parallel); the Python lanes described next are the fallback and the tested reference.
+
 One cipher call per sector costs ~20 us in Python, so runs of sectors are processed together:
 one AES-ECB call (key 2) turns every sector's IV into its first tweak T, the compiled helper
 ``_xtsfast.xor_tweaks`` XORs every 16-byte block j with T * x^j (GF(2^128)), one AES-ECB call
@@ -29,12 +33,16 @@ except ImportError:     # not built: pip install -e . (scripts/bootstrap) builds
     _xtsfast = None
 
 AES_BLOCK = 16
-BACKENDS = ("compiled", "numpy")
+# "openssl": the whole XTS in _xtsfast.xts_crypt (libcrypto's AES-ECB, GIL released);
+# "compiled": cryptography's ECB + _xtsfast.xor_tweaks; "numpy": ECB + numpy tweaks.
+BACKENDS = ("openssl", "compiled", "numpy")
 
 
 def default_backend() -> str:
-    """The tweak backend XtsCipher uses unless told otherwise."""
-    return "compiled" if _xtsfast is not None else "numpy"
+    """The backend XtsCipher uses unless told otherwise: the fastest one built."""
+    if _xtsfast is None:
+        return "numpy"
+    return "openssl" if hasattr(_xtsfast, "xts_crypt") else "compiled"
 
 
 class CompiledTweaks:
@@ -58,14 +66,14 @@ class CompiledTweaks:
 
 class _Lane:
     """One worker's ECB contexts and scratch buffers (cryptography's contexts are not for
-    concurrent use, and the buffers are reused between calls)."""
+    concurrent use, and the buffers are reused between calls).  A lane serves one call at a
+    time: XtsCipher hands each concurrent call a lane of its own."""
 
     def __init__(self, data_key: bytes, tweak_key: bytes, backend: str):
         data_aes = algorithms.AES(data_key)
         self.data_enc = Cipher(data_aes, modes.ECB()).encryptor()
         self.data_dec = Cipher(data_aes, modes.ECB()).decryptor()
         self.tweak_enc = Cipher(algorithms.AES(tweak_key), modes.ECB()).encryptor()
-        self.lock = threading.Lock()
         self.tweaks = CompiledTweaks() if backend == "compiled" else NumpyTweaks()
         self.scratch_in = bytearray(0)
         self.scratch_out = bytearray(0)
@@ -92,13 +100,12 @@ class _Lane:
             iv_step: int, decrypt: bool) -> None:
         size = len(data)
         ctx = self.data_dec if decrypt else self.data_enc
-        with self.lock:
-            self.tweaks.prepare(self._encrypted_ivs(size // sector_size, first_iv, iv_step),
-                                sector_size)
-            work, ecb_out = self._scratch(size)
-            self.tweaks.xor(work, data)
-            ctx.update_into(work, ecb_out)
-            self.tweaks.xor(out, ecb_out[:size])
+        self.tweaks.prepare(self._encrypted_ivs(size // sector_size, first_iv, iv_step),
+                            sector_size)
+        work, ecb_out = self._scratch(size)
+        self.tweaks.xor(work, data)
+        ctx.update_into(work, ecb_out)
+        self.tweaks.xor(out, ecb_out[:size])
 
 
 # Below this, splitting a request between threads costs more than it saves.
@@ -108,8 +115,9 @@ PARALLEL_MIN = 256 * 1024
 class XtsCipher:
     """AES-XTS over whole sectors with plain64 IVs; one key schedule for the device's life.
 
-    With ``threads`` > 1, large requests are split between lanes (AES and the tweak helper
-    both release the GIL).  The default is one lane: see docs/performance.md for why.
+    With ``threads`` > 1, large requests are split between lanes (the tweak helper releases
+    the GIL; AES in cryptography does not, but it is the cheap part).  The default is no
+    split: see docs/performance.md for why.  Concurrent calls each get a lane of their own.
     ``backend`` picks the tweak arithmetic ("compiled" or "numpy"; default: compiled when
     built).  Thread-safe either way.
     """
@@ -125,9 +133,20 @@ class XtsCipher:
         backend = backend or default_backend()
         if backend not in BACKENDS:
             raise HammerError(f"unknown xts backend {backend!r} (one of {', '.join(BACKENDS)})")
+        if backend == "openssl" and not hasattr(_xtsfast, "xts_crypt"):
+            raise HammerError("the compiled XTS helper hammerfs.luks._xtsfast is not built "
+                              "with xts_crypt (run scripts/bootstrap or pip install -e .)")
         self.backend = backend
-        count = threads or 1
-        self._lanes = [_Lane(key[:half], key[half:], backend) for _ in range(max(1, count))]
+        self._threads = max(1, threads or 1)
+        self._key = key  # the caller's (locked) key: views of it, never copies
+        self._keys = (key[:half], key[half:])
+        # Idle lanes: a call takes one (or makes one) and gives it back, so concurrent
+        # callers (FUSE readers in worker threads, the commit) never wait for each other;
+        # there are at most as many lanes as calls ever ran at once.
+        # made now: a missing backend fails here ("openssl" needs none)
+        self._idle = [] if backend == "openssl" else [_Lane(*self._keys, backend)]
+        self._idle_lock = threading.Lock()
+        self.lanes = len(self._idle)  # lanes made so far = the most calls ever at once
         self._pool: ThreadPoolExecutor | None = None
         self._xts_key = algorithms.AES(key)   # for the per-sector path (XTS mode, full key)
 
@@ -148,19 +167,36 @@ class XtsCipher:
             # + ~25 us per 512 bytes of sector).  The compiled batch wins even for one sector.
             self._per_sector(src, dst, first_iv, sector_size, iv_step, decrypt)
             return
-        lanes = len(self._lanes) if size >= PARALLEL_MIN else 1
-        per_lane = -(-sectors // lanes) * sector_size
+        parts = self._threads if size >= PARALLEL_MIN else 1
+        per_part = -(-sectors // parts) * sector_size
         jobs = []
-        for i in range(1, lanes):
-            start, end = i * per_lane, min(size, (i + 1) * per_lane)
+        for i in range(1, parts):
+            start, end = i * per_part, min(size, (i + 1) * per_part)
             if start < end:
                 jobs.append(self._executor().submit(
-                    self._lanes[i].run, src[start:end], dst[start:end],
+                    self._run, src[start:end], dst[start:end],
                     first_iv + start // sector_size * iv_step, sector_size, iv_step, decrypt))
-        self._lanes[0].run(src[:per_lane], dst[:per_lane], first_iv, sector_size, iv_step,
-                           decrypt)
+        self._run(src[:per_part], dst[:per_part], first_iv, sector_size, iv_step, decrypt)
         for job in jobs:
             job.result()
+
+    def _run(self, src: memoryview, dst: memoryview, first_iv: int, sector_size: int,
+             iv_step: int, decrypt: bool) -> None:
+        if self.backend == "openssl":
+            _xtsfast.xts_crypt(self._key, dst, src, first_iv & 0xFFFFFFFFFFFFFFFF, sector_size,
+                               iv_step, decrypt)
+            return
+        with self._idle_lock:
+            lane = self._idle.pop() if self._idle else None
+            if lane is None:
+                self.lanes += 1
+        if lane is None:
+            lane = _Lane(*self._keys, self.backend)
+        try:
+            lane.run(src, dst, first_iv, sector_size, iv_step, decrypt)
+        finally:
+            with self._idle_lock:
+                self._idle.append(lane)
 
     def _per_sector(self, src: memoryview, dst: memoryview, first_iv: int, sector_size: int,
                     iv_step: int, decrypt: bool) -> None:
@@ -172,7 +208,7 @@ class XtsCipher:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=len(self._lanes) - 1,
+            self._pool = ThreadPoolExecutor(max_workers=self._threads - 1,
                                             thread_name_prefix="xts")
         return self._pool
 

@@ -20,7 +20,7 @@ from time import monotonic  # commit latency: real time even where tests fake ti
 
 import numpy as np
 
-from hammerfs.blockdev.base import BlockDevice
+from hammerfs.blockdev.base import BlockDevice, write_parts
 from hammerfs.errors import (
     CorruptionError,
     HammerError,
@@ -120,6 +120,7 @@ class Store(PfsTable):
         self.healer_factory: Callable | None = None
         self.damage = DamageCounts()
         self.stats = CommitStats()  # for metrics (`hammer up`'s exporter)
+        self.read_retries = 0  # extent reads done without the lock that raced a reuse
         self._history_floor = hdr.last_tid  # versions at or below are never dropped
         self._unwritten: set[FullKey] = set()  # entries whose extent data is still in memory
         self._unwritten_bytes = 0
@@ -415,55 +416,73 @@ class Store(PfsTable):
 
     def _batches(self, lo: RecKey, hi: RecKey, since: int | None, batch: int, wanted,
                  with_data: bool, inline: bool = False) -> Iterator[Record]:
-        """Records built (data read and verified) in batches under the lock, so callers may
-        change the store, even commit, while iterating: each batch resumes after the last
-        key seen.  ``inline``: records carry the data their leaf holds, no extent is read."""
+        """Records built in batches, so callers may change the store, even commit, while
+        iterating: each batch resumes after the last key seen.  The B-tree is searched under
+        the lock; extent data is read and verified outside it (a reader never waits for
+        another reader's I/O and decryption, nor a writer for them), see _read_unlocked.
+        ``inline``: records carry the data their leaf holds, no extent is read."""
         cursor: FullKey = (*lo, 0)
         end: FullKey = (*hi, MAX_U64 + 1)
         while True:
             with self._lock:
                 found = self._tree.collect(cursor, end, batch, since)
                 picked = [(k, v) for k, v in found if wanted(k, v)]
-                if with_data:
+            datas = self._read_unlocked(picked) if with_data else \
+                [v[6] if inline else None for _, v in picked]
+            if datas is None:  # an extent moved or was reused meanwhile: again, locked
+                with self._lock:
+                    self.read_retries += 1
+                    found = self._tree.collect(cursor, end, batch, since)
+                    picked = [(k, v) for k, v in found if wanted(k, v)]
                     self._prefetch(picked)
-                records = [self._record(k, v, with_data) for k, v in picked] if not inline \
-                    else [_make_record(*k, v[0], v[1], v[2], v[6]) for k, v in picked]
-                self._prefetched.clear()
-            yield from records
+                    datas = [self._data(k, v) for k, v in picked]
+                    self._prefetched.clear()
+            yield from [_make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
+                        for (k, v), data in zip(picked, datas, strict=True)]
             if len(found) < batch:
                 return
             last = found[-1][0]
             cursor = (*last[:4], last[4] + 1)
 
+    def _read_unlocked(self, entries: list[tuple[FullKey, LeafVal]]) -> list[bytes] | None:
+        """The data of leaf entries found under the lock, read without it: None unless every
+        extent matched its checksum.  Safe because an extent's blocks are never rewritten
+        while a leaf references them (copy-on-write; a reblock moves data to new blocks),
+        and blocks freed by a commit may be reused after it: a read that raced that reads
+        other bytes, fails the (128-bit) checksum, and the caller repeats the batch under
+        the lock, where a real checksum failure goes to the healer as before."""
+        datas: list[bytes | None] = [v[6] for _, v in entries]  # inline / not written yet
+        for run in _adjacent_runs([(i, v) for i, (_, v) in enumerate(entries)
+                                   if v[6] is None]):
+            for i, v, piece in self._read_run(run):
+                if checksum(piece) != v[5]:
+                    return None
+                # a lone extent without padding: the bytes the device returned, no copy
+                datas[i] = piece.obj if len(piece) == len(piece.obj) == v[3] \
+                    else bytes(piece[:v[3]])
+        return datas  # type: ignore[return-value]  # every None was filled
+
+    def _read_run(self, run: list[tuple[object, LeafVal]]
+                  ) -> Iterator[tuple[object, LeafVal, memoryview]]:
+        """One device read for a run of adjacent extents: (tag, value, its padded blocks)."""
+        start = extent_off(run[0][1][4])
+        last = run[-1][1]
+        view = memoryview(self.device.read(start, extent_off(last[4]) + _blocks(last[3]) * BLOCK
+                                           - start))
+        for tag, v in run:
+            at = extent_off(v[4]) - start
+            yield tag, v, view[at:at + _blocks(v[3]) * BLOCK]
+
     def _prefetch(self, entries: list[tuple[FullKey, LeafVal]]) -> None:
         """Read runs of extents that lie back to back on disk (a file written in one go) with
         one device read each, and verify them into the extent cache that _extent consults:
         a 1 MiB read of a file is then one read, not 16."""
-        runs: list[list[LeafVal]] = []
-        for _, v in entries:
-            if v[6] is not None:
-                continue
-            if runs and extent_off(runs[-1][-1][4]) + _blocks(runs[-1][-1][3]) * BLOCK == \
-                    extent_off(v[4]) and len(runs[-1]) < PREFETCH_EXTENTS:
-                runs[-1].append(v)
-            else:
-                runs.append([v])
-        for run in runs:
+        for run in _adjacent_runs([(None, v) for _, v in entries if v[6] is None]):
             if len(run) < 2:
                 continue
-            start = extent_off(run[0][4])
-            raw = self.device.read(start, extent_off(run[-1][4]) + _blocks(run[-1][3]) * BLOCK
-                                   - start)
-            view = memoryview(raw)
-            for v in run:
-                at = extent_off(v[4]) - start
-                piece = view[at:at + _blocks(v[3]) * BLOCK]
+            for _, v, piece in self._read_run(run):
                 if checksum(piece) == v[5]:  # else _extent reads it again and reports it
                     self._prefetched[(extent_off(v[4]), v[5])] = piece
-
-    def _record(self, k: FullKey, v: LeafVal, with_data: bool) -> Record:
-        data = self._data(k, v) if with_data else None
-        return _make_record(k[0], k[1], k[2], k[3], k[4], v[0], v[1], v[2], data)
 
     def _data(self, k: FullKey, v: LeafVal) -> bytes:
         if v[6] is not None:  # inline, or not written yet
@@ -1076,6 +1095,20 @@ def _root_verifies(device: BlockDevice, valid: Header, claimed: Header) -> bool:
     return checksum(device.read(off, BLOCK)) == claimed.root_csum
 
 
+def _adjacent_runs(entries: list[tuple[object, LeafVal]]) -> list[list[tuple[object, LeafVal]]]:
+    """(tag, leaf value) pairs of external extents grouped into runs that lie back to back on
+    disk (one device read each), at most PREFETCH_EXTENTS per run, in the given order."""
+    runs: list[list[tuple[object, LeafVal]]] = []
+    for tag, v in entries:
+        if runs and len(runs[-1]) < PREFETCH_EXTENTS:
+            prev = runs[-1][-1][1]
+            if extent_off(prev[4]) + _blocks(prev[3]) * BLOCK == extent_off(v[4]):
+                runs[-1].append((tag, v))
+                continue
+        runs.append([(tag, v)])
+    return runs
+
+
 def _write_coalesced(device, writes: list[tuple[int, bytes]]) -> None:
     """Write blocks in offset order, merging adjacent ones into single writes."""
     writes.sort(key=lambda w: w[0])
@@ -1088,7 +1121,7 @@ def _write_coalesced(device, writes: list[tuple[int, bytes]]) -> None:
             parts.append(writes[i][1])
             end += len(writes[i][1])
             i += 1
-        device.write(start, b"".join(parts) if len(parts) > 1 else parts[0])
+        write_parts(device, start, parts)
 
 
 def _record_factory():
