@@ -131,7 +131,8 @@ def _print_damage(st: dict) -> int:
     remaining = 0
     for d in st.get("damage", []):
         if d["repaired"]:
-            print(f"REPAIRED: {d['path']}: {d['message']} (rewritten from the replica)")
+            how = "" if d["kind"] == "node" else " (rewritten from the replica)"
+            print(f"REPAIRED: {d['path']}: {d['message']}{how}")  # a node's says its source
         else:
             remaining += 1
             print(f"DAMAGED: {d['path']}: {d['message']}")

@@ -14,6 +14,7 @@ child's offset, checksum and aggregated max TID (HAMMER's mirror_tid) into its p
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 
 from hammerfs.errors import CorruptionError
 from hammerfs.store.alloc import META, Allocator
@@ -62,6 +63,9 @@ class BTree:
         self.cache: dict[int, Node] = {}
         self.dirty_count = 1 if root.dirty else 0
         self.node_reads = 0
+        # (offset, checksum, level, first key, end key or None, error) -> the node rebuilt
+        # and verified, or raises: a child read that failed its checksum (store/noderepair.py)
+        self.node_healer: Callable[..., Node] | None = None
 
     @classmethod
     def empty(cls, dev, alloc: Allocator) -> BTree:
@@ -90,12 +94,34 @@ class BTree:
             return ref[3]
         found = self.cache.get(ref[0])
         if found is None:
-            found = self.read_node(ref[0], ref[1])
+            try:
+                found = self.read_node(ref[0], ref[1])
+            except CorruptionError as exc:
+                if self.node_healer is None:
+                    raise
+                found = self.node_healer(ref[0], ref[1], node.level - 1, node.keys[i],
+                                         self.upper_bound(node, i), exc)
             if found.level != node.level - 1:
                 raise CorruptionError(f"B-tree node at offset {ref[0]:#x} has level "
                                       f"{found.level}, expected {node.level - 1}", ref[0])
             self._cache_put(found)
         return found
+
+    def upper_bound(self, node: Node, i: int) -> FullKey | None:
+        """The first key after the range of child ``i`` of ``node`` (None: the end, or not
+        known without reading from disk)."""
+        if i + 1 < len(node.keys):
+            return node.keys[i + 1]
+        hi, cur, k = None, self.root, node.keys[0]
+        while cur is not node and cur.level > node.level:
+            j = max(0, bisect_right(cur.keys, k) - 1)
+            if j + 1 < len(cur.keys):
+                hi = cur.keys[j + 1]
+            ref = cur.vals[j]
+            cur = ref[3] or self.cache.get(ref[0])
+            if cur is None:
+                return None
+        return hi if cur is node else None
 
     def _cache_put(self, node: Node) -> None:
         cache = self.cache

@@ -124,6 +124,7 @@ class Scrubber:
         self.stopping = threading.Event()
         self.resumed_at = 0.0  # the fraction an interrupted scrub had done
         self._reached = np.zeros(store.allocator.nblocks, dtype=bool) if leaks else None
+        self._given_up: set[int] = set()  # damaged nodes met in this run (each repaired once)
         state = load_state(store)
         if state.get("cursor") is not None and not restart:
             self._resume(state)
@@ -154,6 +155,8 @@ class Scrubber:
                 broken = self._step()
             for k, v, damage in broken:  # the replica is asked without the lock
                 self._repair(k, v, damage)
+            for node in self._broken_nodes:
+                self._repair_node(*node)
             now = time.monotonic()
             ahead = (r.bytes_verified - paced) / self.rate - (now - pace_start) \
                 if self.rate and self.cursor is not None else 0
@@ -188,6 +191,7 @@ class Scrubber:
         the first key not verified (None at the end).  Holds the store lock."""
         self._budget = self.step_bytes
         self._broken: list[tuple[FullKey, LeafVal, Damage]] = []
+        self._broken_nodes: list[tuple] = []
         root = self.store.tree.root
         if self.cursor == START:
             self._count_node(root)
@@ -195,14 +199,16 @@ class Scrubber:
                 try:
                     self.store.tree.read_node(root.off, root.csum)  # the disk copy, verified
                 except CorruptionError as exc:
-                    self._found(Damage("node", root.off, START, str(exc)))
+                    self._broken_nodes.append((root.off, root.csum, root.level, None, None,
+                                               exc))
         self._next: FullKey | None = None
-        self._walk(root, self.cursor)
+        self._walk(root, self.cursor, None)
         self.cursor = self._next
         return self._broken
 
-    def _walk(self, node: Node, cursor: FullKey) -> bool:
-        """True when the budget ran out (``_next`` set to where to go on)."""
+    def _walk(self, node: Node, cursor: FullKey, hi: FullKey | None) -> bool:
+        """True when the budget ran out or a damaged node is to be repaired (``_next`` set
+        to where to go on).  ``hi``: the first key after the node's range (None: the end)."""
         keys = node.keys
         if not node.level:
             self._leaf(node, cursor)
@@ -216,6 +222,7 @@ class Scrubber:
             ref = node.vals[j]
             fresh = keys[j] >= cursor or j > start  # entered from its first key
             child = ref[3]
+            end = keys[j + 1] if j + 1 < len(keys) else hi
             if child is None:
                 try:
                     child = tree.read_node(ref[0], ref[1])  # from disk, never the cache
@@ -224,13 +231,17 @@ class Scrubber:
                                               f"{child.level}, expected {node.level - 1}",
                                               ref[0])
                 except CorruptionError as exc:
-                    end = keys[j + 1] if j + 1 < len(keys) else None
-                    self._found(Damage("node", ref[0], keys[j], str(exc), end))
                     self._budget -= BLOCK
-                    continue
+                    if ref[0] in self._given_up:
+                        continue  # reported already: its subtree cannot be reached
+                    # repaired without the lock, then the next step walks into it
+                    self._broken_nodes.append((ref[0], ref[1], node.level - 1, keys[j], end,
+                                               exc))
+                    self._next = max(keys[j], cursor)
+                    return True
             if fresh:
                 self._count_node(child)
-            if self._walk(child, cursor):
+            if self._walk(child, cursor, end):
                 return True
         return False
 
@@ -290,14 +301,27 @@ class Scrubber:
             self.report.unrepairable += 1
         self._found(damage)
 
+    def _repair_node(self, off: int, csum: bytes, level: int, lo: FullKey | None,
+                     hi: FullKey | None, exc: CorruptionError) -> None:
+        """Rebuild a damaged node (store/noderepair.py: only bit for bit, verified by the
+        checksum its parent holds); unrepairable ones are skipped for the rest of the run."""
+        source = self.store.node_repair.repair(off, csum, level, lo, hi, self.healer)
+        self._given_up.add(off)  # met again (a repair that did not hold): skipped
+        if source is None:
+            return  # rewritten by a commit since it was read: the next step walks the new one
+        what = "leaf" if level == 0 else "internal node"
+        damage = Damage("node", off, lo or START, f"{exc} ({what})", hi, repaired=bool(source))
+        if source:
+            damage.message += f"; rebuilt from {source}"
+            self.report.repaired += 1
+        else:
+            self.report.unrepairable += 1
+        self._found(damage)
+
     def _found(self, damage: Damage) -> None:
         r = self.report
         r.damage.append(damage)
         r.damaged_offsets.append(damage.offset)
-        if damage.kind == "node":  # rebuilding a node from the replica is not done yet
-            r.unrepairable += 1
-            self.store.damage.found += 1
-            self.store.damage.unrepairable += 1
         if not damage.repaired:
             r.errors.append(damage.message)
         if self.persist and len(r.damage) <= MAX_DAMAGE_KEPT:
