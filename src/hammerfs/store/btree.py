@@ -63,6 +63,10 @@ class BTree:
         self.cache: dict[int, Node] = {}
         self.dirty_count = 1 if root.dirty else 0
         self.node_reads = 0
+        # node cache metrics: nodes looked up in a descent or walk, and those of them read
+        # from disk because the cache did not hold them (dirty nodes count as hits)
+        self.node_lookups = 0
+        self.node_misses = 0
         # (offset, checksum, level, first key, end key or None, error) -> the node rebuilt
         # and verified, or raises: a child read that failed its checksum (store/noderepair.py)
         self.node_healer: Callable[..., Node] | None = None
@@ -89,11 +93,17 @@ class BTree:
         return Node(level, keys, vals, off, csum)
 
     def child(self, node: Node, i: int) -> Node:
+        self.node_lookups += 1
+        return self._child(node, i)
+
+    def _child(self, node: Node, i: int) -> Node:
+        """``child`` without counting the lookup (descents count theirs at once)."""
         ref = node.vals[i]
         if ref[3] is not None:
             return ref[3]
         found = self.cache.get(ref[0])
         if found is None:
+            self.node_misses += 1
             try:
                 found = self.read_node(ref[0], ref[1])
             except CorruptionError as exc:
@@ -134,6 +144,7 @@ class BTree:
         path = []
         node = self.root
         cache = self.cache
+        self.node_lookups += node.level + 1  # the root (always in memory) and each child
         while node.level:
             i = bisect_right(node.keys, k) - 1
             if i < 0:
@@ -141,18 +152,19 @@ class BTree:
             path.append((node, i))
             ref = node.vals[i]
             child = ref[3] or cache.get(ref[0])
-            node = child if child is not None else self.child(node, i)
+            node = child if child is not None else self._child(node, i)
         return path, node
 
     def floor(self, k: FullKey) -> tuple[FullKey, LeafVal] | None:
         """The entry with the largest key <= k (separators are exact, so it is in this leaf)."""
         node = self.root
         cache = self.cache
+        self.node_lookups += node.level + 1  # the root (always in memory) and each child
         while node.level:  # the read-only descent of _descend, without recording the path
             i = bisect_right(node.keys, k) - 1
             ref = node.vals[i if i > 0 else 0]
             child = ref[3] or cache.get(ref[0])
-            node = child if child is not None else self.child(node, i if i > 0 else 0)
+            node = child if child is not None else self._child(node, i if i > 0 else 0)
         i = bisect_right(node.keys, k) - 1
         return (node.keys[i], node.vals[i]) if i >= 0 else None
 
