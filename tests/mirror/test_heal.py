@@ -193,6 +193,11 @@ def test_unmounting_during_a_scrub_keeps_its_place_and_stop_works(pair):
     stop(pair["stream"])
     scrub = start("scrub", "--rate", "512K", fk)
     time.sleep(2)
+    # the scrub thread of the mount is in the idle I/O class, like btrfs's scrub
+    pid = owner_pid(fk)
+    classes = [subprocess.run(["ionice", "-p", tid], capture_output=True, text=True).stdout
+               for tid in os.listdir(f"/proc/{pid}/task")]
+    assert sum(c.startswith("idle") for c in classes) == 1, classes
     stopped = run_hammer("scrub", "--stop", fk).stdout
     assert "stopped at" in stopped and "`hammer scrub` continues it" in stopped
     scrub.wait(30)

@@ -4,10 +4,10 @@ Reads every B-tree node from disk (not the cache) against the checksum in its pa
 data extent against the checksum in its leaf entry, and checks that each reachable block is
 marked in use in the free-map.  A damaged node hides its subtree: that is reported too.
 
-The walk goes in key order in bounded steps (at most about ``STEP_BYTES`` verified per hold
-of the store lock, a tenth of a second's worth at low rates; then the lock is released and
-the walk sleeps as long as ``rate`` requires), so
-a mounted volume stays responsive while it is scrubbed.  Each step resumes at a key, not at
+The walk goes in key order in bounded steps (about ``STEP_BYTES``, a tenth of a second's
+worth at low rates): the nodes of a step are walked under the store lock, its data extents
+read and checksummed after it is released, then the walk sleeps as long as ``rate``
+requires, so a mounted volume stays responsive while it is scrubbed.  Each step resumes at a key, not at
 a node: the tree may change between steps (records written behind the cursor are new and
 were checksummed as they were written).  On a writable volume the cursor and the counts are
 kept in the volume itself (store-private records ``SCRUB_OBJ``, committed with the mount's
@@ -33,7 +33,12 @@ from hammerfs.store.btree import Node
 from hammerfs.store.format import BLOCK, SCRUB_OBJ, FullKey, LeafVal, checksum, extent_off
 from hammerfs.store.store import Store, _fmt_key
 
-DEFAULT_RATE = 200 * 1000 * 1000  # bytes/s read by an online scrub unless --rate says otherwise
+# Bytes/s read by an online scrub unless --rate says otherwise.  The mount's requests wait
+# for a scrub only while it walks a step's nodes (its data is checked without the store
+# lock) and its thread is in the idle I/O class (control/scrubbing.py), so the
+# limit is about the disk's bandwidth left to others, not latency: stat p99 stays a few ms
+# unlimited (docs/performance.md "Online scrub").  2 GiB/s leaves an NVMe disk some room.
+DEFAULT_RATE = 2 << 30
 STEP_BYTES = 8 << 20  # verified per step (the tree walked under the store lock, then the
 #                      step's extents read and checksummed without it)
 RUN_BYTES = 1 << 20  # adjacent (small) extents read with one device read (larger reads
