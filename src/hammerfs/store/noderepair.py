@@ -126,10 +126,13 @@ class NodeRepairer:
         with self.without_healing():
             versions = self._versions(healer, level, lo, hi)
             with store._lock:
-                if not self._referenced(off, csum, level, lo):
-                    return None
+                try:
+                    if not self._referenced(off, csum, level, lo):
+                        return None
+                    raw, source = self._rebuild(off, csum, level, versions)
+                except CorruptionError:  # another damaged node on its path: not now
+                    raw = None
                 store.damage.found += 1
-                raw, source = self._rebuild(off, csum, level, versions)
                 if raw is not None and self._write(off, raw):
                     store.damage.repaired += 1
                     log.warning("repaired B-tree node at offset %#x from %s", off, source)
