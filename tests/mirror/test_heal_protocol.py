@@ -117,3 +117,111 @@ def test_a_hostile_replica_gives_nothing_usable(store, junk, good_hello):
     # store's check (rewrite_data refuses a checksum mismatch)
     assert got is None or len(got) == v[3]
     healer.close()
+
+
+def range_request(lo, hi, limit=4096) -> bytes:
+    return json.dumps({"range": lo, "to": hi, "limit": limit}).encode() + b"\n"
+
+
+def parse_versions(raw: bytes) -> list[tuple[dict, bytes]]:
+    """The replies of a range session, each (head, inline data)."""
+    hello, _, rest = raw.partition(b"\n")
+    assert json.loads(hello)["hammerfs-fetch"] == 1
+    out = []
+    while rest:
+        line, _, rest = rest.partition(b"\n")
+        head = json.loads(line)
+        assert set(head) <= {"versions", "more", "error"}
+        for _ in range(head.get("versions", 0)):
+            vline, _, rest = rest.partition(b"\n")
+            v = json.loads(vline)
+            n = v["v"][7] if v["csum"] is None else 0
+            out.append((v, rest[:n]))
+            rest = rest[n:]
+    return out
+
+
+def test_a_range_is_served_with_checksums_and_inline_data_of_its_pfs_only(store):
+    store.put((1, 200, 0x10, 0), b"small")
+    store.commit()
+    got = parse_versions(b"\n".join(serve(store, 1, range_request([0, 0, 0, 0], None))))
+    keys = [tuple(v["v"][:4]) for v, _ in got]
+    assert keys == sorted(keys) and {k[0] for k in keys} >= {100, 200}
+    big = next(v for v, _ in got if v["v"][0] == 100)
+    rec = store.get((1, 100, 0x10, 0))
+    assert big["v"][7] == len(rec.data) and bytes.fromhex(big["csum"]) == \
+        store.tree.exact((1, 100, 0x10, 0, rec.create_tid))[5]
+    assert next(d for v, d in got if v["v"][0] == 200) == b"small"
+    assert not any(b"pfs 0 data" in d for _, d in got)
+    # `to` is exclusive, `limit` is kept
+    upto = parse_versions(b"\n".join(serve(store, 1, range_request([0, 0, 0, 0],
+                                                                    [200, 0, 0, 0]))))
+    assert [v["v"][0] for v, _ in upto] == [100]
+    one = serve(store, 1, range_request([0, 0, 0, 0], None, limit=1))
+    assert json.loads(one[1]) == {"versions": 1, "more": True}
+
+
+def test_the_healer_asks_the_pfs_of_the_replica_mapped_to_its_own(store, tmp_path):
+    """A volume whose PFS 3 mirrors the served PFS 1 gets PFS 1's versions as PFS 3's."""
+    path = tmp_path / "other.img"
+    other = Store.create(FileDevice(str(path), create_size=16 << 20))
+    try:
+        other.put_pfs(3, PfsData(label="slave", shared_uuid=store.get_pfs(1).shared_uuid))
+        other.commit()
+        a, b = socket.socketpair()
+
+        def run():
+            with a.makefile("rb") as r, a.makefile("wb") as w:
+                serve_fetch(store, 1, r, w)
+            a.close()
+        threading.Thread(target=run, daemon=True).start()
+        healer = Healer(other, "pair", lambda: SocketChannel(b), keep_open=True)
+        got = healer.versions((3, 0, 0, 0, 0), (3, 150, 0, 0, 0))
+        assert [v.key[:2] for v in got] == [(3, 100)]
+        assert got[0].length == len(store.get((1, 100, 0x10, 0)).data)
+        assert healer.versions((0, 0, 0, 0, 0), (2, 0, 0, 0, 0)) == []  # not mirrored
+        healer.close()
+    finally:
+        other.close()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.builds(lambda lo, hi, n: json.dumps({"range": lo, "to": hi, "limit": n}).encode(),
+              st.one_of(st.lists(st.integers(-1, 1 << 65), max_size=5), st.text(max_size=3)),
+              st.one_of(st.none(), st.lists(st.integers(-1, 1 << 65), max_size=5)),
+              st.one_of(st.integers(-1, 10000), st.none(), st.text(max_size=2))),
+    st.binary(max_size=100)), max_size=5))
+def test_any_range_request_gets_a_reply_with_versions_in_range(store, requests):
+    raw = b"\n".join(r.replace(b"\n", b" ") for r in requests) + b"\n"
+    out = io.BytesIO()
+    serve_fetch(store, 1, io.BytesIO(raw), out)
+    for v, data in parse_versions(out.getvalue()):
+        assert v["v"][0] in (100, 200) and (v["csum"] is None) == (v["v"][7] <= 512)
+        assert b"pfs 0 data" not in data
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.builds(lambda n, more: json.dumps({"versions": n, "more": more}).encode() + b"\n",
+              st.integers(-1, 5), st.booleans()),
+    st.builds(lambda v, c: json.dumps({"v": v, "csum": c}).encode() + b"\n",
+              st.lists(st.integers(-1, 1 << 64), min_size=7, max_size=9),
+              st.one_of(st.none(), st.text("0123456789abcdef", min_size=30, max_size=34))),
+    st.binary(max_size=40)), max_size=8))
+def test_a_hostile_replica_gives_only_checked_versions(store, frames):
+    hello = json.dumps({"hammerfs-fetch": 1, "pfs": 5, "shared_uuid":
+                        store.get_pfs(1).shared_uuid, "unique_uuid": "x"}).encode() + b"\n"
+    fake = FakeReplica(hello + b"".join(frames))
+    healer = Healer(store, "fake", lambda: SocketChannel(fake.ours))
+    lo, hi = (1, 50, 0, 0, 0), (1, 300, 0, 0, 0)
+    got = healer.versions(lo, hi)
+    keys = [v.key for v in got]
+    assert keys == sorted(set(keys)) and all(lo <= k < hi for k in keys)
+    for v in got:
+        assert v.key[4] > 0 and (v.delete_tid == 0 or v.delete_tid > v.key[4])
+        assert len(v.csum) == 16 and (v.inline is None) == (v.length > 512)
+        assert v.inline is None or len(v.inline) == v.length
+    healer.close()

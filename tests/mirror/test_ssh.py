@@ -267,3 +267,64 @@ def test_scrub_repairs_from_a_remote_replica_confined_by_ssh_remote(sshd, vols, 
     assert healed.stdout.count("REPAIRED: PFS #1:/") == 3, healed.stdout
     assert run_hammer("scrub", s).stdout.rstrip().endswith("no damage found")
     check_replica(m, s)
+
+
+def test_metrics_of_a_stream_whose_source_is_remote(sshd, mounted, tmp_path):
+    """A slave mounted here fed over ssh by `mirror-stream host:PATH`: the exporter gets the
+    stream's bytes, records and lag from the target's mount (no local source to ask), and
+    they move as the master changes; scraped over HTTP and parsed as Prometheus text."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_mounts import start, stop
+
+    from hammerfs.service.config import MetricsSpec, MountSpec, StreamSpec
+    from hammerfs.service.metrics import Exporter, HammerCollector, StreamView
+
+    d, port = sshd
+    _m, s, mm, sm = mounted
+    run_hammer("pfs-slave", sm / "pfs" / "slave", f"shared-uuid={_shared(mm)}")
+    _authorize(d, [(d / "user.pub").read_text().strip()])
+    env = {"HAMMER_RSH": _ssh_opts(d / "user") + f" -p {port}",
+           "HAMMER_REMOTE_CMD": REMOTE_HAMMER}
+    (mm / "first").write_bytes(os.urandom(5000))
+    spec = StreamSpec("offsite", f"127.0.0.1:{mm}", str(sm / "pfs" / "slave"))
+    stream = start(*spec.stream_argv(), env=env)
+    web = _free_port()
+    exporter = Exporter(MetricsSpec(port=web), HammerCollector(
+        lambda: [MountSpec("slave", str(s), 0, str(sm))],
+        lambda: [StreamView(spec, stream.poll() is None, 0, "", 0)]))
+    exporter.start()
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {s.name: s.value for fam in text_string_to_metric_families(text)
+                for s in fam.samples if s.labels.get("stream") == "offsite"}
+
+    def wait_for(cond, what):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            got = cond()
+            if got:
+                return got
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}")
+    try:
+        first = wait_for(lambda: (m := scrape()).get("hammerfs_stream_sent_records_total")
+                         and m, "the first batch")
+        assert first["hammerfs_stream_up"] == 1
+        assert first["hammerfs_stream_sent_bytes_total"] > 5000
+        assert 0 <= first["hammerfs_stream_seconds_behind"] < 60
+        for i in range(5):
+            (mm / f"more{i}").write_bytes(os.urandom(3000))
+        later = wait_for(lambda: (m := scrape())["hammerfs_stream_sent_records_total"]
+                         > first["hammerfs_stream_sent_records_total"] + 5 and m, "more")
+        assert later["hammerfs_stream_sent_bytes_total"] > \
+            first["hammerfs_stream_sent_bytes_total"] + 15000
+        wait_for(lambda: (sm / "pfs" / "slave" / "more4").exists(), "the slave")
+        assert wait_for(lambda: scrape()["hammerfs_stream_seconds_behind"] == 0 or None,
+                        "the slave to catch up") is not None
+    finally:
+        exporter.stop()
+        stop(stream)

@@ -525,6 +525,19 @@ def test_metrics_endpoint_textfile_and_the_scheduled_scrub(setup, tmp_path):
                      op="lookup") >= 1
         assert value(samples, "hammerfs_fuse_errors_total", mount="master", op="lookup",
                      errno="ENOENT") >= 1
+        # cache hit rates: lookups and misses of the node and inode caches move with use
+        before = {c: (value(samples, "hammerfs_cache_lookups_total", mount="master", cache=c),
+                      value(samples, "hammerfs_cache_misses_total", mount="master", cache=c))
+                  for c in ("node", "inode")}
+        assert all(0 <= m <= n and n > 0 for n, m in before.values()), before
+        for i in range(10):
+            (mm / f"cached{i}").write_text("x")
+            os.stat(mm / f"cached{i}")
+        after = scrape()
+        for c, (n, _) in before.items():
+            assert value(after, "hammerfs_cache_lookups_total", mount="master", cache=c) > n
+            ratio = value(after, "hammerfs_cache_hit_ratio", mount="master", cache=c)
+            assert 0 < ratio <= 1
         assert value(samples, "hammerfs_stream_up", stream="backup") == 1
         assert value(samples, "hammerfs_stream_restarts_total", stream="backup") == 0
         assert value(samples, "hammerfs_stream_sent_records_total", stream="backup") > 0

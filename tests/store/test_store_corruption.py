@@ -105,10 +105,13 @@ def test_flipped_bits_are_caught_and_contained(tmp_path, seed):
     store = Store.open(FileDevice(str(path), readonly=True))
     for k in keys:
         if reads[k] & damaged:
-            with pytest.raises(CorruptionError) as err:
-                list(store.scan(k, k, history=True))
-            assert err.value.location // BLOCK in heads
-            assert f"{err.value.location:#x}" in str(err.value)
+            try:
+                got = list(store.scan(k, k, history=True))
+            except CorruptionError as err:
+                assert err.location // BLOCK in heads
+                assert f"{err.location:#x}" in str(err)
+            else:  # a damaged node rebuilt bit for bit (its header, padding or children)
+                assert got == pristine[k] and store.damage.found
         else:
             assert list(store.scan(k, k, history=True)) == pristine[k]
     report = scrub(store)

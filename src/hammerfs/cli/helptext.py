@@ -137,7 +137,7 @@ EXAMPLES = {
               "hammer newfs -f -L data /dev/disk/by-id/ata-DISK   # overwrite what is there"],
     "info": ["hammer info master.img", "hammer info /fort_knox        # a mounted volume"],
     "show": ["hammer show --key-file k1 master.img 1:0x10"],
-    "scrub": ["hammer scrub /fort_knox                    # online, 200 MiB/s at most",
+    "scrub": ["hammer scrub /fort_knox                    # online, 2 GiB/s at most",
               "hammer scrub --from backup:/fort_knox_slave/pfs/slave /fort_knox",
               "hammer scrub --status /fort_knox", "hammer scrub --key-file k1 master.img"],
     "mirror-fetch": ["ssh backup hammer mirror-fetch /fort_knox_slave/pfs/slave   "

@@ -77,12 +77,14 @@ def cmd_scrub(args: argparse.Namespace) -> int:
         print(f"scrub {where}: continuing the interrupted scrub at "
               f"{100 * st.get('resumed_at', 0):.1f}%", file=sys.stderr)
     tty = sys.stderr.isatty()
+    polled = time.monotonic()
     try:
         while st["state"] == "running":
             if tty:
                 sys.stderr.write("\r" + _progress(st) + "\033[K")
                 sys.stderr.flush()
-            time.sleep(POLL_SECONDS)
+            # quickly at first: a small volume's scrub ends within a second
+            time.sleep(POLL_SECONDS if time.monotonic() - polled > 2 else 0.05)
             st = client.call("scrub-status")
     except KeyboardInterrupt:
         if tty:
@@ -131,7 +133,8 @@ def _print_damage(st: dict) -> int:
     remaining = 0
     for d in st.get("damage", []):
         if d["repaired"]:
-            print(f"REPAIRED: {d['path']}: {d['message']} (rewritten from the replica)")
+            how = "" if d["kind"] == "node" else " (rewritten from the replica)"
+            print(f"REPAIRED: {d['path']}: {d['message']}{how}")  # a node's says its source
         else:
             remaining += 1
             print(f"DAMAGED: {d['path']}: {d['message']}")

@@ -17,6 +17,7 @@ from hammerfs.control import scrubbing
 from hammerfs.control.server import ControlContext, streamed, takes
 from hammerfs.errors import ErrnoError, HammerError, ReadOnly
 from hammerfs.fs import cleanup, history
+from hammerfs.fs.filesystem import CacheStats
 from hammerfs.fs.layout import NOHISTORY
 from hammerfs.fs.namespace import Namespace
 from hammerfs.store.format import EXT_SHARED, STORE_PFS, extent_off
@@ -454,7 +455,9 @@ def op_metrics(ctx: ControlContext, args: dict, conn) -> dict:
     if stats is not None:
         out.update(commits=stats.commits, commit_seconds=stats.commit_seconds,
                    last_commit_seconds=stats.last_commit_seconds,
-                   node_reads=store.tree.node_reads, node_cache=len(store.tree.cache))
+                   node_reads=store.tree.node_reads, node_cache=len(store.tree.cache),
+                   node_lookups=store.tree.node_lookups, node_misses=store.tree.node_misses)
+    out.update(inode_lookups=CacheStats.lookups, inode_misses=CacheStats.misses, pfs=ctx.pfs)
     damage = getattr(store, "damage", None)
     if damage is not None:
         out.update(damage_found=damage.found, damage_repaired=damage.repaired,

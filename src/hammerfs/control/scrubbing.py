@@ -9,7 +9,10 @@ layer's healer): this layer imports neither."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import platform
 import threading
 import time
 
@@ -20,6 +23,21 @@ from hammerfs.store.format import BLOCK, STORE_PFS
 from hammerfs.store.scrub import DEFAULT_RATE, Damage, Scrubber, load_damage, load_state
 
 log = logging.getLogger("hammerfs.scrub")
+
+
+IOPRIO_SET = 251  # the ioprio_set system call on x86_64
+IOPRIO_IDLE = 3 << 13  # the idle I/O class: served when no other I/O waits
+
+
+def background_priority() -> None:
+    """Put this thread (the scrub) in the idle I/O class, as `btrfs scrub start` does by
+    default: on a disk, the mount's reads and writes go first.  Best effort (another
+    architecture, or a kernel without it: the rate limit still applies)."""
+    if platform.machine() != "x86_64":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).syscall(IOPRIO_SET, 1, threading.get_native_id(),
+                                                   IOPRIO_IDLE)
 
 
 class ScrubJob:
@@ -36,6 +54,7 @@ class ScrubJob:
         self.thread.start()
 
     def _run(self) -> None:
+        background_priority()
         try:
             report = self.scrubber.run()
             if report.finished_ns:

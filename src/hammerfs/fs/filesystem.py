@@ -54,6 +54,14 @@ MAX_REC_TYPE = 0xFFFF
 INODE_CACHE = 65536  # decoded inodes a view keeps at most (~512 bytes each)
 
 
+class CacheStats:
+    """Lookups in the inode caches of every view of this process, and the misses (metrics:
+    a mount is one process)."""
+
+    lookups = 0
+    misses = 0
+
+
 class FsError(ErrnoError):
     """A POSIX error (ENOENT, EEXIST, ...) with a message; FUSE returns its errno."""
 
@@ -184,9 +192,11 @@ class FileSystem:
 
     # -- inodes ----------------------------------------------------------------------------------
     def getattr(self, obj: int) -> Inode:
+        CacheStats.lookups += 1
         ino = self._inodes.get(obj)
         if ino is not None:
             return ino
+        CacheStats.misses += 1
         rec = self.store.get(self._key(obj, REC_INODE), self.asof)
         if rec is None:
             raise FsError(errno.ENOENT, f"no object {obj:#x}")

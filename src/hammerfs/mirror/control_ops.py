@@ -99,6 +99,15 @@ def _slaves(ctx) -> dict[tuple[int, str], dict[str, Any]]:
     return extra.setdefault("mirror_slaves", {})
 
 
+def _received(ctx, pfs: int) -> dict[str, int]:
+    """What this mount's slave PFS ``pfs`` has received (writer.Target keeps it up to date):
+    for the metrics of a stream whose source is not local (ssh)."""
+    extra = getattr(ctx, "extra", None)
+    if extra is None:
+        return {}
+    return extra.setdefault("mirror_received", {}).setdefault(pfs, {})
+
+
 def slave_info(store, pfs: int, slaves: dict, now: float | None = None) -> list[dict]:
     """Each slave of ``pfs`` fed through this mount: how far behind it is (0 when nothing
     of this PFS changed after its sync point), what it was sent, its last acknowledgement."""
@@ -126,8 +135,14 @@ def slave_lines(store, pfs: int, slaves: dict, now: float | None = None) -> list
 def mirror_metrics(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
     """For `hammer up`'s exporter: the slaves of every PFS this mount has fed."""
     store, slaves = _store(ctx), _slaves(ctx)
+    received = getattr(ctx, "extra", {}).get("mirror_received", {})
+    # a slave's lag as the master's TIDs tell it (a TID is the nanosecond time of its
+    # commit): the newest master TID announced, less the slave's sync point
     return {"slaves": [dict(s, pfs=pfs) for pfs in sorted({p for p, _ in slaves})
-                       for s in slave_info(store, pfs, slaves)]}
+                       for s in slave_info(store, pfs, slaves)],
+            "received": [{"pfs": pfs, "bytes": r["bytes"], "records": r["records"],
+                          "behind": max(0, r["master_tid"] - r["synced"]) / 1e9}
+                         for pfs, r in sorted(received.items()) if "bytes" in r]}
 
 
 def pfs_status(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
@@ -202,7 +217,7 @@ def mirror_read(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any
 def mirror_write(ctx, args: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
     # Always answer on the socket: in one-way mode the caller only reads ERROR frames.
     with channel(_stream(conn, "mirror-write")) as (inp, out):
-        res = Target(_store(ctx), _pfs(args), inp, out).run()
+        res = Target(_store(ctx), _pfs(args), inp, out, _received(ctx, _pfs(args))).run()
     return {"batches": res.batches, "sync_end_tid": res.sync_end_tid}
 
 

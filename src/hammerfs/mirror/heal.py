@@ -8,10 +8,21 @@ a volume this process opens, or ``ssh [user@]host hammer mirror-fetch PATH`` (wh
 used only if they match the checksum the damaged side's leaf expects
 (``Store.rewrite_data``): a replica holding another version, or other bytes, is refused.
 
+A damaged B-tree leaf is rebuilt from the replica's versions of the leaf's key range
+(``Healer.versions``; store/noderepair.py uses them only for a block whose checksum is the
+one its parent expects).
+
 Protocol (after the server's hello line, one request at a time):
   server: ``{"hammerfs-fetch": 1, "pfs": N, "shared_uuid": U, "unique_uuid": V}`` LF
   client: ``{"get": [obj_id, rec_type, key, create_tid]}`` LF
   server: ``{"found": true, "length": N}`` LF + N bytes | ``{"found": false}`` LF
+          | ``{"error": TEXT}`` LF
+  client: ``{"range": [obj_id, rec_type, key, create_tid], "to": [...] | null, "limit": N}``
+          LF: every version with range <= key < to (null: to the end of the PFS)
+  server: ``{"versions": n, "more": bool}`` LF, then n times
+          ``{"v": [obj_id, rec_type, key, create_tid, delete_tid, create_ts, delete_ts,
+          length], "csum": HEX32 | null}`` LF + the data if length <= 512 (inline data; a
+          larger record's data is not sent: its checksum, of the zero-padded data, is)
           | ``{"error": TEXT}`` LF
 """
 
@@ -30,12 +41,14 @@ from typing import BinaryIO
 
 from hammerfs.errors import HammerError
 from hammerfs.mirror.transport import Channel, ThreadChannel
-from hammerfs.store.format import FullKey, LeafVal
-from hammerfs.store.records import MAX_DATA, MAX_U64
+from hammerfs.store.format import CSUM_SIZE, INLINE_MAX, ZERO_CSUM, FullKey, LeafVal
+from hammerfs.store.noderepair import Version
+from hammerfs.store.records import MAX_DATA, MAX_U64, check_raw_version
 
 log = logging.getLogger("hammerfs.heal")
 
 MAX_LINE = 4096
+MAX_VERSIONS = 4096  # versions of one range in one reply (a leaf holds at most 49 entries)
 TIMEOUT = 20.0  # a repair is given up (the read gets EIO) if the replica takes longer
 VERSION = 1
 
@@ -63,7 +76,12 @@ def serve_fetch(store, pfs: int, rfile: BinaryIO, wfile: BinaryIO) -> int:
         if not line:
             return served
         try:
-            key = _parse_get(line)
+            req = _parse_request(line)
+            if "range" in req:
+                _send_versions(store, pfs, req, wfile)
+                served += 1
+                continue
+            key = req["get"]
             rec = store.get_version((pfs, *key[:3]), key[3])
         except HammerError as exc:  # a bad request, or the replica is damaged there too
             _send(wfile, {"error": str(exc)})
@@ -75,19 +93,46 @@ def serve_fetch(store, pfs: int, rfile: BinaryIO, wfile: BinaryIO) -> int:
         served += 1
 
 
-def _parse_get(line: bytes) -> list[int]:
+def _parse_request(line: bytes) -> dict:
+    """``{"get": key}`` or ``{"range": key, "to": key | None, "limit": n}``, checked."""
     if len(line) > MAX_LINE:
         raise FetchError("mirror-fetch: request line too long")
     try:
         req = json.loads(line)
     except (ValueError, RecursionError):
         raise FetchError("mirror-fetch: request is not JSON") from None
+    if isinstance(req, dict) and "range" in req:
+        lo, hi, limit = req.get("range"), req.get("to"), req.get("limit")
+        if _is_key(lo) and (hi is None or _is_key(hi)) and type(limit) is int \
+                and 0 < limit <= MAX_VERSIONS:
+            return {"range": lo, "to": hi, "limit": limit}
+        raise FetchError("mirror-fetch: a range request is {\"range\": [obj_id, rec_type, "
+                         "key, create_tid], \"to\": [...] or null, \"limit\": "
+                         f"1..{MAX_VERSIONS}}}")
     key = req.get("get") if isinstance(req, dict) else None
-    if not (isinstance(key, list) and len(key) == 4
-            and all(type(x) is int and 0 <= x <= MAX_U64 for x in key) and key[1] <= 0xFFFF):
+    if not _is_key(key):
         raise FetchError("mirror-fetch: a request is {\"get\": [obj_id, rec_type, key, "
                          "create_tid]}")
-    return key
+    return {"get": key}
+
+
+def _is_key(key) -> bool:
+    return isinstance(key, list) and len(key) == 4 \
+        and all(type(x) is int and 0 <= x <= MAX_U64 for x in key) and key[1] <= 0xFFFF
+
+
+def _send_versions(store, pfs: int, req: dict, wfile: BinaryIO) -> None:
+    hi = (pfs, *req["to"]) if req["to"] is not None else (pfs + 1, 0, 0, 0, 0)
+    found, more = store.versions_between((pfs, *req["range"]), hi, req["limit"])
+    parts = [json.dumps({"versions": len(found), "more": more}).encode() + b"\n"]
+    for k, v in found:
+        inline = v[3] <= INLINE_MAX
+        parts.append(json.dumps({"v": [*k[1:], *v[:4]],
+                                 "csum": None if inline else v[5].hex()}).encode() + b"\n")
+        if inline:
+            parts.append(bytes(v[6] or b""))
+    wfile.write(b"".join(parts))
+    wfile.flush()
 
 
 def _send(wfile: BinaryIO, head: dict, body: bytes = b"") -> None:
@@ -114,11 +159,13 @@ class Healer:
         self._hello: dict | None = None
         self.served = 0
         self.refused = 0
+        self._pfs: list = []  # this volume's PFS table, read at each request
 
     @classmethod
     def open(cls, store, spec: str, connect: Callable[[], Channel]) -> Healer:
         """A healer checked now: the replica answers and mirrors a PFS of this volume."""
         healer = cls(store, spec, connect, keep_open=True)
+        healer._pfs = healer._pfs_list()
         with healer._lock:
             try:
                 healer._connect()
@@ -128,8 +175,10 @@ class Healer:
         return healer
 
     def __call__(self, k: FullKey, v: LeafVal) -> bytes | None:
+        pfs_list = self._pfs_list()  # before our lock: the store's lock is always taken first
         with self._lock:
             try:
+                self._pfs = pfs_list
                 return self._fetch(k, v)
             except (OSError, ValueError, HammerError) as exc:
                 self._close()
@@ -138,6 +187,54 @@ class Healer:
             finally:
                 if not self.keep_open:
                     self._close()
+
+    def versions(self, lo: FullKey, hi: FullKey | None) -> list[Version]:
+        """The replica's versions of every record with lo <= key < hi (None: the end) in
+        the PFSes of this volume it mirrors, keys in this volume's numbering, each checked
+        (in the range, in order, valid TIDs, lengths, data): what a damaged leaf of that
+        range held, if the replica is in the same state."""
+        pfs_list = self._pfs_list()
+        with self._lock:
+            try:
+                self._pfs = pfs_list
+                self._connect()
+                out: list[Version] = []
+                for pfs in sorted(self._local_pfs()):
+                    if lo[0] <= pfs and (hi is None or pfs <= hi[0]):
+                        sub_lo = list(lo[1:5]) if pfs == lo[0] else [0, 0, 0, 0]
+                        sub_hi = list(hi[1:5]) if hi is not None and pfs == hi[0] else None
+                        out += self._range(pfs, sub_lo, sub_hi)
+                return out
+            except (OSError, ValueError, HammerError) as exc:
+                self._close()
+                log.warning("self-heal from %s failed: %s", self.spec, exc)
+                return []
+            finally:
+                if not self.keep_open:
+                    self._close()
+
+    def _range(self, pfs: int, lo: list[int], hi: list[int] | None) -> list[Version]:
+        chan = self._chan
+        chan.wfile.write(json.dumps({"range": lo, "to": hi, "limit": MAX_VERSIONS}).encode()
+                         + b"\n")
+        chan.wfile.flush()
+        reply = _read_reply(chan.rfile)
+        if "error" in reply:
+            raise FetchError(f"the replica {self.spec}: {reply['error']}")
+        n = reply.get("versions")
+        if type(n) is not int or not 0 <= n <= MAX_VERSIONS:
+            raise FetchError(f"the replica {self.spec} sent a bad version count")
+        out: list[Version] = []
+        prev = None
+        for _ in range(n):
+            line = _read_reply(chan.rfile)
+            out.append(_version(pfs, line, chan.rfile))
+            key = list(out[-1].key[1:])
+            if key < lo or (hi is not None and key >= hi) or (prev is not None and key <= prev):
+                raise FetchError(f"the replica {self.spec} sent a version outside the range "
+                                 "asked for, or out of order")
+            prev = key
+        return out
 
     def close(self) -> None:
         with self._lock:
@@ -171,10 +268,19 @@ class Healer:
         self.served += 1
         return data  # Store checks it against the leaf's checksum before using it
 
+    def _pfs_list(self) -> list:
+        """This volume's PFS table (read before the healer's lock is taken: a read holding
+        the store's lock may be waiting for that one)."""
+        try:
+            return self.store.list_pfs()
+        except HammerError as exc:  # the table's own leaf is damaged
+            log.warning("self-heal: the PFS table cannot be read: %s", exc)
+            return []
+
     def _local_pfs(self) -> set[int]:
         """This volume's PFSes that the replica mirrors (the same shared uuid)."""
         shared = self._hello["shared_uuid"]
-        return {pfs for pfs, pd in self.store.list_pfs()
+        return {pfs for pfs, pd in self._pfs
                 if pd.shared_uuid == shared and not pd.is_deleted
                 and pd.unique_uuid != self._hello.get("unique_uuid")}
 
@@ -202,6 +308,29 @@ class Healer:
         chan.close_write()
         with contextlib.suppress(Exception):
             chan.finish(timeout=5)
+
+
+def _version(pfs: int, head: dict, rfile: BinaryIO) -> Version:
+    """One version line of a range reply (and its inline data), checked."""
+    fields, csum = head.get("v"), head.get("csum")
+    if not (isinstance(fields, list) and len(fields) == 8
+            and all(type(x) is int and 0 <= x <= MAX_U64 for x in fields)
+            and fields[1] <= 0xFFFF and fields[7] <= MAX_DATA):
+        raise FetchError("the replica sent a malformed version")
+    obj, rec_type, key, ctid, dtid, cts, dts, length = fields
+    check_raw_version(obj, ctid, dtid, dts)  # HammerError: refused like the stream would
+    if length <= INLINE_MAX:
+        if csum is not None:
+            raise FetchError("the replica sent a checksum for inline data")
+        return Version((pfs, obj, rec_type, key, ctid), dtid, cts, dts, length, ZERO_CSUM,
+                       _read_exact(rfile, length))
+    try:
+        raw = bytes.fromhex(csum) if isinstance(csum, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != CSUM_SIZE:
+        raise FetchError("the replica sent a malformed data checksum")
+    return Version((pfs, obj, rec_type, key, ctid), dtid, cts, dts, length, raw, None)
 
 
 def _read_reply(rfile: BinaryIO) -> dict:

@@ -64,13 +64,20 @@ class Target:
     """Runs one target session: ``inp`` carries the source's frames; ``out`` (two-way mode)
     carries our HELLO/PFSD and UPDATE acknowledgements back."""
 
-    def __init__(self, store: RecordStore, pfs: int, inp: BinaryIO, out: BinaryIO | None):
+    def __init__(self, store: RecordStore, pfs: int, inp: BinaryIO, out: BinaryIO | None,
+                 stats: dict | None = None):
         self.store = store
         self.pfs = pfs
         self.rx = s.FrameReader(inp)
         self.tx = s.FrameWriter(out) if out is not None else None
         self.result = WriteResult()
         self.batch: _Batch | None = None
+        # metrics, kept across sessions by the mount: bytes and REC frames received, the
+        # newest master TID the source announced (BATCH, ESTIMATE, IDLE) and the sync point
+        self.stats = stats if stats is not None else {}
+        for name in ("bytes", "records", "master_tid", "synced"):
+            self.stats.setdefault(name, 0)
+        self._bytes_before = self.stats["bytes"]
 
     def run(self) -> WriteResult:
         try:
@@ -103,6 +110,7 @@ class Target:
             raise HammerError(f"PFS #{self.pfs} is a master: only a slave accepts "
                               f"mirror-write (see pfs-downgrade)")
         self.result.sync_end_tid = desc.sync_end_tid
+        self.stats["synced"] = desc.sync_end_tid
         return desc
 
     def _handshake(self, desc: PfsData) -> None:
@@ -124,7 +132,11 @@ class Target:
             raise s.StreamError("mirror stream is truncated: it ended without TERM") from None
         if frame.type == s.ERROR:
             raise s.decode_error(frame, "mirror source")
+        self.stats["bytes"] = self._bytes_before + self.rx.bytes
         return frame
+
+    def _master_at(self, tid: int) -> None:
+        self.stats["master_tid"] = max(self.stats["master_tid"], tid)
 
     def _tell_peer(self, exc: BaseException) -> None:
         with contextlib.suppress(s.StreamError):
@@ -165,6 +177,7 @@ class Target:
         if desc.mirror_flags & PFS_DOWNGRADED and beg - 1 < have:
             rollback_to = have = beg - 1
         self.batch = _Batch(beg, end, stale=end <= have, rollback_to=rollback_to)
+        self._master_at(end)
 
     def _rollback_to_common(self, common: int) -> None:
         """An ex-master being re-synced: drop what it did after the last shared TID."""
@@ -198,6 +211,7 @@ class Target:
         if len(rec.data) > MAX_DATA:
             raise s.StreamError(f"mirror stream is corrupt: record of {len(rec.data)} bytes")
         self._ordered(batch, rec.fullkey[1:])
+        self.stats["records"] += 1
         if not batch.stale:
             self._hold(batch, rec, len(rec.data))
 
@@ -250,6 +264,7 @@ class Target:
             self.store.commit()
             self.result.batches += 1
             self.result.sync_end_tid = end
+            self.stats["synced"] = end
         self.batch = None
         if self.tx is not None:
             self.tx.send(s.UPDATE, s.tid_payload(end), flush=True)
@@ -259,9 +274,9 @@ class Target:
         if self.batch is not None:
             raise s.StreamError(f"mirror stream is out of order: {frame.name} inside a batch")
         if frame.type == s.IDLE:
-            s.decode_tid(frame)
+            self._master_at(s.decode_tid(frame))
         else:
-            s.decode_estimate(frame)
+            self._master_at(s.decode_estimate(frame)[3])
 
     _handlers = {s.BATCH: _on_batch, s.REC: _on_rec, s.PASS: _on_pass, s.SYNC: _on_sync,
                  s.IDLE: _on_between, s.ESTIMATE: _on_between}

@@ -51,14 +51,17 @@ class HammerCollector:
     def collect(self):
         g = _Families()
         slaves_by_mount: dict[str, list[dict]] = {}
+        received_by_mount: dict[str, tuple[int, list[dict]]] = {}
         for m in self.mounts():
-            info, slaves = _ask(m.mountpoint)
+            info, mirror = _ask(m.mountpoint)
+            slaves = mirror.get("slaves", [])
             labels = [m.name, m.mountpoint]
             g.gauge("mount_up", "1 if the mount answers its control channel", labels,
                     1 if info is not None else 0)
             if info is None:
                 continue
             slaves_by_mount[m.mountpoint] = slaves
+            received_by_mount[m.mountpoint] = (info.get("pfs", 0), mirror.get("received", []))
             for key, help_text in (("total_bytes", "size of the volume"),
                                    ("used_bytes", "bytes in use on the volume"),
                                    ("free_bytes", "bytes free on the volume")):
@@ -74,6 +77,7 @@ class HammerCollector:
                           labels, info["node_reads"])
                 g.gauge("mount_node_cache_nodes", "B-tree nodes in the cache", labels,
                         info["node_cache"])
+            self._caches(g, labels, info)
             if "damage_found" in info:
                 for key, help_text in (
                         ("found", "damaged data extents met by reads and scrubs"),
@@ -100,10 +104,28 @@ class HammerCollector:
                 g.gauge("scrub_running", "1 while a scrub runs", labels,
                         1 if scrub["running"] else 0)
         for sv in self.streams():
-            self._stream(g, sv, slaves_by_mount)
+            self._stream(g, sv, slaves_by_mount, received_by_mount)
         yield from g.families.values()
 
-    def _stream(self, g: _Families, sv: StreamView, slaves_by_mount: dict) -> None:
+    @staticmethod
+    def _caches(g: _Families, labels: list[str], info: dict) -> None:
+        """Lookups and misses of the B-tree node cache and the inode caches, and the hit
+        ratio since mounted (the rate of hits: 1 - rate(misses) / rate(lookups))."""
+        names = ("mount", "mountpoint", "cache")
+        for cache in ("node", "inode"):
+            lookups, misses = info.get(f"{cache}_lookups"), info.get(f"{cache}_misses")
+            if lookups is None or misses is None:
+                continue
+            g.counter("cache_lookups", "cache lookups (node: B-tree nodes visited; inode: "
+                      "decoded inodes asked for)", [*labels, cache], lookups, names=names)
+            g.counter("cache_misses", "cache lookups that had to read and decode records",
+                      [*labels, cache], misses, names=names)
+            g.gauge("cache_hit_ratio", "share of the lookups served from memory since "
+                    "mounted", [*labels, cache],
+                    1 - misses / lookups if lookups else 1.0, names=names)
+
+    def _stream(self, g: _Families, sv: StreamView, slaves_by_mount: dict,
+                received_by_mount: dict) -> None:
         labels = [sv.spec.name, sv.spec.source, sv.spec.target]
         g.gauge("stream_up", "1 while the mirror-stream process runs", labels,
                 1 if sv.running else 0, names=("stream", "source", "target"))
@@ -115,18 +137,43 @@ class HammerCollector:
             g.gauge("stream_last_message_info", "the stream's latest message (its last "
                     "error after an exit)", [*labels, sv.last_line[:200]], 1,
                     names=("stream", "source", "target", "message"))
-        real = os.path.realpath(sv.spec.source)
-        slaves = next((s for mp, s in slaves_by_mount.items()
-                       if real == mp or real.startswith(mp.rstrip("/") + "/")), None)
+        # the slaves the source's mount feeds (one per stream in the usual setup), else what
+        # the target's mount received (a source over ssh)
+        slaves = _inside(sv.spec.source, slaves_by_mount) or _received(sv.spec.target,
+                                                                      received_by_mount)
         if not slaves:
-            return  # a remote source, or nothing acknowledged yet
-        # the slaves the source's mount feeds (one per stream in the usual setup)
+            return  # nothing acknowledged yet, or neither end mounted here
         g.gauge("stream_seconds_behind", "how far the slave is behind the master", labels,
                 max(s["behind"] for s in slaves), names=("stream", "source", "target"))
         g.counter("stream_sent_bytes", "mirror stream bytes sent", labels,
                   sum(s["bytes"] for s in slaves), names=("stream", "source", "target"))
         g.counter("stream_sent_records", "record versions sent", labels,
                   sum(s["records"] for s in slaves), names=("stream", "source", "target"))
+
+
+def _inside(path: str, by_mount: dict):
+    """The value of the mount that ``path`` lies in (None: no mount here has it)."""
+    real = os.path.realpath(path)
+    return next((v for mp, v in by_mount.items()
+                 if real == mp or real.startswith(mp.rstrip("/") + "/")), None)
+
+
+def _received(target: str, received_by_mount: dict) -> list[dict]:
+    """What the target PFS ``target`` (its mount point, or a PFS softlink in a mount) has
+    received, as a one-entry list; [] when it is not local."""
+    from hammerfs.fs import parse_magic
+
+    where = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(target))),
+                         os.path.basename(target))  # a softlink is not followed
+    mount = _inside(where, received_by_mount)
+    if mount is None:
+        return []
+    pfs, received = mount
+    if os.path.islink(where):
+        with contextlib.suppress(OSError):
+            magic = parse_magic(os.fsencode(os.readlink(where)))
+            pfs = magic.pfs if magic is not None else None
+    return [r for r in received if r["pfs"] == pfs]
 
 
 class _Families:
@@ -148,22 +195,23 @@ class _Families:
         self._family(CounterMetricFamily, name, help_text, names).add_metric(labels, value)
 
 
-def _ask(mountpoint: str) -> tuple[dict | None, list[dict]]:
-    """(metrics, slaves) of the mount on ``mountpoint``; (None, []) when it does not answer."""
+def _ask(mountpoint: str) -> tuple[dict | None, dict]:
+    """(metrics, mirror-metrics) of the mount on ``mountpoint``; (None, {}) when it does
+    not answer."""
     from hammerfs.control import ControlClient, find_mount
     try:
         mount = find_mount(mountpoint)
         if mount is None or os.path.realpath(mount.mountpoint) != os.path.realpath(mountpoint):
-            return None, []
+            return None, {}
         client = ControlClient.for_mount(mount, timeout=CALL_TIMEOUT)
         info = client.call("metrics")
-        slaves: list[dict] = []
+        mirror: dict = {}
         with contextlib.suppress(HammerError):
-            slaves = client.call("mirror-metrics").get("slaves", [])
-        return info, slaves
+            mirror = client.call("mirror-metrics")
+        return info, mirror
     except (HammerError, OSError) as exc:
         log.debug("metrics of %s: %s", mountpoint, exc)
-        return None, []
+        return None, {}
 
 
 class Exporter:

@@ -14,6 +14,7 @@ child's offset, checksum and aggregated max TID (HAMMER's mirror_tid) into its p
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 
 from hammerfs.errors import CorruptionError
 from hammerfs.store.alloc import META, Allocator
@@ -62,6 +63,13 @@ class BTree:
         self.cache: dict[int, Node] = {}
         self.dirty_count = 1 if root.dirty else 0
         self.node_reads = 0
+        # node cache metrics: nodes looked up in a descent or walk, and those of them read
+        # from disk because the cache did not hold them (dirty nodes count as hits)
+        self.node_lookups = 0
+        self.node_misses = 0
+        # (offset, checksum, level, first key, end key or None, error) -> the node rebuilt
+        # and verified, or raises: a child read that failed its checksum (store/noderepair.py)
+        self.node_healer: Callable[..., Node] | None = None
 
     @classmethod
     def empty(cls, dev, alloc: Allocator) -> BTree:
@@ -85,17 +93,45 @@ class BTree:
         return Node(level, keys, vals, off, csum)
 
     def child(self, node: Node, i: int) -> Node:
+        self.node_lookups += 1
+        return self._child(node, i)
+
+    def _child(self, node: Node, i: int) -> Node:
+        """``child`` without counting the lookup (descents count theirs at once)."""
         ref = node.vals[i]
         if ref[3] is not None:
             return ref[3]
         found = self.cache.get(ref[0])
         if found is None:
-            found = self.read_node(ref[0], ref[1])
+            self.node_misses += 1
+            try:
+                found = self.read_node(ref[0], ref[1])
+            except CorruptionError as exc:
+                if self.node_healer is None:
+                    raise
+                found = self.node_healer(ref[0], ref[1], node.level - 1, node.keys[i],
+                                         self.upper_bound(node, i), exc)
             if found.level != node.level - 1:
                 raise CorruptionError(f"B-tree node at offset {ref[0]:#x} has level "
                                       f"{found.level}, expected {node.level - 1}", ref[0])
             self._cache_put(found)
         return found
+
+    def upper_bound(self, node: Node, i: int) -> FullKey | None:
+        """The first key after the range of child ``i`` of ``node`` (None: the end, or not
+        known without reading from disk)."""
+        if i + 1 < len(node.keys):
+            return node.keys[i + 1]
+        hi, cur, k = None, self.root, node.keys[0]
+        while cur is not node and cur.level > node.level:
+            j = max(0, bisect_right(cur.keys, k) - 1)
+            if j + 1 < len(cur.keys):
+                hi = cur.keys[j + 1]
+            ref = cur.vals[j]
+            cur = ref[3] or self.cache.get(ref[0])
+            if cur is None:
+                return None
+        return hi if cur is node else None
 
     def _cache_put(self, node: Node) -> None:
         cache = self.cache
@@ -108,6 +144,7 @@ class BTree:
         path = []
         node = self.root
         cache = self.cache
+        self.node_lookups += node.level + 1  # the root (always in memory) and each child
         while node.level:
             i = bisect_right(node.keys, k) - 1
             if i < 0:
@@ -115,18 +152,19 @@ class BTree:
             path.append((node, i))
             ref = node.vals[i]
             child = ref[3] or cache.get(ref[0])
-            node = child if child is not None else self.child(node, i)
+            node = child if child is not None else self._child(node, i)
         return path, node
 
     def floor(self, k: FullKey) -> tuple[FullKey, LeafVal] | None:
         """The entry with the largest key <= k (separators are exact, so it is in this leaf)."""
         node = self.root
         cache = self.cache
+        self.node_lookups += node.level + 1  # the root (always in memory) and each child
         while node.level:  # the read-only descent of _descend, without recording the path
             i = bisect_right(node.keys, k) - 1
             ref = node.vals[i if i > 0 else 0]
             child = ref[3] or cache.get(ref[0])
-            node = child if child is not None else self.child(node, i if i > 0 else 0)
+            node = child if child is not None else self._child(node, i if i > 0 else 0)
         i = bisect_right(node.keys, k) - 1
         return (node.keys[i], node.vals[i]) if i >= 0 else None
 

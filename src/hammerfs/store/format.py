@@ -249,3 +249,29 @@ def freemap_geometry(nblocks: int) -> tuple[int, int]:
     pages = -(-nblocks // BITS_PER_PAGE)
     table_blocks = -(-(pages * CSUM_SIZE) // BLOCK)
     return pages, table_blocks
+
+
+# -- what a damaged node block claims (store/noderepair.py) --------------------------------------
+
+def node_claims(raw: bytes) -> tuple[int, int, int, int]:
+    """(level, entry count, heap bytes, max TID) as a node block that FAILED verification
+    claims them; nothing here may be trusted alone."""
+    _, level, _, count, heap_len, max_tid = _NODE_HDR.unpack_from(raw)
+    return level, count, heap_len, max_tid
+
+
+def max_entries(level: int) -> int:
+    """How many entries a node of ``level`` can hold at most."""
+    return (NODE_SIZE - NODE_HDR_SIZE) // (INNER_ENTRY_SIZE if level else LEAF_ENTRY_SIZE)
+
+
+def leaf_rows(raw: bytes, count: int) -> list[tuple]:
+    """The first ``count`` leaf entries of a (damaged) block as they read: (pfs, obj,
+    rec_type, key, create_tid, delete_tid, create_ts, delete_ts, length, offset, checksum)."""
+    return list(_LEAF.iter_unpack(raw[NODE_HDR_SIZE:NODE_HDR_SIZE + count * LEAF_ENTRY_SIZE]))
+
+
+def inner_rows(raw: bytes, count: int) -> list[tuple]:
+    """The first ``count`` internal entries of a (damaged) block as they read: (5 key
+    fields, child offset, child max TID, child checksum)."""
+    return list(_INNER.iter_unpack(raw[NODE_HDR_SIZE:NODE_HDR_SIZE + count * INNER_ENTRY_SIZE]))

@@ -4,10 +4,10 @@ Reads every B-tree node from disk (not the cache) against the checksum in its pa
 data extent against the checksum in its leaf entry, and checks that each reachable block is
 marked in use in the free-map.  A damaged node hides its subtree: that is reported too.
 
-The walk goes in key order in bounded steps (at most about ``STEP_BYTES`` verified per hold
-of the store lock, a tenth of a second's worth at low rates; then the lock is released and
-the walk sleeps as long as ``rate`` requires), so
-a mounted volume stays responsive while it is scrubbed.  Each step resumes at a key, not at
+The walk goes in key order in bounded steps (about ``STEP_BYTES``, a tenth of a second's
+worth at low rates): the nodes of a step are walked under the store lock, its data extents
+read and checksummed after it is released, then the walk sleeps as long as ``rate``
+requires, so a mounted volume stays responsive while it is scrubbed.  Each step resumes at a key, not at
 a node: the tree may change between steps (records written behind the cursor are new and
 were checksummed as they were written).  On a writable volume the cursor and the counts are
 kept in the volume itself (store-private records ``SCRUB_OBJ``, committed with the mount's
@@ -30,11 +30,19 @@ import numpy as np
 
 from hammerfs.errors import CorruptionError, HammerError
 from hammerfs.store.btree import Node
-from hammerfs.store.format import BLOCK, SCRUB_OBJ, FullKey, LeafVal
+from hammerfs.store.format import BLOCK, SCRUB_OBJ, FullKey, LeafVal, checksum, extent_off
 from hammerfs.store.store import Store, _fmt_key
 
-DEFAULT_RATE = 200 * 1000 * 1000  # bytes/s read by an online scrub unless --rate says otherwise
-STEP_BYTES = 2 << 20  # verified per hold of the store lock
+# Bytes/s read by an online scrub unless --rate says otherwise.  The mount's requests wait
+# for a scrub only while it walks a step's nodes (its data is checked without the store
+# lock) and its thread is in the idle I/O class (control/scrubbing.py), so the
+# limit is about the disk's bandwidth left to others, not latency: stat p99 stays a few ms
+# unlimited (docs/performance.md "Online scrub").  2 GiB/s leaves an NVMe disk some room.
+DEFAULT_RATE = 2 << 30
+STEP_BYTES = 8 << 20  # verified per step (the tree walked under the store lock, then the
+#                      step's extents read and checksummed without it)
+RUN_BYTES = 1 << 20  # adjacent (small) extents read with one device read (larger reads
+#                      cost more in fresh memory than they save in calls: measured)
 LEAF_COST = 4 * BLOCK  # a leaf counts as this much work (a node read is a small random read)
 CHECKPOINT_SECONDS = 1.0  # how often a running scrub saves its cursor
 MAX_DAMAGE_KEPT = 1000  # damage entries kept in the volume (the counts are always exact)
@@ -124,6 +132,7 @@ class Scrubber:
         self.stopping = threading.Event()
         self.resumed_at = 0.0  # the fraction an interrupted scrub had done
         self._reached = np.zeros(store.allocator.nblocks, dtype=bool) if leaks else None
+        self._given_up: set[int] = set()  # damaged nodes met in this run (each repaired once)
         state = load_state(store)
         if state.get("cursor") is not None and not restart:
             self._resume(state)
@@ -151,9 +160,12 @@ class Scrubber:
         paced = r.bytes_verified
         while self.cursor is not None and not self.stopping.is_set():
             with store._lock:
-                broken = self._step()
+                self._step()
+            broken = self._verify_extents()
             for k, v, damage in broken:  # the replica is asked without the lock
                 self._repair(k, v, damage)
+            for node in self._broken_nodes:
+                self._repair_node(*node)
             now = time.monotonic()
             ahead = (r.bytes_verified - paced) / self.rate - (now - pace_start) \
                 if self.rate and self.cursor is not None else 0
@@ -183,11 +195,13 @@ class Scrubber:
             r.damage_found(store.freemap_damage, store.freemap_damage.location)
             r.errors[-1] += " (rebuilt from the B-tree; the next commit rewrites it)"
 
-    def _step(self) -> list[tuple[FullKey, LeafVal, Damage]]:
-        """Verify from the cursor on until the step's budget is spent; move the cursor to
-        the first key not verified (None at the end).  Holds the store lock."""
+    def _step(self) -> None:
+        """Walk from the cursor on until the step's budget is spent (nodes verified, extents
+        listed for ``_verify_extents``); move the cursor to the first key not walked (None
+        at the end).  Holds the store lock."""
         self._budget = self.step_bytes
-        self._broken: list[tuple[FullKey, LeafVal, Damage]] = []
+        self._broken_nodes: list[tuple] = []
+        self._extents: list[tuple[int, int, FullKey, LeafVal]] = []  # verified after the step
         root = self.store.tree.root
         if self.cursor == START:
             self._count_node(root)
@@ -195,14 +209,15 @@ class Scrubber:
                 try:
                     self.store.tree.read_node(root.off, root.csum)  # the disk copy, verified
                 except CorruptionError as exc:
-                    self._found(Damage("node", root.off, START, str(exc)))
+                    self._broken_nodes.append((root.off, root.csum, root.level, None, None,
+                                               exc))
         self._next: FullKey | None = None
-        self._walk(root, self.cursor)
+        self._walk(root, self.cursor, None)
         self.cursor = self._next
-        return self._broken
 
-    def _walk(self, node: Node, cursor: FullKey) -> bool:
-        """True when the budget ran out (``_next`` set to where to go on)."""
+    def _walk(self, node: Node, cursor: FullKey, hi: FullKey | None) -> bool:
+        """True when the budget ran out or a damaged node is to be repaired (``_next`` set
+        to where to go on).  ``hi``: the first key after the node's range (None: the end)."""
         keys = node.keys
         if not node.level:
             self._leaf(node, cursor)
@@ -216,6 +231,7 @@ class Scrubber:
             ref = node.vals[j]
             fresh = keys[j] >= cursor or j > start  # entered from its first key
             child = ref[3]
+            end = keys[j + 1] if j + 1 < len(keys) else hi
             if child is None:
                 try:
                     child = tree.read_node(ref[0], ref[1])  # from disk, never the cache
@@ -224,13 +240,17 @@ class Scrubber:
                                               f"{child.level}, expected {node.level - 1}",
                                               ref[0])
                 except CorruptionError as exc:
-                    end = keys[j + 1] if j + 1 < len(keys) else None
-                    self._found(Damage("node", ref[0], keys[j], str(exc), end))
                     self._budget -= BLOCK
-                    continue
+                    if ref[0] in self._given_up:
+                        continue  # reported already: its subtree cannot be reached
+                    # repaired without the lock, then the next step walks into it
+                    self._broken_nodes.append((ref[0], ref[1], node.level - 1, keys[j], end,
+                                               exc))
+                    self._next = max(keys[j], cursor)
+                    return True
             if fresh:
                 self._count_node(child)
-            if self._walk(child, cursor):
+            if self._walk(child, cursor, end):
                 return True
         return False
 
@@ -253,11 +273,42 @@ class Scrubber:
             if not (alloc.is_used(first) and alloc.is_used(first + count - 1)):
                 r.errors.append(f"data extent at offset {off:#x} is not marked in use "
                                 f"in the free-map")
-            if not store.verify_extent(k, v):
-                damage = Damage("extent", off, k, f"data extent at offset {off:#x} "
-                                f"({v[3]} bytes) of record {_fmt_key(k)} failed checksum "
-                                "verification")
-                self._broken.append((k, v, damage))
+            if v[6] is None:  # else not written yet
+                self._extents.append((off, count * BLOCK, k, v))
+
+    def _verify_extents(self) -> list[tuple[FullKey, LeafVal, Damage]]:
+        """Read and checksum the extents the last step met, WITHOUT the store lock (a mount
+        goes on meanwhile), runs of adjacent ones with one device read each.  Extents are
+        copy-on-write, so a mismatch is either damage or a block freed and reused since the
+        step: it is confirmed under the lock (the leaf still holds the entry and its extent
+        still fails) before it counts."""
+        pending, self._extents = sorted(self._extents, key=lambda e: e[0]), []
+        dev, failed, i = self.store.device, [], 0
+        while i < len(pending):
+            start = end = pending[i][0]
+            j = i
+            while j < len(pending) and pending[j][0] == end and end - start < RUN_BYTES:
+                end += pending[j][1]
+                j += 1
+            if j == i:  # overlapping (shared) extents: one at a time
+                end, j = start + pending[i][1], i + 1
+            raw = memoryview(dev.read(start, end - start))
+            failed += [(k, v) for off, n, k, v in pending[i:j]
+                       if checksum(raw[off - start:off - start + n]) != v[5]]
+            i = j
+        if not failed:
+            return []
+        store, out = self.store, []
+        with store._lock:
+            for k, v in failed:
+                now = store.tree.exact(k)
+                if now is None or now[3:6] != v[3:6] or store.verify_extent(k, v):
+                    continue  # changed since (its new extent was checksummed when written)
+                off = extent_off(v[4])
+                out.append((k, v, Damage("extent", off, k, f"data extent at offset {off:#x} "
+                                         f"({v[3]} bytes) of record {_fmt_key(k)} failed "
+                                         "checksum verification")))
+        return out
 
     def _count_node(self, node: Node) -> None:
         r = self.report
@@ -290,14 +341,27 @@ class Scrubber:
             self.report.unrepairable += 1
         self._found(damage)
 
+    def _repair_node(self, off: int, csum: bytes, level: int, lo: FullKey | None,
+                     hi: FullKey | None, exc: CorruptionError) -> None:
+        """Rebuild a damaged node (store/noderepair.py: only bit for bit, verified by the
+        checksum its parent holds); unrepairable ones are skipped for the rest of the run."""
+        source = self.store.node_repair.repair(off, csum, level, lo, hi, self.healer)
+        self._given_up.add(off)  # met again (a repair that did not hold): skipped
+        if source is None:
+            return  # rewritten by a commit since it was read: the next step walks the new one
+        what = "leaf" if level == 0 else "internal node"
+        damage = Damage("node", off, lo or START, f"{exc} ({what})", hi, repaired=bool(source))
+        if source:
+            damage.message += f"; rebuilt from {source}"
+            self.report.repaired += 1
+        else:
+            self.report.unrepairable += 1
+        self._found(damage)
+
     def _found(self, damage: Damage) -> None:
         r = self.report
         r.damage.append(damage)
         r.damaged_offsets.append(damage.offset)
-        if damage.kind == "node":  # rebuilding a node from the replica is not done yet
-            r.unrepairable += 1
-            self.store.damage.found += 1
-            self.store.damage.unrepairable += 1
         if not damage.repaired:
             r.errors.append(damage.message)
         if self.persist and len(r.damage) <= MAX_DAMAGE_KEPT:

@@ -53,6 +53,7 @@ from hammerfs.store.format import (
     header_claims,
     share_window,
 )
+from hammerfs.store.noderepair import NodeRepairer
 from hammerfs.store.pfs import PfsData, PfsTable
 from hammerfs.store.records import (
     HISTORY_ALL,
@@ -119,6 +120,8 @@ class Store(PfsTable):
         # (store, spec, port) -> a healer for `hammer scrub --from` (set with the healer)
         self.healer_factory: Callable | None = None
         self.damage = DamageCounts()
+        self.node_repair = NodeRepairer(self)  # damaged B-tree nodes: on reads and for scrub
+        tree.node_healer = self.node_repair.on_read
         self.stats = CommitStats()  # for metrics (`hammer up`'s exporter)
         self.read_retries = 0  # extent reads done without the lock that raced a reuse
         self._history_floor = hdr.last_tid  # versions at or below are never dropped
@@ -362,7 +365,7 @@ class Store(PfsTable):
         """The version of ``reckey`` created at ``create_tid``, whatever its delete TID, read
         without the healer (a replica serving a repair must not ask for one in turn)."""
         _check_key(reckey)
-        with self._lock:
+        with self._lock, self.node_repair.without_healing():
             v = self._tree.exact((*reckey, create_tid))
             if v is None:
                 return None
@@ -376,6 +379,18 @@ class Store(PfsTable):
                                           "verification here too", off)
                 data = raw[:v[3]]
             return _make_record(*reckey, create_tid, v[0], v[1], v[2], bytes(data))
+
+    def versions_between(self, lo: FullKey, hi: FullKey, limit: int,
+                         ) -> tuple[list[tuple[FullKey, LeafVal]], bool]:
+        """Up to ``limit`` leaf entries with lo <= key < hi in key order, their data checksum
+        computed for extents still in memory, and whether there are more: what a replica
+        tells a volume rebuilding a damaged leaf (mirror/heal.py).  Read without healing,
+        as ``get_version``."""
+        with self._lock, self.node_repair.without_healing():
+            found = [(k, v) for k, v in self._tree.collect(lo, hi, limit + 1) if k < hi]
+        more = len(found) > limit
+        return [(k, (*v[:5], checksum(_padded(v[6])), None) if v[4] and v[6] is not None
+                 else v) for k, v in found[:limit]], more
 
     def _visible(self, reckey: RecKey, tid: int) -> tuple[FullKey, LeafVal] | None:
         hit = self._tree.floor((*reckey, tid))
@@ -953,7 +968,8 @@ class PreparedCommit:
 
 @dataclass
 class DamageCounts:
-    """Damaged data extents met by reads and scrubs since the volume was opened."""
+    """Damaged data extents and B-tree nodes met by reads and scrubs since the volume was
+    opened."""
 
     found: int = 0
     repaired: int = 0
