@@ -51,7 +51,7 @@ def fio(mnt: str, size_mb: int, seconds: int) -> dict:
     before = used_bytes(mnt)
     out = subprocess.run(["fio", "--name=randrw", f"--filename={path}", f"--size={size_mb}M",
                           "--rw=randrw", "--bs=4k", "--ioengine=psync", "--time_based",
-                          f"--runtime={seconds}", "--verify=crc32c", "--verify_backlog=1024",
+                          f"--runtime={seconds}", "--verify=crc32c", "--verify_backlog=1024", "--verify_state_save=0",
                           "--output-format=json"], check=True, capture_output=True).stdout
     job = json.loads(out)["jobs"][0]
     if job["error"]:

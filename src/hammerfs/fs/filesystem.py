@@ -109,11 +109,15 @@ class FileSystem:
         # this transaction are not: merging would copy old data the slice shares.)
         self._fresh: set[tuple[int, int]] = set()
         self._fresh_tid = 0
+        # Live view: bytes of file data each object has stored (st_blocks), counted once by
+        # a scan and then kept exact by writes (the kernel asks for it after every write).
+        self._stored: dict[int, int] = {}
 
     def forget(self) -> None:
         """Drop cached inodes (after records were changed other than through this view)."""
         self._inodes.clear()
         self._no_xattrs.clear()
+        self._stored.clear()
         self._interval_ns = None
 
     # -- history granularity: what each change passes as the store's history_ns -----------------
@@ -156,6 +160,7 @@ class FileSystem:
         """Drop the cached inode of ``obj`` (the FUSE kernel forgot it: memory goes back)."""
         self._inodes.pop(obj, None)
         self._no_xattrs.discard(obj)
+        self._stored.pop(obj, None)
 
     # -- helpers -------------------------------------------------------------------------------
     def _key(self, obj: int, rec_type: int, key: int = 0) -> tuple[int, int, int, int]:
@@ -378,6 +383,7 @@ class FileSystem:
         hist = self._hist(obj)
         self._inodes.pop(obj, None)
         self._no_xattrs.discard(obj)
+        self._stored.pop(obj, None)
         self.store.delete_range(self._key(obj, 0, 0), self._key(obj, MAX_REC_TYPE, MAX_U64),
                                 hist)
 
@@ -514,11 +520,20 @@ class FileSystem:
     def allocated(self, ino: Inode) -> int:
         """Bytes of file data ``ino`` has stored (``st_blocks``): holes count nothing.
         A file of at most one extent is taken as dense (its only record is its data: no
-        scan on the hot path of small files); a larger one counts its extents (each up to
+        scan on the hot path of small files).  The live view sums its extents' lengths once
+        and keeps the sum exact as it writes; a history view counts its extents (each up to
         BLOCK bytes), capped at its size rounded to 512."""
         if not ino.is_reg or ino.size <= BLOCK:
             return ino.size
-        lo, hi = self._key(ino.obj_id, REC_DATA, 0), self._key(ino.obj_id, REC_DATA, MAX_U64)
+        obj = ino.obj_id
+        lo, hi = self._key(obj, REC_DATA, 0), self._key(obj, REC_DATA, MAX_U64)
+        if self.asof is None:
+            n = self._stored.get(obj)
+            if n is None:
+                if len(self._stored) > INODE_CACHE:
+                    self._stored.clear()
+                n = self._stored[obj] = sum(e[1] for e in self.store.extent_lengths(lo, hi))
+            return n
         extents = sum(1 for _ in self.store.scan(lo, hi, self.asof, with_data=False))
         return min(extents * BLOCK, ino.size + 511 & ~511)
 
@@ -611,10 +626,13 @@ class FileSystem:
                     buf[s - lo:e - lo] = memoryview(rdata)[s - key:e - key]
             buf[a - lo:b - lo] = chunk
         room = self.store.room_for(len(buf))
+        stored = self._stored.get(obj)
         for key, n, _ in recs:
             rend = key + n
             if rend <= lo or key >= hi:
                 continue
+            if stored is not None:
+                stored -= min(rend, hi) - max(key, lo)
             at = self._key(obj, REC_DATA, key)
             if rend > hi:  # the untouched tail stays, as a slice of the old extent
                 self.store.put_slice(self._key(obj, REC_DATA, hi), at, hi - key, rend - hi,
@@ -623,6 +641,8 @@ class FileSystem:
                 self.store.put_slice(at, at, 0, lo - key, hist)
             elif key != lo:
                 self.store.delete(at, hist)
+        if stored is not None:
+            self._stored[obj] = stored + hi - lo
         # A volume too fragmented for one extent still takes the data, a page per record.
         for at in range(lo, hi, room):
             self.store.put(self._key(obj, REC_DATA, at), bytes(buf[at - lo:at - lo + room]),
@@ -635,6 +655,7 @@ class FileSystem:
             raise FsError(errno.EINVAL, "negative size")
         ino = self._file(obj)
         if size < ino.size:
+            self._stored.pop(obj, None)  # counted again when asked
             self.store.delete_range(self._key(obj, REC_DATA, size),
                                     self._key(obj, REC_DATA, MAX_U64), self._hist(obj, ino))
             if size % BLOCK:  # an extent across the new end is cut, so growing the file

@@ -44,6 +44,7 @@ from hammerfs.fuse.inodes import SYNTHETIC, InodeTable, direct_ino, generation
 from hammerfs.store.records import MAX_U64, ROOT_OBJ
 
 log = logging.getLogger("hammerfs.fuse")
+_libc = ctypes.CDLL(None, use_errno=True)  # syncfs (not in the os module)
 
 CACHE_TTL = 3600.0  # seconds the kernel keeps names and attributes (invalidated exactly)
 THREADED_IO = 128 * 1024  # reads/writes of at least this many bytes run in a worker thread
@@ -209,12 +210,28 @@ class Invalidator:
 
 class HammerOperations(pyfuse3.Operations):
     enable_acl = False
-    enable_writeback_cache = False
 
     def __init__(self, ns: Namespace, on_ready: Callable[[], None] | None = None,
-                 *, nfs: bool = False):
+                 *, nfs: bool = False, mountpoint: str | None = None):
         super().__init__()
         self.ns = ns
+        # The kernel's writeback cache: a write() lands in the page cache and returns; the
+        # kernel hands dirty pages over in the background, on close, fsync and syncfs.
+        # Without it every write is a request, and (libfuse's auto_inval_data) the GETATTR
+        # after it sees a new mtime and drops the file's whole page cache: 4 KiB random
+        # I/O ran at 1/5-1/20 of gocryptfs's rate.  Kernel-side i_size and mtime are then
+        # authoritative for regular files.  Read-only mounts gain nothing, and the files of
+        # a slave PFS change behind the kernel all the time (a mirror stream), so a mount
+        # of a volume holding one keeps write-through.
+        self.enable_writeback_cache = not ns.root_view().readonly and not any(
+            pd.is_slave for _, pd in ns.store.list_pfs())
+        self.mountpoint = mountpoint
+        # ...so a regular file changed behind the kernel (undo -r, a slave PFS reached
+        # through this mount) must leave the kernel's inode cache: its names the kernel may
+        # hold are kept here (with the cache only), and dropping them evicts the inode
+        # once no file keeps it open.
+        self._names: dict[int, set[tuple[int, bytes]]] = {}
+        self._name_of: dict[tuple[int, bytes], int] = {}
         self.supports_dot_lookup = nfs  # export support: NFS handles, LOOKUP of "." / ".."
         self._on_ready = on_ready
         self.table = InodeTable(ns, on_forget=lambda fs, obj: fs.drop(obj))
@@ -388,12 +405,30 @@ class HammerOperations(pyfuse3.Operations):
         entry = self._entry(fs2, ino)
         if entry.st_ino & SYNTHETIC:
             self.table.magic_names.setdefault(entry.st_ino, set()).add((parent, name))
+        self._named(entry.st_ino, ino, parent, name)
         return entry
+
+    def _named(self, kino: int, ino: Inode, parent: int, name: bytes) -> None:
+        """The kernel holds a dentry ``parent/name`` of ``kino`` (see ``_names``)."""
+        if self.enable_writeback_cache and ino.is_reg:
+            old = self._name_of.get((parent, name))
+            if old is not None and old != kino:
+                self._names.get(old, set()).discard((parent, name))
+            self._names.setdefault(kino, set()).add((parent, name))
+            self._name_of[parent, name] = kino
+
+    def _unnamed(self, kino: int) -> None:
+        for key in self._names.pop(kino, ()):
+            if self._name_of.get(key) == kino:
+                del self._name_of[key]
 
     async def forget(self, inode_list):
         try:  # no reply goes back: a failure here must never end the loop
             with self.ns.lock:
                 self.table.forget(inode_list)
+                for kino, _ in inode_list:
+                    if kino not in self.table.lookups:
+                        self._unnamed(kino)
             self._forgotten += len(inode_list)
             if self._forgotten >= TRIM_AFTER:
                 self._forgotten = 0
@@ -437,7 +472,10 @@ class HammerOperations(pyfuse3.Operations):
     @_locked
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx):
         fs, dir_ino = self._new_name(parent, name)
-        return self._entry(fs, fs.create(dir_ino.obj_id, name, mode, ctx.uid, ctx.gid, rdev))
+        ino = fs.create(dir_ino.obj_id, name, mode, ctx.uid, ctx.gid, rdev)
+        entry = self._entry(fs, ino)
+        self._named(entry.st_ino, ino, parent, name)
+        return entry
 
     @_locked
     def mkdir(self, parent: int, name: bytes, mode: int, ctx):
@@ -455,7 +493,10 @@ class HammerOperations(pyfuse3.Operations):
         fs, dir_ino = self._new_name(new_parent, new_name)
         if fs is not src_fs:
             raise FsError(errno.EXDEV, "cannot link across views")
-        return self._entry(fs, fs.link(obj, dir_ino.obj_id, new_name))
+        ino = fs.link(obj, dir_ino.obj_id, new_name)
+        entry = self._entry(fs, ino)
+        self._named(entry.st_ino, ino, new_parent, new_name)
+        return entry
 
     @_locked
     def unlink(self, parent: int, name: bytes, ctx):
@@ -475,6 +516,10 @@ class HammerOperations(pyfuse3.Operations):
         if ofs is not nfs:
             raise FsError(errno.EXDEV, "cannot rename across PFSs or views")
         ofs.rename(odir.obj_id, old_name, ndir.obj_id, new_name, flags)
+        moved = self._name_of.pop((old_parent, old_name), None)
+        if moved is not None:  # the kernel moved its dentry
+            self._names.get(moved, set()).discard((old_parent, old_name))
+            self._named(moved, ofs.lookup(ndir.obj_id, new_name), new_parent, new_name)
 
     # -- files -----------------------------------------------------------------------------------
     @_locked
@@ -483,7 +528,9 @@ class HammerOperations(pyfuse3.Operations):
         ino = fs.create(dir_ino.obj_id, name, mode, ctx.uid, ctx.gid)
         fs.open(ino.obj_id)
         fh = self._new_fh(Handle(fs, ino.obj_id, bool(flags & os.O_APPEND)))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(fs, ino)
+        entry = self._entry(fs, ino)
+        self._named(entry.st_ino, ino, parent, name)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry
 
     @_locked
     def open(self, kino: int, flags: int, ctx):
@@ -513,8 +560,8 @@ class HammerOperations(pyfuse3.Operations):
     def _write(self, fh: int, off: int, buf: bytes) -> int:
         with self.ns.lock:
             h = self._handle(fh)
-            if h.append:  # O_APPEND: always at the current end, whatever the kernel thinks
-                off = h.fs.getattr(h.obj_id).size
+            if h.append and not self.enable_writeback_cache:  # O_APPEND: at the current
+                off = h.fs.getattr(h.obj_id).size  # end (with the cache the kernel says)
             done = h.fs.write(h.obj_id, off, buf)
         store = self.ns.store
         if len(buf) >= THREADED_IO and store.unwritten_bytes >= WRITE_OUT_AT:
@@ -593,6 +640,7 @@ class HammerOperations(pyfuse3.Operations):
         direct = self.table.is_current(fs)  # the same for every entry: asked once
         bare = direct and NODEID_OFFSET is not None
         held = self.table.lookups
+        dkino = self.table.peek(fs, obj) or 0
         for n, entry in enumerate(fs.readdir(obj, after)):
             if n >= READDIR_BATCH:  # the kernel asks again from the last offset
                 break
@@ -615,6 +663,7 @@ class HammerOperations(pyfuse3.Operations):
                 break
             self.table.looked_up(kino)
             self.entries_with_attributes += 1
+            self._named(kino, child, dkino, entry.name)
 
     async def releasedir(self, fh: int) -> None:
         with self.ns.lock:
@@ -657,8 +706,31 @@ class HammerOperations(pyfuse3.Operations):
                 ends[pfs] = pd.sync_end_tid
         return ends
 
+    def flush_kernel(self) -> None:
+        """Hand the kernel's dirty pages of this mount over (writeback cache): before a
+        control op (a snapshot, undo or mirror read sees every write made before it) and
+        before each periodic commit (what an application wrote is committed within about a
+        second, as without the cache).  Never on the request loop (syncfs waits for the
+        loop to serve the writes) nor under the lock.  Only while files are open: closing a
+        file hands its pages over, and our own fd on the mount would make an unmount racing
+        with it fail (EBUSY)."""
+        if not self.enable_writeback_cache or not self._handles or self.mountpoint is None:
+            return
+        try:
+            fd = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return  # being unmounted
+        try:
+            if _libc.syncfs(fd) != 0:
+                log.warning("syncfs of %s failed: %s", self.mountpoint,
+                            os.strerror(ctypes.get_errno()))
+        finally:
+            os.close(fd)
+
     def begin_change(self) -> dict:
-        """Before a control op: what the kernel's view is based on."""
+        """Before a control op: what the kernel's view is based on (its dirty pages
+        handed over first)."""
+        self.flush_kernel()
         with self.ns.lock:
             return {"tid": self.ns.store.current_tid, "ends": dict(self._slave_ends)}
 
@@ -725,6 +797,8 @@ class HammerOperations(pyfuse3.Operations):
             if kino not in seen:
                 seen.add(kino)
                 self.invalidator.inode(kino)
+                for parent, name in self._names.get(kino, ()):  # kernel size and mtime
+                    self.invalidator.entry(parent, name)  # are its own (writeback cache)
                 for syn in self.table.synthetic_of(pfs, rec.obj_id):
                     self.invalidator.inode(syn, attr_only=True)
             if rec.rec_type == REC_DIRENT and rec.data is not None:
@@ -756,15 +830,17 @@ async def _serve_until_signalled(ops: HammerOperations) -> None:
     is): the kernel unmounts and the final commit runs.  Mirroring into a mounted slave is
     watched here too."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal)
+        nursery.start_soon(_on_signal, ops)
         nursery.start_soon(_watch_slaves, ops)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _on_signal() -> None:
+async def _on_signal(ops: HammerOperations) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _sig in signals:
+            # the kernel's dirty pages first: once the loop stops nobody takes them
+            await trio.to_thread.run_sync(ops.flush_kernel)
             pyfuse3.terminate()
             return
 

@@ -83,15 +83,19 @@ def control_ops() -> dict:
 class Committer(threading.Thread):
     """Commits the open transaction about once a second."""
 
-    def __init__(self, ns: Namespace, interval: float = COMMIT_INTERVAL):
+    def __init__(self, ns: Namespace, interval: float = COMMIT_INTERVAL,
+                 flush: Callable[[], None] | None = None):
         super().__init__(name="hammerfs-commit", daemon=True)
         self.ns = ns
         self.interval = interval
+        self.flush = flush  # the kernel's dirty pages to the filesystem (writeback cache)
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
             try:
+                if self.flush is not None:
+                    self.flush()
                 # the lock only while the commit's writes are built: the mount serves
                 # on while the device flushes (Store.commit_outside)
                 self.ns.store.commit_outside(self.ns.lock)
@@ -172,11 +176,11 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
     ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
-    ops = HammerOperations(ns, on_ready=lambda: ready(), nfs=nfs)
+    ops = HammerOperations(ns, on_ready=lambda: ready(), nfs=nfs, mountpoint=mountpoint)
     ctx.changes = ops
     ctx.fuse_requests = ops.request_counts
     server = ControlServer(ctx, control_ops(), info={"asof": asof, "readonly": ns.readonly})
-    committer = Committer(ns)
+    committer = Committer(ns, flush=ops.flush_kernel)
     ready_once = threading.Event()
 
     def ready() -> None:
