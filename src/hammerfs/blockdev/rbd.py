@@ -12,6 +12,14 @@ that dies loses the lock once its watch expires (``osd_client_watch_timeout``, 3
 first, so a holder that was only partitioned away cannot write after it comes back.  As with
 FileDevice, read-only opens take the lock too (a reader must not see a volume mid-commit).
 
+OSD outages.  By default librados waits for an OSD that is down: I/O blocks and resumes when
+it returns, nothing is lost (like an NFS "hard" mount).  With ``rados_osd_op_timeout = N`` (in
+the client's ceph.conf, or ``CEPH_ARGS="--rados_osd_op_timeout N"``) an operation fails after N
+seconds instead, and the caller gets an error (EIO through a mount).  A failed write or flush is
+sticky: every later write and flush fails too, until the device is reopened, because the
+store's memory then holds extents the image may lack; only a reopen (from the last header,
+written only after a successful flush) is consistent.  Reads keep working once the OSD is back.
+
 Forks.  librados's threads do not survive ``fork()``, and a mount forks its daemon after the
 volume was unlocked.  Every open device is therefore closed (lock released) just before a fork
 and reopened by whichever process uses it next.  Between the two, another host could take the
@@ -102,6 +110,7 @@ class RbdDevice:
         self._conf, self._client_id = conf, client_id
         self._mutex = threading.RLock()
         self._in_flight: list = []  # (offset, end, completion) of queued writes
+        self._failed: HammerError | None = None  # a write or flush failed: see OSD outages
         self._rbd = load_binding("rbd")
         self._cluster = self._ioctx = self._img = None
         try:
@@ -239,14 +248,15 @@ class RbdDevice:
         self._check_range(offset, len(data))
         end = offset + len(data)
         with self._mutex:
+            if self._failed is not None:
+                raise self._failed
             if len(self._in_flight) >= MAX_IN_FLIGHT or any(
                     o < end and offset < e for o, e, _ in self._in_flight):
                 self._drain()
             try:
                 done = self._image().aio_write(data, offset, _ignore)
             except self._rbd.Error as exc:
-                raise HammerError(f"{self.path}: write error at offset {offset:#x}: "
-                                  f"{exc}") from None
+                raise self._fail(f"write error at offset {offset:#x}: {exc}") from None
             self._in_flight.append((offset, end, done))
 
     def _drain(self) -> None:
@@ -259,18 +269,26 @@ class RbdDevice:
                 failed = (offset, os.strerror(-code))
         self._in_flight.clear()
         if failed is not None:
-            raise HammerError(f"{self.path}: write error at offset {failed[0]:#x}: "
-                              f"{failed[1]}")
+            raise self._fail(f"write error at offset {failed[0]:#x}: {failed[1]}")
+
+    def _fail(self, what: str) -> HammerError:
+        """Remember the first write/flush failure: every later write and flush raises it."""
+        if self._failed is None:
+            self._failed = HammerError(f"{self.path}: {what}; the volume takes no more "
+                                       "writes until it is reopened")
+        return self._failed
 
     def flush(self) -> None:
         if self.readonly:
             return
         with self._mutex:
+            if self._failed is not None:
+                raise self._failed
             self._drain()
             try:
                 self._image().flush()
             except self._rbd.Error as exc:
-                raise HammerError(f"{self.path}: flush failed: {exc}") from None
+                raise self._fail(f"flush failed: {exc}") from None
 
     def close(self) -> None:
         """Release the image.  Queued writes are waited for (not flushed: like close(2))."""
