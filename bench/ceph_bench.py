@@ -234,6 +234,12 @@ def main() -> None:
                 subprocess.run([str(SCRIPT), "stop", str(cluster)], check=True)
 
 
+def note(results: dict[str, list[float]], name: str, took: float) -> None:
+    """Keep a timing, and show it at once (a long run that fails later still says it)."""
+    results.setdefault(name, []).append(took)
+    print(f"  {name:22s} {took:7.2f} s", flush=True)
+
+
 def run(tmp: Path, size: int, rounds: int, files: int) -> None:
     key = tmp / "key"
     key.write_bytes(KEY)
@@ -245,18 +251,18 @@ def run(tmp: Path, size: int, rounds: int, files: int) -> None:
     for r in range(rounds):
         for kind, spec in (("rbd", f"rbd:hammerfs/bench{r}"), ("s3", f"s3://hammerfs/bench{r}")):
             new_slave(spec, key, size, uuid)
-            results.setdefault(f"{kind} mirror-copy", []).append(
+            note(results, f"{kind} mirror-copy",
                 hammer("mirror-copy", "-q", "--key-file", key, f"{master}:1", f"{spec}:1"))
             change_ten(master, r * 2 + (kind == "s3"))
-            results.setdefault(f"{kind} incremental", []).append(
+            note(results, f"{kind} incremental",
                 hammer("mirror-copy", "-q", "--key-file", key, f"{master}:1", f"{spec}:1"))
-        results.setdefault("rbd import", []).append(
+        note(results, "rbd import",
             timed(["rbd", "--conf", conf, "import", str(raw), f"hammerfs/raw{r}"]))
         subprocess.run(["rbd", "--conf", conf, "rm", f"hammerfs/raw{r}"], check=True,
                        capture_output=True)
-        results.setdefault("s3 upload_file", []).append(upload_s3(raw, f"raw{r}"))
+        note(results, "s3 upload_file", upload_s3(raw, f"raw{r}"))
         for tool, took in tool_uploads(raw, f"raw{r}", recursive=False).items():
-            results.setdefault(f"s3 {tool}", []).append(took)
+            note(results, f"s3 {tool}", took)
     if files:
         tree_master, plain = make_tree_master(tmp, files, key)
         tree_uuid = shared_uuid(tree_master, key)
@@ -264,15 +270,15 @@ def run(tmp: Path, size: int, rounds: int, files: int) -> None:
             for kind, spec in (("rbd", f"rbd:hammerfs/tree{r}"),
                                ("s3", f"s3://hammerfs/tree{r}")):
                 new_slave(spec, key, 256 << 20, tree_uuid)
-                results.setdefault(f"{kind} tree mirror-copy", []).append(
+                note(results, f"{kind} tree mirror-copy",
                     hammer("mirror-copy", "-q", "--key-file", key, f"{tree_master}:1",
                            f"{spec}:1"))
-            results.setdefault("rbd tree tar|import", []).append(
+            note(results, "rbd tree tar|import",
                 tar_to_rbd(plain, f"hammerfs/rawtree{r}", conf))
-            results.setdefault("s3 tree PUT x10", []).append(
+            note(results, "s3 tree PUT x10",
                 upload_tree_s3(plain, f"rawtree{r}"))
             for tool, took in tool_uploads(plain, f"tree{r}", recursive=True).items():
-                results.setdefault(f"s3 tree {tool}", []).append(took)
+                note(results, f"s3 tree {tool}", took)
     med = {name: statistics.median(times) for name, times in results.items()}
     mib = size / (1 << 20)
     print(f"\n{mib:.0f} MiB, median of {rounds} rounds")
