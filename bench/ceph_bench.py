@@ -2,9 +2,13 @@
 """Offsite copy to Ceph: `hammer mirror-copy` of 1 GiB from a local encrypted master to an
 encrypted slave on an RBD image and on an S3 bucket (radosgw), next to the raw upload tools
 of the same data in the same run (`rbd import` of a 1 GiB file; boto3's upload_file, the
-transfer engine of `aws s3 cp`), and the incremental mirror-copy after changing 10 files;
-then the same for a tree of 10,000 small files (`tar | rbd import -`; one PUT per file, 10 at
-a time, as `aws s3 cp --recursive`).
+transfer engine of `aws s3 cp`; `aws s3 cp` and `rclone copy` themselves when installed), and
+the incremental mirror-copy after changing 10 files; then the same for a tree of 10,000 small
+files (`tar | rbd import -`; one PUT per file, 10 at a time, as `aws s3 cp --recursive`;
+`aws s3 cp --recursive`, `rclone copy`).
+
+`hammer` runs as installed: with its bytecode cached (PYTHONDONTWRITEBYTECODE is dropped for
+it, the cache goes to the run's temporary PYTHONPYCACHEPREFIX), not recompiled at every start.
 
 Run by hand (root, Debian's Ceph packages from scripts/bootstrap):
 ``.venv/bin/python bench/ceph_bench.py [--size 1G] [--rounds 3]``.  It starts a throwaway
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,12 +47,54 @@ BIG = 64 << 20  # the 1 GiB is 16 files of 64 MiB
 SMALL = 100  # small files, 10 of which change for the incremental
 
 
+PYCACHE = Path(tempfile.gettempdir())  # main() points it into the run's directory
+
+
+def hammer_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONPYCACHEPREFIX=str(PYCACHE))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def hammer(*args: str) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "hammerfs", *map(str, args)], check=True,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
-                   stdout=subprocess.DEVNULL)
+                   env=hammer_env(), stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
+
+
+def rclone_env() -> dict[str, str]:
+    """rclone's remote `ceph:` = the cluster's radosgw, from the AWS_* environment (but not
+    AWS_CA_BUNDLE: rclone refuses it for a plain-http endpoint)."""
+    env = dict(os.environ, RCLONE_CONFIG_CEPH_TYPE="s3", RCLONE_CONFIG_CEPH_PROVIDER="Ceph",
+               RCLONE_CONFIG_CEPH_ENDPOINT=os.environ["AWS_ENDPOINT_URL"],
+               RCLONE_CONFIG_CEPH_ACCESS_KEY_ID=os.environ["AWS_ACCESS_KEY_ID"],
+               RCLONE_CONFIG_CEPH_SECRET_ACCESS_KEY=os.environ["AWS_SECRET_ACCESS_KEY"])
+    env.pop("AWS_CA_BUNDLE", None)
+    return env
+
+
+def tool_uploads(src: Path, name: str, recursive: bool) -> dict[str, float]:
+    """`aws s3 cp` and `rclone copy` of ``src`` (a file, or a tree) to the bucket, each when
+    installed; the objects are deleted afterwards."""
+    took = {}
+    url = os.environ["AWS_ENDPOINT_URL"]
+    if shutil.which("aws"):
+        argv = ["aws", "--endpoint-url", url, "s3", "cp", "--only-show-errors", str(src),
+                f"s3://hammerfs/aws-{name}" + ("/" if recursive else "")]
+        took["aws s3 cp"] = timed(argv + (["--recursive"] if recursive else []))
+        subprocess.run(["aws", "--endpoint-url", url, "s3", "rm", "--quiet",
+                        f"s3://hammerfs/aws-{name}" + ("/" if recursive else ""),
+                        *(["--recursive"] if recursive else [])], check=True,
+                       capture_output=True)
+    if shutil.which("rclone"):
+        t0 = time.perf_counter()
+        subprocess.run(["rclone", "copy", str(src), f"ceph:hammerfs/rclone-{name}"],
+                       check=True, env=rclone_env(), capture_output=True)
+        took["rclone copy"] = time.perf_counter() - t0
+        subprocess.run(["rclone", "purge", f"ceph:hammerfs/rclone-{name}"], check=True,
+                       env=rclone_env(), capture_output=True)
+    return took
 
 
 def timed(argv: list[str]) -> float:
@@ -102,7 +149,7 @@ def new_slave(spec: str, key: Path, size: int, uuid: str) -> None:
 def shared_uuid(master: Path, key: Path) -> str:
     out = subprocess.run([sys.executable, "-m", "hammerfs", "pfs-status", "--key-file",
                           str(key), f"{master}:1"], check=True, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT / "src"))).stdout
+                         env=hammer_env()).stdout
     return out.split("shared-uuid=")[1].split()[0]
 
 
@@ -172,6 +219,8 @@ def main() -> None:
     size = parse_size(opts.size) // BIG * BIG
     with tempfile.TemporaryDirectory(prefix="ceph-bench-") as tmpdir:
         tmp = Path(tmpdir)
+        global PYCACHE
+        PYCACHE = tmp / "pycache"
         cluster = Path(opts.cluster) if opts.cluster else tmp / "cluster"
         if not opts.cluster:
             subprocess.run([str(SCRIPT), "start", str(cluster)], check=True)
@@ -185,6 +234,12 @@ def main() -> None:
                 subprocess.run([str(SCRIPT), "stop", str(cluster)], check=True)
 
 
+def note(results: dict[str, list[float]], name: str, took: float) -> None:
+    """Keep a timing, and show it at once (a long run that fails later still says it)."""
+    results.setdefault(name, []).append(took)
+    print(f"  {name:22s} {took:7.2f} s", flush=True)
+
+
 def run(tmp: Path, size: int, rounds: int, files: int) -> None:
     key = tmp / "key"
     key.write_bytes(KEY)
@@ -196,16 +251,18 @@ def run(tmp: Path, size: int, rounds: int, files: int) -> None:
     for r in range(rounds):
         for kind, spec in (("rbd", f"rbd:hammerfs/bench{r}"), ("s3", f"s3://hammerfs/bench{r}")):
             new_slave(spec, key, size, uuid)
-            results.setdefault(f"{kind} mirror-copy", []).append(
+            note(results, f"{kind} mirror-copy",
                 hammer("mirror-copy", "-q", "--key-file", key, f"{master}:1", f"{spec}:1"))
             change_ten(master, r * 2 + (kind == "s3"))
-            results.setdefault(f"{kind} incremental", []).append(
+            note(results, f"{kind} incremental",
                 hammer("mirror-copy", "-q", "--key-file", key, f"{master}:1", f"{spec}:1"))
-        results.setdefault("rbd import", []).append(
+        note(results, "rbd import",
             timed(["rbd", "--conf", conf, "import", str(raw), f"hammerfs/raw{r}"]))
         subprocess.run(["rbd", "--conf", conf, "rm", f"hammerfs/raw{r}"], check=True,
                        capture_output=True)
-        results.setdefault("s3 upload_file", []).append(upload_s3(raw, f"raw{r}"))
+        note(results, "s3 upload_file", upload_s3(raw, f"raw{r}"))
+        for tool, took in tool_uploads(raw, f"raw{r}", recursive=False).items():
+            note(results, f"s3 {tool}", took)
     if files:
         tree_master, plain = make_tree_master(tmp, files, key)
         tree_uuid = shared_uuid(tree_master, key)
@@ -213,28 +270,37 @@ def run(tmp: Path, size: int, rounds: int, files: int) -> None:
             for kind, spec in (("rbd", f"rbd:hammerfs/tree{r}"),
                                ("s3", f"s3://hammerfs/tree{r}")):
                 new_slave(spec, key, 256 << 20, tree_uuid)
-                results.setdefault(f"{kind} tree mirror-copy", []).append(
+                note(results, f"{kind} tree mirror-copy",
                     hammer("mirror-copy", "-q", "--key-file", key, f"{tree_master}:1",
                            f"{spec}:1"))
-            results.setdefault("rbd tree tar|import", []).append(
+            note(results, "rbd tree tar|import",
                 tar_to_rbd(plain, f"hammerfs/rawtree{r}", conf))
-            results.setdefault("s3 tree PUT x10", []).append(
+            note(results, "s3 tree PUT x10",
                 upload_tree_s3(plain, f"rawtree{r}"))
+            for tool, took in tool_uploads(plain, f"tree{r}", recursive=True).items():
+                note(results, f"s3 tree {tool}", took)
     med = {name: statistics.median(times) for name, times in results.items()}
     mib = size / (1 << 20)
     print(f"\n{mib:.0f} MiB, median of {rounds} rounds")
     for name, took in med.items():
-        rate = f"{mib / took:7.1f} MiB/s" if name.split()[1] in ("mirror-copy", "import", "upload_file") else ""
+        bulk = "tree" not in name and "incremental" not in name
+        rate = f"{mib / took:7.1f} MiB/s" if bulk else ""
         print(f"  {name:22s} {took:7.2f} s  {rate}")
     print(f"  rbd: mirror-copy / rbd import throughput = "
           f"{med['rbd import'] / med['rbd mirror-copy']:.2f}x")
-    print(f"  s3:  mirror-copy / upload_file throughput = "
-          f"{med['s3 upload_file'] / med['s3 mirror-copy']:.2f}x")
+    for tool in ("upload_file", "aws s3 cp", "rclone copy"):
+        if f"s3 {tool}" in med:
+            print(f"  s3:  mirror-copy / {tool} throughput = "
+                  f"{med[f's3 {tool}'] / med['s3 mirror-copy']:.2f}x")
     if files:
         print(f"  {files} files: rbd mirror-copy / tar|rbd import = "
               f"{med['rbd tree tar|import'] / med['rbd tree mirror-copy']:.2f}x, "
               f"s3 mirror-copy / PUT x10 = "
               f"{med['s3 tree PUT x10'] / med['s3 tree mirror-copy']:.2f}x")
+        for tool in ("aws s3 cp", "rclone copy"):
+            if f"s3 tree {tool}" in med:
+                print(f"  {files} files: s3 mirror-copy / {tool} = "
+                      f"{med[f's3 tree {tool}'] / med['s3 tree mirror-copy']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """RbdDevice and S3Device against a bytearray model: random aligned writes (overlapping, so
-queued RBD writes must land in order; crossing objects, so the S3 cache merges, evicts and
+queued RBD writes must land in order; continuing the previous one, so RBD joins them into one
+run; crossing objects, so the S3 cache merges, evicts and
 re-reads objects still uploading) and reads; after flush and a reopen the device holds exactly
 the model."""
 
@@ -19,7 +20,8 @@ from hammerfs.blockdev.s3 import S3Device
 SIZE = 8 << 20  # 8 S3 objects; the S3 cache holds 2 of them
 BLOCKS = SIZE // BLOCK
 
-ops = st.lists(st.tuples(st.sampled_from(["write", "write", "read", "flush"]),
+ops = st.lists(st.tuples(st.sampled_from(["write", "write", "append", "append", "read",
+                                          "flush"]),
                          st.integers(0, BLOCKS - 1), st.integers(1, 400),
                          st.integers(0, 2**32)), min_size=1, max_size=25)
 
@@ -43,10 +45,14 @@ def test_device_matches_a_bytearray(ceph, unique, kind):
     @given(ops)
     def run(steps):
         dev = open_dev()
+        end = 0  # where the last write ended: "append" continues it (RBD joins such runs)
         try:
             for op, block, count, seed in steps:
+                if op == "append":
+                    block = end // BLOCK % BLOCKS
                 off, length = block * BLOCK, min(count, BLOCKS - block) * BLOCK
-                if op == "write":
+                if op in ("write", "append"):
+                    end = off + length
                     data = random.Random(seed).randbytes(length)
                     dev.write(off, data)
                     model[off:off + length] = data

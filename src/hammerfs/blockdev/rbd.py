@@ -12,6 +12,14 @@ that dies loses the lock once its watch expires (``osd_client_watch_timeout``, 3
 first, so a holder that was only partitioned away cannot write after it comes back.  As with
 FileDevice, read-only opens take the lock too (a reader must not see a volume mid-commit).
 
+OSD outages.  By default librados waits for an OSD that is down: I/O blocks and resumes when
+it returns, nothing is lost (like an NFS "hard" mount).  With ``rados_osd_op_timeout = N`` (in
+the client's ceph.conf, or ``CEPH_ARGS="--rados_osd_op_timeout N"``) an operation fails after N
+seconds instead, and the caller gets an error (EIO through a mount).  A failed write or flush is
+sticky: every later write and flush fails too, until the device is reopened, because the
+store's memory then holds extents the image may lack; only a reopen (from the last header,
+written only after a successful flush) is consistent.  Reads keep working once the OSD is back.
+
 Forks.  librados's threads do not survive ``fork()``, and a mount forks its daemon after the
 volume was unlocked.  Every open device is therefore closed (lock released) just before a fork
 and reopened by whichever process uses it next.  Between the two, another host could take the
@@ -39,6 +47,7 @@ from hammerfs.errors import HammerError, VolumeLocked
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 OWNER_KEY = "hammerfs.owner"  # image metadata: who holds the lock, for the refusal message
 MAX_IN_FLIGHT = 64  # queued writes: one at a time is bound by the OSD's round trip
+COALESCE = 4 << 20  # contiguous writes joined up to one RBD object (4 MiB by default)
 _CONNECT_TIMEOUT = "10"  # seconds: a cluster that cannot be reached is an error, not a hang
 
 
@@ -102,6 +111,9 @@ class RbdDevice:
         self._conf, self._client_id = conf, client_id
         self._mutex = threading.RLock()
         self._in_flight: list = []  # (offset, end, completion) of queued writes
+        self._failed: HammerError | None = None  # a write or flush failed: see OSD outages
+        self._run: list[bytes] = []  # contiguous writes not yet sent, from _run_off
+        self._run_off = self._run_end = 0
         self._rbd = load_binding("rbd")
         self._cluster = self._ioctx = self._img = None
         try:
@@ -203,7 +215,7 @@ class RbdDevice:
     def _suspend(self) -> None:
         """Before a fork: flush and let go of everything (see the module comment)."""
         with self._mutex:
-            if self._img is not None:
+            if self._img is not None or self._run:  # a gathered run: sent by this process
                 self._drain()
                 self._img.flush()
             self._disconnect()
@@ -218,7 +230,7 @@ class RbdDevice:
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         with self._mutex:
-            if self._in_flight:  # a read sees every write made before it
+            if self._in_flight or self._run:  # a read sees every write made before it
                 self._drain()
             try:
                 data = self._image().read(offset, length)
@@ -231,26 +243,46 @@ class RbdDevice:
         return data
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Queued (librbd aio): up to MAX_IN_FLIGHT writes travel at once; a write that
-        overlaps one still in flight waits for it first, so the last write wins."""
+        """Queued: a write that continues the previous one joins it, up to COALESCE bytes (a
+        mirror or a big file arrives as one 64 KiB extent after the other: one librbd/OSD
+        operation per 4 MiB instead of per extent); runs travel as librbd aio, up to
+        MAX_IN_FLIGHT at once; a run that overlaps one still in flight waits for it first,
+        so the last write wins."""
         if self.readonly:
             raise HammerError(f"{self.path} is open read-only")
         data = bytes(data)
         self._check_range(offset, len(data))
-        end = offset + len(data)
         with self._mutex:
-            if len(self._in_flight) >= MAX_IN_FLIGHT or any(
-                    o < end and offset < e for o, e, _ in self._in_flight):
-                self._drain()
-            try:
-                done = self._image().aio_write(data, offset, _ignore)
-            except self._rbd.Error as exc:
-                raise HammerError(f"{self.path}: write error at offset {offset:#x}: "
-                                  f"{exc}") from None
-            self._in_flight.append((offset, end, done))
+            if self._failed is not None:
+                raise self._failed
+            if self._run and offset == self._run_end and \
+                    self._run_end - self._run_off + len(data) <= COALESCE:
+                self._run.append(data)
+                self._run_end += len(data)
+                return
+            self._submit()
+            self._run, self._run_off, self._run_end = [data], offset, offset + len(data)
+
+    def _submit(self) -> None:
+        """Send the gathered run as one aio write."""
+        if not self._run:
+            return
+        data = self._run[0] if len(self._run) == 1 else b"".join(self._run)
+        offset, end = self._run_off, self._run_end
+        self._run = []
+        if len(self._in_flight) >= MAX_IN_FLIGHT or any(
+                o < end and offset < e for o, e, _ in self._in_flight):
+            self._drain()
+        try:
+            done = self._image().aio_write(data, offset, _ignore)
+        except self._rbd.Error as exc:
+            raise self._fail(f"write error at offset {offset:#x}: {exc}") from None
+        self._in_flight.append((offset, end, done))
 
     def _drain(self) -> None:
-        """Wait for every queued write; the first failure is raised."""
+        """Send the gathered run and wait for every queued write; the first failure is
+        raised."""
+        self._submit()
         failed = None
         for offset, _end, done in self._in_flight:
             done.wait_for_complete_and_cb()
@@ -259,18 +291,26 @@ class RbdDevice:
                 failed = (offset, os.strerror(-code))
         self._in_flight.clear()
         if failed is not None:
-            raise HammerError(f"{self.path}: write error at offset {failed[0]:#x}: "
-                              f"{failed[1]}")
+            raise self._fail(f"write error at offset {failed[0]:#x}: {failed[1]}")
+
+    def _fail(self, what: str) -> HammerError:
+        """Remember the first write/flush failure: every later write and flush raises it."""
+        if self._failed is None:
+            self._failed = HammerError(f"{self.path}: {what}; the volume takes no more "
+                                       "writes until it is reopened")
+        return self._failed
 
     def flush(self) -> None:
         if self.readonly:
             return
         with self._mutex:
+            if self._failed is not None:
+                raise self._failed
             self._drain()
             try:
                 self._image().flush()
             except self._rbd.Error as exc:
-                raise HammerError(f"{self.path}: flush failed: {exc}") from None
+                raise self._fail(f"flush failed: {exc}") from None
 
     def close(self) -> None:
         """Release the image.  Queued writes are waited for (not flushed: like close(2))."""
