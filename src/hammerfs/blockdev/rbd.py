@@ -42,7 +42,7 @@ import weakref
 from types import ModuleType
 
 from hammerfs.blockdev.base import BLOCK
-from hammerfs.errors import HammerError, VolumeLocked
+from hammerfs.errors import HammerError, StorageUnavailable, VolumeLocked
 
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 OWNER_KEY = "hammerfs.owner"  # image metadata: who holds the lock, for the refusal message
@@ -235,8 +235,8 @@ class RbdDevice:
             try:
                 data = self._image().read(offset, length)
             except self._rbd.Error as exc:
-                raise HammerError(f"{self.path}: read error at offset {offset:#x}: "
-                                  f"{exc}") from None
+                raise StorageUnavailable(f"{self.path}: read error at offset {offset:#x}: "
+                                         f"{exc}") from None
         if len(data) != length:
             raise HammerError(f"{self.path}: short read at offset {offset:#x} "
                               f"({len(data)} of {length} bytes)")
@@ -293,11 +293,11 @@ class RbdDevice:
         if failed is not None:
             raise self._fail(f"write error at offset {failed[0]:#x}: {failed[1]}")
 
-    def _fail(self, what: str) -> HammerError:
+    def _fail(self, what: str) -> StorageUnavailable:
         """Remember the first write/flush failure: every later write and flush raises it."""
         if self._failed is None:
-            self._failed = HammerError(f"{self.path}: {what}; the volume takes no more "
-                                       "writes until it is reopened")
+            self._failed = StorageUnavailable(f"{self.path}: {what}; the volume takes no "
+                                              "more writes until it is reopened")
         return self._failed
 
     def flush(self) -> None:
@@ -338,8 +338,8 @@ def _connect(path: str, pool: str, conf: str | None, client_id: str | None):
         cluster.connect(timeout=int(_CONNECT_TIMEOUT))
     except rados.Error as exc:
         where = conf or "the default Ceph configuration"
-        raise HammerError(f"{path}: cannot connect to the Ceph cluster of {where}: "
-                          f"{exc}") from None
+        raise StorageUnavailable(f"{path}: cannot connect to the Ceph cluster of {where}: "
+                                 f"{exc}") from None
     try:
         return cluster, cluster.open_ioctx(pool)
     except rados.ObjectNotFound:
