@@ -11,6 +11,7 @@ import time
 
 from fs_helpers import ForkedMount, slurp
 
+from conftest import run_hammer
 from hammerfs.blockdev.file import FileDevice
 from hammerfs.control import ControlClient, find_mount
 from hammerfs.fs import FileSystem, init_pfs_root
@@ -119,3 +120,30 @@ def test_a_control_op_sees_what_was_written_before_it(tmp_path):
 
 def _synctid(mp) -> int:
     return ControlClient(find_mount(str(mp)).socket_path).call("synctid")["tid"]
+
+
+def test_files_restored_behind_the_kernel_show_their_restored_bytes_and_size(tmp_path):
+    """``undo -r`` changes files behind the kernel, which keeps a regular file's size and
+    mtime itself under the writeback cache: the mount must make it let go of them."""
+    path = _volume(tmp_path)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with ForkedMount(lambda: Store.open(FileDevice(path)), mp):
+        (mp / "d").mkdir()
+        names = [f"f{i}" for i in range(40)]
+        for name in names:
+            (mp / "d" / name).write_bytes(b"old")
+        tid = _synctid(mp)
+        for name in names:
+            (mp / "d" / name).write_bytes(b"new, and longer")
+        os.link(mp / "d" / "f0", mp / "d" / "f0-link")
+        os.rename(mp / "d" / "f2", mp / "f2")  # the kernel moves the name it holds ...
+        os.rename(mp / "f2", mp / "d" / "f2")  # ... and back
+        assert os.stat(mp / "d" / "f0").st_size == 15  # held by the kernel, size included
+        _synctid(mp)
+        run_hammer("undo", "-r", "-t", f"0x{tid:016x}", mp / "d" / "f1")  # one file
+        assert (os.stat(mp / "d" / "f1").st_size, slurp(mp / "d" / "f1")) == (3, b"old")
+        run_hammer("undo", "-r", "-t", f"0x{tid:016x}", mp / "d")  # a whole tree
+        for name in names:
+            assert (os.stat(mp / "d" / name).st_size, slurp(mp / "d" / name)) == (3, b"old")
+        assert not os.path.exists(mp / "d" / "f0-link")  # created since: removed

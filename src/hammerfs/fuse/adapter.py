@@ -38,9 +38,15 @@ import trio
 
 from hammerfs.errors import CorruptionError, HammerError
 from hammerfs.fs.filesystem import FileSystem, FsError
-from hammerfs.fs.layout import BLOCK, REC_DIRENT, Inode, decode_dirent
+from hammerfs.fs.layout import BLOCK, REC_DIRENT, REC_INODE, Inode, decode_dirent
 from hammerfs.fs.namespace import Namespace, parse_magic
-from hammerfs.fuse.inodes import SYNTHETIC, InodeTable, direct_ino, generation
+from hammerfs.fuse.inodes import (
+    SYNTHETIC,
+    InodeTable,
+    direct_ino,
+    generation,
+    split_direct,
+)
 from hammerfs.store.records import MAX_U64, ROOT_OBJ
 
 log = logging.getLogger("hammerfs.fuse")
@@ -409,8 +415,17 @@ class HammerOperations(pyfuse3.Operations):
         return entry
 
     def _named(self, kino: int, ino: Inode, parent: int, name: bytes) -> None:
-        """The kernel holds a dentry ``parent/name`` of ``kino`` (see ``_names``)."""
-        if self.enable_writeback_cache and ino.is_reg:
+        """The kernel holds a dentry ``parent/name`` of ``kino`` (see ``_names``).  Names are
+        kept for files of PFSs reached through a link only (a slave made after this mount,
+        which a stream changes all the time): ~500 bytes a file would double the mount's
+        memory at 300k files held.  Of a file of the mounted PFS, which changes behind the
+        kernel only by a control op (undo -r), only the directory is kept (8 bytes); its
+        names there are read when it changes (``_names_of_changed``)."""
+        if not (self.enable_writeback_cache and ino.is_reg) or kino & SYNTHETIC:
+            return
+        if split_direct(kino, self.ns.pfs)[0] == self.ns.pfs:
+            self.table.lookups.set_parent(kino, parent)
+        else:
             old = self._name_of.get((parent, name))
             if old is not None and old != kino:
                 self._names.get(old, set()).discard((parent, name))
@@ -516,10 +531,15 @@ class HammerOperations(pyfuse3.Operations):
         if ofs is not nfs:
             raise FsError(errno.EXDEV, "cannot rename across PFSs or views")
         ofs.rename(odir.obj_id, old_name, ndir.obj_id, new_name, flags)
+        if not self.enable_writeback_cache:
+            return
         moved = self._name_of.pop((old_parent, old_name), None)
         if moved is not None:  # the kernel moved its dentry
             self._names.get(moved, set()).discard((old_parent, old_name))
-            self._named(moved, ofs.lookup(ndir.obj_id, new_name), new_parent, new_name)
+        ino = ofs.lookup(ndir.obj_id, new_name)
+        kino = moved or self.table.peek(ofs, ino.obj_id)
+        if kino is not None and kino in self.table.lookups:
+            self._named(kino, ino, new_parent, new_name)
 
     # -- files -----------------------------------------------------------------------------------
     @_locked
@@ -788,6 +808,7 @@ class HammerOperations(pyfuse3.Operations):
     def _invalidate_pfs(self, pfs: int, since: int) -> None:
         known = self.table.lookups
         seen: set[int] = set()
+        untracked: dict[int, set[int]] = {}  # parent dir -> changed files of unknown names
         lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
         for rec in self.ns.store.changed_since(lo, hi, since, pin_history=False,
                                                with_data=False):
@@ -803,6 +824,26 @@ class HammerOperations(pyfuse3.Operations):
                     self.invalidator.inode(syn, attr_only=True)
             if rec.rec_type == REC_DIRENT and rec.data is not None:
                 self.invalidator.entry(kino, decode_dirent(rec.key, rec.data).name)
+            elif rec.rec_type == REC_INODE and self.enable_writeback_cache:
+                parent = self.table.lookups.parent(kino)
+                if parent:
+                    untracked.setdefault(parent, set()).add(rec.obj_id)
+        for parent, objs in untracked.items():
+            self._names_of_changed(parent, objs)
+
+    def _names_of_changed(self, dkino: int, objs: set[int]) -> None:
+        """Drop the kernel's names of files ``objs`` in directory ``dkino`` (its entries
+        read once): with the writeback cache the kernel trusts its own size and mtime of a
+        file it holds, so the inode must leave its cache.  A name in another directory
+        (a hard link) stays; that one is dropped when the kernel forgets it."""
+        try:
+            fs, dir_obj = self.table.resolve(dkino)
+            entries = list(fs.readdir(dir_obj))
+        except FsError:  # the directory is gone: its names went with it
+            return
+        for entry in entries:
+            if entry.obj_id in objs:
+                self.invalidator.entry(dkino, entry.name)
 
 
 def readahead_kb() -> int:

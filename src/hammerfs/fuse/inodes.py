@@ -160,6 +160,7 @@ class LookupCounts:
 
     def __init__(self) -> None:
         self._runs: dict[int, array] = {}
+        self._parents: dict[int, array] = {}  # runs of the directory a name was seen in
         self._held = 0
 
     def __contains__(self, ino: int) -> bool:
@@ -196,13 +197,34 @@ class LookupCounts:
             run[i] -= n
             return run[i]
         run[i] = 0
+        parents = self._parents.get(key)
+        if parents is not None:
+            parents[i] = 0
         self._held -= 1
         run[self.USED] -= 1
         if run[self.USED] == 0:
             del self._runs[key]
+            self._parents.pop(key, None)
             if not self._held:
                 self._runs = {}  # a dict keeps its peak size: this one goes back
+                self._parents = {}
         return 0
+
+    def set_parent(self, ino: int, parent: int) -> None:
+        """Remember a directory the kernel holds a name of ``ino`` in (8 bytes per inode:
+        how the mount finds a name to drop when a file changes behind the kernel)."""
+        key = ino >> self.SHIFT
+        if key not in self._runs:
+            return
+        parents = self._parents.get(key)
+        if parents is None:
+            parents = self._parents[key] = array("Q", bytes(8 * self.USED))
+        parents[ino & self.MASK] = parent
+
+    def parent(self, ino: int) -> int:
+        """The directory remembered for ``ino`` (0: none)."""
+        parents = self._parents.get(ino >> self.SHIFT)
+        return 0 if parents is None else parents[ino & self.MASK]
 
 
 class InodeTable:
