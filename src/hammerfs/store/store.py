@@ -204,12 +204,15 @@ class Store(PfsTable):
         """Commit, holding ``lock`` (the mount's filesystem lock, which makes the state it
         captures consistent) only while the commit's writes are built and issued: the device
         flushes and the header write run after it is released, so the mount serves on."""
-        with self._lock:  # not while holding ``lock``: the flush of the commit in flight
-            self._committed.wait_for(lambda: self._in_flight is None)
-        while self.write_out():  # the data first, in steps, without ``lock``
-            pass
-        with lock:
-            prepared = self.commit_begin()
+        while True:
+            with self._lock:  # not while holding ``lock``: the flush of a commit in flight
+                self._committed.wait_for(lambda: self._in_flight is None)
+            while self.write_out():  # the data first, in steps, without ``lock``
+                pass
+            with lock, self._lock:
+                if self._in_flight is None:  # (another commit may have begun meanwhile)
+                    prepared = self.commit_begin()
+                    break
         return self._last_committed if prepared is None else self.commit_end(prepared)
 
     def commit_begin(self) -> PreparedCommit | None:
