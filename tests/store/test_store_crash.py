@@ -238,3 +238,22 @@ def test_data_held_in_memory_is_written_out_in_steps_before_the_commit_takes_the
     reopened = Store.open(MemDevice(32 << 20, bytes(store.device.buf)))
     assert reopened.last_committed_tid == tid
     assert all(reopened.get((1, i + 2, 0x10, 0)).data == d for i, d in data.items())
+
+
+def test_nodes_of_a_commit_in_flight_read_right_before_they_reach_the_device():
+    """commit_end writes the flushed nodes without the lock: meanwhile a node evicted from
+    the cache (or read by scrub, which never uses the cache) is served from memory."""
+    store = Store.create(MemDevice(SIZE), "nodes")
+    for i in range(400):
+        store.put((1, i + 2, 0x10, 0), b"%d" % i * 20)
+    prepared = store.commit_begin()
+    assert store.tree.unwritten_nodes
+    for off in store.tree.unwritten_nodes:
+        assert bytes(store.device.buf[off:off + 4096]) != store.tree.unwritten_nodes[off]
+    store.tree.cache.clear()  # evicted: read again
+    assert all(store.get((1, i + 2, 0x10, 0)).data == b"%d" % i * 20 for i in range(400))
+    assert scrub(store).ok
+    store.commit_end(prepared)
+    assert not store.tree.unwritten_nodes
+    reopened = Store.open(MemDevice(SIZE, bytes(store.device.buf)))
+    assert all(reopened.get((1, i + 2, 0x10, 0)).data == b"%d" % i * 20 for i in range(400))

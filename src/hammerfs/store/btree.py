@@ -62,6 +62,9 @@ class BTree:
         self.cache: dict[int, Node] = {}
         self.dirty_count = 1 if root.dirty else 0
         self.node_reads = 0
+        # off -> bytes of nodes a commit in flight flushed but has not written yet
+        # (Store.commit_end writes them without the store's lock)
+        self.unwritten_nodes: dict[int, bytes] = {}
 
     @classmethod
     def empty(cls, dev, alloc: Allocator) -> BTree:
@@ -77,7 +80,7 @@ class BTree:
     # -- reading -----------------------------------------------------------------------------------
     def read_node(self, off: int, csum: bytes) -> Node:
         self.node_reads += 1  # the cache's misses (and scrub's reads), for metrics
-        raw = self.dev.read(off, NODE_SIZE)
+        raw = self.unwritten_nodes.get(off) or self.dev.read(off, NODE_SIZE)
         if checksum(raw) != csum:
             raise CorruptionError(f"B-tree node at offset {off:#x} failed checksum verification",
                                   off)
