@@ -41,9 +41,9 @@ def op_info(ctx: ControlContext, args: dict, conn) -> dict:
 
 @takes()
 def op_synctid(ctx: ControlContext, args: dict, conn) -> dict:
-    with ctx.lock:
-        return {"tid": ctx.store.commit() if not ctx.store.readonly
-                else ctx.store.last_committed_tid}
+    if ctx.store.readonly:
+        return {"tid": ctx.store.last_committed_tid}
+    return {"tid": ctx.store.commit_outside(ctx.lock)}  # the flush without the lock
 
 
 @takes(relpath="str", tid="tid?")
