@@ -186,22 +186,38 @@ class BTree:
                     continue
                 yield from self.walk_nodes(self.child(node, j), depth + 1, lo, hi)
 
-    def relocate_scan(self, first: int, end: int) -> list[tuple[FullKey, LeafVal]]:
+    def relocate_scan(self, first: int, end: int, start: FullKey | None = None,
+                      leaves: int = 1 << 62) -> tuple[list[tuple[FullKey, LeafVal]],
+                                                       FullKey | None]:
         """For reblock: make every node stored in blocks [first, end) dirty (the commit
-        writes it elsewhere) and return the leaf entries whose data extent is there."""
+        writes it elsewhere) and return the leaf entries whose data extent is there; leaf by
+        leaf in key order from ``start``, at most ``leaves`` of them.  Also returns the key
+        to go on from (None at the end), so a caller can release its lock in between."""
         found: list[tuple[FullKey, LeafVal]] = []
+        k = start
+        while leaves > 0:
+            leaves -= 1
+            path, leaf = self._descend(k) if k is not None else self._first_leaf()
+            for depth, (node, _i) in enumerate(path):
+                if node.off and first <= node.off // BLOCK < end:
+                    self._dirty_path(path[:depth], node)
+            if leaf.off and first <= leaf.off // BLOCK < end:
+                self._dirty_path(path, leaf)
+            found.extend((lk, v) for lk, v in zip(leaf.keys, leaf.vals, strict=True)
+                         if v[4] and first <= v[4] // BLOCK < end)
+            k = next((node.keys[i + 1] for node, i in reversed(path)
+                      if i + 1 < len(node.keys)), None)
+            if k is None:
+                break
+        return found, k
 
-        def visit(node: Node, path: list[tuple[Node, int]]) -> None:
-            if node.off and first <= node.off // BLOCK < end:
-                self._dirty_path(path, node)
-            if not node.level:
-                found.extend((k, v) for k, v in zip(node.keys, node.vals, strict=True)
-                             if v[4] and first <= v[4] // BLOCK < end)
-                return
-            for j in range(len(node.keys)):
-                visit(self.child(node, j), [*path, (node, j)])
-        visit(self.root, [])
-        return found
+    def _first_leaf(self) -> tuple[list[tuple[Node, int]], Node]:
+        path = []
+        node = self.root
+        while node.level:
+            path.append((node, 0))
+            node = self.child(node, 0)
+        return path, node
 
     # -- modification ----------------------------------------------------------------------------
     def _cow(self, node: Node) -> None:
