@@ -125,7 +125,8 @@ def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
         _require_writable(fs)
-        snap = history.take_snapshot(fs, args.get("note", ""))
+    snap = history.take_snapshot(fs, args.get("note", ""), lock=ctx.lock)
+    with ctx.lock:
         pd = ctx.store.get_pfs(fs.pfs)
         return {"tid": snap.tid, "ts": snap.ts, "note": snap.note, "pfs": fs.pfs,
                 "snapshots_dir": pd.snapshots if pd else ""}
