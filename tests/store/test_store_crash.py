@@ -8,9 +8,10 @@ import contextlib
 import random
 import threading
 
+import pytest
 from devices import MemDevice, crash_image
 
-from hammerfs.errors import NoSpace
+from hammerfs.errors import HammerError, NoSpace
 from hammerfs.steps import SteppedLock
 from hammerfs.store import Store
 from hammerfs.store import store as store_mod
@@ -257,3 +258,26 @@ def test_nodes_of_a_commit_in_flight_read_right_before_they_reach_the_device():
     assert not store.tree.unwritten_nodes
     reopened = Store.open(MemDevice(SIZE, bytes(store.device.buf)))
     assert all(reopened.get((1, i + 2, 0x10, 0)).data == b"%d" % i * 20 for i in range(400))
+
+
+def test_a_commit_whose_flush_failed_makes_every_later_commit_fail():
+    """commit_end fails after commit_begin opened the next transaction: the changes are not
+    durable, so a later commit (the mount's final one) must fail too, not report success."""
+    class FailingFlush(MemDevice):
+        fail = False
+
+        def flush(self) -> None:
+            if self.fail:
+                raise OSError(30, "Read-only file system")
+            super().flush()
+
+    dev = FailingFlush(SIZE)
+    store = Store.create(dev, "fail")
+    store.put((1, 2, 0x10, 0), b"kept")
+    store.commit()
+    store.put((1, 3, 0x10, 0), b"lost")
+    dev.fail = True
+    with pytest.raises(OSError):
+        store.commit_outside(SteppedLock())
+    with pytest.raises(HammerError, match="failed to commit"):
+        store.commit()

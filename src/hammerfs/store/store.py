@@ -264,6 +264,7 @@ class Store(PfsTable):
         except BaseException as exc:
             with self._lock:
                 self._broken = exc
+                self._dirty = True  # its changes are not durable: the next commit refuses
                 self._in_flight = None
                 self._committed.notify_all()
             raise
