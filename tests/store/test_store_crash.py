@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 
 import pytest
 from devices import MemDevice, crash_image
@@ -281,3 +282,45 @@ def test_a_commit_whose_flush_failed_makes_every_later_commit_fail():
         store.commit_outside(SteppedLock())
     with pytest.raises(HammerError, match="failed to commit"):
         store.commit()
+
+
+def test_a_commit_never_waits_for_the_one_in_flight_while_holding_the_callers_lock():
+    """Commit B checks for a commit in flight, then (before it takes the lock) commit A
+    begins and flushes slowly: B must not wait for A while holding the lock."""
+    gate, flushing = threading.Event(), threading.Event()
+
+    class SlowFlush(MemDevice):
+        def flush(self) -> None:
+            flushing.set()
+            assert gate.wait(10)
+            super().flush()
+
+    store = Store.create(MemDevice(SIZE), "race")
+    store.device = SlowFlush(SIZE, bytes(store.device.buf))
+    store.put((1, 2, 0x10, 0), b"a")
+    lock = SteppedLock()
+    threads = []
+    real_write_out = store.write_out
+
+    def write_out(*args) -> bool:  # B, between its check and taking the lock: A begins
+        if not threads:
+            a = threading.Thread(target=store.commit_outside, args=(lock,))
+            threads.append(a)
+            a.start()
+            assert flushing.wait(10)
+        return real_write_out(*args)
+    store.write_out = write_out
+    b = threading.Thread(target=store.commit_outside, args=(lock,))
+    b.start()
+    try:
+        assert flushing.wait(10)
+        time.sleep(0.3)  # B has taken and released the lock, or still holds it (bug)
+        got = lock.acquire(timeout=3)
+        assert got, "a commit waited for the one in flight holding the caller's lock"
+        lock.release()
+    finally:
+        gate.set()
+        b.join(10)
+        for a in threads:
+            a.join(10)
+    assert store.last_committed_tid > 0
