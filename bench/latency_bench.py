@@ -10,7 +10,9 @@ Run by hand as root:
     .venv/bin/python bench/latency_bench.py [--files 10000] [--versions 1000000]
 
 The history for prune-everything: 1,000 files rewritten in passes, each pass committed
-(fsync), two versions (inode, data) per file and pass; plus what undo -r left.
+(fsync), two versions (inode, data) per file and pass; plus what undo -r left.  With
+``--offline`` it is made faster on the unmounted volume (FileSystem API, 50,000 files), for
+10^6 versions and more.
 """
 
 from __future__ import annotations
@@ -41,6 +43,25 @@ for p in range(passes):
 for fd in fds:
     os.close(fd)
 """
+OFFLINE_FILES = 50_000
+OFFLINE = """
+import argparse, sys
+from hammerfs.cli.volume import open_volume_device
+from hammerfs.fs import FileSystem
+from hammerfs.store import Store
+vol, key, files, passes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+store = Store.open(open_volume_device(vol, argparse.Namespace(key_file=key)))
+fs = FileSystem(store, 0)
+top = fs.mkdir(1, b"offline", 0o755).obj_id
+objs = [fs.create(top, b"o%06d" % i, 0o644).obj_id for i in range(files)]
+store.commit()
+for p in range(passes):
+    data = p.to_bytes(4, "little") * 16
+    for obj in objs:
+        fs.write(obj, 0, data)
+    store.commit()
+store.close()
+"""
 
 
 def row(name: str, lat: dict) -> str:
@@ -60,6 +81,8 @@ def main() -> int:
     ap.add_argument("--versions", type=int, default=1_000_000,
                     help="history versions to make for prune-everything")
     ap.add_argument("--write-mb", type=int, default=1024)
+    ap.add_argument("--offline", action="store_true",
+                    help="make the history on the unmounted volume (faster)")
     ap.add_argument("--idle-s", type=float, default=5.0)
     ap.add_argument("--volume-mb", type=int, default=8192)
     ap.add_argument("--work", default=None, help="directory for volumes (default: a tmp dir)")
@@ -92,14 +115,20 @@ def main() -> int:
                              mnt)
         print(row(f"hammerfs during undo -r of {args.files} files", lat), flush=True)
         # history for prune-everything
-        passes = max(1, args.versions // (2 * HISTORY_FILES))
+        files = OFFLINE_FILES if args.offline else HISTORY_FILES
+        passes = max(1, args.versions // (2 * files))
         t = time.perf_counter()
-        sh([sys.executable, "-c", REWRITE, f"{mnt}/hist", str(HISTORY_FILES), str(passes)])
-        print(f"  ({passes} passes over {HISTORY_FILES} files: ~{2 * HISTORY_FILES * passes:,}"
+        if args.offline:
+            hm.umount()
+            sh([sys.executable, "-c", OFFLINE, hm.vol, hm.key, str(files), str(passes)])
+            hm.mount()
+        else:
+            sh([sys.executable, "-c", REWRITE, f"{mnt}/hist", str(files), str(passes)])
+        made = 2 * files * passes
+        print(f"  ({passes} passes over {files} files{' offline' * args.offline}: ~{made:,}"
               f" versions made in {time.perf_counter() - t:.0f} s)", flush=True)
         lat = latency_during([*HAMMER, "prune-everything", mnt], mnt)
-        print(row(f"hammerfs during prune-everything (~{2 * HISTORY_FILES * passes:,} v.)",
-                  lat), flush=True)
+        print(row(f"hammerfs during prune-everything (~{made:,} v.)", lat), flush=True)
         lat = latency_during([*HAMMER, "cleanup", "-F", mnt], mnt)
         print(row("hammerfs during cleanup -F (default config)", lat), flush=True)
         print(f"  load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -22,7 +22,10 @@ from contextlib import AbstractContextManager, nullcontext
 from time import monotonic
 
 STEP_SECONDS = 0.02  # work per hold of the lock
-HANDOVER_WAIT = 0.05  # at most this long for a waiting thread to take the lock
+HANDOVER_WAIT = 0.05  # at most this long handing the lock over, per step
+# After a handover, requests that follow within this long go too: the kernel sends a stat's
+# and a readdir's requests one after the other, each only when the previous one is answered.
+HANDOVER_GRACE = 0.002
 NO_LOCK: AbstractContextManager = nullcontext()  # work on a volume no other thread uses
 
 
@@ -73,14 +76,23 @@ class SteppedLock:
 
     def yield_(self) -> bool:
         """Called by the holder between steps: if other threads wait, release the lock
-        entirely (every reentrant level), wait until one of them has had it (or
-        HANDOVER_WAIT), take it back at the same level.  True if it was handed over."""
+        entirely (every reentrant level) until they have had it and no other request came
+        for HANDOVER_GRACE (at most HANDOVER_WAIT), then take it back at the same level.
+        True if it was handed over."""
         if not self._waiting:
             return False
-        seen = self.acquisitions
+        deadline = monotonic() + HANDOVER_WAIT
+        wait = HANDOVER_WAIT
+        handed = False
         self._yielders += 1
         try:
-            return self._cond.wait_for(lambda: self.acquisitions != seen, HANDOVER_WAIT)
+            while wait > 0:
+                seen = self.acquisitions
+                if not self._cond.wait_for(lambda seen=seen: self.acquisitions != seen, wait):
+                    break
+                handed = True
+                wait = min(HANDOVER_GRACE, deadline - monotonic())
+            return handed
         finally:
             self._yielders -= 1
 

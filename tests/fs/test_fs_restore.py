@@ -310,3 +310,37 @@ def test_restore_of_a_big_tree_hands_the_lock_over_between_steps(store, monkeypa
     handed = lock_handovers(ns.lock, lambda: restore(ns, "d", tid, lock=ns.lock))
     assert handed >= 10, f"the lock went to another thread only {handed} times"
     assert dump(fs, subtree(fs, b"d")) == then
+
+
+def test_an_interrupted_restore_is_finished_by_running_it_again(store, monkeypatch):
+    """Each step leaves a consistent tree: a restore stopped half-way (here: an error at
+    the 150th step; in a mount also a crash after the periodic commit) is completed by
+    running it again."""
+    ns = Namespace(store, 0)
+    fs = ns.live(0)
+    build_tree(fs)
+    d = fs.lookup(R, b"d").obj_id
+    for i in range(100):
+        fs.write(fs.create(d, b"n%d" % i, 0o644).obj_id, 0, b"then %d" % i)
+    tid = store.commit()
+    then = dump(FileSystem(store, 0, tid), subtree(FileSystem(store, 0, tid), b"d"))
+    mutate_tree(fs)
+    for i in range(0, 100, 3):
+        fs.unlink(subtree(fs, b"d"), b"n%d" % i)
+    store.commit()
+    ticks = [0]
+    real_tick = steps_mod.Steps.tick
+
+    def failing_tick(self) -> None:
+        ticks[0] += 1
+        if ticks[0] == 150:
+            raise FsError(errno.EIO, "interrupted")
+        real_tick(self)
+    monkeypatch.setattr(steps_mod.Steps, "tick", failing_tick)
+    with pytest.raises(FsError):
+        restore(ns, "d", tid, lock=ns.lock)
+    store.commit()  # what the steps did so far is a valid state
+    assert dump(fs, subtree(fs, b"d")) != then
+    monkeypatch.setattr(steps_mod.Steps, "tick", real_tick)
+    restore(ns, "d", tid, lock=ns.lock)
+    assert dump(fs, subtree(fs, b"d")) == then

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 
+import pytest
 from devices import MemDevice, crash_image
 
-from hammerfs.errors import NoSpace
+from hammerfs.errors import HammerError, NoSpace
 from hammerfs.steps import SteppedLock
 from hammerfs.store import Store
 from hammerfs.store import store as store_mod
@@ -238,3 +240,87 @@ def test_data_held_in_memory_is_written_out_in_steps_before_the_commit_takes_the
     reopened = Store.open(MemDevice(32 << 20, bytes(store.device.buf)))
     assert reopened.last_committed_tid == tid
     assert all(reopened.get((1, i + 2, 0x10, 0)).data == d for i, d in data.items())
+
+
+def test_nodes_of_a_commit_in_flight_read_right_before_they_reach_the_device():
+    """commit_end writes the flushed nodes without the lock: meanwhile a node evicted from
+    the cache (or read by scrub, which never uses the cache) is served from memory."""
+    store = Store.create(MemDevice(SIZE), "nodes")
+    for i in range(400):
+        store.put((1, i + 2, 0x10, 0), b"%d" % i * 20)
+    prepared = store.commit_begin()
+    assert store.tree.unwritten_nodes
+    for off in store.tree.unwritten_nodes:
+        assert bytes(store.device.buf[off:off + 4096]) != store.tree.unwritten_nodes[off]
+    store.tree.cache.clear()  # evicted: read again
+    assert all(store.get((1, i + 2, 0x10, 0)).data == b"%d" % i * 20 for i in range(400))
+    assert scrub(store).ok
+    store.commit_end(prepared)
+    assert not store.tree.unwritten_nodes
+    reopened = Store.open(MemDevice(SIZE, bytes(store.device.buf)))
+    assert all(reopened.get((1, i + 2, 0x10, 0)).data == b"%d" % i * 20 for i in range(400))
+
+
+def test_a_commit_whose_flush_failed_makes_every_later_commit_fail():
+    """commit_end fails after commit_begin opened the next transaction: the changes are not
+    durable, so a later commit (the mount's final one) must fail too, not report success."""
+    class FailingFlush(MemDevice):
+        fail = False
+
+        def flush(self) -> None:
+            if self.fail:
+                raise OSError(30, "Read-only file system")
+            super().flush()
+
+    dev = FailingFlush(SIZE)
+    store = Store.create(dev, "fail")
+    store.put((1, 2, 0x10, 0), b"kept")
+    store.commit()
+    store.put((1, 3, 0x10, 0), b"lost")
+    dev.fail = True
+    with pytest.raises(OSError):
+        store.commit_outside(SteppedLock())
+    with pytest.raises(HammerError, match="failed to commit"):
+        store.commit()
+
+
+def test_a_commit_never_waits_for_the_one_in_flight_while_holding_the_callers_lock():
+    """Commit B checks for a commit in flight, then (before it takes the lock) commit A
+    begins and flushes slowly: B must not wait for A while holding the lock."""
+    gate, flushing = threading.Event(), threading.Event()
+
+    class SlowFlush(MemDevice):
+        def flush(self) -> None:
+            flushing.set()
+            assert gate.wait(10)
+            super().flush()
+
+    store = Store.create(MemDevice(SIZE), "race")
+    store.device = SlowFlush(SIZE, bytes(store.device.buf))
+    store.put((1, 2, 0x10, 0), b"a")
+    lock = SteppedLock()
+    threads = []
+    real_write_out = store.write_out
+
+    def write_out(*args) -> bool:  # B, between its check and taking the lock: A begins
+        if not threads:
+            a = threading.Thread(target=store.commit_outside, args=(lock,))
+            threads.append(a)
+            a.start()
+            assert flushing.wait(10)
+        return real_write_out(*args)
+    store.write_out = write_out
+    b = threading.Thread(target=store.commit_outside, args=(lock,))
+    b.start()
+    try:
+        assert flushing.wait(10)
+        time.sleep(0.3)  # B has taken and released the lock, or still holds it (bug)
+        got = lock.acquire(timeout=3)
+        assert got, "a commit waited for the one in flight holding the caller's lock"
+        lock.release()
+    finally:
+        gate.set()
+        b.join(10)
+        for a in threads:
+            a.join(10)
+    assert store.last_committed_tid > 0

@@ -42,9 +42,9 @@ def op_info(ctx: ControlContext, args: dict, conn) -> dict:
 
 @takes()
 def op_synctid(ctx: ControlContext, args: dict, conn) -> dict:
-    with ctx.lock:
-        return {"tid": ctx.store.commit() if not ctx.store.readonly
-                else ctx.store.last_committed_tid}
+    if ctx.store.readonly:
+        return {"tid": ctx.store.last_committed_tid}
+    return {"tid": ctx.store.commit_outside(ctx.lock)}  # the flush without the lock
 
 
 @takes(relpath="str", tid="tid?")
@@ -126,7 +126,8 @@ def op_snapshot(ctx: ControlContext, args: dict, conn) -> dict:
     with ctx.lock:
         fs = _pfs_view(ctx, args.get("relpath", ""), changes=True)
         _require_writable(fs)
-        snap = history.take_snapshot(fs, args.get("note", ""))
+    snap = history.take_snapshot(fs, args.get("note", ""), lock=ctx.lock)
+    with ctx.lock:
         pd = ctx.store.get_pfs(fs.pfs)
         return {"tid": snap.tid, "ts": snap.ts, "note": snap.note, "pfs": fs.pfs,
                 "snapshots_dir": pd.snapshots if pd else ""}

@@ -214,6 +214,7 @@ def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
     if state is None:  # a slave: nothing to do but age the commit log
         _thin_commit_log(store, now, lock)
         return report
+    _run_snapshots(fs, config.get("snapshots"), state, now, force, note, report, lock)
     _run_prune(store, fs.pfs, config, state, now, force, report, lock)
     for name in ("rebalance", "dedup"):
         d = config.get(name)
@@ -235,7 +236,7 @@ def cleanup(fs: FileSystem, *, force: bool = False, now_ns: int | None = None,
 def _cleanup_start(fs: FileSystem, force: bool, now: int, note: str
                    ) -> tuple[CleanupReport, dict[str, int] | None, Config, int]:
     """The quick part, under the lock: (report, state to save or None for a slave, the
-    config, free bytes at the start).  Takes the due snapshot."""
+    config, free bytes at the start)."""
     store, pfs = fs.store, fs.pfs
     report = CleanupReport(pfs)
     if _require_pfs(store, pfs).is_slave:  # nothing to do, and nothing may be written
@@ -249,7 +250,6 @@ def _cleanup_start(fs: FileSystem, force: bool, now: int, note: str
         report.config_created = True
     state = load_state(store, pfs)
     before = store.space().free_bytes
-    _run_snapshots(fs, config.get("snapshots"), state, now, force, note, report)
     return report, state, config, before
 
 
@@ -284,20 +284,22 @@ def _thin_commit_log(store: RecordStore, now: int, lock: AbstractContextManager)
 
 
 def _run_snapshots(fs: FileSystem, d: Directive | None, state: dict[str, int], now: int,
-                   force: bool, note: str, report: CleanupReport) -> None:
+                   force: bool, note: str, report: CleanupReport,
+                   lock: AbstractContextManager) -> None:
     if d is None or (d.period == 0 and d.arg == 0):
         report.say("snapshots", "disabled")
         return
     if d.period == 0:
         what = "disabled"
     elif is_due(d.period, state.get("snapshots"), now, force):
-        report.snapshot = history.take_snapshot(fs, note)
+        report.snapshot = history.take_snapshot(fs, note, lock=lock)  # flushes unlocked
         state["snapshots"] = now
         what = f"run (snapshot 0x{report.snapshot.tid:016x})"
     else:
         what = "skip (period not elapsed)"
     if d.arg:
-        report.expired = expire_snapshots(fs.store, fs.pfs, now - d.arg * 1_000_000_000)
+        with lock:
+            report.expired = expire_snapshots(fs.store, fs.pfs, now - d.arg * 1_000_000_000)
         if report.expired:
             what += f", expired {len(report.expired)} older than {format_duration(d.arg)}"
     report.say("snapshots", what)

@@ -370,12 +370,16 @@ def _window(src: FileSystem, obj: int, rec_type: int, key: int) -> tuple[dict[in
 
 
 # -- snapshots -----------------------------------------------------------------------------------
-def take_snapshot(fs: FileSystem, note: str = "") -> Snapshot:
-    """Commit, then record the committed TID as a snapshot of the PFS (REC_SNAPSHOT)."""
-    tid = fs.store.commit()
+def take_snapshot(fs: FileSystem, note: str = "", *,
+                  lock: AbstractContextManager = NO_LOCK) -> Snapshot:
+    """Commit, then record the committed TID as a snapshot of the PFS (REC_SNAPSHOT).
+    ``lock`` (a mount's) is held only while each commit's state is captured, not across
+    the flushes."""
+    tid = fs.store.commit_outside(lock)
     snap = Snapshot(tid, time.time_ns(), note)
-    fs.store.put((fs.pfs, ROOT_OBJ, REC_SNAPSHOT, tid), snap.encode())
-    fs.store.commit()
+    with lock:
+        fs.store.put((fs.pfs, ROOT_OBJ, REC_SNAPSHOT, tid), snap.encode())
+    fs.store.commit_outside(lock)
     return snap
 
 

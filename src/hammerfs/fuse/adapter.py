@@ -47,6 +47,7 @@ from hammerfs.fuse.inodes import (
     generation,
     split_direct,
 )
+from hammerfs.steps import Steps
 from hammerfs.store.records import MAX_U64, ROOT_OBJ
 
 log = logging.getLogger("hammerfs.fuse")
@@ -765,7 +766,8 @@ class HammerOperations(pyfuse3.Operations):
                 if tid == mark["tid"] and self._sync_points() == self._slave_ends:
                     return
                 self.table.refresh()
-                self._invalidate_changes(mark["tid"])
+            with Steps(self.ns.lock) as steps:  # undo -r of 10k files: 10k+ changed records
+                self._invalidate_changes(mark["tid"], steps.tick)
         except Exception:
             log.warning("cache invalidation after a control op failed", exc_info=True)
             return
@@ -774,13 +776,14 @@ class HammerOperations(pyfuse3.Operations):
     def poll_slaves(self) -> None:
         """Mirroring into a mounted slave moves its sync point (a stream may run for
         hours): invalidate what changed as soon as it shows."""
-        with self.ns.lock:
+        with Steps(self.ns.lock) as steps:
             if self._sync_points() != self._slave_ends:
                 self.ns.forget()
                 self.table.refresh()
-                self._invalidate_changes(None)
+                self._invalidate_changes(None, steps.tick)
 
-    def _invalidate_changes(self, since_tid: int | None) -> None:
+    def _invalidate_changes(self, since_tid: int | None,
+                            tick: Callable[[], None] = lambda: None) -> None:
         """Queue the invalidation of every record of a PFS the kernel knows that changed
         since ``since_tid`` (masters; None: only slaves), or since the sync point the kernel
         saw (slaves), and of every history inode (prune and cleanup remove versions)."""
@@ -797,7 +800,7 @@ class HammerOperations(pyfuse3.Operations):
                 continue
             else:
                 since = since_tid
-            self._invalidate_pfs(pfs, since)
+            self._invalidate_pfs(pfs, since, tick)
         self._slave_ends = ends
         if since_tid is not None:
             for kino in self.table.synthetic():
@@ -805,13 +808,16 @@ class HammerOperations(pyfuse3.Operations):
                 for parent, name in self.table.magic_names.get(kino, ()):
                     self.invalidator.entry(parent, name)
 
-    def _invalidate_pfs(self, pfs: int, since: int) -> None:
+    def _invalidate_pfs(self, pfs: int, since: int, tick: Callable[[], None]) -> None:
+        """Queue the invalidations of what changed in ``pfs`` since ``since``; ``tick``
+        between records (the scan resumes by key: the lock may be handed over)."""
         known = self.table.lookups
         seen: set[int] = set()
         untracked: dict[int, set[int]] = {}  # parent dir -> changed files of unknown names
         lo, hi = (pfs, 0, 0, 0), (pfs, MAX_U64, 0xFFFF, MAX_U64)
         for rec in self.ns.store.changed_since(lo, hi, since, pin_history=False,
                                                with_data=False):
+            tick()
             kino = direct_ino(pfs, rec.obj_id, self.ns.pfs)
             if kino is None or (kino not in known and kino != pyfuse3.ROOT_INODE):
                 continue

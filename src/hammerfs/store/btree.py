@@ -70,6 +70,9 @@ class BTree:
         # (offset, checksum, level, first key, end key or None, error) -> the node rebuilt
         # and verified, or raises: a child read that failed its checksum (store/noderepair.py)
         self.node_healer: Callable[..., Node] | None = None
+        # off -> bytes of nodes a commit in flight flushed but has not written yet
+        # (Store.commit_end writes them without the store's lock)
+        self.unwritten_nodes: dict[int, bytes] = {}
 
     @classmethod
     def empty(cls, dev, alloc: Allocator) -> BTree:
@@ -85,7 +88,7 @@ class BTree:
     # -- reading -----------------------------------------------------------------------------------
     def read_node(self, off: int, csum: bytes) -> Node:
         self.node_reads += 1  # the cache's misses (and scrub's reads), for metrics
-        raw = self.dev.read(off, NODE_SIZE)
+        raw = self.unwritten_nodes.get(off) or self.dev.read(off, NODE_SIZE)
         if checksum(raw) != csum:
             raise CorruptionError(f"B-tree node at offset {off:#x} failed checksum verification",
                                   off)
@@ -221,22 +224,38 @@ class BTree:
                     continue
                 yield from self.walk_nodes(self.child(node, j), depth + 1, lo, hi)
 
-    def relocate_scan(self, first: int, end: int) -> list[tuple[FullKey, LeafVal]]:
+    def relocate_scan(self, first: int, end: int, start: FullKey | None = None,
+                      leaves: int = 1 << 62) -> tuple[list[tuple[FullKey, LeafVal]],
+                                                       FullKey | None]:
         """For reblock: make every node stored in blocks [first, end) dirty (the commit
-        writes it elsewhere) and return the leaf entries whose data extent is there."""
+        writes it elsewhere) and return the leaf entries whose data extent is there; leaf by
+        leaf in key order from ``start``, at most ``leaves`` of them.  Also returns the key
+        to go on from (None at the end), so a caller can release its lock in between."""
         found: list[tuple[FullKey, LeafVal]] = []
+        k = start
+        while leaves > 0:
+            leaves -= 1
+            path, leaf = self._descend(k) if k is not None else self._first_leaf()
+            for depth, (node, _i) in enumerate(path):
+                if node.off and first <= node.off // BLOCK < end:
+                    self._dirty_path(path[:depth], node)
+            if leaf.off and first <= leaf.off // BLOCK < end:
+                self._dirty_path(path, leaf)
+            found.extend((lk, v) for lk, v in zip(leaf.keys, leaf.vals, strict=True)
+                         if v[4] and first <= v[4] // BLOCK < end)
+            k = next((node.keys[i + 1] for node, i in reversed(path)
+                      if i + 1 < len(node.keys)), None)
+            if k is None:
+                break
+        return found, k
 
-        def visit(node: Node, path: list[tuple[Node, int]]) -> None:
-            if node.off and first <= node.off // BLOCK < end:
-                self._dirty_path(path, node)
-            if not node.level:
-                found.extend((k, v) for k, v in zip(node.keys, node.vals, strict=True)
-                             if v[4] and first <= v[4] // BLOCK < end)
-                return
-            for j in range(len(node.keys)):
-                visit(self.child(node, j), [*path, (node, j)])
-        visit(self.root, [])
-        return found
+    def _first_leaf(self) -> tuple[list[tuple[Node, int]], Node]:
+        path = []
+        node = self.root
+        while node.level:
+            path.append((node, 0))
+            node = self.child(node, 0)
+        return path, node
 
     # -- modification ----------------------------------------------------------------------------
     def _cow(self, node: Node) -> None:

@@ -44,6 +44,8 @@ from hammerfs.store.format import (
 )
 from hammerfs.store.records import MAX_U64
 
+SCAN_LEAVES = 32  # B-tree leaves looked at per step (a cold leaf is a read and a decode)
+
 
 @dataclass
 class ReblockResult:
@@ -102,14 +104,20 @@ def empty_bigblock(store, bb: int, result: ReblockResult,
                 outside = alloc.free_blocks - (BLOCKS_PER_BIGBLOCK - held)
                 if outside < held + 4 * (tree.height() + 2) + store._reserve:
                     return False
-                dirty_before = tree.dirty_count
-                entries = tree.relocate_scan(first, end)
-                result.nodes += tree.dirty_count - dirty_before
             moved: set[FullKey] = set()
-            for k, _v in entries:
+            cursor: FullKey | None = None
+            while True:  # the tree, SCAN_LEAVES leaves per step, then what they hold
                 with store._lock:
-                    _move_entry(store, k, first, end, moved, result)
+                    dirty_before = tree.dirty_count
+                    entries, cursor = tree.relocate_scan(first, end, cursor, SCAN_LEAVES)
+                    result.nodes += max(0, tree.dirty_count - dirty_before)
                 steps.tick()
+                for k, _v in entries:
+                    with store._lock:
+                        _move_entry(store, k, first, end, moved, result)
+                    steps.tick()
+                if cursor is None:
+                    break
             with store._lock:
                 store._dirty = True
         store.commit_outside(lock)

@@ -432,7 +432,8 @@ def _check_leaks(store: Store, reached: np.ndarray, report: ScrubReport) -> None
     alloc = store.allocator
     hdr = store.header
     reached[: hdr.fm_region1 + hdr.fm_table_blocks + hdr.fm_pages] = True  # headers, free-map
-    for block, count in alloc.pending:  # freed in the open transaction, still held
+    # freed in the open transaction, or by the commit in flight: still held
+    for block, count in [*alloc.pending, *store.held_runs]:
         reached[block:block + count] = True
     used = np.unpackbits(alloc.bits, bitorder="little")[: alloc.nblocks].astype(bool)
     leaked = np.flatnonzero(used & ~reached)

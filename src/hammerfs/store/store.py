@@ -208,12 +208,15 @@ class Store(PfsTable):
         """Commit, holding ``lock`` (the mount's filesystem lock, which makes the state it
         captures consistent) only while the commit's writes are built and issued: the device
         flushes and the header write run after it is released, so the mount serves on."""
-        with self._lock:  # not while holding ``lock``: the flush of the commit in flight
-            self._committed.wait_for(lambda: self._in_flight is None)
-        while self.write_out():  # the data first, in steps, without ``lock``
-            pass
-        with lock:
-            prepared = self.commit_begin()
+        while True:
+            with self._lock:  # not while holding ``lock``: the flush of a commit in flight
+                self._committed.wait_for(lambda: self._in_flight is None)
+            while self.write_out():  # the data first, in steps, without ``lock``
+                pass
+            with lock, self._lock:
+                if self._in_flight is None:  # (another commit may have begun meanwhile)
+                    prepared = self.commit_begin()
+                    break
         return self._last_committed if prepared is None else self.commit_end(prepared)
 
     def commit_begin(self) -> PreparedCommit | None:
@@ -260,16 +263,19 @@ class Store(PfsTable):
         Returns the committed TID, durable on return."""
         hdr = prepared.hdr
         try:
+            _write_coalesced(self.device, prepared.writes)
             self.device.flush()
             self.device.write(hdr.slot * BLOCK, hdr.encode())
             self.device.flush()
         except BaseException as exc:
             with self._lock:
                 self._broken = exc
+                self._dirty = True  # its changes are not durable: the next commit refuses
                 self._in_flight = None
                 self._committed.notify_all()
             raise
         with self._lock:
+            self._tree.unwritten_nodes.clear()  # on the device now
             self._alloc.release_held(prepared.held)
             self.format_version = FORMAT_VERSION
             self._hdr = replace(hdr, version=FORMAT_VERSION)
@@ -282,18 +288,19 @@ class Store(PfsTable):
             return prepared.tid
 
     def _write_commit(self, done: int, ts: int, started: float) -> PreparedCommit:
-        """Data, nodes and free-map written (a header that references them is written only
-        after a flush, in ``commit_end``)."""
-        writes = self._unwritten_data()
-        writes += self._tree.flush()
+        """Data written, nodes and free-map encoded (written by ``commit_end``, without the
+        lock; until then the tree serves its nodes' bytes from memory:
+        ``BTree.unwritten_nodes``, so a node evicted from the cache reads right)."""
+        _write_coalesced(self.device, self._unwritten_data())
+        writes = self._tree.flush()
+        self._tree.unwritten_nodes.update(writes)
         seq = self._hdr.seq + 1
         fm_writes, fm_csum, held = self._alloc.prepare_commit(seq % 2)
-        _write_coalesced(self.device, writes + fm_writes)
         root = self._tree.root
         hdr = replace(self._hdr, seq=seq, root_off=root.off, root_csum=root.csum,
                       root_level=root.level, fm_table_csum=fm_csum, max_tid=self._max_tid_seen,
                       next_obj=self._next_obj, last_tid=done, last_ts=ts)
-        return PreparedCommit(done, hdr, held, started)
+        return PreparedCommit(done, hdr, held, started, writes + fm_writes)
 
     def wait_commit(self, after_tid: int, timeout: float | None = None) -> int:
         with self._lock:
@@ -650,8 +657,8 @@ class Store(PfsTable):
         if val[4] and val[6] is not None:  # data kept in memory until commit
             self._unwritten.add(k)
             self._unwritten_bytes += val[3]
-            if self._unwritten_bytes > UNWRITTEN_MAX:
-                _write_coalesced(self.device, self._unwritten_data())
+            if self._unwritten_bytes > UNWRITTEN_MAX:  # a few MiB: this change waits for it
+                _write_coalesced(self.device, self._unwritten_data(4 * WRITE_OUT_STEP))
         self._dirty = True
         self._next_obj = max(self._next_obj, reckey[1] + 1)
         self._max_tid_seen = max(self._max_tid_seen, cur)
@@ -954,6 +961,11 @@ class Store(PfsTable):
     def allocator(self) -> Allocator:
         return self._alloc
 
+    @property
+    def held_runs(self) -> list[tuple[int, int]]:
+        """Blocks the commit in flight freed, still marked in use until it is durable."""
+        return self._in_flight.held if self._in_flight is not None else []
+
     def data_of(self, k: FullKey, v: LeafVal) -> bytes:
         return self._data(k, v)
 
@@ -966,6 +978,7 @@ class PreparedCommit:
     hdr: Header  # to write once the data, nodes and free-map are flushed
     held: list[tuple[int, int]]  # blocks it freed, reusable once ``hdr`` is durable
     started: float  # monotonic(), for CommitStats
+    writes: list[tuple[int, bytes]]  # nodes and free-map, written before the first flush
 
 
 @dataclass
