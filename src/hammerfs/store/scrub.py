@@ -41,6 +41,7 @@ from hammerfs.store.store import Store, _fmt_key
 DEFAULT_RATE = 2 << 30
 STEP_BYTES = 8 << 20  # verified per step (the tree walked under the store lock, then the
 #                      step's extents read and checksummed without it)
+NODES_PER_STEP = 24  # B-tree nodes read (and decrypted, decoded) per hold of the store lock
 RUN_BYTES = 1 << 20  # adjacent (small) extents read with one device read (larger reads
 #                      cost more in fresh memory than they save in calls: measured)
 LEAF_COST = 4 * BLOCK  # a leaf counts as this much work (a node read is a small random read)
@@ -200,6 +201,7 @@ class Scrubber:
         listed for ``_verify_extents``); move the cursor to the first key not walked (None
         at the end).  Holds the store lock."""
         self._budget = self.step_bytes
+        self._reads_left = NODES_PER_STEP  # a step of small files is mostly its leaves
         self._broken_nodes: list[tuple] = []
         self._extents: list[tuple[int, int, FullKey, LeafVal]] = []  # verified after the step
         root = self.store.tree.root
@@ -225,7 +227,7 @@ class Scrubber:
         tree = self.store.tree
         start = max(0, bisect_right(keys, cursor) - 1)
         for j in range(start, len(keys)):
-            if self._budget <= 0:
+            if self._budget <= 0 or self._reads_left <= 0:
                 self._next = max(keys[j], cursor)
                 return True
             ref = node.vals[j]
@@ -233,6 +235,7 @@ class Scrubber:
             child = ref[3]
             end = keys[j + 1] if j + 1 < len(keys) else hi
             if child is None:
+                self._reads_left -= 1
                 try:
                     child = tree.read_node(ref[0], ref[1])  # from disk, never the cache
                     if child.level != node.level - 1:
