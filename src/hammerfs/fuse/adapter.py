@@ -104,15 +104,22 @@ def _libc_trim() -> Callable[[], None]:
 _trim_heap = _libc_trim()
 
 
-def _names_only(kino: int, mode: int) -> pyfuse3.EntryAttributes:
-    """A READDIRPLUS entry that carries only the name, number and type: node id 0 tells
-    the kernel there are no attributes to take (its dentry and cached attributes of an
-    inode it already holds stay as they are; an unknown name is looked up when used)."""
-    e = pyfuse3.EntryAttributes()
-    e.st_ino = kino
-    e.st_mode = mode
-    ctypes.c_uint64.from_address(id(e) + NODEID_OFFSET).value = 0
-    return e
+class NamesOnly:
+    """READDIRPLUS entries that carry only the name, number and type: node id 0 tells the
+    kernel there are no attributes to take (its dentry and cached attributes of an inode it
+    already holds stay as they are; an unknown name is looked up when used).  One object
+    serves every entry: ``readdir_reply`` copies it into the reply at once."""
+
+    def __init__(self) -> None:
+        self._entry = pyfuse3.EntryAttributes()
+        self._nodeid = ctypes.c_uint64.from_address(id(self._entry) + NODEID_OFFSET)
+
+    def __call__(self, kino: int, mode: int) -> pyfuse3.EntryAttributes:
+        e = self._entry
+        e.st_ino = kino  # sets the node id too
+        e.st_mode = mode
+        self._nodeid.value = 0
+        return e
 
 
 def _errno(exc: Exception, what: str, args: tuple) -> int:
@@ -255,6 +262,7 @@ class HammerOperations(pyfuse3.Operations):
         # holds): a warm walk of a tree reads no inode
         self.entries_with_attributes = 0
         self.entries_names_only = 0
+        self._names_only = NamesOnly() if NODEID_OFFSET is not None else None
         # The answer to a lookup of a name that does not exist in a directory of a current
         # view: node id 0 with a timeout makes the kernel keep the negative entry (a second
         # `stat` of a missing file, a PATH or `.git` search, never reaches the mount).  A
@@ -653,13 +661,14 @@ class HammerOperations(pyfuse3.Operations):
             here = self.table.peek(fs, obj) or 0
             for name, dot, off in ((b".", obj, 1), (b"..", up, 2)):
                 kino = self.table.peek(fs, dot) or here
-                e = _names_only(kino, dir_ino.mode) if NODEID_OFFSET is not None else \
+                e = self._names_only(kino, dir_ino.mode) if self._names_only else \
                     self._attrs(fs, fs.getattr(dot), kino)
                 if off > start and not pyfuse3.readdir_reply(token, name, e, off):
                     return
         after = start - 3 if start >= 3 else -1
         direct = self.table.is_current(fs)  # the same for every entry: asked once
-        bare = direct and NODEID_OFFSET is not None
+        names_only = self._names_only
+        bare = direct and names_only is not None
         held = self.table.lookups
         dkino = self.table.peek(fs, obj) or 0
         for n, entry in enumerate(fs.readdir(obj, after)):
@@ -670,7 +679,7 @@ class HammerOperations(pyfuse3.Operations):
                 # the kernel holds this inode with exact attributes (every change reaches
                 # it): the name alone, no inode read (a warm `du` or `ls -l` is this loop)
                 if not pyfuse3.readdir_reply(token, entry.name,
-                                             _names_only(kino, entry.mode_type),
+                                             names_only(kino, entry.mode_type),
                                              entry.key + 3):
                     break
                 self.entries_names_only += 1
