@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from hammerfs.blockdev.file import FileDevice
 from hammerfs.fs import FileSystem, init_pfs_root
+from hammerfs.fs.filesystem import MERGE_EXTENTS
 from hammerfs.fs.layout import BLOCK, PAGE, REC_DATA
 from hammerfs.mirror.stream import record_checksum
 from hammerfs.store import Store
@@ -177,6 +178,40 @@ def test_small_overwrites_with_history_cost_about_their_size(tmp_path, commit_ev
     growth = store.space().used_bytes - before
     assert growth <= 1.5 * writes * PAGE, growth / (writes * PAGE)
     assert fs.read(f, 0, size) == bytes(model)
+    check_volume(store)
+    store.close()
+
+
+def test_a_window_rewritten_page_by_page_is_merged_again(tmp_path):
+    """Each page of a 64 KiB window rewritten in its own transaction left 16 extents.  A
+    nohistory file (a database, a VM image) has its window made one extent again as soon
+    as it has more than MERGE_EXTENTS (the fragments are freed); with history kept a merge
+    copies the window, so it waits until the bytes written pay for it (MERGE_COPY)."""
+    store = _new_disk(str(tmp_path / "v.img"))
+    fs = FileSystem(store)
+    counts = {}
+    for name, nohistory, rounds in ((b"db", True, 1), (b"kept", False, 4)):
+        f = fs.create(R, name, 0o644).obj_id
+        fs.set_nohistory(f, nohistory)
+        model = bytearray(os.urandom(BLOCK))
+        fs.write(f, 0, model)
+        fs.fsync()
+        before = store.space().used_bytes
+        counts[name] = []
+        rng = random.Random(3)
+        for _ in range(rounds):
+            for page in rng.sample(range(BLOCK // PAGE), BLOCK // PAGE):
+                data = os.urandom(PAGE)
+                fs.write(f, page * PAGE, data)
+                model[page * PAGE:(page + 1) * PAGE] = data
+                fs.fsync()
+                counts[name].append(len(store.extent_lengths((0, f, REC_DATA, 0),
+                                                             (0, f, REC_DATA, MAX_U64))))
+        assert fs.read(f, 0, BLOCK) == bytes(model)
+        grown = store.space().used_bytes - before
+        assert grown <= 1.5 * rounds * BLOCK + 16 * rounds * PAGE  # + nodes, free-map
+    assert max(counts[b"db"]) <= MERGE_EXTENTS + 2 and 1 in counts[b"db"], counts
+    assert 1 in counts[b"kept"], counts  # merged within the history budget
     check_volume(store)
     store.close()
 

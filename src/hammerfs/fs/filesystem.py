@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from hammerfs.errors import ErrnoError, ReadOnly
+from hammerfs.errors import ErrnoError, NoSpace, ReadOnly
 from hammerfs.fs.asof import as_of_attributes, is_history_view, restrict_to_live
 from hammerfs.fs.layout import (
     BLOCK,
@@ -52,6 +52,13 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 MAX_REC_TYPE = 0xFFFF
 INODE_CACHE = 65536  # decoded inodes a view keeps at most (~512 bytes each)
+# A write into a window left in more extents than this rewrites the whole window as one
+# extent: always for a nohistory file (the fragments it replaces are freed at once), else if
+# the bytes it copies are at most MERGE_COPY of those written into the window since it was
+# last written whole (history then grows by at most that share: a merge copies the window,
+# so with history kept it comes once per ~3 rewrites of the window).
+MERGE_EXTENTS = 6
+MERGE_COPY = 1 / 3
 
 
 class CacheStats:
@@ -112,6 +119,10 @@ class FileSystem:
         # Live view: bytes of file data each object has stored (st_blocks), counted once by
         # a scan and then kept exact by writes (the kernel asks for it after every write).
         self._stored: dict[int, int] = {}
+        # (obj, window) -> bytes written into it through this view since it was last written
+        # whole: what pays for merging its fragments (MERGE_COPY).  Lost on remount (no
+        # merge until written again: never more copying than the rule allows).
+        self._credit: dict[tuple[int, int], int] = {}
 
     def forget(self) -> None:
         """Drop cached inodes (after records were changed other than through this view)."""
@@ -615,6 +626,16 @@ class FileSystem:
                         key + n >= lo and (key < lo or key + n > hi):
                     lo, hi = min(lo, key), max(hi, key + n)
                     grown = True
+        credit = self._credit.get((obj, win), 0) + b - a
+        if hist == HISTORY_NONE:
+            credit = BLOCK / MERGE_COPY  # the replaced fragments cost nothing once dropped
+        whole = _whole_window(recs, lo, hi, win, max(size, b), credit)
+        if whole is not None and self._fits(whole[1] - whole[0]):
+            lo, hi = whole  # the fragments become one extent again
+            credit = 0
+        if len(self._credit) > INODE_CACHE:
+            self._credit.clear()
+        self._credit[obj, win] = credit
         if lo == a and hi == b:  # nothing of the old bytes is kept (whole pages)
             buf = chunk
         else:
@@ -648,6 +669,13 @@ class FileSystem:
             self.store.put(self._key(obj, REC_DATA, at), bytes(buf[at - lo:at - lo + room]),
                            hist)
             fresh.add((obj, at))
+
+    def _fits(self, length: int) -> bool:
+        """Is there a contiguous run for an extent of ``length`` (a merge is optional)?"""
+        try:
+            return self.store.room_for(length) >= length
+        except NoSpace:
+            return False
 
     def truncate(self, obj: int, size: int) -> Inode:
         self.check_writable()
@@ -742,6 +770,24 @@ class FileSystem:
         if self.readonly:
             return self.store.last_committed_tid
         return self.store.commit()
+
+
+def _whole_window(recs: list[tuple[int, int, int]], lo: int, hi: int, win: int, size: int,
+                  credit: int) -> tuple[int, int] | None:
+    """The span of the whole window if a new extent [lo, hi) should become it (MERGE_EXTENTS,
+    MERGE_COPY): the window is left with too many extents, has no hole, and copying the rest
+    costs at most MERGE_COPY of ``credit``."""
+    end = min(win + BLOCK, size)
+    pieces, covered = 1, hi - lo
+    for key, n, _ in recs:
+        rend = key + n
+        inside = max(0, min(rend, hi) - max(key, lo))
+        covered += n - inside
+        pieces += (key < lo) + (rend > hi) if inside else 1
+    copy = end - win - (hi - lo)
+    if pieces <= MERGE_EXTENTS or covered != end - win or copy > MERGE_COPY * credit:
+        return None
+    return win, end
 
 
 def _dense(blocks: list[tuple[int, bytes]], first: int, end: int) -> bool:

@@ -20,7 +20,6 @@ holds) is invalidated precisely (``Invalidator``), from a thread outside the req
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
@@ -28,6 +27,7 @@ import os
 import queue
 import re
 import signal
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -51,7 +51,6 @@ from hammerfs.steps import Steps
 from hammerfs.store.records import MAX_U64, ROOT_OBJ
 
 log = logging.getLogger("hammerfs.fuse")
-_libc = ctypes.CDLL(None, use_errno=True)  # syncfs (not in the os module)
 
 CACHE_TTL = 3600.0  # seconds the kernel keeps names and attributes (invalidated exactly)
 THREADED_IO = 128 * 1024  # reads/writes of at least this many bytes run in a worker thread
@@ -742,20 +741,18 @@ class HammerOperations(pyfuse3.Operations):
         before each periodic commit (what an application wrote is committed within about a
         second, as without the cache).  Never on the request loop (syncfs waits for the
         loop to serve the writes) nor under the lock.  Only while files are open: closing a
-        file hands its pages over, and our own fd on the mount would make an unmount racing
-        with it fail (EBUSY)."""
+        file hands its pages over, and an fd on the mount would make an unmount racing with
+        it fail (EBUSY).  The syncfs runs in a child process (`sync -f`): a thread of this
+        process waiting on its own mount could never be killed (a request the loop has read
+        is waited for uninterruptibly, and SIGKILL ends the loop), so the process could not
+        exit and release /dev/fuse; a child is released when this process dies."""
         if not self.enable_writeback_cache or not self._handles or self.mountpoint is None:
             return
-        try:
-            fd = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return  # being unmounted
-        try:
-            if _libc.syncfs(fd) != 0:
-                log.warning("syncfs of %s failed: %s", self.mountpoint,
-                            os.strerror(ctypes.get_errno()))
-        finally:
-            os.close(fd)
+        done = subprocess.run(["sync", "-f", self.mountpoint], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if done.returncode:  # (unmounted meanwhile: nothing was dirty any more)
+            log.info("sync -f %s failed: %s", self.mountpoint,
+                        done.stderr.decode(errors="replace").strip())
 
     def begin_change(self) -> dict:
         """Before a control op: what the kernel's view is based on (its dirty pages
