@@ -20,6 +20,7 @@ holds) is invalidated precisely (``Invalidator``), from a thread outside the req
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
