@@ -231,9 +231,7 @@ class Store(PfsTable):
         (``Allocator.prepare_commit``) until its header is durable."""
         with self._lock:
             self._committed.wait_for(lambda: self._in_flight is None)
-            # A commit whose flush failed took its transaction along: nothing looks dirty
-            # now, yet whoever commits (an fsync) must hear that it failed.
-            if self.readonly or not self._dirty and self._broken is None:
+            if not self._dirty or self.readonly:
                 return None
             self._writable()
             tree = self._tree
