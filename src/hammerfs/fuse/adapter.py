@@ -246,6 +246,7 @@ class HammerOperations(pyfuse3.Operations):
         # once no file keeps it open.
         self._names: dict[int, set[tuple[int, bytes]]] = {}
         self._name_of: dict[tuple[int, bytes], int] = {}
+        self._more_parents: dict[int, set[int]] = {}  # files named in several directories
         self.supports_dot_lookup = nfs  # export support: NFS handles, LOOKUP of "." / ".."
         self._on_ready = on_ready
         self.table = InodeTable(ns, on_forget=lambda fs, obj: fs.drop(obj))
@@ -433,7 +434,11 @@ class HammerOperations(pyfuse3.Operations):
         if not (self.enable_writeback_cache and ino.is_reg) or kino & SYNTHETIC:
             return
         if split_direct(kino, self.ns.pfs)[0] == self.ns.pfs:
-            self.table.lookups.set_parent(kino, parent)
+            lookups = self.table.lookups
+            old = lookups.parent(kino)
+            if old and old != parent:  # a hard link in another directory (rare)
+                self._more_parents.setdefault(kino, set()).add(old)
+            lookups.set_parent(kino, parent)
         else:
             old = self._name_of.get((parent, name))
             if old is not None and old != kino:
@@ -442,6 +447,7 @@ class HammerOperations(pyfuse3.Operations):
             self._name_of[parent, name] = kino
 
     def _unnamed(self, kino: int) -> None:
+        self._more_parents.pop(kino, None)
         for key in self._names.pop(kino, ()):
             if self._name_of.get(key) == kino:
                 del self._name_of[key]
@@ -838,17 +844,17 @@ class HammerOperations(pyfuse3.Operations):
             if rec.rec_type == REC_DIRENT and rec.data is not None:
                 self.invalidator.entry(kino, decode_dirent(rec.key, rec.data).name)
             elif rec.rec_type == REC_INODE and self.enable_writeback_cache:
-                parent = self.table.lookups.parent(kino)
-                if parent:
-                    untracked.setdefault(parent, set()).add(rec.obj_id)
+                for parent in (known.parent(kino), *self._more_parents.get(kino, ())):
+                    if parent:
+                        untracked.setdefault(parent, set()).add(rec.obj_id)
         for parent, objs in untracked.items():
             self._names_of_changed(parent, objs)
 
     def _names_of_changed(self, dkino: int, objs: set[int]) -> None:
         """Drop the kernel's names of files ``objs`` in directory ``dkino`` (its entries
         read once): with the writeback cache the kernel trusts its own size and mtime of a
-        file it holds, so the inode must leave its cache.  A name in another directory
-        (a hard link) stays; that one is dropped when the kernel forgets it."""
+        file it holds, so the inode must leave its cache (a file with names in several
+        directories has each of them read: ``_more_parents``)."""
         try:
             fs, dir_obj = self.table.resolve(dkino)
             entries = list(fs.readdir(dir_obj))
