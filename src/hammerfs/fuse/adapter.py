@@ -264,15 +264,6 @@ class HammerOperations(pyfuse3.Operations):
         self.entries_with_attributes = 0
         self.entries_names_only = 0
         self._names_only = NamesOnly() if NODEID_OFFSET is not None else None
-        # The answer to a lookup of a name that does not exist in a directory of a current
-        # view: node id 0 with a timeout makes the kernel keep the negative entry (a second
-        # `stat` of a missing file, a PATH or `.git` search, never reaches the mount).  A
-        # name that appears there later does so through the kernel (which replaces the
-        # entry) or behind it (control ops, mirroring: its dirent is invalidated, as every
-        # changed dirent is).  @@ names are not cached: what they show moves with time.
-        self._missing = pyfuse3.EntryAttributes()
-        self._missing.st_ino = 0
-        self._missing.entry_timeout = CACHE_TTL
         self._forgotten = 0  # since the heap was last trimmed
 
     def failed(self, request: str, code: int) -> pyfuse3.FUSEError:
@@ -410,14 +401,7 @@ class HammerOperations(pyfuse3.Operations):
         if name == b"..":
             up = dir_ino.parent if dir_ino.obj_id != ROOT_OBJ and dir_ino.parent else ROOT_OBJ
             return self._entry(fs, fs.getattr(up))
-        try:
-            fs2, ino = self.ns.step(fs, dir_ino, name)
-        except FsError as exc:
-            if exc.errno == errno.ENOENT and parent & SYNTHETIC == 0 and \
-                    parse_magic(name) is None:
-                self.errors["lookup", "ENOENT"] += 1  # answered as ENOENT is (metrics)
-                return self._missing
-            raise
+        fs2, ino = self.ns.step(fs, dir_ino, name)
         entry = self._entry(fs2, ino)
         if entry.st_ino & SYNTHETIC:
             self.table.magic_names.setdefault(entry.st_ino, set()).add((parent, name))
