@@ -94,6 +94,7 @@ def hammer_round(work: Path, data: Path, size: int, plain: bool, files: list[Pat
     try:
         subprocess.run(["cp", "-a", f"{data}/.", str(mnt)], check=True)
         hammer("synctid", mnt)
+        subprocess.run(["sync"], check=True)  # the copy's writeback done before any timing
         time.sleep(1.5)
         idle = stat_latencies(mnt, files, threading.Event(), limit=500)
         out = {}

@@ -135,7 +135,7 @@ def slave_lines(store, pfs: int, slaves: dict, now: float | None = None) -> list
 def mirror_metrics(ctx, args: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
     """For `hammer up`'s exporter: the slaves of every PFS this mount has fed."""
     store, slaves = _store(ctx), _slaves(ctx)
-    received = getattr(ctx, "extra", {}).get("mirror_received", {})
+    received = (getattr(ctx, "extra", None) or {}).get("mirror_received", {})
     # a slave's lag as the master's TIDs tell it (a TID is the nanosecond time of its
     # commit): the newest master TID announced, less the slave's sync point
     return {"slaves": [dict(s, pfs=pfs) for pfs in sorted({p for p, _ in slaves})
