@@ -62,9 +62,10 @@ class Hammer:
         extra = ["--encrypt", "--key-file", self.key] if encrypted else []
         sh([*HAMMER, "newfs", *extra, "--size", f"{volume_mb}M", self.vol])
         self.keyargs = ["--key-file", self.key] if encrypted else []
+        self.mount_opts: list[str] = []  # e.g. ["-o", "writeback"]
 
     def mount(self) -> str:
-        sh([*HAMMER, "mount", *self.keyargs, self.vol, self.mnt])
+        sh([*HAMMER, "mount", *self.keyargs, *self.mount_opts, self.vol, self.mnt])
         return self.mnt
 
     def umount(self) -> None:

@@ -91,10 +91,11 @@ class ForkedMount:
     """Serve a store through FUSE from a forked child (the way the mount daemon runs)."""
 
     def __init__(self, make_store, mountpoint, *, pfs=0, asof=None, readonly=False,
-                 volume="test-volume"):
+                 volume="test-volume", writeback=False):
         self.make_store = make_store
         self.mountpoint = str(mountpoint)
-        self.kw = dict(pfs=pfs, asof=asof, readonly=readonly, volume=volume)
+        self.kw = dict(pfs=pfs, asof=asof, readonly=readonly, volume=volume,
+                       writeback=writeback)
         self.pid = 0
 
     def __enter__(self):

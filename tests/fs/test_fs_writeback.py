@@ -1,4 +1,4 @@
-"""The kernel's writeback cache on writable mounts: small writes land in the page cache and
+"""The kernel's writeback cache on writable mounts (`-o writeback`): small writes land in the page cache and
 reach the filesystem in the background, on close, fsync, before every control op and before
 each periodic commit; what the mount shows and what the volume holds stay exact."""
 
@@ -48,7 +48,7 @@ def test_random_small_writes_and_reads_match_a_model(tmp_path):
     mp.mkdir()
     rng = random.Random(5)
     model = bytearray(rng.randbytes(300_000))
-    with ForkedMount(lambda: Store.open(FileDevice(path)), mp):
+    with ForkedMount(lambda: Store.open(FileDevice(path)), mp, writeback=True):
         (mp / "f").write_bytes(model)
         fd = os.open(mp / "f", os.O_RDWR)
         try:
@@ -86,7 +86,7 @@ def test_data_of_a_file_held_open_is_committed_within_seconds(tmp_path):
     mp = tmp_path / "mnt"
     mp.mkdir()
     data = random.Random(6).randbytes(40_000)
-    m = ForkedMount(lambda: Store.open(FileDevice(path)), mp).__enter__()
+    m = ForkedMount(lambda: Store.open(FileDevice(path)), mp, writeback=True).__enter__()
     try:
         fd = os.open(mp / "f", os.O_WRONLY | os.O_CREAT, 0o644)
         for off in range(0, len(data), PAGE):
@@ -106,7 +106,7 @@ def test_a_control_op_sees_what_was_written_before_it(tmp_path):
     path = _volume(tmp_path)
     mp = tmp_path / "mnt"
     mp.mkdir()
-    with ForkedMount(lambda: Store.open(FileDevice(path)), mp):
+    with ForkedMount(lambda: Store.open(FileDevice(path)), mp, writeback=True):
         fd = os.open(mp / "f", os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             os.pwrite(fd, b"first", 0)
@@ -128,7 +128,7 @@ def test_files_restored_behind_the_kernel_show_their_restored_bytes_and_size(tmp
     path = _volume(tmp_path)
     mp = tmp_path / "mnt"
     mp.mkdir()
-    with ForkedMount(lambda: Store.open(FileDevice(path)), mp):
+    with ForkedMount(lambda: Store.open(FileDevice(path)), mp, writeback=True):
         (mp / "d").mkdir()
         names = [f"f{i}" for i in range(40)]
         for name in names:

@@ -287,7 +287,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     forget_passphrase(args)
     kw = dict(volume=canonical(volume), pfs=pfs, mountpoint=mountpoint, asof=opts.asof,
               readonly=opts.readonly, debug=opts.debug, nfs=opts.nfs,
-              history_perms=opts.history_perms,
+              history_perms=opts.history_perms, writeback=opts.writeback,
               heal_from=replica_spec(getattr(args, "heal_from", None)),
               heal_port=getattr(args, "heal_port", None))
     if args.foreground:

@@ -226,7 +226,7 @@ class HammerOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, ns: Namespace, on_ready: Callable[[], None] | None = None,
-                 *, nfs: bool = False, mountpoint: str | None = None):
+                 *, nfs: bool = False, mountpoint: str | None = None, writeback: bool = False):
         super().__init__()
         self.ns = ns
         # The kernel's writeback cache: a write() lands in the page cache and returns; the
@@ -236,8 +236,12 @@ class HammerOperations(pyfuse3.Operations):
         # I/O ran at 1/5-1/20 of gocryptfs's rate.  Kernel-side i_size and mtime are then
         # authoritative for regular files.  Read-only mounts gain nothing, and the files of
         # a slave PFS change behind the kernel all the time (a mirror stream), so a mount
-        # of a volume holding one keeps write-through.
-        self.enable_writeback_cache = not ns.root_view().readonly and not any(
+        # of a volume holding one keeps write-through.  Opt-in (`-o writeback`): a cache
+        # invalidation (Invalidator) of a file with dirty pages waits for their writeback,
+        # which only the request loop serves; SIGKILL of the mount at that instant leaves
+        # that thread, so the process and /dev/fuse, stuck until the FUSE connection is
+        # aborted (/sys/fs/fuse/connections/N/abort).
+        self.enable_writeback_cache = writeback and not ns.root_view().readonly and not any(
             pd.is_slave for _, pd in ns.store.list_pfs())
         self.mountpoint = mountpoint
         # ...so a regular file changed behind the kernel (undo -r, a slave PFS reached
@@ -883,8 +887,10 @@ async def _serve_until_signalled(ops: HammerOperations) -> None:
 async def _on_signal(ops: HammerOperations) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _sig in signals:
-            # the kernel's dirty pages first: once the loop stops nobody takes them
+            # the kernel's dirty pages first: once the loop stops nobody takes them; and the
+            # invalidations queued (one may wait for a writeback only the loop serves)
             await trio.to_thread.run_sync(ops.flush_kernel)
+            await trio.to_thread.run_sync(ops.invalidator.barrier)
             pyfuse3.terminate()
             return
 

@@ -111,9 +111,11 @@ class MountOptions:
     nfs: bool = False
     history_perms: str = "current"  # fs/asof.py
     nonempty: bool = False  # mount over a directory that has entries (`hammer mount` checks)
+    writeback: bool = False  # the kernel's writeback cache (fuse/adapter.py)
 
 
-MOUNT_OPTIONS_HELP = "ro, rw, asof=0x<tid>, nfs, history_perms=current|asof, nonempty, debug"
+MOUNT_OPTIONS_HELP = ("ro, rw, asof=0x<tid>, nfs, history_perms=current|asof, nonempty, debug, "
+                      "writeback")
 
 
 def parse_mount_options(text: str) -> MountOptions:
@@ -125,7 +127,7 @@ def parse_mount_options(text: str) -> MountOptions:
         key, eq, value = item.partition("=")
         if not item or item == "rw":
             continue
-        if item in ("ro", "debug", "nfs", "nonempty"):
+        if item in ("ro", "debug", "nfs", "nonempty", "writeback"):
             opts["readonly" if item == "ro" else item] = True
         elif key == "asof" and eq:
             try:
@@ -162,7 +164,8 @@ def prepare(store, pfs: int, asof: int | None, readonly: bool,
 
 def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = None,
           readonly: bool = False, on_ready: Callable[[], None] | None = None,
-          debug: bool = False, nfs: bool = False, history_perms: str = "current") -> None:
+          debug: bool = False, nfs: bool = False, history_perms: str = "current",
+          writeback: bool = False) -> None:
     """Mount and serve until unmounted; then commit and close the store.  ``nfs`` makes
     the mount exportable by an NFS server (its file handles hold the kernel inode numbers,
     which ``fuse.inodes`` computes from object ids: they stay valid across remounts);
@@ -176,7 +179,8 @@ def serve(store, *, volume: str, pfs: int, mountpoint: str, asof: int | None = N
     ns = prepare(store, pfs, asof, readonly, history_perms)
     ctx = ControlContext(store=store, ns=ns, fs=ns.root()[0], pfs=pfs, mountpoint=mountpoint,
                          volume=volume, lock=ns.lock)
-    ops = HammerOperations(ns, on_ready=lambda: ready(), nfs=nfs, mountpoint=mountpoint)
+    ops = HammerOperations(ns, on_ready=lambda: ready(), nfs=nfs, mountpoint=mountpoint,
+                           writeback=writeback)
     ctx.changes = ops
     ctx.fuse_requests = ops.request_counts
     server = ControlServer(ctx, control_ops(), info={"asof": asof, "readonly": ns.readonly})
