@@ -117,37 +117,6 @@ def test_a_failed_commit_stops_changes_and_the_volume_reopens_at_the_last_commit
     assert again.get((1, 2, 0x10, 0)).data == b"kept"
 
 
-class FailingFlushDevice(MemDevice):
-    """Takes writes, fails the flush once armed (a cluster that stopped answering: the
-    commit's writes were issued, its flush never comes back)."""
-
-    armed = False
-
-    def flush(self):
-        if self.armed:
-            raise HammerError("flush error: injected")
-        super().flush()
-
-
-def test_a_commit_whose_flush_failed_is_never_reported_durable_later():
-    """An fsync after a failed periodic commit must fail too: the data it asks to be
-    durable went with the commit that failed (the commit's second half runs outside the
-    store's lock, after the transaction was handed over)."""
-    dev = FailingFlushDevice(8 << 20)
-    store = Store.create(dev)
-    store.put((1, 2, 0x10, 0), b"kept")
-    kept = store.commit()
-    store.put((1, 2, 0x10, 0), b"lost")
-    dev.armed = True
-    with pytest.raises(HammerError, match="injected"):
-        store.commit()
-    dev.armed = False  # back, but what that commit carried is not known to be stored
-    with pytest.raises(HammerError, match="failed to commit"):
-        store.commit()
-    store.close()
-    assert Store.open(MemDevice(dev.size, bytes(dev.buf))).last_committed_tid == kept
-
-
 def test_scrub_reports_blocks_marked_in_use_that_nothing_references():
     dev = MemDevice(8 << 20)
     store = Store.create(dev)

@@ -158,16 +158,23 @@ def test_changes_made_while_a_commit_flushes_never_reach_its_predecessors_blocks
         check_crash_image(crash_image(base, log, upto, subset_rng), upto, states, durable_at)
 
 
-def test_the_commit_flushes_without_the_callers_lock():
-    """``commit_outside``: the lock (the mount's) is free while the device flushes, and
-    the store serves reads and changes meanwhile; the changes go to the next commit."""
-    gate, flushing = threading.Event(), threading.Event()
+def slow_flush_device(gate: threading.Event, flushing: threading.Event) -> type:
+    """A MemDevice whose flush says it started (``flushing``) and waits for ``gate``."""
 
     class SlowFlush(MemDevice):
         def flush(self) -> None:
             flushing.set()
             assert gate.wait(10)
             super().flush()
+
+    return SlowFlush
+
+
+def test_the_commit_flushes_without_the_callers_lock():
+    """``commit_outside``: the lock (the mount's) is free while the device flushes, and
+    the store serves reads and changes meanwhile; the changes go to the next commit."""
+    gate, flushing = threading.Event(), threading.Event()
+    SlowFlush = slow_flush_device(gate, flushing)
 
     store = Store.create(MemDevice(SIZE), "slow")
     store.put((1, 2, 0x10, 0), b"first" * 1000)
@@ -288,12 +295,7 @@ def test_a_commit_never_waits_for_the_one_in_flight_while_holding_the_callers_lo
     """Commit B checks for a commit in flight, then (before it takes the lock) commit A
     begins and flushes slowly: B must not wait for A while holding the lock."""
     gate, flushing = threading.Event(), threading.Event()
-
-    class SlowFlush(MemDevice):
-        def flush(self) -> None:
-            flushing.set()
-            assert gate.wait(10)
-            super().flush()
+    SlowFlush = slow_flush_device(gate, flushing)
 
     store = Store.create(MemDevice(SIZE), "race")
     store.device = SlowFlush(SIZE, bytes(store.device.buf))
