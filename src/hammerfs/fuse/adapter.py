@@ -26,7 +26,6 @@ import functools
 import logging
 import os
 import queue
-import re
 import signal
 import subprocess
 import threading
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from hammerfs.control.client import kernel_mount
 from hammerfs.errors import CorruptionError, HammerError
 from hammerfs.fs.filesystem import FileSystem, FsError
 from hammerfs.fs.layout import BLOCK, REC_DIRENT, REC_INODE, Inode, decode_dirent
@@ -862,15 +862,10 @@ def readahead_kb() -> int:
 def mount_device(mountpoint: str) -> str | None:
     """The "major:minor" of the FUSE mount at ``mountpoint`` (an absolute, resolved path),
     from /proc/self/mountinfo: no request to the mount itself."""
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            fstype = fields[fields.index("-") + 1] if "-" in fields else ""
-            if point == mountpoint and fstype.startswith("fuse"):
-                found = fields[2]  # the last one: mounted most recently
-    return found
+    km = kernel_mount(mountpoint)
+    if km is None or not km.fstype.startswith("fuse"):
+        return None
+    return f"{km.device[0]}:{km.device[1]}"
 
 
 async def _serve_until_signalled(ops: HammerOperations) -> None:
